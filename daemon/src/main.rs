@@ -1,0 +1,3 @@
+//! The `remapd` binary.
+
+fn main() {}

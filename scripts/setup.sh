@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything remapd's build, tests, demo and benchmarks need on a fresh
+# Debian machine with rustup. Idempotent: every step checks before it installs.
+set -euo pipefail
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+APT_PACKAGES=(iproute2 nftables iptables iperf3 wireguard-go wireguard-tools tcpdump
+              socat curl jq python3 wrk procps psmisc)
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  log "rustup component add rust-src --toolchain nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+for t in wasm32-unknown-unknown; do
+  if ! rustup target list --installed | grep -q "^$t\$"; then
+    log "rustup target add $t"
+    rustup target add "$t"
+  fi
+done
+
+if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q '0\.10\.0'; then
+  log "cargo install bpf-linker@0.10.0"
+  cargo install bpf-linker@0.10.0 --locked
+fi
+
+# bpffs for pinned maps and links.
+if ! mountpoint -q /sys/fs/bpf; then
+  log "mount bpffs on /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+log "ready"
