@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    let out_dir =
+        PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let object = out_dir.join("remapd-ebpf");
-    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip =
+        std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         std::fs::write(&object, []).context("writing the empty placeholder object")?;
@@ -29,7 +31,10 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("remapd-ebpf manifest has no parent directory"))?;
-    println!("cargo:rerun-if-changed={}", root_dir.join("../remapd-common/src"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        root_dir.join("../remapd-common/src")
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "remapd-ebpf",

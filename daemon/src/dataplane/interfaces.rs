@@ -35,9 +35,7 @@ const ARPHRD_RAWIP: u16 = 519;
 pub fn framing_of(link_type: u16) -> Option<Framing> {
     match link_type {
         ARPHRD_ETHER | ARPHRD_LOOPBACK => Some(Framing::L2),
-        ARPHRD_NONE | ARPHRD_PPP | ARPHRD_TUNNEL | ARPHRD_IPGRE | ARPHRD_RAWIP => {
-            Some(Framing::L3)
-        }
+        ARPHRD_NONE | ARPHRD_PPP | ARPHRD_TUNNEL | ARPHRD_IPGRE | ARPHRD_RAWIP => Some(Framing::L3),
         _ => None,
     }
 }

@@ -107,7 +107,9 @@ pub enum DataplaneError {
     #[error("listing interfaces: {0}")]
     ListInterfaces(#[source] nix::Error),
     /// This binary carries no eBPF object.
-    #[error("this remapd binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with bpf-linker installed")]
+    #[error(
+        "this remapd binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with bpf-linker installed"
+    )]
     ObjectMissing,
     /// The pin directory is unusable.
     #[error("bpffs directory {path}: {source}")]
@@ -242,7 +244,8 @@ impl PinLayout {
     }
 
     fn netlink_marker(&self, ifindex: u32, direction: Direction, ifname: &str) -> PathBuf {
-        self.links.join(format!("nl-{ifindex}-{direction}-{ifname}"))
+        self.links
+            .join(format!("nl-{ifindex}-{direction}-{ifname}"))
     }
 
     fn is_complete(&self) -> bool {
@@ -381,11 +384,10 @@ impl Dataplane {
     }
 
     fn adopt(layout: PinLayout, mode: AttachMode) -> Result<Self, DataplaneError> {
-        let open_map = |name: &'static str| {
-            MapData::from_pin(layout.map(name)).map_err(map_err(name))
-        };
-        let rules = LpmTrie::try_from(Map::LpmTrie(open_map(RULES_MAP)?))
-            .map_err(map_err(RULES_MAP))?;
+        let open_map =
+            |name: &'static str| MapData::from_pin(layout.map(name)).map_err(map_err(name));
+        let rules =
+            LpmTrie::try_from(Map::LpmTrie(open_map(RULES_MAP)?)).map_err(map_err(RULES_MAP))?;
         let counters = PerCpuArray::try_from(Map::PerCpuArray(open_map(COUNTERS_MAP)?))
             .map_err(map_err(COUNTERS_MAP))?;
         let exceptions = PerCpuArray::try_from(Map::PerCpuArray(open_map(EXCEPTIONS_MAP)?))
@@ -437,15 +439,22 @@ impl Dataplane {
                     rule: rule.to_string(),
                 }
             })?;
-            let framing = iface.framing.ok_or_else(|| DataplaneError::UnsupportedLinkType {
-                interface: rule.interface.clone(),
-                link_type: iface.link_type,
-            })?;
+            let framing = iface
+                .framing
+                .ok_or_else(|| DataplaneError::UnsupportedLinkType {
+                    interface: rule.interface.clone(),
+                    link_type: iface.link_type,
+                })?;
             wanted.insert(
                 MapKey::ipv4(iface.ifindex, rule.direction, rule.field, rule.from),
                 Target { to: rule.to },
             );
-            hooks.insert((iface.ifindex, rule.direction, framing, rule.interface.clone()));
+            hooks.insert((
+                iface.ifindex,
+                rule.direction,
+                framing,
+                rule.interface.clone(),
+            ));
         }
 
         let current = self.read_rules()?;
@@ -515,10 +524,13 @@ impl Dataplane {
     }
 
     fn program_id(&self, name: &'static str) -> Result<u32, DataplaneError> {
-        let program = self.programs.get(name).ok_or_else(|| DataplaneError::Program {
-            name: name.to_owned(),
-            source: Box::new(ProgramError::NotLoaded),
-        })?;
+        let program = self
+            .programs
+            .get(name)
+            .ok_or_else(|| DataplaneError::Program {
+                name: name.to_owned(),
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
         Ok(program.info().map_err(prog_err(name))?.id())
     }
 
@@ -555,16 +567,18 @@ impl Dataplane {
             direction,
             source: Box::new(source),
         };
-        let (_, attached) =
-            SchedClassifier::query_tcx(ifname, attach_type).map_err(attach_err)?;
+        let (_, attached) = SchedClassifier::query_tcx(ifname, attach_type).map_err(attach_err)?;
         let pin = self.layout.tcx_link(ifindex, direction);
         if attached.iter().any(|p| p.id() == our_id) && pin.exists() {
             return Ok(false);
         }
-        let program = self.programs.get_mut(name).ok_or_else(|| DataplaneError::Program {
-            name: name.to_owned(),
-            source: Box::new(ProgramError::NotLoaded),
-        })?;
+        let program = self
+            .programs
+            .get_mut(name)
+            .ok_or_else(|| DataplaneError::Program {
+                name: name.to_owned(),
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
         // A live link of ours that runs another program (an upgrade): swap the program
         // atomically. A dead one (the interface was recreated): replace the link.
         let mut link_id = None;
@@ -623,17 +637,24 @@ impl Dataplane {
         }
         // The clsact qdisc may already exist (ours or someone else's): that is fine.
         let _ = aya::programs::tc::qdisc_add_clsact(ifname);
-        let program = self.programs.get_mut(name).ok_or_else(|| DataplaneError::Program {
-            name: name.to_owned(),
-            source: Box::new(ProgramError::NotLoaded),
-        })?;
+        let program = self
+            .programs
+            .get_mut(name)
+            .ok_or_else(|| DataplaneError::Program {
+                name: name.to_owned(),
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
         let options = NlOptions {
             priority: NETLINK_PRIORITY,
             handle: NETLINK_HANDLE,
             ..NlOptions::default()
         };
         let link_id = program
-            .attach_with_options(ifname, tc_attach_type(direction), TcAttachOptions::Netlink(options))
+            .attach_with_options(
+                ifname,
+                tc_attach_type(direction),
+                TcAttachOptions::Netlink(options),
+            )
             .map_err(attach_err)?;
         let link = program.take_link(link_id).map_err(attach_err)?;
         // A netlink filter outlives the process by itself; dropping the handle would
@@ -645,7 +666,10 @@ impl Dataplane {
     }
 
     /// Detaches every managed attachment whose (ifindex, direction) is not in `keep`.
-    fn detach_except(&mut self, keep: &BTreeSet<(u32, Direction)>) -> Result<usize, DataplaneError> {
+    fn detach_except(
+        &mut self,
+        keep: &BTreeSet<(u32, Direction)>,
+    ) -> Result<usize, DataplaneError> {
         let mut detached = 0;
         for (path, attachment) in self.pinned_attachments()? {
             if keep.contains(&(attachment.ifindex, attachment.direction)) {
@@ -885,7 +909,10 @@ mod tests {
         let layout = PinLayout::new(Path::new("/x"));
         let tcx = layout.tcx_link(12, Direction::Egress);
         let name = tcx.file_name().unwrap().to_str().unwrap();
-        assert_eq!(parse_link_name(name), Some(("tcx", 12, Direction::Egress, None)));
+        assert_eq!(
+            parse_link_name(name),
+            Some(("tcx", 12, Direction::Egress, None))
+        );
         let nl = layout.netlink_marker(3, Direction::Ingress, "wg-a-b");
         let name = nl.file_name().unwrap().to_str().unwrap();
         assert_eq!(

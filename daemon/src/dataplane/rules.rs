@@ -106,7 +106,9 @@ impl fmt::Display for TranslationRule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
     /// `from` and `to` differ in length, so host bits could not be kept.
-    #[error("rule `{rule}`: prefix lengths differ (/{from} vs /{to}); a translation keeps host bits, so both sides need the same length")]
+    #[error(
+        "rule `{rule}`: prefix lengths differ (/{from} vs /{to}); a translation keeps host bits, so both sides need the same length"
+    )]
     PrefixLengthMismatch {
         /// The rule, as text.
         rule: String,
@@ -126,7 +128,9 @@ pub enum RuleError {
         normalized: Ipv4Net,
     },
     /// Two rules match the same prefix on the same hook and field but translate differently.
-    #[error("rules `{first}` and `{second}` match the same prefix on the same hook but translate it differently")]
+    #[error(
+        "rules `{first}` and `{second}` match the same prefix on the same hook but translate it differently"
+    )]
     Conflict {
         /// One rule.
         first: String,
@@ -183,7 +187,12 @@ pub fn validate(rules: &[TranslationRule]) -> Result<(), RuleError> {
                 });
             }
         }
-        let key = (rule.interface.as_str(), rule.direction, rule.field, rule.from);
+        let key = (
+            rule.interface.as_str(),
+            rule.direction,
+            rule.field,
+            rule.from,
+        );
         if let Some(previous) = seen.insert(key, rule)
             && previous.to != rule.to
         {
@@ -336,7 +345,13 @@ pub const CAPACITY: u32 = MAX_RULES;
 mod tests {
     use super::*;
 
-    fn rule(iface: &str, dir: Direction, field: AddressField, from: &str, to: &str) -> TranslationRule {
+    fn rule(
+        iface: &str,
+        dir: Direction,
+        field: AddressField,
+        from: &str,
+        to: &str,
+    ) -> TranslationRule {
         TranslationRule {
             interface: iface.into(),
             direction: dir,
@@ -349,7 +364,12 @@ mod tests {
     fn desired_of(rules: &[(u32, TranslationRule)]) -> BTreeMap<MapKey, Target> {
         rules
             .iter()
-            .map(|(ifindex, r)| (MapKey::ipv4(*ifindex, r.direction, r.field, r.from), Target { to: r.to }))
+            .map(|(ifindex, r)| {
+                (
+                    MapKey::ipv4(*ifindex, r.direction, r.field, r.from),
+                    Target { to: r.to },
+                )
+            })
             .collect()
     }
 
@@ -367,19 +387,41 @@ mod tests {
         use AddressField::*;
         use Direction::*;
         let bad_len = rule("wg0", Egress, Destination, "30.0.0.0/24", "40.0.0.0/16");
-        assert!(matches!(validate(&[bad_len]), Err(RuleError::PrefixLengthMismatch { from: 24, to: 16, .. })));
+        assert!(matches!(
+            validate(&[bad_len]),
+            Err(RuleError::PrefixLengthMismatch {
+                from: 24,
+                to: 16,
+                ..
+            })
+        ));
         let host_bits = rule("wg0", Egress, Destination, "30.0.0.1/24", "40.0.0.0/24");
         let err = validate(&[host_bits]).unwrap_err();
-        assert!(err.to_string().contains("did you mean 30.0.0.0/24"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean 30.0.0.0/24"),
+            "{err}"
+        );
         let a = rule("wg0", Egress, Destination, "30.0.0.0/24", "40.0.0.0/24");
         let b = rule("wg0", Egress, Destination, "30.0.0.0/24", "41.0.0.0/24");
-        assert!(matches!(validate(&[a.clone(), b]), Err(RuleError::Conflict { .. })));
+        assert!(matches!(
+            validate(&[a.clone(), b]),
+            Err(RuleError::Conflict { .. })
+        ));
         // Exact duplicates collapse; the same prefix on another field or hook is fine.
         let c = rule("wg0", Ingress, Destination, "30.0.0.0/24", "41.0.0.0/24");
         let d = rule("wg0", Egress, Source, "30.0.0.0/24", "41.0.0.0/24");
         validate(&[a.clone(), a.clone(), c, d]).unwrap();
-        let long = rule("a-very-long-interface-name", Egress, Source, "30.0.0.0/24", "41.0.0.0/24");
-        assert!(matches!(validate(&[long]), Err(RuleError::BadInterfaceName { .. })));
+        let long = rule(
+            "a-very-long-interface-name",
+            Egress,
+            Source,
+            "30.0.0.0/24",
+            "41.0.0.0/24",
+        );
+        assert!(matches!(
+            validate(&[long]),
+            Err(RuleError::BadInterfaceName { .. })
+        ));
     }
 
     #[test]
@@ -398,8 +440,14 @@ mod tests {
         use AddressField::*;
         use Direction::*;
         let desired = desired_of(&[
-            (3, rule("wg1", Egress, Destination, "30.0.0.0/24", "40.0.0.0/24")),
-            (3, rule("wg1", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24")),
+            (
+                3,
+                rule("wg1", Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
+            ),
+            (
+                3,
+                rule("wg1", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24"),
+            ),
         ]);
         let d = diff(&BTreeMap::new(), &desired, 16).unwrap();
         assert_eq!(d.insert.len(), 2);
@@ -413,8 +461,14 @@ mod tests {
         use AddressField::*;
         use Direction::*;
         let desired = desired_of(&[
-            (3, rule("wg1", Egress, Destination, "30.0.0.0/24", "40.0.0.0/24")),
-            (3, rule("wg1", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24")),
+            (
+                3,
+                rule("wg1", Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
+            ),
+            (
+                3,
+                rule("wg1", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24"),
+            ),
         ]);
         let mut current = BTreeMap::new();
         let d = diff(&current, &desired, 16).unwrap();
@@ -429,8 +483,14 @@ mod tests {
         use AddressField::*;
         use Direction::*;
         let first = desired_of(&[
-            (3, rule("wg1", Egress, Destination, "30.0.0.0/24", "40.0.0.0/24")),
-            (3, rule("wg1", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24")),
+            (
+                3,
+                rule("wg1", Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
+            ),
+            (
+                3,
+                rule("wg1", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24"),
+            ),
         ]);
         let mut current = BTreeMap::new();
         let d = diff(&current, &first, 16).unwrap();
@@ -439,12 +499,21 @@ mod tests {
         let old_id = current[&egress_key].rule_id;
 
         let second = desired_of(&[
-            (3, rule("wg1", Egress, Destination, "30.0.0.0/24", "50.0.0.0/24")),
-            (4, rule("wg2", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24")),
+            (
+                3,
+                rule("wg1", Egress, Destination, "30.0.0.0/24", "50.0.0.0/24"),
+            ),
+            (
+                4,
+                rule("wg2", Ingress, Source, "40.0.0.0/24", "30.0.0.0/24"),
+            ),
         ]);
         let d = diff(&current, &second, 16).unwrap();
         assert_eq!(d.update.len(), 1);
-        assert_eq!(d.update[0].1.rule_id, old_id, "an updated rule keeps its counters");
+        assert_eq!(
+            d.update[0].1.rule_id, old_id,
+            "an updated rule keeps its counters"
+        );
         assert_eq!(d.insert.len(), 1);
         assert_eq!(d.remove.len(), 1);
         // The new rule must not reuse the id of the rule being removed: both are live

@@ -147,11 +147,8 @@ pub const fn csum_fold(mut sum: u32) -> u16 {
 /// changed from `from` to `to`. All values are host-order integers of the on-wire bytes.
 #[inline(always)]
 pub const fn csum_replace4(check: u16, from: u32, to: u32) -> u16 {
-    let sum = (!check) as u32
-        + (!(from >> 16) & 0xffff)
-        + (!from & 0xffff)
-        + (to >> 16)
-        + (to & 0xffff);
+    let sum =
+        (!check) as u32 + (!(from >> 16) & 0xffff) + (!from & 0xffff) + (to >> 16) + (to & 0xffff);
     !csum_fold(sum)
 }
 

@@ -132,17 +132,35 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// A matched rule: where to count it and what the address becomes.
+/// A lookup result: where to count it and what the address becomes. Every field is
+/// always initialised (no `Option` payloads): the verifier rejects programs that spill
+/// uninitialised registers, which is what LLVM makes of a `None`'s undefined payload.
 #[derive(Clone, Copy)]
 struct Rewrite {
+    /// Counter slot, or [`NO_RULE`] when nothing matched.
     rule_id: u32,
     from: u32,
     to: u32,
 }
 
+const NO_RULE: u32 = u32::MAX;
+
+impl Rewrite {
+    const MISS: Self = Self {
+        rule_id: NO_RULE,
+        from: 0,
+        to: 0,
+    };
+
+    #[inline(always)]
+    fn hit(&self) -> bool {
+        self.rule_id != NO_RULE
+    }
+}
+
 /// Looks `addr` (on-wire byte order) up among the rules for this interface, direction and field.
 #[inline(always)]
-fn lookup(ifindex: u32, direction: u8, field: u8, addr: [u8; 4]) -> Option<Rewrite> {
+fn lookup(ifindex: u32, direction: u8, field: u8, addr: [u8; 4]) -> Rewrite {
     let mut key_addr = [0u8; 16];
     key_addr[0] = addr[0];
     key_addr[1] = addr[1];
@@ -159,9 +177,11 @@ fn lookup(ifindex: u32, direction: u8, field: u8, addr: [u8; 4]) -> Option<Rewri
             addr: key_addr,
         },
     );
-    let rule = RULES.get(&key)?;
-    if rule.family != FAMILY_IPV4 {
-        return None;
+    let Some(rule) = RULES.get(&key) else {
+        return Rewrite::MISS;
+    };
+    if rule.family != FAMILY_IPV4 || rule.rule_id == NO_RULE {
+        return Rewrite::MISS;
     }
     let host = u32::from_be_bytes(addr);
     let to_prefix = u32::from_be_bytes([
@@ -171,16 +191,16 @@ fn lookup(ifindex: u32, direction: u8, field: u8, addr: [u8; 4]) -> Option<Rewri
         rule.to_addr[3],
     ]);
     let translated = translate_ipv4(host, to_prefix, rule.prefix_len);
-    Some(Rewrite {
+    Rewrite {
         rule_id: rule.rule_id,
         from: host,
         to: translated,
-    })
+    }
 }
 
 #[inline(always)]
-fn count_rule(rewrite: &Option<Rewrite>, len: u32) {
-    if let Some(rw) = rewrite {
+fn count_rule(rw: &Rewrite, len: u32) {
+    if rw.hit() {
         match COUNTERS.get_ptr_mut(rw.rule_id) {
             Some(counters) => {
                 // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
@@ -195,15 +215,37 @@ fn count_rule(rewrite: &Option<Rewrite>, len: u32) {
 }
 
 /// What an ICMP error's quoted packet needs, computed before anything is written.
+#[derive(Clone, Copy)]
 struct QuotedRewrite {
-    /// Offset of the quoted IPv4 header.
+    /// Offset of the quoted IPv4 header; 0 when there is nothing to rewrite.
     l3: usize,
-    src: Option<Rewrite>,
-    dst: Option<Rewrite>,
+    src: Rewrite,
+    dst: Rewrite,
     /// The quoted header's checksum before and after.
-    ip_check: (u16, u16),
-    /// Offset, old and new value of the quoted TCP/UDP checksum, when it is in the quote.
-    l4_check: Option<(usize, u16, u16)>,
+    ip_check_old: u16,
+    ip_check_new: u16,
+    /// Offset (0: none in the quote), old and new value of the quoted TCP/UDP checksum.
+    l4_check_off: usize,
+    l4_check_old: u16,
+    l4_check_new: u16,
+}
+
+impl QuotedRewrite {
+    const NONE: Self = Self {
+        l3: 0,
+        src: Rewrite::MISS,
+        dst: Rewrite::MISS,
+        ip_check_old: 0,
+        ip_check_new: 0,
+        l4_check_off: 0,
+        l4_check_old: 0,
+        l4_check_new: 0,
+    };
+
+    #[inline(always)]
+    fn active(&self) -> bool {
+        self.l3 != 0
+    }
 }
 
 #[inline(always)]
@@ -214,7 +256,11 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
         if skb_len < l3 + IPV4_MIN_HLEN {
             return Err(Pass::NotOurs);
         }
-        let want = if skb_len < FAST_PATH_PULL { skb_len } else { FAST_PATH_PULL };
+        let want = if skb_len < FAST_PATH_PULL {
+            skb_len
+        } else {
+            FAST_PATH_PULL
+        };
         ctx.pull_data(want as u32).map_err(|_| Pass::NotOurs)?;
     }
     if L2 {
@@ -247,7 +293,7 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
 
     let ihl = ((version_ihl & 0x0f) as usize) << 2;
     if ihl < IPV4_MIN_HLEN || total_len < ihl || l3 + total_len > skb_len {
-        return if src_rw.is_some() || dst_rw.is_some() {
+        return if src_rw.hit() || dst_rw.hit() {
             Err(Pass::Malformed)
         } else {
             Err(Pass::NotOurs)
@@ -260,7 +306,7 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
     // Decide everything before writing anything, so a malformed packet stays untouched.
     let mut l4_check_off = 0usize;
     let mut l4_flags = 0u64;
-    let mut quoted: Option<QuotedRewrite> = None;
+    let mut quoted = QuotedRewrite::NONE;
     if first_fragment {
         match protocol {
             IPPROTO_TCP => {
@@ -277,7 +323,7 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
             _ => {}
         }
     }
-    if src_rw.is_none() && dst_rw.is_none() && quoted.is_none() {
+    if !src_rw.hit() && !dst_rw.hit() && !quoted.active() {
         return Err(Pass::NotOurs);
     }
     if l4_check_off != 0 && l4_check_off + 2 > l3 + total_len {
@@ -288,15 +334,18 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
     let ip = ptr_at::<Ipv4Header>(ctx, l3).ok_or(Pass::Malformed)?;
     // SAFETY: bounds checked by ptr_at; Ipv4Header has alignment 1.
     unsafe {
-        if let Some(rw) = &src_rw {
-            (*ip).src = rw.to.to_be_bytes();
+        if src_rw.hit() {
+            (*ip).src = src_rw.to.to_be_bytes();
         }
-        if let Some(rw) = &dst_rw {
-            (*ip).dst = rw.to.to_be_bytes();
+        if dst_rw.hit() {
+            (*ip).dst = dst_rw.to.to_be_bytes();
         }
     }
     // Then the checksums, which the helpers update by offset (and in the skb's csum state).
-    for rw in [&src_rw, &dst_rw].into_iter().flatten() {
+    for rw in [&src_rw, &dst_rw] {
+        if !rw.hit() {
+            continue;
+        }
         let from = u32::to_be(rw.from) as u64;
         let to = u32::to_be(rw.to) as u64;
         ctx.l3_csum_replace(l3 + IP_CSUM_OFF, from, to, 4)
@@ -306,10 +355,10 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
                 .map_err(|_| Pass::HelperFailed)?;
         }
     }
-    if let Some(q) = &quoted {
-        write_quoted(ctx, l4, q)?;
-        count_rule(&q.src, ctx.len());
-        count_rule(&q.dst, ctx.len());
+    if quoted.active() {
+        write_quoted(ctx, l4, &quoted)?;
+        count_rule(&quoted.src, ctx.len());
+        count_rule(&quoted.dst, ctx.len());
     }
     count_rule(&src_rw, ctx.len());
     count_rule(&dst_rw, ctx.len());
@@ -327,10 +376,10 @@ fn quoted_rewrite(
     ifindex: u32,
     l4: usize,
     packet_end: usize,
-) -> Result<Option<QuotedRewrite>, Pass> {
+) -> Result<QuotedRewrite, Pass> {
     let icmp_type: u8 = ctx.load(l4).map_err(|_| Pass::Malformed)?;
     if icmp_type != 3 && icmp_type != 11 && icmp_type != 12 {
-        return Ok(None);
+        return Ok(QuotedRewrite::NONE);
     }
     let l3 = l4 + ICMP_HLEN;
     if l3 + IPV4_MIN_HLEN > packet_end {
@@ -346,14 +395,20 @@ fn quoted_rewrite(
     }
     let src = lookup(ifindex, direction, FIELD_DESTINATION, inner.src);
     let dst = lookup(ifindex, direction, FIELD_SOURCE, inner.dst);
-    if src.is_none() && dst.is_none() {
-        return Ok(None);
+    if !src.hit() && !dst.hit() {
+        return Ok(QuotedRewrite::NONE);
     }
 
-    let mut ip_new = u16::from_be_bytes(inner.check);
-    let ip_old = ip_new;
-    for rw in [&src, &dst].into_iter().flatten() {
-        ip_new = csum_replace4(ip_new, rw.from, rw.to);
+    let mut out = QuotedRewrite::NONE;
+    out.l3 = l3;
+    out.src = src;
+    out.dst = dst;
+    out.ip_check_old = u16::from_be_bytes(inner.check);
+    out.ip_check_new = out.ip_check_old;
+    for rw in [&src, &dst] {
+        if rw.hit() {
+            out.ip_check_new = csum_replace4(out.ip_check_new, rw.from, rw.to);
+        }
     }
 
     let inner_l4 = l3 + ihl;
@@ -363,29 +418,26 @@ fn quoted_rewrite(
         IPPROTO_UDP => inner_l4 + UDP_CSUM_OFF,
         _ => 0,
     };
-    let mut l4_check = None;
     // The quote may stop before the transport checksum; then there is nothing to fix.
     if inner_first_fragment && csum_off != 0 && csum_off + 2 <= packet_end {
         let old = u16::from_be_bytes(ctx.load::<[u8; 2]>(csum_off).map_err(|_| Pass::Malformed)?);
         // A zero UDP checksum means "none" and stays zero.
         if !(inner.protocol == IPPROTO_UDP && old == 0) {
             let mut new = old;
-            for rw in [&src, &dst].into_iter().flatten() {
-                new = csum_replace4(new, rw.from, rw.to);
+            for rw in [&src, &dst] {
+                if rw.hit() {
+                    new = csum_replace4(new, rw.from, rw.to);
+                }
             }
             if inner.protocol == IPPROTO_UDP && new == 0 {
                 new = 0xffff;
             }
-            l4_check = Some((csum_off, old, new));
+            out.l4_check_off = csum_off;
+            out.l4_check_old = old;
+            out.l4_check_new = new;
         }
     }
-    Ok(Some(QuotedRewrite {
-        l3,
-        src,
-        dst,
-        ip_check: (ip_old, ip_new),
-        l4_check,
-    }))
+    Ok(out)
 }
 
 /// Writes the quoted packet's new addresses and checksums, and folds every change into
@@ -393,15 +445,27 @@ fn quoted_rewrite(
 #[inline(always)]
 fn write_quoted(ctx: &TcContext, icmp: usize, q: &QuotedRewrite) -> Result<(), Pass> {
     let icmp_check = icmp + ICMP_CSUM_OFF;
-    if let Some(rw) = &q.src {
-        replace4(ctx, q.l3 + IP_SRC_OFF, icmp_check, rw.from, rw.to)?;
+    if q.src.hit() {
+        replace4(ctx, q.l3 + IP_SRC_OFF, icmp_check, q.src.from, q.src.to)?;
     }
-    if let Some(rw) = &q.dst {
-        replace4(ctx, q.l3 + IP_DST_OFF, icmp_check, rw.from, rw.to)?;
+    if q.dst.hit() {
+        replace4(ctx, q.l3 + IP_DST_OFF, icmp_check, q.dst.from, q.dst.to)?;
     }
-    replace2(ctx, q.l3 + IP_CSUM_OFF, icmp_check, q.ip_check.0, q.ip_check.1)?;
-    if let Some((off, old, new)) = q.l4_check {
-        replace2(ctx, off, icmp_check, old, new)?;
+    replace2(
+        ctx,
+        q.l3 + IP_CSUM_OFF,
+        icmp_check,
+        q.ip_check_old,
+        q.ip_check_new,
+    )?;
+    if q.l4_check_off != 0 {
+        replace2(
+            ctx,
+            q.l4_check_off,
+            icmp_check,
+            q.l4_check_old,
+            q.l4_check_new,
+        )?;
     }
     Ok(())
 }

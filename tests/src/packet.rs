@@ -1,0 +1,250 @@
+//! Test packets built byte by byte (checksums computed here, from first principles), and
+//! an independent verifier built on `etherparse`, so no assertion relies on the code
+//! under test to say what a correct packet looks like.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{Icmpv4Slice, Ipv4HeaderSlice, TcpHeaderSlice, UdpHeaderSlice};
+
+/// Internet checksum (RFC 1071) over `data`.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.push(0);
+    p.push(proto);
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+/// Fields of an IPv4 header a test may want to vary.
+#[derive(Clone, Debug)]
+pub struct Ipv4 {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// Protocol number.
+    pub proto: u8,
+    /// Identification.
+    pub id: u16,
+    /// Flags and fragment offset (in 8-byte units), as on the wire.
+    pub flags_frag: u16,
+    /// Options, padded by the caller to a multiple of 4 bytes.
+    pub options: Vec<u8>,
+    /// Override for the total-length field (to make malformed packets).
+    pub total_len: Option<u16>,
+}
+
+impl Ipv4 {
+    /// A plain header: DF set, TTL 64, no options.
+    pub fn new(src: &str, dst: &str, proto: u8) -> Self {
+        Self {
+            src: src.parse().expect("test address"),
+            dst: dst.parse().expect("test address"),
+            proto,
+            id: 0x1c46,
+            flags_frag: 0x4000,
+            options: Vec::new(),
+            total_len: None,
+        }
+    }
+
+    /// Serializes the header followed by `payload`, with a correct header checksum.
+    pub fn with_payload(&self, payload: &[u8]) -> Vec<u8> {
+        assert_eq!(self.options.len() % 4, 0, "options must be padded");
+        let ihl = 5 + self.options.len() / 4;
+        let total = self.total_len.unwrap_or((ihl * 4 + payload.len()) as u16);
+        let mut h = vec![
+            (4 << 4) | ihl as u8,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            (self.id >> 8) as u8,
+            self.id as u8,
+            (self.flags_frag >> 8) as u8,
+            self.flags_frag as u8,
+            64,
+            self.proto,
+            0,
+            0,
+        ];
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&self.options);
+        let c = inet_checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(payload);
+        h
+    }
+}
+
+/// A TCP segment (20-byte header, ACK|PSH) with its checksum over the pseudo-header.
+pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+    t.extend_from_slice(&0x0a0b_0c0du32.to_be_bytes());
+    t.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    let mut sum_input = pseudo_header(src, dst, 6, t.len());
+    sum_input.extend_from_slice(&t);
+    let c = inet_checksum(&sum_input);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+/// A UDP datagram; `with_checksum = false` leaves the checksum 0 ("none").
+pub fn udp(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    with_checksum: bool,
+) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&(len as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    if with_checksum {
+        let mut sum_input = pseudo_header(src, dst, 17, len);
+        sum_input.extend_from_slice(&u);
+        let mut c = inet_checksum(&sum_input);
+        if c == 0 {
+            c = 0xffff;
+        }
+        u[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    u
+}
+
+/// An ICMP message: type, code, the 4-byte rest-of-header, payload, checksum.
+pub fn icmp(icmp_type: u8, code: u8, rest: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![icmp_type, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(payload);
+    let c = inet_checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// Prepends an Ethernet header carrying `ethertype`.
+pub fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Link framing of a test packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// With an Ethernet header.
+    L2,
+    /// Starting at the IP header.
+    L3,
+}
+
+impl Framing {
+    /// Frames an IPv4 packet.
+    pub fn frame(self, ip_packet: &[u8]) -> Vec<u8> {
+        match self {
+            Self::L2 => ethernet(0x0800, ip_packet),
+            Self::L3 => ip_packet.to_vec(),
+        }
+    }
+
+    /// Offset of the IP header.
+    pub fn l3_offset(self) -> usize {
+        match self {
+            Self::L2 => 14,
+            Self::L3 => 0,
+        }
+    }
+}
+
+/// Checks every checksum in an IPv4 packet (starting at the IP header) with etherparse:
+/// the IP header; TCP/UDP over the pseudo-header (first fragments of unfragmented
+/// datagrams only, since the checksum covers the whole datagram); ICMP over the message;
+/// and for ICMP errors the quoted IP header. Panics with a description on any mismatch.
+pub fn verify_checksums(ip_packet: &[u8]) {
+    let ip = Ipv4HeaderSlice::from_slice(ip_packet).expect("valid IPv4 header");
+    let header = ip.to_header();
+    assert_eq!(
+        ip.header_checksum(),
+        header.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let payload = &ip_packet[ip.slice().len()..ip.total_len() as usize];
+    let fragmented = ip.more_fragments() || u16::from(ip.fragments_offset()) != 0;
+    if u16::from(ip.fragments_offset()) != 0 {
+        return;
+    }
+    match ip.protocol().0 {
+        6 if !fragmented => {
+            let tcp = TcpHeaderSlice::from_slice(payload).expect("valid TCP header");
+            let data = &payload[tcp.slice().len()..];
+            let expect = tcp
+                .to_header()
+                .calc_checksum_ipv4_raw(ip.source(), ip.destination(), data)
+                .expect("checksum computable");
+            assert_eq!(tcp.checksum(), expect, "TCP checksum");
+        }
+        17 if !fragmented => {
+            let udp = UdpHeaderSlice::from_slice(payload).expect("valid UDP header");
+            if udp.checksum() != 0 {
+                let expect = udp
+                    .to_header()
+                    .calc_checksum_ipv4_raw(ip.source(), ip.destination(), &payload[8..])
+                    .expect("checksum computable");
+                assert_eq!(udp.checksum(), expect, "UDP checksum");
+            }
+        }
+        1 => {
+            let icmp = Icmpv4Slice::from_slice(payload).expect("valid ICMP");
+            assert_eq!(
+                inet_checksum(payload),
+                0,
+                "ICMP checksum (sum over message)"
+            );
+            let _ = icmp;
+            if matches!(payload[0], 3 | 11 | 12) {
+                let quoted = &payload[8..];
+                let inner = Ipv4HeaderSlice::from_slice(quoted).expect("quoted IPv4 header");
+                assert_eq!(
+                    inner.header_checksum(),
+                    inner.to_header().calc_header_checksum(),
+                    "quoted IPv4 header checksum"
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Source and destination of an IPv4 packet starting at the IP header.
+pub fn addresses(ip_packet: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+    let ip = Ipv4HeaderSlice::from_slice(ip_packet).expect("valid IPv4 header");
+    (ip.source_addr(), ip.destination_addr())
+}
