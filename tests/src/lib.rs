@@ -3,4 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bpf;
+pub mod netns;
 pub mod packet;
+pub mod topology;

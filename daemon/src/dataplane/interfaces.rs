@@ -41,18 +41,31 @@ pub fn framing_of(link_type: u16) -> Option<Framing> {
 }
 
 /// Lists the interfaces of the current network namespace by name.
+///
+/// Names come from `getifaddrs` (netlink, so the calling thread's namespace counts);
+/// index and link type are asked per name, because devices without a hardware address
+/// (tun, WireGuard) have no link-level entry there.
 pub fn list() -> Result<BTreeMap<String, Interface>, nix::Error> {
+    let names: std::collections::BTreeSet<String> = nix::ifaddrs::getifaddrs()?
+        .map(|entry| entry.interface_name)
+        .collect();
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     let mut out = BTreeMap::new();
-    for entry in nix::ifaddrs::getifaddrs()? {
-        let Some(link) = entry.address.as_ref().and_then(|a| a.as_link_addr()) else {
+    for name in names {
+        // An interface can vanish between the listing and the query: skip it.
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(name.as_str()) else {
             continue;
         };
-        let Ok(ifindex) = u32::try_from(link.ifindex()) else {
+        let Ok(link_type) = link_type(&socket, &name) else {
             continue;
         };
-        let link_type = link.hatype();
         out.insert(
-            entry.interface_name,
+            name,
             Interface {
                 ifindex,
                 link_type,
@@ -61,6 +74,27 @@ pub fn list() -> Result<BTreeMap<String, Interface>, nix::Error> {
         );
     }
     Ok(out)
+}
+
+/// The ARPHRD_* type of an interface (`SIOCGIFHWADDR` reports it in `sa_family`).
+fn link_type(socket: &std::os::fd::OwnedFd, name: &str) -> Result<u16, nix::Error> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(nix::Error::ENAMETOOLONG);
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: valid socket fd and a properly initialised ifreq that outlives the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc != 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifru_hwaddr member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
 #[cfg(test)]

@@ -1,0 +1,213 @@
+//! End-to-end: two clusters with the same pod CIDR (and, in the asymmetric test,
+//! different ones) reach each other through gateways joined by a userspace WireGuard
+//! tunnel, with translation rules put into the maps through the daemon's dataplane
+//! module. Real packets cross real namespaces. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+
+use remapd::dataplane::{AddressField, Direction};
+use remapd_tests::netns::{ping, tcp_exchange, udp_exchange};
+use remapd_tests::topology::{
+    Cluster, GatewayPlan, Topology, seed_both_on_2, seed_cluster, seed_split,
+};
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// pod `from` reaches `target` (which is `real` in the other cluster) by ping, TCP and
+/// UDP; the server namespace sees the client as `seen_as`, and replies come back from
+/// `target`.
+fn assert_reachable(t: &Topology, from: u8, target: &str, real: &str, seen_as: &str, port: u16) {
+    let (client, server) = if from == 1 {
+        (&t.pod1, &t.pod2)
+    } else {
+        (&t.pod2, &t.pod1)
+    };
+    let target = ip(target);
+    let (tx, rx) = ping(client, target, 3, "0.2");
+    assert!(
+        tx == 3 && rx >= 2,
+        "pod{from} -> {target}: ping {rx}/{tx} replies"
+    );
+    let tcp = tcp_exchange(server, client, target, port, b"hello over tcp");
+    assert_eq!(tcp.reply, b"echo:hello over tcp");
+    assert_eq!(
+        tcp.server_saw_peer,
+        ip(seen_as),
+        "TCP: the server saw the client as"
+    );
+    assert_eq!(tcp.client_saw_reply_from, target);
+    let udp = udp_exchange(
+        server,
+        ip(real),
+        client,
+        target,
+        port + 1,
+        b"hello over udp",
+    );
+    assert_eq!(udp.reply, b"echo:hello over udp");
+    assert_eq!(
+        udp.server_saw_peer,
+        ip(seen_as),
+        "UDP: the server saw the client as"
+    );
+    assert_eq!(
+        udp.client_saw_reply_from, target,
+        "UDP reply must come from the address pod{from} used"
+    );
+}
+
+fn run_seed(plans: (GatewayPlan, GatewayPlan)) -> Topology {
+    let (plan1, plan2) = plans;
+    let t = Topology::build(&seed_cluster(), &seed_cluster(), &plan1, &plan2);
+    // Before any rule exists the remapped address is unreachable: the test can fail.
+    let (_, rx) = ping(&t.pod1, ip("30.0.0.1"), 2, "0.2");
+    assert_eq!(rx, 0, "no translation yet, so 30.0.0.1 must not answer");
+    let r1 = t.apply(1, &plan1);
+    let r2 = t.apply(2, &plan2);
+    assert_eq!(r1.inserted, plan1.rules.len());
+    assert_eq!(r2.inserted, plan2.rules.len());
+    assert_reachable(&t, 1, "30.0.0.1", "40.0.0.1", "60.0.0.1", 7000);
+    assert_reachable(&t, 2, "60.0.0.1", "40.0.0.1", "30.0.0.1", 7100);
+    // Re-applying the same rules changes nothing.
+    assert!(t.apply(1, &plan1).is_noop());
+    assert!(t.apply(2, &plan2).is_noop());
+    // Every rule counted traffic.
+    for (gw, plan) in [(1u8, &plan1), (2, &plan2)] {
+        let status = t.status(gw);
+        assert_eq!(status.rules.len(), plan.rules.len());
+        for rule in &status.rules {
+            assert!(
+                rule.packets > 0 && rule.bytes > 0,
+                "gw{gw} rule {} counted nothing",
+                rule.rule
+            );
+        }
+        assert_eq!(status.exceptions.malformed, 0);
+    }
+    t
+}
+
+#[test]
+fn seed_split_strategy() {
+    let t = run_seed(seed_split());
+    // Both gateways have programs only on their tunnel, in both directions.
+    for gw in [1, 2] {
+        let status = t.status(gw);
+        assert_eq!(
+            status.attachments.len(),
+            2,
+            "gw{gw}: {:?}",
+            status.attachments
+        );
+    }
+}
+
+#[test]
+fn seed_both_on_2_strategy() {
+    let t = run_seed(seed_both_on_2());
+    assert!(t.status(1).attachments.is_empty(), "gateway 1 only routes");
+    assert_eq!(t.status(2).attachments.len(), 2);
+}
+
+/// Cluster 1: pods 10.1.0.0/16, seen by cluster 2 as 172.21.0.0/16. Cluster 2: pods
+/// 10.1.0.0/16 and 10.2.0.0/24, seen by cluster 1 as 172.20.0.0/16 and 192.168.7.0/24.
+fn asymmetric_clusters() -> (Cluster, Cluster) {
+    (
+        Cluster {
+            subnets: vec![("10.1.0.1/16", "10.1.3.5/16")],
+        },
+        Cluster {
+            subnets: vec![
+                ("10.1.0.1/16", "10.1.0.7/16"),
+                ("10.2.0.1/24", "10.2.0.9/24"),
+            ],
+        },
+    )
+}
+
+fn asymmetric_checks(t: &Topology) {
+    // pod1 reaches both of cluster 2's subnets through their remapped views, and is seen
+    // as 172.21.3.5 (host bits kept across the /16).
+    assert_reachable(t, 1, "172.20.0.7", "10.1.0.7", "172.21.3.5", 7200);
+    assert_reachable(t, 1, "192.168.7.9", "10.2.0.9", "172.21.3.5", 7300);
+    // pod2 reaches pod1 at 172.21.3.5 and is seen as 172.20.0.7.
+    assert_reachable(t, 2, "172.21.3.5", "10.1.3.5", "172.20.0.7", 7400);
+}
+
+#[test]
+fn asymmetric_cidrs_split() {
+    use AddressField::*;
+    use Direction::*;
+    let (c1, c2) = asymmetric_clusters();
+    let plan1 = GatewayPlan {
+        rules: vec![
+            (Egress, Destination, "172.20.0.0/16", "10.1.0.0/16"),
+            (Egress, Destination, "192.168.7.0/24", "10.2.0.0/24"),
+            (Ingress, Source, "10.1.0.0/16", "172.20.0.0/16"),
+            (Ingress, Source, "10.2.0.0/24", "192.168.7.0/24"),
+        ],
+        routes: vec!["172.20.0.0/16", "192.168.7.0/24"],
+        allowed_ips: vec!["10.1.0.0/16", "10.2.0.0/24"],
+    };
+    let plan2 = GatewayPlan {
+        rules: vec![
+            (Ingress, Source, "10.1.0.0/16", "172.21.0.0/16"),
+            (Egress, Destination, "172.21.0.0/16", "10.1.0.0/16"),
+        ],
+        routes: vec!["172.21.0.0/16"],
+        allowed_ips: vec!["10.1.0.0/16"],
+    };
+    let t = Topology::build(&c1, &c2, &plan1, &plan2);
+    t.apply(1, &plan1);
+    t.apply(2, &plan2);
+    asymmetric_checks(&t);
+}
+
+#[test]
+fn asymmetric_cidrs_both_on_2() {
+    use AddressField::*;
+    use Direction::*;
+    let (c1, c2) = asymmetric_clusters();
+    let plan1 = GatewayPlan {
+        rules: vec![],
+        routes: vec!["172.20.0.0/16", "192.168.7.0/24"],
+        allowed_ips: vec!["172.20.0.0/16", "192.168.7.0/24"],
+    };
+    let plan2 = GatewayPlan {
+        rules: vec![
+            (Ingress, Destination, "172.20.0.0/16", "10.1.0.0/16"),
+            (Ingress, Destination, "192.168.7.0/24", "10.2.0.0/24"),
+            (Ingress, Source, "10.1.0.0/16", "172.21.0.0/16"),
+            (Egress, Source, "10.1.0.0/16", "172.20.0.0/16"),
+            (Egress, Source, "10.2.0.0/24", "192.168.7.0/24"),
+            (Egress, Destination, "172.21.0.0/16", "10.1.0.0/16"),
+        ],
+        routes: vec!["172.21.0.0/16"],
+        allowed_ips: vec!["10.1.0.0/16"],
+    };
+    let t = Topology::build(&c1, &c2, &plan1, &plan2);
+    t.apply(1, &plan1);
+    t.apply(2, &plan2);
+    asymmetric_checks(&t);
+}
+
+#[test]
+fn changing_and_removing_rules_is_exact() {
+    let (plan1, plan2) = seed_split();
+    let t = run_seed((plan1.clone(), plan2.clone()));
+    // Remove everything on gateway 1: rules and attachments go, traffic stops.
+    let report = t.apply(1, &GatewayPlan::default());
+    assert_eq!(report.removed, plan1.rules.len());
+    assert_eq!(report.detached, 2);
+    let status = t.status(1);
+    assert!(status.rules.is_empty() && status.attachments.is_empty());
+    let (_, rx) = ping(&t.pod1, ip("30.0.0.1"), 2, "0.2");
+    assert_eq!(rx, 0, "without rules 30.0.0.1 is unreachable again");
+    // And back.
+    t.apply(1, &plan1);
+    let (_, rx) = ping(&t.pod1, ip("30.0.0.1"), 3, "0.2");
+    assert!(rx >= 2, "translation restored");
+}
