@@ -3,7 +3,7 @@
 //! the caller's namespace, so rules here are keyed to ifindex 1.
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ipnet::Ipv4Net;
 use remapd::dataplane::rules::MapKey;
@@ -93,23 +93,27 @@ impl BpfHarness {
         self.rules()
             .insert(&Key::new(key.prefix_len, key.data), value, 0)
             .expect("insert rule");
+        self.mark_hook(ifindex, direction, field);
         id
     }
 
-    /// Adds `count` filler rules that never match the test packets (to measure scale).
+    /// Adds `count` filler rules that never match the test packets (to measure scale):
+    /// distinct /24s from 64.0.0.0 upwards, counter slots from 1000.
     pub fn add_filler_rules(&mut self, direction: Direction, field: AddressField, count: u32) {
+        self.fill(direction, field, count);
+        self.mark_hook(TEST_RUN_IFINDEX, direction, field);
+    }
+
+    fn fill(&mut self, direction: Direction, field: AddressField, count: u32) {
         let mut rules = self.rules();
         for i in 0..count {
-            // 100.64.0.0/10 carved into /26s, /24s and /20s spread over the space.
-            let base = 0x6440_0000u32 + i.wrapping_mul(64 * 977) % (1 << 22);
-            let len = [26u8, 24, 20][(i % 3) as usize];
-            let net = Ipv4Net::new(base.into(), len).expect("prefix").trunc();
+            let net = Ipv4Net::new((0x4000_0000u32 + (i << 8)).into(), 24).expect("prefix");
             let key = MapKey::ipv4(TEST_RUN_IFINDEX, direction, field, net);
             let mut to_addr = [0u8; 16];
             to_addr[..4].copy_from_slice(&[198, 18, 0, 0]);
             let value = RuleValue {
                 rule_id: 1000 + i,
-                prefix_len: len,
+                prefix_len: 24,
                 family: FAMILY_IPV4,
                 _pad: [0; 2],
                 to_addr,
@@ -118,6 +122,21 @@ impl BpfHarness {
                 .insert(&Key::new(key.prefix_len, key.data), value, 0)
                 .expect("insert filler rule");
         }
+    }
+
+    /// Sets the hook-summary bit the dataplane module would set for a rule.
+    fn mark_hook(&mut self, ifindex: u32, direction: Direction, field: AddressField) {
+        let mut hooks: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(remapd_common::HOOKS_MAP)
+                .expect("hooks map"),
+        )
+        .expect("hooks map type");
+        let slot = remapd_common::hook_slot(ifindex, direction.wire());
+        let bits = hooks.get(&slot, 0).expect("read hooks");
+        hooks
+            .set(slot, bits | (1 << field.wire()), 0)
+            .expect("write hooks");
     }
 
     fn rules(&mut self) -> LpmTrie<&mut MapData, RuleKey, RuleValue> {

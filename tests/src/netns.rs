@@ -13,10 +13,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A short prefix unique to this process and call, for names of shared objects.
+/// `REMAPD_NS_PREFIX` (at most 5 characters) replaces the process-derived part, so a
+/// wrapper script can find and remove everything a run made.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("rm{:04x}{:x}", std::process::id() & 0xffff, n)
+    match std::env::var("REMAPD_NS_PREFIX") {
+        Ok(p) if !p.is_empty() && p.len() <= 5 => format!("{p}{n:x}"),
+        _ => format!("rm{:04x}{:x}", std::process::id() & 0xffff, n),
+    }
 }
 
 /// Runs a command, panicking with its output unless it succeeds.

@@ -21,13 +21,14 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use ipnet::Ipv4Net;
 use remapd_common::{
-    COUNTERS_MAP, EXCEPTIONS_MAP, RULES_MAP, RuleCounters, RuleKey, RuleValue, programs,
+    COUNTERS_MAP, EXCEPTIONS_MAP, HOOKS_MAP, RULES_MAP, RuleCounters, RuleKey, RuleValue,
+    hook_slot, programs,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -249,7 +250,7 @@ impl PinLayout {
     }
 
     fn is_complete(&self) -> bool {
-        [RULES_MAP, COUNTERS_MAP, EXCEPTIONS_MAP]
+        [RULES_MAP, COUNTERS_MAP, EXCEPTIONS_MAP, HOOKS_MAP]
             .iter()
             .all(|m| self.map(m).exists())
             && ATTACHABLE.iter().all(|(_, _, p)| self.prog(p).exists())
@@ -343,6 +344,7 @@ pub struct Dataplane {
     rules: LpmTrie<MapData, RuleKey, RuleValue>,
     counters: PerCpuArray<MapData, RuleCounters>,
     exceptions: PerCpuArray<MapData, u64>,
+    hooks: Array<MapData, u32>,
     programs: BTreeMap<&'static str, SchedClassifier>,
     mode: AttachMode,
     adopted: bool,
@@ -392,6 +394,8 @@ impl Dataplane {
             .map_err(map_err(COUNTERS_MAP))?;
         let exceptions = PerCpuArray::try_from(Map::PerCpuArray(open_map(EXCEPTIONS_MAP)?))
             .map_err(map_err(EXCEPTIONS_MAP))?;
+        let hooks =
+            Array::try_from(Map::Array(open_map(HOOKS_MAP)?)).map_err(map_err(HOOKS_MAP))?;
         let mut loaded = BTreeMap::new();
         for (_, _, name) in ATTACHABLE {
             let program = SchedClassifier::from_pin(layout.prog(name)).map_err(prog_err(name))?;
@@ -411,6 +415,7 @@ impl Dataplane {
             rules,
             counters,
             exceptions,
+            hooks,
             programs: loaded,
             mode,
             adopted: false,
@@ -467,6 +472,16 @@ impl Dataplane {
             ..ApplyReport::default()
         };
 
+        // The hook summary must cover every rule the trie holds at any moment: widen it
+        // before the upserts, narrow it after the removals.
+        let current_hooks = hook_fields(current.keys());
+        let wanted_hooks = hook_fields(wanted.keys());
+        let mut widened = current_hooks.clone();
+        for (slot, bits) in &wanted_hooks {
+            *widened.entry(*slot).or_default() |= bits;
+        }
+        self.write_hooks(&widened, &current_hooks)?;
+
         for (key, value) in &diff.insert {
             let zero = PerCpuValues::try_from(vec![RuleCounters::default(); self.nr_cpus])
                 .map_err(|e| map_err(COUNTERS_MAP)(MapError::from(e)))?;
@@ -498,6 +513,8 @@ impl Dataplane {
             }
         }
 
+        self.write_hooks(&wanted_hooks, &widened)?;
+
         let keep: BTreeSet<(u32, Direction)> = hooks.iter().map(|(i, d, _, _)| (*i, *d)).collect();
         report.detached = self.detach_except(&keep)?;
         if report.is_noop() {
@@ -506,6 +523,23 @@ impl Dataplane {
             info!(?report, "dataplane applied");
         }
         Ok(report)
+    }
+
+    /// Writes the hook summary `target` for every slot in `target` or `previous` whose
+    /// value in the map differs.
+    fn write_hooks(
+        &mut self,
+        target: &BTreeMap<u32, u32>,
+        previous: &BTreeMap<u32, u32>,
+    ) -> Result<(), DataplaneError> {
+        for slot in target.keys().chain(previous.keys()) {
+            let want = target.get(slot).copied().unwrap_or(0);
+            let have = self.hooks.get(slot, 0).map_err(map_err(HOOKS_MAP))?;
+            if have != want {
+                self.hooks.set(*slot, want, 0).map_err(map_err(HOOKS_MAP))?;
+            }
+        }
+        Ok(())
     }
 
     fn read_rules(&self) -> Result<BTreeMap<MapKey, RuleValue>, DataplaneError> {
@@ -583,10 +617,10 @@ impl Dataplane {
         // atomically. A dead one (the interface was recreated): replace the link.
         let mut link_id = None;
         if pin.exists() {
-            if let Ok(old) = PinnedLink::from_pin(&pin) {
-                if let Ok(link) = SchedClassifierLink::try_from(FdLink::from(old)) {
-                    link_id = program.attach_to_link(link).ok();
-                }
+            if let Ok(old) = PinnedLink::from_pin(&pin)
+                && let Ok(link) = SchedClassifierLink::try_from(FdLink::from(old))
+            {
+                link_id = program.attach_to_link(link).ok();
             }
             if link_id.is_none() {
                 remove_pin(&pin)?;
@@ -821,6 +855,16 @@ impl Dataplane {
     }
 }
 
+/// The hook summary for a set of rule keys: slot -> bits of the fields with rules.
+fn hook_fields<'a>(keys: impl Iterator<Item = &'a MapKey>) -> BTreeMap<u32, u32> {
+    let mut out = BTreeMap::new();
+    for key in keys {
+        *out.entry(hook_slot(key.data.ifindex, key.data.direction))
+            .or_default() |= 1u32 << key.data.field;
+    }
+    out
+}
+
 fn parse_link_name(name: &str) -> Option<(&'static str, u32, Direction, Option<String>)> {
     let parse_dir = |s: &str| match s {
         "ingress" => Some(Direction::Ingress),
@@ -865,10 +909,12 @@ fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
     let rules_pin = layout.map(RULES_MAP);
     let counters_pin = layout.map(COUNTERS_MAP);
     let exceptions_pin = layout.map(EXCEPTIONS_MAP);
+    let hooks_pin = layout.map(HOOKS_MAP);
     let mut ebpf = aya::EbpfLoader::new()
         .map_pin_path(RULES_MAP, rules_pin.as_path())
         .map_pin_path(COUNTERS_MAP, counters_pin.as_path())
         .map_pin_path(EXCEPTIONS_MAP, exceptions_pin.as_path())
+        .map_pin_path(HOOKS_MAP, hooks_pin.as_path())
         .load(EBPF_OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))?;
     for (_, _, name) in ATTACHABLE {

@@ -40,6 +40,24 @@ pub const COUNTERS_MAP: &str = "REMAPD_COUNTERS";
 /// Name of the per-CPU array that counts packets passed untouched for an exceptional reason.
 pub const EXCEPTIONS_MAP: &str = "REMAPD_EXCEPTIONS";
 
+/// Name of the array that says, per hook, which address fields have rules at all, so
+/// the program skips trie lookups that cannot match (an array lookup is inlined by the
+/// verifier; a trie lookup is a helper call).
+pub const HOOKS_MAP: &str = "REMAPD_HOOKS";
+/// Number of slots in [`HOOKS_MAP`]; hooks that share a slot share its bits, which only
+/// costs a lookup that finds nothing.
+pub const HOOK_SLOTS: u32 = 4096;
+/// Bit in a [`HOOKS_MAP`] value: the hook has source rules.
+pub const HOOK_HAS_SOURCE: u32 = 1 << FIELD_SOURCE;
+/// Bit in a [`HOOKS_MAP`] value: the hook has destination rules.
+pub const HOOK_HAS_DESTINATION: u32 = 1 << FIELD_DESTINATION;
+
+/// The [`HOOKS_MAP`] slot of an interface and direction.
+#[inline(always)]
+pub const fn hook_slot(ifindex: u32, direction: u8) -> u32 {
+    ((ifindex << 1) | (direction as u32 & 1)) & (HOOK_SLOTS - 1)
+}
+
 /// Index in [`EXCEPTIONS_MAP`]: a matching packet was truncated or malformed and passed untouched.
 pub const EXCEPTION_MALFORMED: u32 = 0;
 /// Index in [`EXCEPTIONS_MAP`]: a kernel helper failed while rewriting; the packet may be partial.
@@ -150,6 +168,13 @@ pub const fn csum_replace4(check: u16, from: u32, to: u32) -> u16 {
     let sum =
         (!check) as u32 + (!(from >> 16) & 0xffff) + (!from & 0xffff) + (to >> 16) + (to & 0xffff);
     !csum_fold(sum)
+}
+
+/// One's-complement 32-bit addition with end-around carry (the kernel's `csum_add`).
+#[inline(always)]
+pub const fn csum_add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(carry as u32)
 }
 
 /// Incrementally updates an Internet checksum for a 16-bit field that changed.

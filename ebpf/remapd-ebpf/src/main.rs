@@ -16,14 +16,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_UNSPEC},
     macros::{classifier, map},
-    maps::{LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use remapd_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, EXCEPTION_BAD_RULE_ID, EXCEPTION_COUNT,
     EXCEPTION_HELPER_FAILED, EXCEPTION_MALFORMED, FAMILY_IPV4, FIELD_DESTINATION, FIELD_SOURCE,
-    MAX_RULES, RULE_KEY_SELECTOR_BITS, RuleCounters, RuleKey, RuleValue, csum_replace4,
-    translate_ipv4,
+    HOOK_HAS_DESTINATION, HOOK_HAS_SOURCE, HOOK_SLOTS, MAX_RULES, RULE_KEY_SELECTOR_BITS,
+    RuleCounters, RuleKey, RuleValue, csum_add, csum_replace4, hook_slot, translate_ipv4,
 };
 
 #[map(name = "REMAPD_RULES")]
@@ -31,6 +31,9 @@ static RULES: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(MAX_RULES,
 
 #[map(name = "REMAPD_COUNTERS")]
 static COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "REMAPD_HOOKS")]
+static HOOKS: Array<u32> = Array::with_max_entries(HOOK_SLOTS, 0);
 
 #[map(name = "REMAPD_EXCEPTIONS")]
 static EXCEPTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXCEPTION_COUNT, 0);
@@ -158,9 +161,13 @@ impl Rewrite {
     }
 }
 
-/// Looks `addr` (on-wire byte order) up among the rules for this interface, direction and field.
+/// Looks `addr` (on-wire byte order) up among the rules for this interface, direction and
+/// field, unless the hook summary `fields` says the hook has no rules for that field.
 #[inline(always)]
-fn lookup(ifindex: u32, direction: u8, field: u8, addr: [u8; 4]) -> Rewrite {
+fn lookup(fields: u32, ifindex: u32, direction: u8, field: u8, addr: [u8; 4]) -> Rewrite {
+    if fields & (1 << field) == 0 {
+        return Rewrite::MISS;
+    }
     let mut key_addr = [0u8; 16];
     key_addr[0] = addr[0];
     key_addr[1] = addr[1];
@@ -251,6 +258,16 @@ impl QuotedRewrite {
 #[inline(always)]
 fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass> {
     let l3 = if L2 { ETH_HLEN } else { 0 };
+    // SAFETY: reading a field of the context the kernel handed us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // Hooks without rules (or without rules for one field) skip the trie entirely.
+    let fields = match HOOKS.get(hook_slot(ifindex, direction)) {
+        Some(bits) => *bits & (HOOK_HAS_SOURCE | HOOK_HAS_DESTINATION),
+        None => 0,
+    };
+    if fields == 0 {
+        return Err(Pass::NotOurs);
+    }
     let skb_len = ctx.len() as usize;
     if ptr_at::<Ipv4Header>(ctx, l3).is_none() {
         if skb_len < l3 + IPV4_MIN_HLEN {
@@ -286,10 +303,8 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
         return Err(Pass::NotOurs);
     }
 
-    // SAFETY: reading a field of the context the kernel handed us.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let src_rw = lookup(ifindex, direction, FIELD_SOURCE, src);
-    let dst_rw = lookup(ifindex, direction, FIELD_DESTINATION, dst);
+    let src_rw = lookup(fields, ifindex, direction, FIELD_SOURCE, src);
+    let dst_rw = lookup(fields, ifindex, direction, FIELD_DESTINATION, dst);
 
     let ihl = ((version_ihl & 0x0f) as usize) << 2;
     if ihl < IPV4_MIN_HLEN || total_len < ihl || l3 + total_len > skb_len {
@@ -318,7 +333,7 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
                 l4_flags = (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64;
             }
             IPPROTO_ICMP => {
-                quoted = quoted_rewrite(ctx, direction, ifindex, l4, l3 + total_len)?;
+                quoted = quoted_rewrite(ctx, fields, direction, ifindex, l4, l3 + total_len)?;
             }
             _ => {}
         }
@@ -330,30 +345,42 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
         return Err(Pass::Malformed);
     }
 
-    // Addresses first, through a fresh pointer (the pull above may have moved the data).
+    // Addresses and the IP header checksum are written directly (the IP checksum is
+    // never offloaded, and a change that keeps the header's sum leaves a
+    // CHECKSUM_COMPLETE skb->csum valid, exactly as bpf_l3_csum_replace would).
+    // The pull above may have moved the data: take a fresh pointer.
     let ip = ptr_at::<Ipv4Header>(ctx, l3).ok_or(Pass::Malformed)?;
+    // One's-complement difference of all address changes, for the transport checksum.
+    let mut l4_diff = 0u32;
     // SAFETY: bounds checked by ptr_at; Ipv4Header has alignment 1.
     unsafe {
+        let mut check = u16::from_be_bytes((*ip).check);
         if src_rw.hit() {
-            (*ip).src = src_rw.to.to_be_bytes();
+            let new = src_rw.to.to_be_bytes();
+            l4_diff = csum_add(
+                csum_add(l4_diff, !u32::from_ne_bytes((*ip).src)),
+                u32::from_ne_bytes(new),
+            );
+            check = csum_replace4(check, src_rw.from, src_rw.to);
+            (*ip).src = new;
         }
         if dst_rw.hit() {
-            (*ip).dst = dst_rw.to.to_be_bytes();
+            let new = dst_rw.to.to_be_bytes();
+            l4_diff = csum_add(
+                csum_add(l4_diff, !u32::from_ne_bytes((*ip).dst)),
+                u32::from_ne_bytes(new),
+            );
+            check = csum_replace4(check, dst_rw.from, dst_rw.to);
+            (*ip).dst = new;
         }
+        (*ip).check = check.to_be_bytes();
     }
-    // Then the checksums, which the helpers update by offset (and in the skb's csum state).
-    for rw in [&src_rw, &dst_rw] {
-        if !rw.hit() {
-            continue;
-        }
-        let from = u32::to_be(rw.from) as u64;
-        let to = u32::to_be(rw.to) as u64;
-        ctx.l3_csum_replace(l3 + IP_CSUM_OFF, from, to, 4)
+    // The transport checksum goes through the helper, which knows the skb's checksum
+    // state (CHECKSUM_PARTIAL holds a pseudo-header sum, COMPLETE needs skb->csum fixed).
+    // Size 0 passes all address changes as one precomputed difference: one call.
+    if l4_check_off != 0 && (src_rw.hit() || dst_rw.hit()) {
+        ctx.l4_csum_replace(l4_check_off, 0, l4_diff as u64, l4_flags)
             .map_err(|_| Pass::HelperFailed)?;
-        if l4_check_off != 0 {
-            ctx.l4_csum_replace(l4_check_off, from, to, l4_flags | 4)
-                .map_err(|_| Pass::HelperFailed)?;
-        }
     }
     if quoted.active() {
         write_quoted(ctx, l4, &quoted)?;
@@ -372,6 +399,7 @@ fn translate<const L2: bool>(ctx: &TcContext, direction: u8) -> Result<(), Pass>
 #[inline(always)]
 fn quoted_rewrite(
     ctx: &TcContext,
+    fields: u32,
     direction: u8,
     ifindex: u32,
     l4: usize,
@@ -393,8 +421,8 @@ fn quoted_rewrite(
     if ihl < IPV4_MIN_HLEN || l3 + ihl > packet_end {
         return Err(Pass::Malformed);
     }
-    let src = lookup(ifindex, direction, FIELD_DESTINATION, inner.src);
-    let dst = lookup(ifindex, direction, FIELD_SOURCE, inner.dst);
+    let src = lookup(fields, ifindex, direction, FIELD_DESTINATION, inner.src);
+    let dst = lookup(fields, ifindex, direction, FIELD_SOURCE, inner.dst);
     if !src.hit() && !dst.hit() {
         return Ok(QuotedRewrite::NONE);
     }

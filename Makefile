@@ -1,0 +1,42 @@
+# remapd — one entry point for set-up, tests, benchmarks and the demo.
+# Every target installs what it needs first (scripts/setup.sh is idempotent).
+# Run as root on Linux >= 6.6 (eBPF, network namespaces).
+
+export CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS := fallback
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: all setup build test lint unit bench bench-dataplane demo clean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release
+
+## Every test: formatting, lints, unit tests, BPF packet tests, network-namespace tests.
+test: setup lint
+	$(CARGO) test --all-targets -- --test-threads=1
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## Unit tests only (no root needed, no eBPF build).
+unit:
+	AYA_BUILD_SKIP=1 $(CARGO) test -p remapd -p remapd-common --lib
+
+## Benchmarks; rewrites BENCHMARKS.md.
+bench: bench-dataplane
+
+bench-dataplane: setup
+	bash scripts/bench-dataplane.sh
+
+## The two-cluster demo (split and both-on-2 over WireGuard, in namespaces).
+demo: setup
+	bash scripts/demo.sh
+
+clean:
+	$(CARGO) clean
