@@ -42,6 +42,7 @@ impl BpfHarness {
             programs::L3_INGRESS,
             programs::L3_EGRESS,
             programs::BENCH_NOOP,
+            programs::BENCH_ONE_HELPER,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -79,6 +79,8 @@ pub mod programs {
     pub const L3_EGRESS: &str = "remapd_l3_egress";
     /// A program that does nothing; the baseline for the per-packet cost benchmark.
     pub const BENCH_NOOP: &str = "remapd_bench_noop";
+    /// A program that makes one cheap helper call; shows the machine's helper-call cost.
+    pub const BENCH_ONE_HELPER: &str = "remapd_bench_one_helper";
 }
 
 /// The data part of an LPM trie key (the kernel's `bpf_lpm_trie_key` adds the prefix length).

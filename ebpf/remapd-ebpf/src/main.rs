@@ -81,6 +81,14 @@ pub fn remapd_bench_noop(_ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
 }
 
+/// Benchmark reference: one cheap helper call (`bpf_skb_load_bytes` of 4 bytes), to show
+/// what a helper call costs on the machine the benchmark runs on.
+#[classifier]
+pub fn remapd_bench_one_helper(ctx: TcContext) -> i32 {
+    let _ = ctx.load::<u32>(0);
+    TC_ACT_OK as i32
+}
+
 /// Why a packet went on untouched (or only partly rewritten, for `HelperFailed`).
 enum Pass {
     /// Not IPv4, or no rule matched: not ours.

@@ -154,6 +154,26 @@ fn main() {
         m[0] - noop,
         (m[2] / m[0] - 1.0) * 100.0
     );
+    let mut noop = Vec::new();
+    let mut helper = Vec::new();
+    for _ in 0..rounds {
+        noop.push(
+            harnesses[0]
+                .run_repeat(programs::BENCH_NOOP, &miss, repeat)
+                .duration_ns as f64,
+        );
+        helper.push(
+            harnesses[0]
+                .run_repeat(programs::BENCH_ONE_HELPER, &miss, repeat)
+                .duration_ns as f64,
+        );
+    }
+    let (noop, helper) = (median(noop), median(helper));
+    println!();
+    println!(
+        "Reference: a program that only makes one cheap helper call (`bpf_skb_load_bytes`, 4 bytes) costs {helper:.1} ns vs {noop:.1} ns for the no-op ({:+.1} ns per helper call on this machine).",
+        helper - noop
+    );
     println!();
     println!(
         "repeat = {repeat} passes per measurement, median of {rounds} measurements; kernel-measured time per pass."
