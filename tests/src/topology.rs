@@ -184,8 +184,19 @@ impl Topology {
     /// Applies a plan's rules on a gateway through the daemon's dataplane module, from a
     /// thread inside the gateway's namespace.
     pub fn apply(&self, gateway: u8, plan: &GatewayPlan) -> remapd::dataplane::ApplyReport {
+        self.apply_with(gateway, plan, remapd::dataplane::AttachMode::Auto)
+    }
+
+    /// [`Topology::apply`] with an explicit attachment mechanism.
+    pub fn apply_with(
+        &self,
+        gateway: u8,
+        plan: &GatewayPlan,
+        attach_mode: remapd::dataplane::AttachMode,
+    ) -> remapd::dataplane::ApplyReport {
         let rules = self.rules(gateway, plan);
-        let config = self.dataplane_config(gateway);
+        let mut config = self.dataplane_config(gateway);
+        config.attach_mode = attach_mode;
         let ns = if gateway == 1 { &self.gw1 } else { &self.gw2 };
         ns.in_ns(move || {
             let mut dataplane = Dataplane::open(&config).expect("open dataplane");

@@ -211,3 +211,48 @@ fn changing_and_removing_rules_is_exact() {
     let (_, rx) = ping(&t.pod1, ip("30.0.0.1"), 3, "0.2");
     assert!(rx >= 2, "translation restored");
 }
+
+#[test]
+fn netlink_clsact_fallback_attaches_and_detaches() {
+    use remapd::dataplane::AttachMode;
+    let (plan1, plan2) = seed_split();
+    let t = Topology::build(&seed_cluster(), &seed_cluster(), &plan1, &plan2);
+    let r1 = t.apply_with(1, &plan1, AttachMode::Netlink);
+    assert_eq!(r1.attached, 2);
+    t.apply_with(2, &plan2, AttachMode::Netlink);
+    assert_reachable(&t, 1, "30.0.0.1", "40.0.0.1", "60.0.0.1", 7500);
+    // The filters are classic clsact filters, visible to tc (kernel program names are
+    // cut to 15 characters), and marked in the pin dir.
+    let filters = |dir: &str| {
+        let out = t
+            .gw1
+            .command("tc")
+            .args(["filter", "show", "dev", &t.wg1.name, dir])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        filters("egress").contains("remapd_l3_egres"),
+        "{}",
+        filters("egress")
+    );
+    assert!(filters("ingress").contains("remapd_l3_ingre"));
+    let status = t.status(1);
+    assert!(
+        status.attachments.iter().all(|a| a.mechanism == "netlink"),
+        "{:?}",
+        status.attachments
+    );
+    // A second apply adopts the markers instead of attaching again.
+    assert!(t.apply_with(1, &plan1, AttachMode::Netlink).is_noop());
+    // Removing the rules removes the filters.
+    let report = t.apply_with(1, &GatewayPlan::default(), AttachMode::Netlink);
+    assert_eq!(report.detached, 2);
+    assert!(
+        !filters("egress").contains("remapd"),
+        "{}",
+        filters("egress")
+    );
+    assert!(!filters("ingress").contains("remapd"));
+}
