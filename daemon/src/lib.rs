@@ -3,6 +3,12 @@
 //!
 //! Modules, by concern:
 //! - [`dataplane`]: the eBPF programs and maps — load/adopt, attach, apply rules, counters.
+//! - [`model`]: clusters, peerings' remote side, decisions.
+//! - [`policy`]: the WASM policy host (wasmtime) and decision validation.
+//! - [`plan`]: the plan compiler (decision -> rules, routes, allowed-ips, exports).
 #![deny(missing_docs)]
 
 pub mod dataplane;
+pub mod model;
+pub mod plan;
+pub mod policy;

@@ -1,0 +1,632 @@
+//! The WASM policy host: compiles policy components once (keyed by sha256), and runs each
+//! decision in a fresh, bounded store — fuel, an epoch deadline, a memory limit, a cap on
+//! what the policy may log and return — with nothing imported but the contract's `log`.
+//! The same input always gives the same decision: no clock, randomness, filesystem or
+//! network, and NaNs canonicalised.
+//!
+//! Every answer goes through [`validate::validate`] before anyone else sees it.
+
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+use crate::model::{Decision, Mapping, PolicyInput, Strategy};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../policy-sdk/wit",
+        world: "policy",
+    });
+}
+
+use bindings::remap::policy::types as wit;
+
+/// The contract version this host speaks.
+pub const CONTRACT: &str = "remap:policy@0.1.0";
+
+/// Limits on one policy call.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyLimits {
+    /// Fuel (roughly, wasm instructions) per call.
+    pub fuel: u64,
+    /// Wall-clock budget per call.
+    pub timeout: Duration,
+    /// Linear memory a policy may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Bytes of log output kept per call; the rest is dropped (and counted).
+    pub log_bytes: usize,
+    /// Size of an uploaded component.
+    pub component_bytes: usize,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        Self {
+            fuel: 200_000_000,
+            timeout: Duration::from_millis(500),
+            memory_bytes: 64 << 20,
+            log_bytes: 16 << 10,
+            component_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Why a policy could not be loaded or did not give a usable decision.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The bytes are not WebAssembly.
+    #[error("not a WebAssembly binary (expected the \\0asm magic)")]
+    NotWasm,
+    /// A precompiled artifact: native code is never accepted.
+    #[error(
+        "this looks like a precompiled native artifact (.cwasm/ELF); upload the .wasm component instead"
+    )]
+    NativeCode,
+    /// A core module rather than a component.
+    #[error(
+        "this is a core WebAssembly module, not a component; build it with remapd-policy-build (wasm32-unknown-unknown + wit-component)"
+    )]
+    CoreModule,
+    /// Too large.
+    #[error("component is {size} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The component does not implement this contract version.
+    #[error("the component does not implement {CONTRACT}: {reason}")]
+    WrongContract {
+        /// What is off.
+        reason: String,
+    },
+    /// Compilation failed.
+    #[error("compiling the component: {0:#}")]
+    Compile(wasmtime::Error),
+    /// The call ran out of fuel.
+    #[error("the policy used up its fuel ({fuel} units): it ran too long (an endless loop?)")]
+    OutOfFuel {
+        /// Fuel granted.
+        fuel: u64,
+    },
+    /// The call hit the wall-clock deadline.
+    #[error("the policy exceeded its {timeout:?} time limit")]
+    Timeout {
+        /// Limit.
+        timeout: Duration,
+    },
+    /// The policy trapped (panic, memory limit, unreachable, ...).
+    #[error("the policy trapped: {trap}{}", last_log.as_deref().map(|l| format!(" (last log line: {l})")).unwrap_or_default())]
+    Trap {
+        /// Trap description.
+        trap: String,
+        /// The last thing it logged (a panic message, with the SDK's hook).
+        last_log: Option<String>,
+    },
+    /// The policy returned an error.
+    #[error("the policy refused: {0}")]
+    Refused(String),
+    /// The policy returned something unusable before validation (e.g. a malformed CIDR).
+    #[error("the policy returned a malformed decision: {0}")]
+    Malformed(String),
+    /// The decision broke a validation rule.
+    #[error("the decision was rejected: {0}")]
+    Rejected(#[from] validate::DecisionError),
+}
+
+/// What the host gives a running policy: its log and limits.
+struct HostState {
+    limits: StoreLimits,
+    log: Vec<String>,
+    log_bytes: usize,
+    log_dropped: usize,
+    max_log_bytes: usize,
+}
+
+impl bindings::PolicyImports for HostState {
+    fn log(&mut self, message: String) {
+        if self.log_bytes + message.len() > self.max_log_bytes {
+            self.log_dropped += 1;
+            return;
+        }
+        self.log_bytes += message.len();
+        self.log.push(message);
+    }
+}
+
+// The `types` interface has no functions; its (empty) host trait is still required.
+impl wit::Host for HostState {}
+
+/// A compiled policy, ready to instantiate.
+pub struct CompiledPolicy {
+    /// sha256 of the component bytes, hex.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    pre: bindings::PolicyPre<HostState>,
+}
+
+/// A decision with what the policy logged.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    /// The validated decision.
+    pub decision: Decision,
+    /// Log lines.
+    pub log: Vec<String>,
+    /// How long the call took.
+    pub elapsed: Duration,
+}
+
+/// The engine and the compile cache.
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: PolicyLimits,
+    cache: RwLock<BTreeMap<String, Arc<CompiledPolicy>>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+impl PolicyEngine {
+    /// Creates an engine with deterministic, bounded settings and starts its epoch ticker.
+    pub fn new(limits: PolicyLimits) -> Result<Self, PolicyError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .parallel_compilation(false);
+        let engine = Engine::new(&config).map_err(PolicyError::Compile)?;
+        let mut linker = Linker::new(&engine);
+        bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(PolicyError::Compile)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PolicyError::Compile(wasmtime::Error::msg(e.to_string())))?;
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            cache: RwLock::new(BTreeMap::new()),
+            ticker_stop,
+        })
+    }
+
+    /// The limits calls run under.
+    pub fn limits(&self) -> &PolicyLimits {
+        &self.limits
+    }
+
+    /// Checks and compiles a component (or returns the cached compilation of the same
+    /// bytes). Never accepts precompiled native code.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Arc<CompiledPolicy>, PolicyError> {
+        if bytes.len() > self.limits.component_bytes {
+            return Err(PolicyError::TooLarge {
+                size: bytes.len(),
+                max: self.limits.component_bytes,
+            });
+        }
+        if bytes.starts_with(b"\x7fELF") {
+            return Err(PolicyError::NativeCode);
+        }
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(PolicyError::NotWasm);
+        }
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(PolicyError::CoreModule);
+        }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if let Some(hit) = self.cache.read().ok().and_then(|c| c.get(&sha256).cloned()) {
+            return Ok(hit);
+        }
+        let component = Component::new(&self.engine, bytes).map_err(PolicyError::Compile)?;
+        check_contract(&self.engine, &component)?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| PolicyError::WrongContract {
+                    reason: format!("{e:#}"),
+                })?;
+        let pre =
+            bindings::PolicyPre::new(instance_pre).map_err(|e| PolicyError::WrongContract {
+                reason: format!("{e:#}"),
+            })?;
+        let compiled = Arc::new(CompiledPolicy {
+            sha256: sha256.clone(),
+            size: bytes.len(),
+            pre,
+        });
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(sha256, compiled.clone());
+        }
+        Ok(compiled)
+    }
+
+    /// Asks `policy` for a decision and validates it. Bounded in fuel, time and memory;
+    /// a misbehaving policy gives an error, never a panic or a hang.
+    pub fn decide(
+        &self,
+        policy: &CompiledPolicy,
+        input: &PolicyInput,
+    ) -> Result<Evaluation, PolicyError> {
+        let started = Instant::now();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .instances(4)
+                    .tables(4)
+                    .memories(2)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                log: Vec::new(),
+                log_bytes: 0,
+                log_dropped: 0,
+                max_log_bytes: self.limits.log_bytes,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store
+            .set_fuel(self.limits.fuel)
+            .map_err(PolicyError::Compile)?;
+        let ticks = (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let wit_input = to_wit(input);
+        let outcome = policy
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_decide(&mut store, &wit_input));
+        let elapsed = started.elapsed();
+        let log = std::mem::take(&mut store.data_mut().log);
+        if store.data().log_dropped > 0 {
+            warn!(
+                dropped = store.data().log_dropped,
+                "policy log over its limit; lines dropped"
+            );
+        }
+        let answer = match outcome {
+            Ok(answer) => answer,
+            Err(error) => {
+                let trap = error.downcast_ref::<wasmtime::Trap>().copied();
+                return Err(match trap {
+                    Some(wasmtime::Trap::OutOfFuel) => PolicyError::OutOfFuel {
+                        fuel: self.limits.fuel,
+                    },
+                    Some(wasmtime::Trap::Interrupt) => PolicyError::Timeout {
+                        timeout: self.limits.timeout,
+                    },
+                    _ => PolicyError::Trap {
+                        trap: format!("{error:#}"),
+                        last_log: log.last().cloned(),
+                    },
+                });
+            }
+        };
+        let decision = match answer {
+            Ok(decision) => from_wit(decision).map_err(PolicyError::Malformed)?,
+            Err(message) => {
+                let mut message = message;
+                message.truncate(1024);
+                return Err(PolicyError::Refused(message));
+            }
+        };
+        validate::validate(input, &decision)?;
+        debug!(strategy = %decision.strategy, ?elapsed, "policy decided");
+        Ok(Evaluation {
+            decision,
+            log,
+            elapsed,
+        })
+    }
+}
+
+impl std::fmt::Debug for CompiledPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPolicy")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PolicyEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Names the contract mismatch precisely: a different version of our package, WASI or
+/// other imports the host does not provide, or a missing `decide` export.
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), PolicyError> {
+    let ty = component.component_type();
+    let (package, _) = CONTRACT.split_once('@').unwrap_or((CONTRACT, ""));
+    for (name, _) in ty.imports(engine) {
+        if name == "log" || name == "remap:policy/types@0.1.0" {
+            continue;
+        }
+        if name.starts_with(package) {
+            let version = name
+                .rsplit_once('@')
+                .map(|(_, v)| v)
+                .unwrap_or("an unknown version");
+            return Err(PolicyError::WrongContract {
+                reason: format!(
+                    "it was built for {package}@{version} (it imports {name:?}), this remapd speaks {CONTRACT}"
+                ),
+            });
+        }
+        return Err(PolicyError::WrongContract {
+            reason: format!(
+                "it imports {name:?}, which remapd does not provide (policies get no ambient authority: no WASI)"
+            ),
+        });
+    }
+    if !ty.exports(engine).any(|(name, _)| name == "decide") {
+        return Err(PolicyError::WrongContract {
+            reason: "it does not export `decide`".into(),
+        });
+    }
+    Ok(())
+}
+
+fn cidr_out(n: &Ipv4Net) -> wit::Cidr {
+    wit::Cidr {
+        addr: u32::from(n.network()),
+        prefix_len: n.prefix_len(),
+    }
+}
+
+fn cidrs_out(v: &[Ipv4Net]) -> Vec<wit::Cidr> {
+    v.iter().map(cidr_out).collect()
+}
+
+fn to_wit(input: &PolicyInput) -> wit::DecisionInput {
+    wit::DecisionInput {
+        local: wit::LocalCluster {
+            name: input.local.name.clone(),
+            pod_cidrs: cidrs_out(&input.local.pod_cidrs),
+            service_cidrs: cidrs_out(&input.local.service_cidrs),
+            reserved_cidrs: cidrs_out(&input.local.reserved_cidrs),
+            remap_pool: cidrs_out(&input.local.remap_pool),
+            allocated: cidrs_out(&input.allocated),
+            capabilities: wit::Capabilities {
+                nat_dataplane: input.local_capabilities.nat_dataplane,
+            },
+        },
+        remote: wit::RemoteCluster {
+            name: input.remote.name.clone(),
+            pod_cidrs: cidrs_out(&input.remote.pod_cidrs),
+            service_cidrs: cidrs_out(&input.remote.service_cidrs),
+            capabilities: wit::Capabilities {
+                nat_dataplane: input.remote.capabilities.nat_dataplane,
+            },
+            view_of_local: input.remote.view_of_local.as_ref().map(|v| {
+                v.iter()
+                    .map(|m| wit::Mapping {
+                        real: cidr_out(&m.real),
+                        remapped: cidr_out(&m.remapped),
+                    })
+                    .collect()
+            }),
+        },
+        settings: input
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn cidr_in(c: &wit::Cidr) -> Result<Ipv4Net, String> {
+    Ipv4Net::new(c.addr.into(), c.prefix_len)
+        .map_err(|_| format!("prefix length {} is not valid for IPv4", c.prefix_len))
+}
+
+fn from_wit(d: wit::Decision) -> Result<Decision, String> {
+    if d.mappings.len() > validate::MAX_MAPPINGS {
+        return Err(format!(
+            "{} mappings, more than the {} allowed",
+            d.mappings.len(),
+            validate::MAX_MAPPINGS
+        ));
+    }
+    let mappings = d
+        .mappings
+        .iter()
+        .map(|m| {
+            Ok(Mapping {
+                real: cidr_in(&m.real)?,
+                remapped: cidr_in(&m.remapped)?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Decision {
+        strategy: match d.strategy {
+            wit::Strategy::None => Strategy::None,
+            wit::Strategy::Split => Strategy::Split,
+            wit::Strategy::BothOnLocal => Strategy::BothOnLocal,
+            wit::Strategy::BothOnRemote => Strategy::BothOnRemote,
+        },
+        mappings,
+    })
+}
+
+/// The policies remapd ships, as components built from `policies/` by `build.rs`.
+pub mod builtin {
+    /// `split`: always split.
+    pub const SPLIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy-split.wasm"));
+    /// `both-on-2`: one side does every rewrite.
+    pub const BOTH_ON_2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy-both-on-2.wasm"));
+    /// `auto` (default): none, both-on-local or split, as the clusters allow.
+    pub const AUTO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy-auto.wasm"));
+    /// Name of the default policy.
+    pub const DEFAULT: &str = "auto";
+    /// All built-ins by name.
+    pub const ALL: [(&str, &[u8]); 3] =
+        [("split", SPLIT), ("both-on-2", BOTH_ON_2), ("auto", AUTO)];
+}
+
+/// A named policy in the registry.
+#[derive(Clone, Debug)]
+pub struct NamedPolicy {
+    /// Name.
+    pub name: String,
+    /// Shipped with remapd (cannot be replaced or deleted).
+    pub builtin: bool,
+    /// The compiled component.
+    pub compiled: Arc<CompiledPolicy>,
+}
+
+/// Registry errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The component did not load.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Built-ins are fixed.
+    #[error("policy {0:?} is built in and cannot be replaced or deleted")]
+    Builtin(String),
+    /// No such policy.
+    #[error("no policy named {0:?}")]
+    NotFound(String),
+    /// Bad name.
+    #[error("policy name {0:?} is not valid: use 1-63 characters of a-z, 0-9 and '-'")]
+    BadName(String),
+    /// The built-ins were not built into this binary.
+    #[error(
+        "built-in policy {0:?} is missing from this binary (built with REMAPD_POLICY_BUILD_SKIP)"
+    )]
+    BuiltinMissing(String),
+}
+
+/// Named policies. Replacing one is atomic: a call holds an `Arc` to the policy it
+/// started with and finishes on it, while new calls see the replacement.
+pub struct PolicyRegistry {
+    engine: Arc<PolicyEngine>,
+    policies: RwLock<BTreeMap<String, NamedPolicy>>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
+impl PolicyRegistry {
+    /// A registry holding the built-in policies.
+    pub fn with_builtins(engine: Arc<PolicyEngine>) -> Result<Self, RegistryError> {
+        let mut policies = BTreeMap::new();
+        for (name, bytes) in builtin::ALL {
+            if bytes.is_empty() {
+                return Err(RegistryError::BuiltinMissing(name.into()));
+            }
+            let compiled = engine.compile(bytes)?;
+            policies.insert(
+                name.to_owned(),
+                NamedPolicy {
+                    name: name.to_owned(),
+                    builtin: true,
+                    compiled,
+                },
+            );
+        }
+        Ok(Self {
+            engine,
+            policies: RwLock::new(policies),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<PolicyEngine> {
+        &self.engine
+    }
+
+    /// Compiles `bytes` and, only if that succeeds, installs them under `name`.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<NamedPolicy, RegistryError> {
+        if !valid_name(name) {
+            return Err(RegistryError::BadName(name.into()));
+        }
+        if self.get(name).is_some_and(|p| p.builtin) {
+            return Err(RegistryError::Builtin(name.into()));
+        }
+        let compiled = self.engine.compile(bytes)?;
+        let named = NamedPolicy {
+            name: name.to_owned(),
+            builtin: false,
+            compiled,
+        };
+        if let Ok(mut map) = self.policies.write() {
+            map.insert(name.to_owned(), named.clone());
+        }
+        Ok(named)
+    }
+
+    /// The policy called `name`.
+    pub fn get(&self, name: &str) -> Option<NamedPolicy> {
+        self.policies.read().ok()?.get(name).cloned()
+    }
+
+    /// All policies, by name.
+    pub fn list(&self) -> Vec<NamedPolicy> {
+        self.policies
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes an uploaded policy.
+    pub fn remove(&self, name: &str) -> Result<(), RegistryError> {
+        let mut map = self
+            .policies
+            .write()
+            .map_err(|_| RegistryError::NotFound(name.into()))?;
+        match map.get(name) {
+            None => Err(RegistryError::NotFound(name.into())),
+            Some(p) if p.builtin => Err(RegistryError::Builtin(name.into())),
+            Some(_) => {
+                map.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the policy called `name` on `input`.
+    pub fn decide(&self, name: &str, input: &PolicyInput) -> Result<Evaluation, RegistryError> {
+        let policy = self
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.into()))?;
+        Ok(self.engine.decide(&policy.compiled, input)?)
+    }
+}

@@ -1,0 +1,384 @@
+//! Property tests of the plan compiler: for random pairs of clusters (overlapping and
+//! not, CIDRs of different sizes and bases), decide both sides, validate, compile, and
+//! run packets through a pure model of the path pod1 -> gw1 egress -> WireGuard (send
+//! and receive allowed-ips) -> gw2 ingress -> pod2, the reply back, and the other
+//! direction. Every strategy. No root needed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use proptest::prelude::*;
+use remapd::dataplane::{AddressField, Direction, TranslationRule};
+use remapd::model::{
+    Capabilities, Decision, LocalCluster, Mapping, PolicyInput, RemoteCluster,
+    Strategy as RemapStrategy,
+};
+use remapd::plan::{GatewayPlan, compile, view_of};
+use remapd::policy::validate::validate;
+use remapd_policy_sdk as sdk;
+
+fn to_sdk(n: &Ipv4Net) -> sdk::Cidr {
+    sdk::Cidr {
+        addr: u32::from(n.network()),
+        prefix_len: n.prefix_len(),
+    }
+}
+
+fn from_sdk(c: &sdk::Cidr) -> Ipv4Net {
+    Ipv4Net::new(c.addr.into(), c.prefix_len).unwrap()
+}
+
+/// The views a side allocates for the remote's CIDRs, with the SDK's allocator (what the
+/// built-in policies use).
+fn views(local: &LocalCluster, remote: &RemoteCluster) -> Vec<Mapping> {
+    let input = sdk::DecisionInput {
+        local: sdk::LocalCluster {
+            name: local.name.clone(),
+            pod_cidrs: local.pod_cidrs.iter().map(to_sdk).collect(),
+            service_cidrs: local.service_cidrs.iter().map(to_sdk).collect(),
+            reserved_cidrs: local.reserved_cidrs.iter().map(to_sdk).collect(),
+            remap_pool: local.remap_pool.iter().map(to_sdk).collect(),
+            allocated: vec![],
+            capabilities: sdk::Capabilities {
+                nat_dataplane: true,
+            },
+        },
+        remote: sdk::RemoteCluster {
+            name: remote.name.clone(),
+            pod_cidrs: remote.pod_cidrs.iter().map(to_sdk).collect(),
+            service_cidrs: remote.service_cidrs.iter().map(to_sdk).collect(),
+            capabilities: sdk::Capabilities {
+                nat_dataplane: true,
+            },
+            view_of_local: None,
+        },
+        settings: vec![],
+    };
+    sdk::allocate_views(&input)
+        .expect("pool large enough")
+        .iter()
+        .map(|m| Mapping {
+            real: from_sdk(&m.real),
+            remapped: from_sdk(&m.remapped),
+        })
+        .collect()
+}
+
+fn describe(c: &LocalCluster) -> RemoteCluster {
+    RemoteCluster {
+        name: c.name.clone(),
+        pod_cidrs: c.pod_cidrs.clone(),
+        service_cidrs: c.service_cidrs.clone(),
+        capabilities: Capabilities {
+            nat_dataplane: true,
+        },
+        view_of_local: None,
+    }
+}
+
+/// One gateway in the model: what is connected locally, and its plan.
+struct Gateway {
+    local: Vec<Ipv4Net>,
+    plan: GatewayPlan,
+}
+
+type Packet = (Ipv4Addr, Ipv4Addr);
+
+fn translate(rules: &[TranslationRule], direction: Direction, (src, dst): Packet) -> Packet {
+    let pick = |field: AddressField, addr: Ipv4Addr| {
+        rules
+            .iter()
+            .filter(|r| r.direction == direction && r.field == field && r.from.contains(&addr))
+            .max_by_key(|r| r.from.prefix_len())
+            .map(|r| {
+                let m = Mapping {
+                    real: r.from,
+                    remapped: r.to,
+                };
+                m.apply(addr).unwrap()
+            })
+            .unwrap_or(addr)
+    };
+    (
+        pick(AddressField::Source, src),
+        pick(AddressField::Destination, dst),
+    )
+}
+
+fn longest<'a>(nets: impl Iterator<Item = &'a Ipv4Net>, addr: Ipv4Addr) -> Option<u8> {
+    nets.filter(|n| n.contains(&addr))
+        .map(|n| n.prefix_len())
+        .max()
+}
+
+/// Sends a packet from behind `from` to the other side: routing at `from` must choose
+/// the tunnel, egress rules run, WireGuard checks allowed-ips on both ends, ingress rules
+/// run at `to`, and routing there must deliver locally. Returns the delivered packet.
+fn cross(from: &Gateway, to: &Gateway, pkt: Packet) -> Result<Packet, String> {
+    let local = longest(from.local.iter(), pkt.1);
+    let tunnel = longest(from.plan.routes.iter(), pkt.1);
+    match (local, tunnel) {
+        (_, None) => return Err(format!("{pkt:?}: no route into the tunnel")),
+        (Some(l), Some(t)) if l >= t => {
+            return Err(format!("{pkt:?}: routed locally, not into the tunnel"));
+        }
+        _ => {}
+    }
+    let sent = translate(&from.plan.rules, Direction::Egress, pkt);
+    if !from.plan.allowed_ips.iter().any(|n| n.contains(&sent.1)) {
+        return Err(format!(
+            "{sent:?}: sender's allowed-ips do not cover the destination"
+        ));
+    }
+    if !to.plan.allowed_ips.iter().any(|n| n.contains(&sent.0)) {
+        return Err(format!(
+            "{sent:?}: receiver's allowed-ips do not cover the source"
+        ));
+    }
+    let got = translate(&to.plan.rules, Direction::Ingress, sent);
+    let local = longest(to.local.iter(), got.1);
+    let tunnel = longest(to.plan.routes.iter(), got.1);
+    match (local, tunnel) {
+        (Some(l), t) if t.is_none_or(|t| l > t) => Ok(got),
+        _ => Err(format!("{got:?}: not delivered locally at the receiver")),
+    }
+}
+
+fn hosts(net: &Ipv4Net, salt: u32) -> Vec<Ipv4Addr> {
+    let base = u32::from(net.network());
+    let size = 1u64 << (32 - net.prefix_len());
+    let pick = |k: u64| Ipv4Addr::from(base + (k % size) as u32);
+    vec![pick(1), pick(size - 2), pick(u64::from(salt) * 7919 + 3)]
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pair {
+    Split,
+    BothOn1,
+    BothOn2,
+    None,
+}
+
+fn net_strategy(space: u32) -> impl Strategy<Value = Ipv4Net> {
+    // Prefixes of /12../26 inside a /8 chosen by `space` (10, 172, ...).
+    (12u8..=26, any::<u32>()).prop_map(move |(len, bits)| {
+        Ipv4Net::new(Ipv4Addr::from((space << 24) | (bits & 0x00ff_ffff)), len)
+            .unwrap()
+            .trunc()
+    })
+}
+
+fn cluster_pair() -> impl Strategy<Value = (LocalCluster, LocalCluster, u32)> {
+    (
+        net_strategy(10),
+        prop::option::of(net_strategy(172)),
+        net_strategy(10),
+        prop::option::of(net_strategy(172)),
+        any::<bool>(),
+        any::<u32>(),
+    )
+        .prop_map(|(p1, s1, p2, s2, same, salt)| {
+            // Half the time cluster 2 reuses cluster 1's pod CIDR exactly (the seed case).
+            let p2 = if same { p1 } else { p2 };
+            let c1 = LocalCluster {
+                name: "cluster-1".into(),
+                pod_cidrs: vec![p1],
+                service_cidrs: s1
+                    .into_iter()
+                    .filter(|s| !s.contains(&p1) && !p1.contains(s))
+                    .collect(),
+                reserved_cidrs: vec![],
+                remap_pool: vec!["100.64.0.0/11".parse().unwrap()],
+            };
+            let c2 = LocalCluster {
+                name: "cluster-2".into(),
+                pod_cidrs: vec![p2],
+                service_cidrs: s2
+                    .into_iter()
+                    .filter(|s| !s.contains(&p2) && !p2.contains(s))
+                    .collect(),
+                reserved_cidrs: vec![],
+                remap_pool: vec!["100.96.0.0/11".parse().unwrap()],
+            };
+            (c1, c2, salt)
+        })
+}
+
+fn overlapping(a: &LocalCluster, b: &LocalCluster) -> bool {
+    a.cidrs()
+        .iter()
+        .any(|x| b.cidrs().iter().any(|y| x.contains(y) || y.contains(x)))
+}
+
+fn run_pair(c1: &LocalCluster, c2: &LocalCluster, pair: Pair, salt: u32) -> Result<(), String> {
+    let (s1, s2) = match pair {
+        Pair::Split => (RemapStrategy::Split, RemapStrategy::Split),
+        Pair::BothOn1 => (RemapStrategy::BothOnLocal, RemapStrategy::BothOnRemote),
+        Pair::BothOn2 => (RemapStrategy::BothOnRemote, RemapStrategy::BothOnLocal),
+        Pair::None => (RemapStrategy::None, RemapStrategy::None),
+    };
+    let nat = Capabilities {
+        nat_dataplane: true,
+    };
+    let d1 = Decision {
+        strategy: s1,
+        mappings: views(c1, &describe(c2)),
+    };
+    let d2 = Decision {
+        strategy: s2,
+        mappings: views(c2, &describe(c1)),
+    };
+    for (local, remote, d) in [(c1, c2, &d1), (c2, c1, &d2)] {
+        let input = PolicyInput {
+            local: local.clone(),
+            local_capabilities: nat,
+            allocated: vec![],
+            remote: describe(remote),
+            settings: Default::default(),
+        };
+        validate(&input, d).map_err(|e| format!("validation: {e}"))?;
+    }
+    // Each side learns the other's view of it from the other's exports.
+    let first2 = compile(
+        c2,
+        nat,
+        &describe(c1),
+        "wg",
+        &Decision {
+            strategy: RemapStrategy::Split,
+            ..d2.clone()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let first1 = compile(
+        c1,
+        nat,
+        &describe(c2),
+        "wg",
+        &Decision {
+            strategy: RemapStrategy::Split,
+            ..d1.clone()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let plan1 = compile(c1, nat, &first2.exports.remote, "wg", &d1).map_err(|e| e.to_string())?;
+    let plan2 = compile(c2, nat, &first1.exports.remote, "wg", &d2).map_err(|e| e.to_string())?;
+    assert_eq!(
+        plan1.exports.strategy, s2,
+        "exports tell the remote its strategy"
+    );
+    let gw1 = Gateway {
+        local: c1.cidrs(),
+        plan: plan1,
+    };
+    let gw2 = Gateway {
+        local: c2.cidrs(),
+        plan: plan2,
+    };
+
+    let mut sent1 = Vec::new();
+    let mut recv1 = Vec::new();
+    for n1 in c1.cidrs() {
+        for a in hosts(&n1, salt) {
+            for n2 in c2.cidrs() {
+                for b in hosts(&n2, salt.rotate_left(7)) {
+                    let v1b = view_of(&d1.mappings, b).ok_or("no view of b")?;
+                    let v2a = view_of(&d2.mappings, a).ok_or("no view of a")?;
+                    // pod1 -> pod2 (at cluster 1's view of it).
+                    let got = cross(&gw1, &gw2, (a, v1b))?;
+                    if got != (v2a, b) {
+                        return Err(format!(
+                            "{a} -> {v1b} arrived as {got:?}, expected ({v2a}, {b})"
+                        ));
+                    }
+                    sent1.push(translate(&gw1.plan.rules, Direction::Egress, (a, v1b)).1);
+                    // The reply goes back to the address pod2 saw and comes from the one pod1 used.
+                    let back = cross(&gw2, &gw1, (b, v2a))?;
+                    if back != (v1b, a) {
+                        return Err(format!(
+                            "reply {b} -> {v2a} arrived as {back:?}, expected ({v1b}, {a})"
+                        ));
+                    }
+                    recv1.push(translate(&gw2.plan.rules, Direction::Egress, (b, v2a)).0);
+                }
+            }
+        }
+    }
+    // Allowed-ips admit exactly what crosses: every prefix is used, in both directions.
+    for p in &gw1.plan.allowed_ips {
+        if !sent1.iter().any(|a| p.contains(a)) || !recv1.iter().any(|a| p.contains(a)) {
+            return Err(format!("gw1 allowed-ip {p} admits nothing that crosses"));
+        }
+    }
+    let stray: Ipv4Addr = "203.0.113.7".parse().unwrap();
+    if gw1.plan.allowed_ips.iter().any(|p| p.contains(&stray)) {
+        return Err("gw1 admits a stray address".into());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn every_strategy_delivers_both_ways((c1, c2, salt) in cluster_pair(), which in 0u8..4) {
+        let pair = match which {
+            0 => Pair::Split,
+            1 => Pair::BothOn1,
+            2 => Pair::BothOn2,
+            _ if !overlapping(&c1, &c2) => Pair::None,
+            _ => Pair::Split,
+        };
+        if let Err(e) = run_pair(&c1, &c2, pair, salt) {
+            prop_assert!(false, "{pair:?} with {c1:?} / {c2:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn the_seed_in_every_strategy() {
+    let seed = |name: &str, pool: &str| LocalCluster {
+        name: name.into(),
+        pod_cidrs: vec!["40.0.0.0/24".parse().unwrap()],
+        remap_pool: vec![pool.parse().unwrap()],
+        ..LocalCluster::default()
+    };
+    let (c1, c2) = (
+        seed("cluster-1", "30.0.0.0/24"),
+        seed("cluster-2", "60.0.0.0/24"),
+    );
+    for pair in [Pair::Split, Pair::BothOn1, Pair::BothOn2] {
+        run_pair(&c1, &c2, pair, 1).unwrap_or_else(|e| panic!("{pair:?}: {e}"));
+    }
+    // A deliberately wrong plan is caught by the model: swap gw1's allowed-ips.
+    let nat = Capabilities {
+        nat_dataplane: true,
+    };
+    let d1 = Decision {
+        strategy: RemapStrategy::Split,
+        mappings: views(&c1, &describe(&c2)),
+    };
+    let mut plan1 = compile(&c1, nat, &describe(&c2), "wg", &d1).unwrap();
+    plan1.allowed_ips = plan1.routes.clone();
+    let d2 = Decision {
+        strategy: RemapStrategy::Split,
+        mappings: views(&c2, &describe(&c1)),
+    };
+    let plan2 = compile(&c2, nat, &describe(&c1), "wg", &d2).unwrap();
+    let gw1 = Gateway {
+        local: c1.cidrs(),
+        plan: plan1,
+    };
+    let gw2 = Gateway {
+        local: c2.cidrs(),
+        plan: plan2,
+    };
+    let err = cross(
+        &gw1,
+        &gw2,
+        ("40.0.0.1".parse().unwrap(), "30.0.0.1".parse().unwrap()),
+    )
+    .unwrap_err();
+    assert!(err.contains("allowed-ips"), "{err}");
+}
