@@ -6,7 +6,7 @@ export CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS := fallback
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all setup build test lint unit bench bench-dataplane demo clean
+.PHONY: all setup build test lint unit bench demo clean
 
 all: build
 
@@ -29,10 +29,9 @@ unit:
 	AYA_BUILD_SKIP=1 REMAPD_POLICY_BUILD_SKIP=1 $(CARGO) test -p remapd -p remapd-common -p remapd-policy-sdk -p remapd-policy-split -p remapd-policy-both-on-2 -p remapd-policy-auto --lib
 
 ## Benchmarks; rewrites BENCHMARKS.md.
-bench: bench-dataplane
+bench: setup
+	bash scripts/bench.sh
 
-bench-dataplane: setup
-	bash scripts/bench-dataplane.sh
 
 ## The two-cluster demo (split and both-on-2 over WireGuard, in namespaces).
 demo: setup

@@ -230,7 +230,7 @@ pub trait Policy {
     fn decide(input: &DecisionInput) -> Result<Decision, String>;
 }
 
-/// Writes a line to remapd's log (in native tests: to the [`testing`] log and stderr).
+/// Writes a line to remapd's log (in native builds: to the [`testing`] log).
 pub fn log(message: &str) {
     #[cfg(target_arch = "wasm32")]
     bindings::log(message);
@@ -314,8 +314,13 @@ pub mod testing {
 
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn record_log(message: &str) {
-        eprintln!("[policy] {message}");
-        LOG.with(|l| l.borrow_mut().push(message.to_owned()));
+        LOG.with(|l| {
+            let mut log = l.borrow_mut();
+            // Bounded, like the host's log: a policy in a loop must not eat the test's memory.
+            if log.len() < 10_000 {
+                log.push(message.to_owned());
+            }
+        });
     }
 
     /// Runs `P::decide` and returns its result with the lines it logged.

@@ -349,6 +349,58 @@ impl PolicyEngine {
     }
 }
 
+impl PolicyEngine {
+    /// For benchmarks: instantiates once and times `calls` calls in that one instance,
+    /// separating the per-call cost of the policy from the cost of a fresh store and
+    /// instance (which [`PolicyEngine::decide`] pays every time, on purpose).
+    #[doc(hidden)]
+    pub fn time_calls_in_one_instance(
+        &self,
+        policy: &CompiledPolicy,
+        input: &PolicyInput,
+        calls: u32,
+    ) -> Result<(Duration, Duration), PolicyError> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .build(),
+                log: Vec::new(),
+                log_bytes: 0,
+                log_dropped: 0,
+                max_log_bytes: usize::MAX,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_fuel(u64::MAX).map_err(PolicyError::Compile)?;
+        store.set_epoch_deadline(u64::MAX / 2);
+        let wit_input = to_wit(input);
+        let started = Instant::now();
+        let instance = policy
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PolicyError::Trap {
+                trap: format!("{e:#}"),
+                last_log: None,
+            })?;
+        let instantiate = started.elapsed();
+        let started = Instant::now();
+        for _ in 0..calls {
+            store.data_mut().log.clear();
+            let answer =
+                instance
+                    .call_decide(&mut store, &wit_input)
+                    .map_err(|e| PolicyError::Trap {
+                        trap: format!("{e:#}"),
+                        last_log: None,
+                    })?;
+            std::hint::black_box(answer.map_err(PolicyError::Refused)?);
+        }
+        Ok((instantiate, started.elapsed() / calls.max(1)))
+    }
+}
+
 impl std::fmt::Debug for CompiledPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledPolicy")
