@@ -6,9 +6,11 @@
 //! - [`model`]: clusters, peerings' remote side, decisions.
 //! - [`policy`]: the WASM policy host (wasmtime) and decision validation.
 //! - [`plan`]: the plan compiler (decision -> rules, routes, allowed-ips, exports).
+//! - [`net`]: routes (rtnetlink) and WireGuard tunnels, behind traits with fakes.
 #![deny(missing_docs)]
 
 pub mod dataplane;
 pub mod model;
+pub mod net;
 pub mod plan;
 pub mod policy;

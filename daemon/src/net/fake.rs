@@ -1,0 +1,97 @@
+//! In-memory appliers for tests without root: they record what they were asked to do and
+//! keep the resulting state, so reconciler and API tests can assert on it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::{NetError, RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec, TunnelStatus};
+
+/// Shared view of a fake's state, kept by the test.
+pub type Shared<T> = Arc<Mutex<T>>;
+
+/// Routes held in memory.
+#[derive(Clone, Default)]
+pub struct FakeRoutes {
+    /// Current routes.
+    pub routes: Shared<Vec<RouteSpec>>,
+    /// Number of apply calls.
+    pub applies: Shared<usize>,
+}
+
+impl RouteApplier for FakeRoutes {
+    fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError> {
+        let mut current = self.routes.lock().map_err(|_| poisoned())?;
+        let mut want: Vec<RouteSpec> = routes.to_vec();
+        want.sort();
+        want.dedup();
+        let added = want.iter().filter(|r| !current.contains(r)).count();
+        let removed = current.iter().filter(|r| !want.contains(r)).count();
+        let unchanged = want.len() - added;
+        *current = want;
+        *self.applies.lock().map_err(|_| poisoned())? += 1;
+        Ok(RouteReport { added, removed, unchanged })
+    }
+
+    fn teardown(&mut self) -> Result<(), NetError> {
+        self.routes.lock().map_err(|_| poisoned())?.clear();
+        Ok(())
+    }
+}
+
+/// Tunnels held in memory.
+#[derive(Clone, Default)]
+pub struct FakeTunnels {
+    /// Current tunnels by interface.
+    pub tunnels: Shared<BTreeMap<String, TunnelSpec>>,
+}
+
+fn poisoned() -> NetError {
+    NetError::Netlink {
+        what: "fake applier".into(),
+        reason: "lock poisoned".into(),
+    }
+}
+
+impl TunnelApplier for FakeTunnels {
+    fn ensure(&mut self, tunnels: &[TunnelSpec]) -> Result<TunnelReport, NetError> {
+        let mut current = self.tunnels.lock().map_err(|_| poisoned())?;
+        let mut report = TunnelReport::default();
+        for t in tunnels {
+            match current.get(&t.interface) {
+                None => report.created += 1,
+                Some(old) if old == t => report.unchanged += 1,
+                Some(_) => report.updated += 1,
+            }
+            current.insert(t.interface.clone(), t.clone());
+        }
+        Ok(report)
+    }
+
+    fn prune(&mut self, keep: &[String]) -> Result<TunnelReport, NetError> {
+        let mut current = self.tunnels.lock().map_err(|_| poisoned())?;
+        let before = current.len();
+        current.retain(|name, _| keep.contains(name));
+        Ok(TunnelReport {
+            removed: before - current.len(),
+            ..TunnelReport::default()
+        })
+    }
+
+    fn status(&self, interface: &str) -> Result<Option<TunnelStatus>, NetError> {
+        let current = self.tunnels.lock().map_err(|_| poisoned())?;
+        Ok(current.get(interface).map(|t| TunnelStatus {
+            interface: t.interface.clone(),
+            public_key: None,
+            listen_port: Some(t.listen_port),
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            backend: "fake",
+        }))
+    }
+
+    fn teardown(&mut self) -> Result<(), NetError> {
+        self.tunnels.lock().map_err(|_| poisoned())?.clear();
+        Ok(())
+    }
+}

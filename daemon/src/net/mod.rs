@@ -1,0 +1,151 @@
+//! Network appliers for what the dataplane does not own: routes into the tunnels
+//! (rtnetlink) and the WireGuard tunnels themselves (wireguard-control; a userspace
+//! implementation run as its own process where the kernel has no WireGuard).
+//!
+//! Each applier takes a full desired set and makes the system match it, touching only
+//! what remapd owns, and is safe to call again and again. Each sits behind a trait so
+//! the reconciler is tested with fakes (`fake`).
+
+pub mod fake;
+pub mod routes;
+pub mod wireguard;
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// One route remapd wants: `prefix` into `interface`, in remapd's own table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Destination prefix.
+    pub prefix: Ipv4Net,
+    /// Output interface (a tunnel).
+    pub interface: String,
+}
+
+/// What a route apply changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RouteReport {
+    /// Routes added.
+    pub added: usize,
+    /// Routes removed.
+    pub removed: usize,
+    /// Routes already as desired.
+    pub unchanged: usize,
+}
+
+/// One WireGuard tunnel (one interface, one peer) remapd wants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSpec {
+    /// Interface name (at most 15 bytes).
+    pub interface: String,
+    /// Local private key, base64 (never logged).
+    #[serde(skip_serializing)]
+    pub private_key: String,
+    /// UDP listen port.
+    pub listen_port: u16,
+    /// The peer's public key, base64.
+    pub peer_public_key: String,
+    /// The peer's endpoint, when known.
+    pub endpoint: Option<SocketAddr>,
+    /// The peer's allowed-ips.
+    pub allowed_ips: Vec<Ipv4Net>,
+    /// Persistent keepalive, seconds.
+    pub keepalive: Option<u16>,
+}
+
+/// Live state of a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TunnelStatus {
+    /// Interface name.
+    pub interface: String,
+    /// Local public key, base64.
+    pub public_key: Option<String>,
+    /// Listen port.
+    pub listen_port: Option<u16>,
+    /// Last handshake with the peer.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// Which implementation runs it: "kernel" or "userspace".
+    pub backend: &'static str,
+}
+
+/// What a tunnel ensure/prune changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TunnelReport {
+    /// Interfaces created (userspace processes started).
+    pub created: usize,
+    /// Interfaces whose configuration was updated.
+    pub updated: usize,
+    /// Interfaces adopted as they were.
+    pub unchanged: usize,
+    /// Interfaces removed.
+    pub removed: usize,
+}
+
+/// Errors of the network appliers.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A netlink request failed.
+    #[error("netlink: {what}: {reason}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        reason: String,
+    },
+    /// A route names an interface that does not exist.
+    #[error("interface {0:?} not found")]
+    InterfaceNotFound(String),
+    /// WireGuard configuration failed.
+    #[error("wireguard {interface}: {reason}")]
+    WireGuard {
+        /// Interface.
+        interface: String,
+        /// Cause.
+        reason: String,
+    },
+    /// Starting the userspace WireGuard failed.
+    #[error("starting {program} for {interface}: {reason}")]
+    Spawn {
+        /// Program.
+        program: String,
+        /// Interface.
+        interface: String,
+        /// Cause.
+        reason: String,
+    },
+    /// A key is not valid base64 WireGuard key material.
+    #[error("invalid WireGuard key for {interface}")]
+    BadKey {
+        /// Interface.
+        interface: String,
+    },
+}
+
+/// Routes into the tunnels, in remapd's table, reached through one policy rule.
+pub trait RouteApplier: Send {
+    /// Makes remapd's table hold exactly `routes` and ensures the rule that sends
+    /// lookups to it exists. Never touches other tables or rules.
+    fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError>;
+    /// Removes every route in remapd's table and the rule.
+    fn teardown(&mut self) -> Result<(), NetError>;
+}
+
+/// WireGuard tunnels, one interface per peering.
+pub trait TunnelApplier: Send {
+    /// Creates missing tunnels (starting a userspace implementation where needed, or
+    /// adopting one that already runs) and updates changed ones. Removes nothing.
+    fn ensure(&mut self, tunnels: &[TunnelSpec]) -> Result<TunnelReport, NetError>;
+    /// Removes managed tunnels whose interface is not in `keep`.
+    fn prune(&mut self, keep: &[String]) -> Result<TunnelReport, NetError>;
+    /// Live state of one tunnel, if it exists.
+    fn status(&self, interface: &str) -> Result<Option<TunnelStatus>, NetError>;
+    /// Removes every managed tunnel.
+    fn teardown(&mut self) -> Result<(), NetError>;
+}

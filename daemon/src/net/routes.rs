@@ -1,0 +1,1 @@
+//! Routes into the tunnels with rtnetlink (being written).

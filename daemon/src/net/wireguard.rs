@@ -1,0 +1,1 @@
+//! WireGuard tunnels (being written).
