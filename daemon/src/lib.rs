@@ -9,8 +9,14 @@
 //! - [`net`]: routes (rtnetlink) and WireGuard tunnels, behind traits with fakes.
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod model;
 pub mod net;
 pub mod plan;
 pub mod policy;
+pub mod reconcile;
+pub mod server;
+pub mod store;

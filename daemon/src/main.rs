@@ -1,3 +1,186 @@
-//! The `remapd` binary.
+//! The `remapd` binary: parses flags and the config file, validates them (exit 64 on a
+//! bad configuration, before touching the kernel), and runs the daemon or a command.
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use remapd::config::{Config, FileConfig};
+
+/// remapd: lets clusters whose pod CIDRs overlap reach each other through WireGuard
+/// gateways, by stateless prefix translation in eBPF after routing.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (see `remapd example-config`).
+    #[arg(long, short, env = "REMAPD_CONFIG")]
+    config: Option<PathBuf>,
+    /// API listen address (overrides `listen`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// File with the API bearer token (overrides `token_file`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// State directory (overrides `state_dir`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// bpffs directory for the pinned dataplane (overrides `pin_dir`).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Underlay address peers reach this gateway at (overrides `advertise`).
+    #[arg(long)]
+    advertise: Option<std::net::IpAddr>,
+    /// Routing table for tunnel routes (overrides `route_table`).
+    #[arg(long)]
+    route_table: Option<u32>,
+    /// Priority of the policy rule (overrides `rule_priority`).
+    #[arg(long)]
+    rule_priority: Option<u32>,
+    /// Directory for pid files and logs of started WireGuard processes (overrides
+    /// `wireguard.run_dir`).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Userspace WireGuard program (overrides `wireguard.userspace_program`).
+    #[arg(long)]
+    wireguard_program: Option<PathBuf>,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "REMAPD_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Remove every rule, route and tunnel remapd made, without a running daemon.
+    Teardown,
+    /// Print the example configuration with every default.
+    ExampleConfig,
+    /// Validate the configuration and print it.
+    CheckConfig,
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+}
+
+const EX_USAGE: u8 = 64;
+
+fn config(cli: &Cli) -> Result<Config, String> {
+    let mut file = FileConfig::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(v) = cli.listen {
+        file.listen = v;
+    }
+    if let Some(v) = &cli.token_file {
+        file.token_file = Some(v.clone());
+    }
+    if let Some(v) = &cli.state_dir {
+        file.state_dir = v.clone();
+    }
+    if let Some(v) = &cli.pin_dir {
+        file.pin_dir = v.clone();
+    }
+    if let Some(v) = cli.advertise {
+        file.advertise = Some(v);
+    }
+    if let Some(v) = cli.route_table {
+        file.route_table = v;
+    }
+    if let Some(v) = cli.rule_priority {
+        file.rule_priority = v;
+    }
+    if let Some(v) = &cli.run_dir {
+        file.wireguard.run_dir = v.clone();
+    }
+    if let Some(v) = &cli.wireguard_program {
+        file.wireguard.userspace_program = v.clone();
+    }
+    file.validate().map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if matches!(cli.command, Some(Command::ExampleConfig)) {
+        print!("{}", remapd::config::EXAMPLE);
+        return ExitCode::SUCCESS;
+    }
+    if matches!(cli.command, Some(Command::Openapi)) {
+        match remapd::api::openapi().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("remapd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let config = match config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("remapd: bad configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("remapd: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            println!("{:#?}", config.file);
+            Ok(())
+        }
+        Command::Teardown => runtime.block_on(async {
+            let daemon = remapd::server::build(&config).map_err(|e| e.to_string())?;
+            let errors = daemon.teardown().await.map_err(|e| e.detail)?;
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            }
+        }),
+        Command::Run | Command::ExampleConfig | Command::Openapi => runtime
+            .block_on(remapd::server::serve(config, shutdown_signal()))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remapd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,23 +6,28 @@ use std::fmt;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The cluster this gateway belongs to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalCluster {
     /// Cluster name.
     pub name: String,
     /// Real pod CIDRs.
+    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
     pub pod_cidrs: Vec<Ipv4Net>,
     /// Real service CIDRs.
     #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
     pub service_cidrs: Vec<Ipv4Net>,
     /// Address space never to be used for remapped CIDRs (node networks, etc.).
     #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
     pub reserved_cidrs: Vec<Ipv4Net>,
     /// Where remapped CIDRs are allocated from.
     #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
     pub remap_pool: Vec<Ipv4Net>,
 }
 
@@ -38,7 +43,7 @@ impl LocalCluster {
 }
 
 /// What a gateway can do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// Runs remapd's NAT dataplane.
@@ -47,12 +52,16 @@ pub struct Capabilities {
 }
 
 /// A real prefix and the prefix it is seen as from the other side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     /// Real prefix.
+    #[schema(value_type = String, example = "10.1.0.0/16")]
     pub real: Ipv4Net,
     /// How it is seen.
+    #[schema(value_type = String, example = "10.1.0.0/16")]
     pub remapped: Ipv4Net,
 }
 
@@ -68,15 +77,17 @@ impl Mapping {
 }
 
 /// The remote end of a peering, as the remote describes itself (its exports).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteCluster {
     /// Remote cluster name.
     pub name: String,
     /// Its real pod CIDRs.
+    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
     pub pod_cidrs: Vec<Ipv4Net>,
     /// Its real service CIDRs.
     #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
     pub service_cidrs: Vec<Ipv4Net>,
     /// What its gateway can do.
     #[serde(default)]
@@ -98,7 +109,7 @@ impl RemoteCluster {
 }
 
 /// How a pair of gateways translates, from this gateway's point of view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// No overlap: plain routing.
@@ -134,7 +145,7 @@ impl fmt::Display for Strategy {
 }
 
 /// A policy's answer: the strategy and the local view of every remote CIDR.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     /// Strategy.
@@ -144,13 +155,14 @@ pub struct Decision {
 }
 
 /// Everything a policy is asked about one peering.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PolicyInput {
     /// This cluster.
     pub local: LocalCluster,
     /// What this gateway can do.
     pub local_capabilities: Capabilities,
     /// Remapped CIDRs held by other peerings of this gateway.
+    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
     pub allocated: Vec<Ipv4Net>,
     /// The peer.
     pub remote: RemoteCluster,

@@ -18,13 +18,14 @@
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::dataplane::{AddressField, Direction, TranslationRule};
 use crate::model::{Capabilities, Decision, LocalCluster, Mapping, RemoteCluster, Strategy};
 
 /// What the remote gateway must be told: the exact JSON to give the other daemon as the
 /// `remote` of its peering with us.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Exports {
     /// This cluster, described for the remote (its `remote` block).
     pub remote: RemoteCluster,
@@ -33,15 +34,17 @@ pub struct Exports {
 }
 
 /// This gateway's desired state for one peering.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GatewayPlan {
     /// Strategy from this gateway's point of view.
     pub strategy: Strategy,
     /// Rules on the tunnel device.
     pub rules: Vec<TranslationRule>,
     /// Prefixes routed into the tunnel device.
+    #[schema(value_type = Vec<String>)]
     pub routes: Vec<Ipv4Net>,
     /// The peer's WireGuard allowed-ips.
+    #[schema(value_type = Vec<String>)]
     pub allowed_ips: Vec<Ipv4Net>,
     /// For the remote gateway.
     pub exports: Exports,

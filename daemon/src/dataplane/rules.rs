@@ -13,9 +13,12 @@ use remapd_common::{
     RULE_KEY_SELECTOR_BITS, RuleKey, RuleValue,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Which TC hook a rule runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Packets arriving on the interface, before the local routing decision.
@@ -47,7 +50,9 @@ impl fmt::Display for Direction {
 }
 
 /// Which address of the packet a rule rewrites.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressField {
     /// The source address.
@@ -77,7 +82,7 @@ impl fmt::Display for AddressField {
 
 /// One stateless prefix translation: on `interface`, in `direction`, an address in `field`
 /// that falls in `from` is rewritten into `to`, keeping its host bits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TranslationRule {
     /// Interface name, resolved in the daemon's network namespace.
@@ -87,8 +92,10 @@ pub struct TranslationRule {
     /// The address the rule rewrites.
     pub field: AddressField,
     /// The prefix matched.
+    #[schema(value_type = String)]
     pub from: Ipv4Net,
     /// The prefix it becomes; same length as `from`.
+    #[schema(value_type = String)]
     pub to: Ipv4Net,
 }
 

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::{NetError, RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec, TunnelStatus};
+use super::{
+    NetError, RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec,
+    TunnelStatus,
+};
 
 /// Shared view of a fake's state, kept by the test.
 pub type Shared<T> = Arc<Mutex<T>>;
@@ -29,7 +32,11 @@ impl RouteApplier for FakeRoutes {
         let unchanged = want.len() - added;
         *current = want;
         *self.applies.lock().map_err(|_| poisoned())? += 1;
-        Ok(RouteReport { added, removed, unchanged })
+        Ok(RouteReport {
+            added,
+            removed,
+            unchanged,
+        })
     }
 
     fn teardown(&mut self) -> Result<(), NetError> {
@@ -43,6 +50,8 @@ impl RouteApplier for FakeRoutes {
 pub struct FakeTunnels {
     /// Current tunnels by interface.
     pub tunnels: Shared<BTreeMap<String, TunnelSpec>>,
+    /// How many times each interface was created.
+    pub created: Shared<BTreeMap<String, usize>>,
 }
 
 fn poisoned() -> NetError {
@@ -58,7 +67,15 @@ impl TunnelApplier for FakeTunnels {
         let mut report = TunnelReport::default();
         for t in tunnels {
             match current.get(&t.interface) {
-                None => report.created += 1,
+                None => {
+                    report.created += 1;
+                    *self
+                        .created
+                        .lock()
+                        .map_err(|_| poisoned())?
+                        .entry(t.interface.clone())
+                        .or_default() += 1;
+                }
                 Some(old) if old == t => report.unchanged += 1,
                 Some(_) => report.updated += 1,
             }

@@ -1,0 +1,94 @@
+//! `/v1/cluster`: the local cluster this gateway belongs to.
+
+use axum::Json;
+use axum::extract::State;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::problem::{JsonBody, Problem};
+use super::{AppState, check_cidrs, check_disjoint, check_name};
+use crate::model::LocalCluster;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_cluster, put_cluster))
+}
+
+/// Shows the local cluster.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "The local cluster", body = LocalCluster),
+        (status = 404, description = "Not configured yet", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_cluster(State(state): State<AppState>) -> Result<Json<LocalCluster>, Problem> {
+    state.daemon.state().await.cluster.map(Json).ok_or_else(|| {
+        Problem::not_found("the local cluster is not configured yet (PUT /v1/cluster)")
+    })
+}
+
+/// Validates a cluster description.
+pub fn validate_cluster(c: &LocalCluster) -> Result<(), Problem> {
+    check_name(&c.name, "/name")?;
+    if c.pod_cidrs.is_empty() {
+        return Err(Problem::bad_request("a cluster needs at least one pod CIDR").at("/pod_cidrs"));
+    }
+    check_cidrs(&c.pod_cidrs, "/pod_cidrs")?;
+    check_cidrs(&c.service_cidrs, "/service_cidrs")?;
+    check_cidrs(&c.reserved_cidrs, "/reserved_cidrs")?;
+    check_cidrs(&c.remap_pool, "/remap_pool")?;
+    check_disjoint(&[
+        ("/pod_cidrs", &c.pod_cidrs),
+        ("/service_cidrs", &c.service_cidrs),
+        ("/reserved_cidrs", &c.reserved_cidrs),
+    ])?;
+    check_disjoint(&[("/remap_pool", &c.remap_pool)])?;
+    for (i, p) in c.remap_pool.iter().enumerate() {
+        if let Some(own) = c
+            .cidrs()
+            .iter()
+            .chain(&c.reserved_cidrs)
+            .find(|o| o.contains(p) || p.contains(*o))
+        {
+            return Err(Problem::bad_request(format!(
+                "remap pool {p} overlaps the cluster's own {own}"
+            ))
+            .at(format!("/remap_pool/{i}")));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the local cluster: name, pod/service/reserved CIDRs and the pool remapped CIDRs
+/// are allocated from. Every peering is re-decided and re-applied.
+#[utoipa::path(
+    put,
+    path = "/v1/cluster",
+    tag = "cluster",
+    request_body = LocalCluster,
+    responses(
+        (status = 200, description = "Saved and applied", body = LocalCluster),
+        (status = 400, description = "Bad JSON or CIDR", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn put_cluster(
+    State(state): State<AppState>,
+    JsonBody(cluster): JsonBody<LocalCluster>,
+) -> Result<Json<LocalCluster>, Problem> {
+    validate_cluster(&cluster)?;
+    let saved = cluster.clone();
+    state
+        .daemon
+        .update(
+            move |s| {
+                s.cluster = Some(cluster);
+                Ok(())
+            },
+            None,
+        )
+        .await?;
+    Ok(Json(saved))
+}

@@ -1,0 +1,398 @@
+//! `/v1/peerings`: peerings with remote clusters — create/replace, show (decision,
+//! plan, what was applied with counters, tunnel state, exports), list, delete.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::problem::{JsonBody, Problem};
+use super::{AppState, check_cidrs, check_disjoint, check_name};
+use crate::dataplane::InstalledRule;
+use crate::model::{Decision, RemoteCluster};
+use crate::plan::GatewayPlan;
+use crate::reconcile::PeeringOutcome;
+use crate::store::{DesiredState, PeeringSpec, TunnelConfig};
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_peerings))
+        .routes(routes!(get_peering, put_peering, delete_peering))
+        .routes(routes!(get_exports))
+}
+
+/// Live WireGuard state of a peering's tunnel.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TunnelState {
+    /// Interface.
+    pub interface: String,
+    /// Last handshake, seconds since the Unix epoch.
+    pub last_handshake_unix: Option<u64>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// "userspace", "kernel" or "fake".
+    pub backend: String,
+}
+
+/// A rule as applied, with its counters.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AppliedRule {
+    /// `<interface> <direction> <field> <from> -> <to>`.
+    pub rule: String,
+    /// Packets rewritten.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+}
+
+/// A peering with everything known about it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PeeringStatus {
+    /// Name.
+    pub name: String,
+    /// As declared.
+    pub spec: PeeringSpec,
+    /// Tunnel interface.
+    pub interface: String,
+    /// This gateway's WireGuard public key for the peering.
+    pub public_key: Option<String>,
+    /// The decision in force.
+    #[schema(value_type = Option<Object>)]
+    pub decision: Option<Decision>,
+    /// The compiled plan in force.
+    #[schema(value_type = Option<Object>)]
+    pub plan: Option<GatewayPlan>,
+    /// Dataplane rules on the tunnel, with counters.
+    pub applied: Vec<AppliedRule>,
+    /// Tunnel state.
+    pub tunnel: Option<TunnelState>,
+    /// The latest error, if the last attempt failed (the previous plan stays in force).
+    pub last_error: Option<String>,
+    /// What the policy logged.
+    pub policy_log: Vec<String>,
+    /// The JSON to PUT on the remote daemon as its peering with us.
+    #[schema(value_type = Option<Object>)]
+    pub exports: Option<PeeringSpec>,
+}
+
+/// Validates a remote cluster description.
+pub fn validate_remote(r: &RemoteCluster) -> Result<(), Problem> {
+    check_name(&r.name, "/remote/name")?;
+    if r.pod_cidrs.is_empty() {
+        return Err(
+            Problem::bad_request("the remote needs at least one pod CIDR").at("/remote/pod_cidrs"),
+        );
+    }
+    check_cidrs(&r.pod_cidrs, "/remote/pod_cidrs")?;
+    check_cidrs(&r.service_cidrs, "/remote/service_cidrs")?;
+    check_disjoint(&[
+        ("/remote/pod_cidrs", &r.pod_cidrs),
+        ("/remote/service_cidrs", &r.service_cidrs),
+    ])?;
+    if let Some(view) = &r.view_of_local {
+        for (i, m) in view.iter().enumerate() {
+            if m.real.prefix_len() != m.remapped.prefix_len() {
+                return Err(Problem::bad_request(format!(
+                    "{} and {} differ in length",
+                    m.real, m.remapped
+                ))
+                .at(format!("/remote/view_of_local/{i}/remapped")));
+            }
+            check_cidrs(&[m.real], &format!("/remote/view_of_local/{i}/real"))?;
+            check_cidrs(
+                &[m.remapped],
+                &format!("/remote/view_of_local/{i}/remapped"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_spec(
+    name: &str,
+    spec: &PeeringSpec,
+    state: &DesiredState,
+    has_policy: bool,
+) -> Result<(), Problem> {
+    check_name(name, "/name")?;
+    if !has_policy {
+        return Err(
+            Problem::bad_request(format!("no policy named {:?}", spec.policy)).at("/policy"),
+        );
+    }
+    validate_remote(&spec.remote)?;
+    let key_ok = wireguard_control::Key::from_base64(&spec.tunnel.remote_public_key).is_ok();
+    if !key_ok {
+        return Err(
+            Problem::bad_request("not a WireGuard public key (32 bytes, base64)")
+                .at("/tunnel/remote_public_key"),
+        );
+    }
+    if spec.tunnel.listen_port == 0 {
+        return Err(Problem::bad_request("listen_port must be 1-65535").at("/tunnel/listen_port"));
+    }
+    let interface = spec.interface(name);
+    if interface.len() > 15
+        || interface.is_empty()
+        || !interface
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Problem::bad_request(format!(
+            "{interface:?} is not a valid interface name (1-15 of a-z, 0-9, '-', '_')"
+        ))
+        .at("/tunnel/interface"));
+    }
+    for (other, p) in state.peerings.iter().filter(|(n, _)| n.as_str() != name) {
+        if p.tunnel.listen_port == spec.tunnel.listen_port {
+            return Err(Problem::conflict(format!(
+                "listen port {} is already used by peering {other:?}",
+                spec.tunnel.listen_port
+            ))
+            .at("/tunnel/listen_port"));
+        }
+        if p.interface(other) == interface {
+            return Err(Problem::conflict(format!(
+                "interface {interface:?} is already used by peering {other:?}"
+            ))
+            .at("/tunnel/interface"));
+        }
+    }
+    Ok(())
+}
+
+fn mirror_settings(settings: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    settings
+        .iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v.as_str()) {
+                ("nat-side", "local") => "remote".to_owned(),
+                ("nat-side", "remote") => "local".to_owned(),
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+async fn status_of(
+    state: &AppState,
+    name: &str,
+    spec: &PeeringSpec,
+) -> Result<PeeringStatus, Problem> {
+    let interface = spec.interface(name);
+    let key = state
+        .daemon
+        .store()
+        .private_key(name)
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let public_key = crate::store::public_key(&key);
+    let (outcome, rules, tunnel) = {
+        let name = name.to_owned();
+        let iface = interface.clone();
+        state
+            .daemon
+            .with_reconciler(move |r| {
+                let outcome: PeeringOutcome = r.outcomes().get(&name).cloned().unwrap_or_default();
+                let rules: Vec<InstalledRule> = r
+                    .dataplane_status()
+                    .map(|s| {
+                        s.rules
+                            .into_iter()
+                            .filter(|x| x.rule.interface == iface)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (outcome, rules, r.tunnel_status(&iface))
+            })
+            .await?
+    };
+    let exports = outcome.plan.as_ref().map(|plan| PeeringSpec {
+        policy: spec.policy.clone(),
+        remote: plan.exports.remote.clone(),
+        settings: mirror_settings(&spec.settings),
+        tunnel: TunnelConfig {
+            listen_port: spec.tunnel.listen_port,
+            endpoint: state
+                .advertise
+                .map(|ip| std::net::SocketAddr::new(ip, spec.tunnel.listen_port)),
+            remote_public_key: public_key.clone().unwrap_or_default(),
+            keepalive: spec.tunnel.keepalive,
+            interface: None,
+        },
+    });
+    Ok(PeeringStatus {
+        name: name.to_owned(),
+        spec: spec.clone(),
+        interface,
+        public_key,
+        decision: outcome.decision,
+        plan: outcome.plan,
+        applied: rules
+            .into_iter()
+            .map(|r| AppliedRule {
+                rule: r.rule.to_string(),
+                packets: r.packets,
+                bytes: r.bytes,
+            })
+            .collect(),
+        tunnel: tunnel.map(|t| TunnelState {
+            interface: t.interface,
+            last_handshake_unix: t
+                .last_handshake
+                .and_then(|h| h.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            rx_bytes: t.rx_bytes,
+            tx_bytes: t.tx_bytes,
+            backend: t.backend.to_owned(),
+        }),
+        last_error: outcome.last_error,
+        policy_log: outcome.policy_log,
+        exports,
+    })
+}
+
+/// Lists peerings with their status.
+#[utoipa::path(get, path = "/v1/peerings", tag = "peerings",
+    responses((status = 200, description = "All peerings", body = Vec<PeeringStatus>)))]
+async fn list_peerings(State(state): State<AppState>) -> Result<Json<Vec<PeeringStatus>>, Problem> {
+    let desired = state.daemon.state().await;
+    let mut out = Vec::new();
+    for (name, spec) in &desired.peerings {
+        out.push(status_of(&state, name, spec).await?);
+    }
+    Ok(Json(out))
+}
+
+/// Shows a peering: decision, plan, applied rules with counters, tunnel state, the
+/// last error, and the exports to give the remote daemon.
+#[utoipa::path(get, path = "/v1/peerings/{name}", tag = "peerings",
+    params(("name" = String, Path, description = "Peering name")),
+    responses(
+        (status = 200, description = "The peering", body = PeeringStatus),
+        (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_peering(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PeeringStatus>, Problem> {
+    let desired = state.daemon.state().await;
+    let spec = desired
+        .peerings
+        .get(&name)
+        .ok_or_else(|| Problem::not_found(format!("no peering {name:?}")))?;
+    Ok(Json(status_of(&state, &name, spec).await?))
+}
+
+/// The exact JSON to PUT on the remote daemon as its peering with this cluster.
+#[utoipa::path(get, path = "/v1/peerings/{name}/exports", tag = "peerings",
+    params(("name" = String, Path, description = "Peering name")),
+    responses(
+        (status = 200, description = "A peering spec for the remote side", body = PeeringSpec),
+        (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No plan yet (see the peering's last_error)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_exports(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PeeringSpec>, Problem> {
+    let desired = state.daemon.state().await;
+    let spec = desired
+        .peerings
+        .get(&name)
+        .ok_or_else(|| Problem::not_found(format!("no peering {name:?}")))?;
+    let status = status_of(&state, &name, spec).await?;
+    status.exports.map(Json).ok_or_else(|| {
+        Problem::conflict(format!(
+            "peering {name:?} has no plan yet: {}",
+            status.last_error.unwrap_or_else(|| "not decided".into())
+        ))
+    })
+}
+
+/// Creates or replaces a peering (idempotent). The policy decides and the plan is
+/// compiled before anything is saved: a refused or rejected decision changes nothing.
+#[utoipa::path(put, path = "/v1/peerings/{name}", tag = "peerings",
+    params(("name" = String, Path, description = "Peering name")),
+    request_body = PeeringSpec,
+    responses(
+        (status = 200, description = "Replaced and applied", body = PeeringStatus),
+        (status = 201, description = "Created and applied", body = PeeringStatus),
+        (status = 400, description = "Bad JSON, CIDR, key or name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with another peering (port, interface, allocation) or no local cluster", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The policy refused or its decision was rejected", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn put_peering(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(spec): JsonBody<PeeringSpec>,
+) -> Result<(StatusCode, Json<PeeringStatus>), Problem> {
+    let has_policy = state.daemon.registry().get(&spec.policy).is_some();
+    let target = name.clone();
+    let saved = spec.clone();
+    let (existed, _) = state
+        .daemon
+        .update(
+            move |s| {
+                if s.cluster.is_none() {
+                    return Err(Problem::conflict(
+                        "configure the local cluster first (PUT /v1/cluster)",
+                    ));
+                }
+                validate_spec(&target, &spec, s, has_policy)?;
+                Ok(s.peerings.insert(target, spec).is_some())
+            },
+            Some(name.clone()),
+        )
+        .await?;
+    let status = status_of(&state, &name, &saved).await?;
+    Ok((
+        if existed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        Json(status),
+    ))
+}
+
+/// Deletes a peering and exactly what it created (rules, routes, tunnel, key).
+#[utoipa::path(delete, path = "/v1/peerings/{name}", tag = "peerings",
+    params(("name" = String, Path, description = "Peering name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete_peering(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let target = name.clone();
+    state
+        .daemon
+        .update(
+            move |s| {
+                s.peerings
+                    .remove(&target)
+                    .map(|_| ())
+                    .ok_or_else(|| Problem::not_found(format!("no peering {target:?}")))
+            },
+            None,
+        )
+        .await?;
+    state
+        .daemon
+        .store()
+        .remove_key(&name)
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,310 @@
+//! `/v1/policies`: built-in and uploaded remapping policies, and dry-run evaluation.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::problem::{JsonBody, Problem};
+use super::{AppState, check_name};
+use crate::model::{Decision, RemoteCluster};
+use crate::plan::GatewayPlan;
+use crate::policy::{NamedPolicy, RegistryError};
+use crate::store::{PeeringSpec, StoredPolicy, TunnelConfig};
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_policies))
+        .routes(routes!(get_policy, put_policy, delete_policy))
+        .routes(routes!(evaluate_policy))
+}
+
+/// A policy as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PolicyInfo {
+    /// Name.
+    pub name: String,
+    /// Shipped with remapd.
+    pub builtin: bool,
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Peerings using it.
+    pub used_by: Vec<String>,
+}
+
+fn info(p: &NamedPolicy, used_by: Vec<String>) -> PolicyInfo {
+    PolicyInfo {
+        name: p.name.clone(),
+        builtin: p.builtin,
+        sha256: p.compiled.sha256.clone(),
+        size: p.compiled.size,
+        used_by,
+    }
+}
+
+fn users(state: &crate::store::DesiredState, name: &str) -> Vec<String> {
+    state
+        .peerings
+        .iter()
+        .filter(|(_, p)| p.policy == name)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Lists every policy, built-ins included.
+#[utoipa::path(get, path = "/v1/policies", tag = "policies",
+    responses((status = 200, description = "All policies", body = Vec<PolicyInfo>)))]
+async fn list_policies(State(state): State<AppState>) -> Json<Vec<PolicyInfo>> {
+    let desired = state.daemon.state().await;
+    Json(
+        state
+            .daemon
+            .registry()
+            .list()
+            .iter()
+            .map(|p| info(p, users(&desired, &p.name)))
+            .collect(),
+    )
+}
+
+/// Shows one policy.
+#[utoipa::path(get, path = "/v1/policies/{name}", tag = "policies",
+    params(("name" = String, Path, description = "Policy name")),
+    responses(
+        (status = 200, description = "The policy", body = PolicyInfo),
+        (status = 404, description = "No such policy", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_policy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PolicyInfo>, Problem> {
+    let p = state
+        .daemon
+        .registry()
+        .get(&name)
+        .ok_or_else(|| Problem::not_found(format!("no policy named {name:?}")))?;
+    let desired = state.daemon.state().await;
+    Ok(Json(info(&p, users(&desired, &name))))
+}
+
+/// Uploads (or atomically replaces) a policy: the body is a WebAssembly component
+/// (`content-type: application/wasm`) implementing `remap:policy@0.1.0`. It is checked
+/// and compiled before it replaces anything; peerings using it are re-decided.
+#[utoipa::path(put, path = "/v1/policies/{name}", tag = "policies",
+    params(("name" = String, Path, description = "Policy name")),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
+    responses(
+        (status = 200, description = "Replaced", body = PolicyInfo),
+        (status = 201, description = "Created", body = PolicyInfo),
+        (status = 400, description = "Not a component implementing the contract, or a bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A built-in policy of that name", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/wasm", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn put_policy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<PolicyInfo>), Problem> {
+    check_name(&name, "/name")?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype != "application/wasm" {
+        return Err(Problem::unsupported_media(
+            "upload the component with content-type application/wasm",
+        ));
+    }
+    let max = state.daemon.registry().engine().limits().component_bytes;
+    if body.len() > max {
+        return Err(Problem::too_large(format!(
+            "component is {} bytes, at most {max}",
+            body.len()
+        )));
+    }
+    let registry = state.daemon.registry().clone();
+    if registry.get(&name).is_some_and(|p| p.builtin) {
+        return Err(Problem::conflict(format!(
+            "{name:?} is a built-in policy and cannot be replaced"
+        )));
+    }
+    // Compile first (no state touched): a bad component changes nothing.
+    let bytes = body.to_vec();
+    let compiled = {
+        let registry = registry.clone();
+        let bytes = bytes.clone();
+        tokio::task::spawn_blocking(move || registry.engine().compile(&bytes))
+            .await
+            .map_err(|e| Problem::internal(format!("compile task: {e}")))?
+            .map_err(|e| Problem::bad_request(e.to_string()).at("/body"))?
+    };
+    state
+        .daemon
+        .store()
+        .put_policy_bytes(&compiled.sha256, &bytes)
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let existed = registry.get(&name).is_some();
+    let named = {
+        let registry = registry.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || registry.put(&name, &bytes))
+            .await
+            .map_err(|e| Problem::internal(format!("compile task: {e}")))?
+            .map_err(|e| match e {
+                RegistryError::Builtin(_) => Problem::conflict(e.to_string()),
+                other => Problem::bad_request(other.to_string()),
+            })?
+    };
+    let sha = named.compiled.sha256.clone();
+    let size = named.compiled.size;
+    let policy_name = name.clone();
+    state
+        .daemon
+        .update(
+            move |s| {
+                s.policies
+                    .insert(policy_name, StoredPolicy { sha256: sha, size });
+                Ok(())
+            },
+            None,
+        )
+        .await?;
+    let desired = state.daemon.state().await;
+    let _ = state.daemon.store().gc_policies(&desired);
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(info(&named, users(&desired, &name)))))
+}
+
+/// Deletes an uploaded policy; refused while a peering uses it, and for built-ins.
+#[utoipa::path(delete, path = "/v1/policies/{name}", tag = "policies",
+    params(("name" = String, Path, description = "Policy name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such policy", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "In use, or built in", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete_policy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let registry = state.daemon.registry().clone();
+    let policy = registry
+        .get(&name)
+        .ok_or_else(|| Problem::not_found(format!("no policy named {name:?}")))?;
+    if policy.builtin {
+        return Err(Problem::conflict(format!(
+            "{name:?} is built in and cannot be deleted"
+        )));
+    }
+    let target = name.clone();
+    state
+        .daemon
+        .update(
+            move |s| {
+                let used = users(s, &target);
+                if !used.is_empty() {
+                    return Err(Problem::conflict(format!(
+                        "policy {target:?} is used by peering(s) {}",
+                        used.join(", ")
+                    )));
+                }
+                s.policies.remove(&target);
+                Ok(())
+            },
+            None,
+        )
+        .await?;
+    let _ = registry.remove(&name);
+    let desired = state.daemon.state().await;
+    let _ = state.daemon.store().gc_policies(&desired);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A hypothetical peering to evaluate a policy against.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    /// The remote cluster.
+    pub remote: RemoteCluster,
+    /// Settings for the policy.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+/// The result of a dry run.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EvaluateResponse {
+    /// The validated decision.
+    pub decision: Decision,
+    /// What would be applied.
+    pub plan: GatewayPlan,
+    /// What the policy logged.
+    pub log: Vec<String>,
+    /// Time the decision took, in microseconds.
+    pub elapsed_us: u64,
+}
+
+/// Dry run: what this policy would decide and what would be applied for a hypothetical
+/// peering. Nothing is applied or saved.
+#[utoipa::path(post, path = "/v1/policies/{name}/evaluate", tag = "policies",
+    params(("name" = String, Path, description = "Policy name")),
+    request_body = EvaluateRequest,
+    responses(
+        (status = 200, description = "Decision and plan", body = EvaluateResponse),
+        (status = 400, description = "Bad JSON or CIDR", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such policy", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No local cluster yet, or a conflict with another peering", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The policy refused or its decision was rejected", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn evaluate_policy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<EvaluateRequest>,
+) -> Result<Json<EvaluateResponse>, Problem> {
+    if state.daemon.registry().get(&name).is_none() {
+        return Err(Problem::not_found(format!("no policy named {name:?}")));
+    }
+    super::peerings::validate_remote(&req.remote)?;
+    let mut hypothetical = state.daemon.state().await;
+    let probe = "evaluate-dry-run".to_string();
+    hypothetical.peerings.remove(&probe);
+    hypothetical.peerings.insert(
+        probe.clone(),
+        PeeringSpec {
+            policy: name,
+            remote: req.remote,
+            settings: req.settings,
+            tunnel: TunnelConfig {
+                listen_port: 0,
+                endpoint: None,
+                remote_public_key: String::new(),
+                keepalive: 0,
+                interface: Some("rmd-dry-run".into()),
+            },
+        },
+    );
+    let (eval, plan) = state.daemon.dry_run(&hypothetical, &probe).await?;
+    Ok(Json(EvaluateResponse {
+        decision: eval.decision,
+        plan,
+        log: eval.log,
+        elapsed_us: eval.elapsed.as_micros() as u64,
+    }))
+}

@@ -1,0 +1,235 @@
+//! The daemon's core, shared by the API handlers: the desired state (in memory and in
+//! the store), the policy registry and the one reconciler. Every change is validated,
+//! dry-run through the policy and the plan compiler, persisted, and then applied by the
+//! reconciler; a change that fails any of that leaves state and system as they were.
+
+use std::sync::{Arc, Mutex as StdMutex};
+
+use tokio::sync::Mutex;
+use tracing::info;
+
+use crate::api::problem::Problem;
+use crate::model::{Capabilities, PolicyInput};
+use crate::plan::{GatewayPlan, compile};
+use crate::policy::validate::DecisionError;
+use crate::policy::{Evaluation, PolicyError, PolicyRegistry, RegistryError};
+use crate::reconcile::{Keys, ReconcileReport, Reconciler};
+use crate::store::{DesiredState, Store};
+
+/// Shared daemon state.
+pub struct Daemon {
+    store: Store,
+    state: Mutex<DesiredState>,
+    reconciler: Arc<StdMutex<Reconciler>>,
+    registry: Arc<PolicyRegistry>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+/// Maps a policy failure to the API: conflicts with other peerings are 409, everything
+/// else the policy or its decision got wrong is 422.
+pub fn policy_problem(e: &RegistryError) -> Problem {
+    match e {
+        RegistryError::Policy(PolicyError::Rejected(DecisionError::OverlapsAllocation {
+            ..
+        })) => Problem::conflict(e.to_string()),
+        RegistryError::NotFound(_) => Problem::bad_request(e.to_string()).at("/policy"),
+        _ => Problem::policy_rejected(e.to_string()),
+    }
+}
+
+impl Daemon {
+    /// A daemon over a store, a registry and a reconciler. Uploaded policies recorded in
+    /// the state are compiled into the registry.
+    pub fn new(
+        store: Store,
+        registry: Arc<PolicyRegistry>,
+        reconciler: Reconciler,
+    ) -> Result<Self, String> {
+        let state = store.load().map_err(|e| e.to_string())?;
+        for (name, policy) in &state.policies {
+            let bytes = store
+                .policy_bytes(&policy.sha256)
+                .map_err(|e| e.to_string())?;
+            registry
+                .put(name, &bytes)
+                .map_err(|e| format!("restoring policy {name}: {e}"))?;
+        }
+        Ok(Self {
+            store,
+            state: Mutex::new(state),
+            reconciler: Arc::new(StdMutex::new(reconciler)),
+            registry,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The policy registry.
+    pub fn registry(&self) -> &Arc<PolicyRegistry> {
+        &self.registry
+    }
+
+    /// A copy of the desired state.
+    pub async fn state(&self) -> DesiredState {
+        self.state.lock().await.clone()
+    }
+
+    /// True once a reconcile finished without applier errors.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` against the reconciler on a blocking thread.
+    pub async fn with_reconciler<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Reconciler) -> T + Send + 'static,
+    ) -> Result<T, Problem> {
+        let reconciler = self.reconciler.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = reconciler
+                .lock()
+                .map_err(|_| Problem::internal("reconciler lock poisoned"))?;
+            Ok(f(&mut guard))
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("reconciler task: {e}")))?
+    }
+
+    /// Private keys of all peerings (generated on first use).
+    fn keys(&self, state: &DesiredState) -> Result<Keys, Problem> {
+        state
+            .peerings
+            .keys()
+            .map(|name| {
+                self.store
+                    .private_key(name)
+                    .map(|k| (name.clone(), k))
+                    .map_err(|e| Problem::internal(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Applies the current desired state.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, Problem> {
+        let state = self.state.lock().await.clone();
+        let keys = self.keys(&state)?;
+        let report = self
+            .with_reconciler(move |r| r.reconcile(&state, &keys))
+            .await?;
+        self.ready.store(
+            report.errors.is_empty(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(report)
+    }
+
+    /// Changes the desired state with `change` (which validates and may refuse), checks
+    /// the affected peerings' policies accept it, persists it and applies it. On any
+    /// error nothing changes.
+    pub async fn update<T>(
+        &self,
+        change: impl FnOnce(&mut DesiredState) -> Result<T, Problem>,
+        dry_run_peering: Option<String>,
+    ) -> Result<(T, ReconcileReport), Problem> {
+        let mut guard = self.state.lock().await;
+        let mut next = guard.clone();
+        let value = change(&mut next)?;
+        if let Some(name) = dry_run_peering {
+            self.dry_run(&next, &name).await?;
+        }
+        self.store
+            .save(&next)
+            .map_err(|e| Problem::internal(format!("saving state: {e}")))?;
+        *guard = next;
+        drop(guard);
+        let report = self.reconcile().await?;
+        Ok((value, report))
+    }
+
+    /// Decides and compiles peering `name` against `state` without applying anything.
+    pub async fn dry_run(
+        &self,
+        state: &DesiredState,
+        name: &str,
+    ) -> Result<(Evaluation, GatewayPlan), Problem> {
+        let cluster = state.cluster.clone().ok_or_else(|| {
+            Problem::conflict("configure the local cluster first (PUT /v1/cluster)")
+        })?;
+        let peering = state
+            .peerings
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Problem::not_found(format!("no peering {name:?}")))?;
+        let others: Vec<String> = state
+            .peerings
+            .keys()
+            .filter(|n| *n != name)
+            .cloned()
+            .collect();
+        let allocated = self
+            .with_reconciler(move |r| {
+                r.outcomes()
+                    .iter()
+                    .filter(|(n, _)| others.contains(n))
+                    .filter_map(|(_, o)| o.decision.as_ref())
+                    .flat_map(|d| {
+                        d.mappings
+                            .iter()
+                            .filter(|m| m.real != m.remapped)
+                            .map(|m| m.remapped)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        let input = PolicyInput {
+            local: cluster.clone(),
+            local_capabilities: Capabilities {
+                nat_dataplane: true,
+            },
+            allocated,
+            remote: peering.remote.clone(),
+            settings: peering.settings.clone(),
+        };
+        let registry = self.registry.clone();
+        let policy = peering.policy.clone();
+        let eval = tokio::task::spawn_blocking(move || registry.decide(&policy, &input))
+            .await
+            .map_err(|e| Problem::internal(format!("policy task: {e}")))?
+            .map_err(|e| policy_problem(&e))?;
+        let plan = compile(
+            &cluster,
+            Capabilities {
+                nat_dataplane: true,
+            },
+            &peering.remote,
+            &peering.interface(name),
+            &eval.decision,
+        )
+        .map_err(|e| Problem::policy_rejected(e.to_string()))?;
+        Ok((eval, plan))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Removes every rule, route and tunnel and forgets the peerings (cluster and
+    /// policies stay).
+    pub async fn teardown(&self) -> Result<Vec<String>, Problem> {
+        let mut guard = self.state.lock().await;
+        let mut next = guard.clone();
+        let names: Vec<String> = next.peerings.keys().cloned().collect();
+        next.peerings.clear();
+        self.store
+            .save(&next)
+            .map_err(|e| Problem::internal(format!("saving state: {e}")))?;
+        *guard = next;
+        drop(guard);
+        for name in &names {
+            let _ = self.store.remove_key(name);
+        }
+        let errors = self.with_reconciler(|r| r.teardown()).await?;
+        info!(peerings = names.len(), "torn down");
+        Ok(errors)
+    }
+}

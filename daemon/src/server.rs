@@ -1,0 +1,105 @@
+//! Wiring: builds the policy engine, the appliers, the reconciler and the API from a
+//! validated [`Config`], restores and re-applies the saved state, and serves until a
+//! shutdown signal. Stopping leaves the dataplane, routes and tunnels in place.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api::{AppState, router};
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::dataplane::DataplaneConfig;
+use crate::net::routes::NetlinkRoutes;
+use crate::net::wireguard::{WireGuardConfig, WireGuardTunnels};
+use crate::policy::{PolicyEngine, PolicyRegistry};
+use crate::reconcile::{KernelDataplane, Reconciler};
+use crate::store::Store;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Setting up failed.
+    #[error("{0}")]
+    Setup(String),
+    /// The listener failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The reconciler with the real appliers of `config`.
+pub fn kernel_reconciler(config: &Config, registry: Arc<PolicyRegistry>) -> Reconciler {
+    let f = &config.file;
+    Reconciler::new(
+        registry,
+        Box::new(KernelDataplane::new(DataplaneConfig {
+            pin_dir: f.pin_dir.clone(),
+            attach_mode: f.attach_mode,
+        })),
+        Box::new(NetlinkRoutes::new(f.route_table, f.rule_priority)),
+        Box::new(WireGuardTunnels::new(WireGuardConfig {
+            userspace_program: f.wireguard.userspace_program.clone(),
+            socket_dir: f.wireguard.socket_dir.clone(),
+            run_dir: f.wireguard.run_dir.clone(),
+        })),
+    )
+}
+
+/// Builds the daemon core from `config`.
+pub fn build(config: &Config) -> Result<Arc<Daemon>, ServeError> {
+    let engine =
+        PolicyEngine::new(config.policy_limits()).map_err(|e| ServeError::Setup(e.to_string()))?;
+    let registry = Arc::new(
+        PolicyRegistry::with_builtins(Arc::new(engine))
+            .map_err(|e| ServeError::Setup(e.to_string()))?,
+    );
+    let store =
+        Store::open(&config.file.state_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
+    let reconciler = kernel_reconciler(config, registry.clone());
+    let daemon = Daemon::new(store, registry, reconciler).map_err(ServeError::Setup)?;
+    Ok(Arc::new(daemon))
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let daemon = build(&config)?;
+    let listener = TcpListener::bind(config.file.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.file.listen,
+            source,
+        })?;
+    // Re-apply the saved state: idempotent, so a restart adopts what is running.
+    match daemon.reconcile().await {
+        Ok(report) if report.errors.is_empty() => info!(?report, "state restored"),
+        Ok(report) => warn!(errors = ?report.errors, "state restored with errors"),
+        Err(e) => warn!(error = %e.detail, "restoring state failed"),
+    }
+    let state = AppState {
+        daemon,
+        token: config.token.as_deref().map(Arc::from),
+        token_for_reads: !config.file.listen.ip().is_loopback(),
+        advertise: config.file.advertise,
+    };
+    info!(listen = %config.file.listen, "remapd API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.file.listen,
+            source,
+        })?;
+    info!(
+        "stopped; the dataplane, routes and tunnels stay in place (remapd teardown removes them)"
+    );
+    Ok(())
+}

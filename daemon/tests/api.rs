@@ -1,0 +1,819 @@
+//! In-process API tests with fake appliers (no root): every endpoint, the documented
+//! status and problem body for bad input, and that bad input changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use remapd::api::{AppState, router};
+use remapd::daemon::Daemon;
+use remapd::net::fake::{FakeRoutes, FakeTunnels};
+use remapd::policy::{PolicyEngine, PolicyLimits, PolicyRegistry, builtin};
+use remapd::reconcile::{FakeDataplane, Reconciler};
+use remapd::store::Store;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn engine() -> Arc<PolicyEngine> {
+    static ENGINE: OnceLock<Arc<PolicyEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| Arc::new(PolicyEngine::new(PolicyLimits::default()).unwrap()))
+        .clone()
+}
+
+struct App {
+    router: Router,
+    dataplane: FakeDataplane,
+    routes: FakeRoutes,
+    tunnels: FakeTunnels,
+    dir: PathBuf,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn app_in(dir: PathBuf) -> App {
+    let registry = Arc::new(PolicyRegistry::with_builtins(engine()).unwrap());
+    let dataplane = FakeDataplane::default();
+    let routes = FakeRoutes::default();
+    let tunnels = FakeTunnels::default();
+    let reconciler = Reconciler::new(
+        registry.clone(),
+        Box::new(dataplane.clone()),
+        Box::new(routes.clone()),
+        Box::new(tunnels.clone()),
+    );
+    let daemon = Daemon::new(Store::open(&dir).unwrap(), registry, reconciler).unwrap();
+    let state = AppState {
+        daemon: Arc::new(daemon),
+        token: Some(Arc::from(TOKEN)),
+        token_for_reads: false,
+        advertise: Some("198.18.0.1".parse().unwrap()),
+    };
+    App {
+        router: router(state),
+        dataplane,
+        routes,
+        tunnels,
+        dir,
+    }
+}
+
+fn app(name: &str) -> App {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("remapd-api-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    app_in(dir)
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+async fn call(
+    app: &App,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&b).unwrap()))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    send(app, req).await
+}
+
+async fn send(app: &App, req: Request<Body>) -> Reply {
+    let res = app.router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+async fn raw(app: &App, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", content_type)
+        .body(Body::from(body))
+        .unwrap();
+    send(app, req).await
+}
+
+fn assert_problem(r: &Reply, status: StatusCode, detail_has: &str, pointer: Option<&str>) {
+    assert_eq!(r.status, status, "body: {}", r.body);
+    assert_eq!(
+        r.content_type, "application/problem+json",
+        "body: {}",
+        r.body
+    );
+    assert_eq!(r.body["status"], status.as_u16());
+    assert!(r.body["title"].is_string() && r.body["type"].is_string());
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(detail_has),
+        "{detail_has:?} not in {detail:?}"
+    );
+    if let Some(p) = pointer {
+        assert_eq!(r.body["pointer"], p, "pointer of {}", r.body);
+    }
+}
+
+fn cluster() -> Value {
+    json!({
+        "name": "cluster-1",
+        "pod_cidrs": ["40.0.0.0/24"],
+        "service_cidrs": ["10.96.0.0/16"],
+        "reserved_cidrs": [],
+        "remap_pool": ["30.0.0.0/16"]
+    })
+}
+
+fn key() -> String {
+    wireguard_control::Key::generate_private()
+        .get_public()
+        .to_base64()
+}
+
+fn peering(port: u16) -> Value {
+    json!({
+        "policy": "auto",
+        "remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}},
+        "tunnel": {"listen_port": port, "endpoint": "198.18.0.2:51820", "remote_public_key": key()}
+    })
+}
+
+#[tokio::test]
+async fn cluster_round_trip_and_bad_input() {
+    let app = app("cluster");
+    assert_problem(
+        &call(&app, "GET", "/v1/cluster", None, None).await,
+        StatusCode::NOT_FOUND,
+        "not configured",
+        None,
+    );
+    let r = call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = call(&app, "GET", "/v1/cluster", None, None).await;
+    assert_eq!(r.body["name"], "cluster-1");
+
+    // Each bad request: the documented status, a problem with a pointer, nothing changed.
+    let mut bad = cluster();
+    bad["pod_cidrs"][0] = json!("40.0.0.0/33");
+    assert_problem(
+        &call(&app, "PUT", "/v1/cluster", Some(bad), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid JSON",
+        Some("/pod_cidrs/0"),
+    );
+    let mut bad = cluster();
+    bad["pod_cidrs"][0] = json!("40.0.0.1/24");
+    assert_problem(
+        &call(&app, "PUT", "/v1/cluster", Some(bad), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "did you mean 40.0.0.0/24",
+        Some("/pod_cidrs/0"),
+    );
+    let mut bad = cluster();
+    bad["pod_cidr"] = json!(["1.0.0.0/8"]);
+    assert_problem(
+        &call(&app, "PUT", "/v1/cluster", Some(bad), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "unknown field `pod_cidr`",
+        None,
+    );
+    let mut bad = cluster();
+    bad["service_cidrs"] = json!(["40.0.0.0/16"]);
+    assert_problem(
+        &call(&app, "PUT", "/v1/cluster", Some(bad), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "overlaps",
+        Some("/service_cidrs/0"),
+    );
+    let mut bad = cluster();
+    bad["name"] = json!("Not A Name");
+    assert_problem(
+        &call(&app, "PUT", "/v1/cluster", Some(bad), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "not a valid name",
+        Some("/name"),
+    );
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/v1/cluster")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{\"name\": \"c\", "))
+        .unwrap();
+    assert_problem(
+        &send(&app, req).await,
+        StatusCode::BAD_REQUEST,
+        "invalid JSON",
+        None,
+    );
+    let mut other = cluster();
+    other["name"] = json!("someone-else");
+    assert_problem(
+        &call(&app, "PUT", "/v1/cluster", Some(other.clone()), None).await,
+        StatusCode::UNAUTHORIZED,
+        "bearer token",
+        None,
+    );
+    assert_problem(
+        &call(
+            &app,
+            "PUT",
+            "/v1/cluster",
+            Some(other),
+            Some("wrong-token-0123456789"),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "bearer token",
+        None,
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/cluster", None, None).await.body,
+        cluster(),
+        "nothing changed"
+    );
+    assert_problem(
+        &call(&app, "GET", "/v1/nothing-here", None, None).await,
+        StatusCode::NOT_FOUND,
+        "no such endpoint",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn policies_upload_replace_evaluate_delete() {
+    let app = app("policies");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let r = call(&app, "GET", "/v1/policies", None, None).await;
+    let names: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["auto", "both-on-2", "split"]);
+    assert!(r.body[0]["builtin"].as_bool().unwrap());
+
+    assert_problem(
+        &raw(
+            &app,
+            "PUT",
+            "/v1/policies/mine",
+            "application/wasm",
+            b"garbage, not wasm".to_vec(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "not a WebAssembly binary",
+        Some("/body"),
+    );
+    assert_problem(
+        &raw(
+            &app,
+            "PUT",
+            "/v1/policies/mine",
+            "application/wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "not a component",
+        None,
+    );
+    assert_problem(
+        &raw(
+            &app,
+            "PUT",
+            "/v1/policies/mine",
+            "application/json",
+            builtin::SPLIT.to_vec(),
+        )
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "application/wasm",
+        None,
+    );
+    assert_problem(
+        &raw(
+            &app,
+            "PUT",
+            "/v1/policies/auto",
+            "application/wasm",
+            builtin::SPLIT.to_vec(),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "built-in",
+        None,
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/policies", None, None)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "nothing added"
+    );
+
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine",
+        "application/wasm",
+        builtin::SPLIT.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["size"], builtin::SPLIT.len());
+    assert_eq!(r.body["sha256"].as_str().unwrap().len(), 64);
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine",
+        "application/wasm",
+        builtin::BOTH_ON_2.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "replaced");
+    assert_eq!(
+        call(&app, "GET", "/v1/policies/mine", None, None)
+            .await
+            .body["size"],
+        builtin::BOTH_ON_2.len()
+    );
+
+    let body = json!({"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}}});
+    let r = call(
+        &app,
+        "POST",
+        "/v1/policies/mine/evaluate",
+        Some(body.clone()),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["decision"]["strategy"], "both-on-remote");
+    assert_eq!(r.body["plan"]["routes"], json!(["30.0.0.0/24"]));
+    let r = call(
+        &app,
+        "POST",
+        "/v1/policies/split/evaluate",
+        Some(body),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.body["decision"]["mappings"][0]["remapped"], "30.0.0.0/24");
+    assert!(
+        app.dataplane.rules.lock().unwrap().is_empty(),
+        "a dry run applies nothing"
+    );
+    let no_nat = json!({"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"]}});
+    assert_problem(
+        &call(
+            &app,
+            "POST",
+            "/v1/policies/split/evaluate",
+            Some(no_nat),
+            Some(TOKEN),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "cannot run the NAT dataplane",
+        None,
+    );
+    assert_problem(
+        &call(
+            &app,
+            "POST",
+            "/v1/policies/nope/evaluate",
+            Some(json!({"remote": {"name": "x", "pod_cidrs": ["1.0.0.0/8"]}})),
+            Some(TOKEN),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "no policy",
+        None,
+    );
+
+    let mut p = peering(51820);
+    p["policy"] = json!("mine");
+    assert_eq!(
+        call(&app, "PUT", "/v1/peerings/c2", Some(p), Some(TOKEN))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_problem(
+        &call(&app, "DELETE", "/v1/policies/mine", None, Some(TOKEN)).await,
+        StatusCode::CONFLICT,
+        "used by peering(s) c2",
+        None,
+    );
+    assert_problem(
+        &call(&app, "DELETE", "/v1/policies/split", None, Some(TOKEN)).await,
+        StatusCode::CONFLICT,
+        "built in",
+        None,
+    );
+    assert_eq!(
+        call(&app, "DELETE", "/v1/peerings/c2", None, Some(TOKEN))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "DELETE", "/v1/policies/mine", None, Some(TOKEN))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&app, "GET", "/v1/policies/mine", None, None).await,
+        StatusCode::NOT_FOUND,
+        "no policy",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn peerings_apply_report_and_remove_exactly() {
+    let app = app("peerings");
+    assert_problem(
+        &call(
+            &app,
+            "PUT",
+            "/v1/peerings/c2",
+            Some(peering(51820)),
+            Some(TOKEN),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "configure the local cluster first",
+        None,
+    );
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/c2",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["decision"]["strategy"], "split");
+    assert_eq!(r.body["interface"], "rmd-c2");
+    assert_eq!(r.body["plan"]["allowed_ips"], json!(["40.0.0.0/24"]));
+    assert_eq!(r.body["applied"].as_array().unwrap().len(), 2);
+    let exports = &r.body["exports"];
+    assert_eq!(exports["remote"]["name"], "cluster-1");
+    assert_eq!(
+        exports["remote"]["view_of_local"][0]["remapped"],
+        "30.0.0.0/24"
+    );
+    assert_eq!(exports["tunnel"]["endpoint"], "198.18.0.1:51820");
+    assert_eq!(exports["tunnel"]["remote_public_key"], r.body["public_key"]);
+    assert_eq!(app.dataplane.rules.lock().unwrap().len(), 2);
+    assert_eq!(app.routes.routes.lock().unwrap().len(), 1);
+    assert_eq!(app.tunnels.tunnels.lock().unwrap().len(), 1);
+    // The exports endpoint gives exactly that JSON, and it is a valid peering spec.
+    let ex = call(&app, "GET", "/v1/peerings/c2/exports", None, None).await;
+    assert_eq!(&ex.body, exports);
+
+    // Idempotent PUT: same result, nothing re-created.
+    let same = r.body["spec"].clone();
+    let again = call(&app, "PUT", "/v1/peerings/c2", Some(same), Some(TOKEN)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(app.tunnels.created.lock().unwrap()["rmd-c2"], 1);
+
+    // Conflicts and bad input change nothing.
+    let before = call(&app, "GET", "/v1/peerings", None, None).await.body;
+    let mut p = peering(51820);
+    p["remote"]["name"] = json!("cluster-3");
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await,
+        StatusCode::CONFLICT,
+        "listen port 51820 is already used",
+        Some("/tunnel/listen_port"),
+    );
+    let mut p = peering(51821);
+    p["tunnel"]["remote_public_key"] = json!("not-a-key");
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "not a WireGuard public key",
+        Some("/tunnel/remote_public_key"),
+    );
+    let mut p = peering(51821);
+    p["remote"]["pod_cidrs"] = json!(["40.0.0.7/24"]);
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "host bits",
+        Some("/remote/pod_cidrs/0"),
+    );
+    let mut p = peering(51821);
+    p["policy"] = json!("split");
+    p["remote"]["capabilities"]["nat_dataplane"] = json!(false);
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "cannot run the NAT dataplane",
+        None,
+    );
+    let mut p = peering(51821);
+    p["policy"] = json!("missing");
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "no policy named",
+        Some("/policy"),
+    );
+    let mut p = peering(51821);
+    p["tunnel"]["colour"] = json!("blue");
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "unknown field `colour`",
+        None,
+    );
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c3", Some(peering(51821)), None).await,
+        StatusCode::UNAUTHORIZED,
+        "bearer",
+        None,
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/peerings", None, None).await.body,
+        before,
+        "nothing changed"
+    );
+    assert_eq!(app.tunnels.tunnels.lock().unwrap().len(), 1);
+
+    // A second peering may not take what the first holds (the pool is the same /16).
+    let mut p = peering(51821);
+    p["remote"]["name"] = json!("cluster-3");
+    let r = call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        r.body["decision"]["mappings"][0]["remapped"], "30.0.1.0/24",
+        "allocations never collide"
+    );
+
+    // Translation lookup.
+    let t = call(&app, "GET", "/v1/translate?address=30.0.0.9", None, None).await;
+    assert_eq!(t.body[0]["peering"], "c2");
+    assert_eq!(t.body[0]["translated"], "40.0.0.9");
+    assert_problem(
+        &call(&app, "GET", "/v1/translate?address=nonsense", None, None).await,
+        StatusCode::BAD_REQUEST,
+        "not an IPv4 address",
+        Some("/address"),
+    );
+
+    // Deleting removes exactly what the peering made.
+    assert_eq!(
+        call(&app, "DELETE", "/v1/peerings/c2", None, Some(TOKEN))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&app, "GET", "/v1/peerings/c2", None, None).await,
+        StatusCode::NOT_FOUND,
+        "no peering",
+        None,
+    );
+    assert_problem(
+        &call(&app, "DELETE", "/v1/peerings/c2", None, Some(TOKEN)).await,
+        StatusCode::NOT_FOUND,
+        "no peering",
+        None,
+    );
+    let tunnels = app
+        .tunnels
+        .tunnels
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(tunnels, ["rmd-c3"]);
+    assert!(
+        app.dataplane
+            .rules
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.interface == "rmd-c3")
+    );
+    assert!(
+        app.routes
+            .routes
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.interface == "rmd-c3")
+    );
+
+    // Teardown removes the rest.
+    let r = call(&app, "POST", "/v1/teardown", None, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(app.tunnels.tunnels.lock().unwrap().is_empty());
+    assert!(app.dataplane.rules.lock().unwrap().is_empty());
+    assert!(app.routes.routes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn probes_metrics_and_docs() {
+    let app = app("ops");
+    assert_eq!(
+        call(&app, "GET", "/healthz", None, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "GET", "/readyz", None, None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    call(
+        &app,
+        "PUT",
+        "/v1/peerings/c2",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        call(&app, "GET", "/readyz", None, None).await.status,
+        StatusCode::OK
+    );
+    let m = call(&app, "GET", "/metrics", None, None).await;
+    let text = m.body.as_str().unwrap();
+    assert!(
+        text.contains("remapd_rule_packets_total{peering=\"c2\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("remapd_policy_decisions_total{policy=\"auto\",outcome=\"ok\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("remapd_reconcile_last_duration_seconds"),
+        "{text}"
+    );
+    let spec = call(&app, "GET", "/openapi.json", None, None).await;
+    assert!(spec.body["paths"]["/v1/peerings/{name}"]["put"].is_object());
+    let docs = call(&app, "GET", "/docs", None, None).await;
+    assert!(docs.body.as_str().unwrap().contains("/openapi.json"));
+}
+
+#[test]
+fn committed_openapi_matches_the_code() {
+    let generated = remapd::api::openapi().to_pretty_json().unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../openapi/openapi.json");
+    if std::env::var("UPDATE_OPENAPI").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, format!("{generated}\n")).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test -p remapd --test api committed_openapi` (or `remapd openapi > openapi/openapi.json`)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_puts_all_land_once() {
+    let app = Arc::new(app("concurrency"));
+    call(
+        &app,
+        "PUT",
+        "/v1/cluster",
+        Some(json!({
+            "name": "hub", "pod_cidrs": ["10.0.0.0/16"], "remap_pool": ["100.64.0.0/10"]
+        })),
+        Some(TOKEN),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..50u16 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({
+                "remote": {"name": format!("spoke-{i}"), "pod_cidrs": ["10.0.0.0/16"], "capabilities": {"nat_dataplane": true}},
+                "tunnel": {"listen_port": 40000 + i, "remote_public_key": key()}
+            });
+            call(&app, "PUT", &format!("/v1/peerings/p{i}"), Some(body), Some(TOKEN)).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    let list = call(&app, "GET", "/v1/peerings", None, None).await.body;
+    assert_eq!(list.as_array().unwrap().len(), 50, "no lost update");
+    let created = app.tunnels.created.lock().unwrap().clone();
+    assert_eq!(created.len(), 50);
+    assert!(
+        created.values().all(|n| *n == 1),
+        "each applied once: {created:?}"
+    );
+    // Every peering got its own /16 from the pool.
+    let views: std::collections::BTreeSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["decision"]["mappings"][0]["remapped"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(views.len(), 50);
+    assert_eq!(app.dataplane.rules.lock().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!("remapd-api-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let public_key;
+    {
+        let app = app_in(dir.clone());
+        call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+        raw(
+            &app,
+            "PUT",
+            "/v1/policies/mine",
+            "application/wasm",
+            builtin::SPLIT.to_vec(),
+        )
+        .await;
+        let mut p = peering(51820);
+        p["policy"] = json!("mine");
+        public_key = call(&app, "PUT", "/v1/peerings/c2", Some(p), Some(TOKEN))
+            .await
+            .body["public_key"]
+            .clone();
+        std::mem::forget(app); // keep the directory
+    }
+    let app = app_in(dir);
+    assert_eq!(
+        call(&app, "GET", "/v1/cluster", None, None).await.body,
+        cluster()
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/policies/mine", None, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let p = call(&app, "GET", "/v1/peerings/c2", None, None).await;
+    assert_eq!(p.body["public_key"], public_key, "the key pair is kept");
+    let key_file = app.dir.join("keys/c2.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
