@@ -229,8 +229,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field"), "{err}");
-        let mut c = FileConfig::default();
-        c.listen = "0.0.0.0:7878".parse().unwrap();
+        let c = FileConfig {
+            listen: "0.0.0.0:7878".parse().unwrap(),
+            ..FileConfig::default()
+        };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("token_file"), "{err}");
         let c = FileConfig {

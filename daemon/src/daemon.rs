@@ -23,6 +23,7 @@ pub struct Daemon {
     reconciler: Arc<StdMutex<Reconciler>>,
     registry: Arc<PolicyRegistry>,
     ready: std::sync::atomic::AtomicBool,
+    last_report: StdMutex<Option<ReconcileReport>>,
 }
 
 /// Maps a policy failure to the API: conflicts with other peerings are 409, everything
@@ -60,6 +61,7 @@ impl Daemon {
             reconciler: Arc::new(StdMutex::new(reconciler)),
             registry,
             ready: std::sync::atomic::AtomicBool::new(false),
+            last_report: StdMutex::new(None),
         })
     }
 
@@ -76,6 +78,11 @@ impl Daemon {
     /// True once a reconcile finished without applier errors.
     pub fn ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The report of the last reconcile.
+    pub fn last_report(&self) -> Option<ReconcileReport> {
+        self.last_report.lock().ok().and_then(|r| r.clone())
     }
 
     /// Runs `f` against the reconciler on a blocking thread.
@@ -119,6 +126,9 @@ impl Daemon {
             report.errors.is_empty(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        if let Ok(mut last) = self.last_report.lock() {
+            *last = Some(report.clone());
+        }
         Ok(report)
     }
 

@@ -44,7 +44,11 @@ struct Cli {
     #[arg(long)]
     wireguard_program: Option<PathBuf>,
     /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "REMAPD_LOG", default_value = "info")]
+    #[arg(
+        long,
+        env = "REMAPD_LOG",
+        default_value = "info,netlink_packet_route=error"
+    )]
     log: String,
     #[command(subcommand)]
     command: Option<Command>,

@@ -339,7 +339,8 @@ impl Reconciler {
                 interface: outcome.interface.clone(),
                 private_key: key.clone(),
                 listen_port: peering.tunnel.listen_port,
-                peer_public_key: peering.tunnel.remote_public_key.clone(),
+                // Empty while bootstrapping: the interface comes up without a peer.
+                peer_public_key: peering.tunnel.remote_public_key.clone().unwrap_or_default(),
                 endpoint: peering.tunnel.endpoint,
                 allowed_ips: plan.allowed_ips.clone(),
                 keepalive: (peering.tunnel.keepalive > 0).then_some(peering.tunnel.keepalive),

@@ -27,8 +27,11 @@ pub struct TunnelConfig {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "198.18.0.2:51820")]
     pub endpoint: Option<SocketAddr>,
-    /// The remote gateway's WireGuard public key (base64).
-    pub remote_public_key: String,
+    /// The remote gateway's WireGuard public key (base64). May be left out while
+    /// bootstrapping: the peering is decided and its exports (with this gateway's key)
+    /// can be given to the remote, whose exports then complete this side.
+    #[serde(default)]
+    pub remote_public_key: Option<String>,
     /// Persistent keepalive in seconds (default 25; 0 disables).
     #[serde(default = "default_keepalive")]
     pub keepalive: u16,
@@ -296,12 +299,14 @@ mod tests {
         let dir = scratch("roundtrip");
         let store = Store::open(&dir).unwrap();
         assert_eq!(store.load().unwrap(), DesiredState::default());
-        let mut state = DesiredState::default();
-        state.cluster = Some(LocalCluster {
-            name: "c1".into(),
-            pod_cidrs: vec!["40.0.0.0/24".parse().unwrap()],
-            ..LocalCluster::default()
-        });
+        let state = DesiredState {
+            cluster: Some(LocalCluster {
+                name: "c1".into(),
+                pod_cidrs: vec!["40.0.0.0/24".parse().unwrap()],
+                ..LocalCluster::default()
+            }),
+            ..DesiredState::default()
+        };
         store.save(&state).unwrap();
         assert_eq!(Store::open(&dir).unwrap().load().unwrap(), state);
         let key = store.private_key("p1").unwrap();

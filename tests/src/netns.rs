@@ -60,6 +60,11 @@ impl Netns {
         ns
     }
 
+    /// A handle on an existing namespace that does not delete it on drop.
+    pub fn new_handle(name: &str) -> std::mem::ManuallyDrop<Self> {
+        std::mem::ManuallyDrop::new(Self { name: name.into() })
+    }
+
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -156,6 +161,14 @@ impl ChildGuard {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Self {
+            child,
+            what: what.into(),
+        }
+    }
+
+    /// Wraps an already spawned child.
+    pub fn from_child(what: &str, child: Child) -> Self {
         Self {
             child,
             what: what.into(),

@@ -59,15 +59,26 @@ pub const UNDERLAY_GW2: &str = "198.18.0.2";
 /// WireGuard listen port on both gateways.
 pub const WG_PORT: u16 = 51820;
 
-impl Topology {
-    /// Builds namespaces, veth links, addresses, the WireGuard tunnel and the routes of
-    /// both plans. Rules are not applied: see [`Topology::apply`].
-    pub fn build(
-        cluster1: &Cluster,
-        cluster2: &Cluster,
-        plan1: &GatewayPlan,
-        plan2: &GatewayPlan,
-    ) -> Self {
+/// The seed topology without a tunnel: namespaces, veth links, addresses, routes to
+/// the gateways, forwarding and strict reverse-path filtering on the gateways.
+pub struct Network {
+    /// Name prefix of every object.
+    pub prefix: String,
+    /// Scratch directory.
+    pub scratch: Scratch,
+    /// Client namespace of cluster 1.
+    pub pod1: Netns,
+    /// Gateway of cluster 1.
+    pub gw1: Netns,
+    /// Gateway of cluster 2.
+    pub gw2: Netns,
+    /// Client namespace of cluster 2.
+    pub pod2: Netns,
+}
+
+impl Network {
+    /// Builds it.
+    pub fn build(cluster1: &Cluster, cluster2: &Cluster) -> Self {
         let prefix = unique_prefix();
         let scratch = Scratch::new(&prefix);
         let pod1 = Netns::new(&format!("{prefix}-pod1"));
@@ -123,6 +134,34 @@ impl Topology {
         gw2.ip(&["addr", "add", &format!("{UNDERLAY_GW2}/30"), "dev", "under"]);
         gw1.ip(&["link", "set", "under", "up"]);
         gw2.ip(&["link", "set", "under", "up"]);
+        Self {
+            prefix,
+            scratch,
+            pod1,
+            gw1,
+            gw2,
+            pod2,
+        }
+    }
+}
+
+impl Topology {
+    /// Builds namespaces, veth links, addresses, the WireGuard tunnel and the routes of
+    /// both plans. Rules are not applied: see [`Topology::apply`].
+    pub fn build(
+        cluster1: &Cluster,
+        cluster2: &Cluster,
+        plan1: &GatewayPlan,
+        plan2: &GatewayPlan,
+    ) -> Self {
+        let Network {
+            prefix,
+            scratch,
+            pod1,
+            gw1,
+            gw2,
+            pod2,
+        } = Network::build(cluster1, cluster2);
 
         let wg1 = WireGuard::start(&gw1, &format!("{prefix}a"), WG_PORT, &scratch.path);
         let wg2 = WireGuard::start(&gw2, &format!("{prefix}b"), WG_PORT, &scratch.path);

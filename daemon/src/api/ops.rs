@@ -27,6 +27,44 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(translate))
         .routes(routes!(teardown))
+        .routes(routes!(status))
+}
+
+/// The daemon's overall state.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DaemonStatus {
+    /// The last reconcile applied everything.
+    pub ready: bool,
+    /// What the last reconcile did (a restart that adopts everything shows no changes).
+    pub last_reconcile: Option<crate::reconcile::ReconcileReport>,
+    /// The dataplane was adopted from pinned objects rather than loaded.
+    pub dataplane_adopted: bool,
+    /// Kernel program ids of the dataplane.
+    pub program_ids: std::collections::BTreeMap<String, u32>,
+    /// Program attachments.
+    #[schema(value_type = Vec<Object>)]
+    pub attachments: Vec<crate::dataplane::Attachment>,
+    /// Packets passed untouched because they were malformed.
+    pub malformed_packets: u64,
+}
+
+/// Overall state: readiness, the last reconcile's report, the dataplane's programs.
+#[utoipa::path(get, path = "/v1/status", tag = "ops",
+    responses((status = 200, description = "Daemon status", body = DaemonStatus)))]
+async fn status(State(state): State<AppState>) -> Result<Json<DaemonStatus>, Problem> {
+    let dp = state
+        .daemon
+        .with_reconciler(|r| r.dataplane_status())
+        .await?;
+    let dp = dp.map_err(|e| Problem::internal(format!("dataplane: {e}")))?;
+    Ok(Json(DaemonStatus {
+        ready: state.daemon.ready(),
+        last_reconcile: state.daemon.last_report(),
+        dataplane_adopted: dp.adopted,
+        program_ids: dp.program_ids,
+        attachments: dp.attachments,
+        malformed_packets: dp.exceptions.malformed,
+    }))
 }
 
 /// Liveness: the process answers.

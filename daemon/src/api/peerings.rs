@@ -128,7 +128,11 @@ fn validate_spec(
         );
     }
     validate_remote(&spec.remote)?;
-    let key_ok = wireguard_control::Key::from_base64(&spec.tunnel.remote_public_key).is_ok();
+    let key_ok = spec
+        .tunnel
+        .remote_public_key
+        .as_deref()
+        .is_none_or(|k| wireguard_control::Key::from_base64(k).is_ok());
     if !key_ok {
         return Err(
             Problem::bad_request("not a WireGuard public key (32 bytes, base64)")
@@ -223,7 +227,7 @@ async fn status_of(
             endpoint: state
                 .advertise
                 .map(|ip| std::net::SocketAddr::new(ip, spec.tunnel.listen_port)),
-            remote_public_key: public_key.clone().unwrap_or_default(),
+            remote_public_key: public_key.clone(),
             keepalive: spec.tunnel.keepalive,
             interface: None,
         },

@@ -294,7 +294,7 @@ async fn evaluate_policy(
             tunnel: TunnelConfig {
                 listen_port: 0,
                 endpoint: None,
-                remote_public_key: String::new(),
+                remote_public_key: None,
                 keepalive: 0,
                 interface: Some("rmd-dry-run".into()),
             },

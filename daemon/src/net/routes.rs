@@ -71,6 +71,8 @@ impl RouteApplier for NetlinkRoutes {
         with_netlink("applying routes", move |handle| async move {
             let links = links(&handle).await?;
             let wanted = resolve(&routes, &links)?;
+            // The rule first: when it conflicts with another rule, nothing changes.
+            ensure_rule(&handle, table, priority).await?;
             let names: HashMap<u32, &str> = links
                 .iter()
                 .map(|(name, link)| (link.index, name.as_str()))
@@ -104,7 +106,6 @@ impl RouteApplier for NetlinkRoutes {
                 info!(prefix = %w.prefix, interface = %interface, table, "added route");
                 report.added += 1;
             }
-            ensure_rule(&handle, table, priority).await?;
             Ok(report)
         })
     }
@@ -124,8 +125,8 @@ impl RouteApplier for NetlinkRoutes {
                     info!(route = %shown, table, "removed route");
                 }
             }
-            for rule in our_rules(&handle, table, priority).await? {
-                delete_rule(&handle, rule, table, priority).await?;
+            for (rule, deletable) in our_rules(&handle, table, priority).await? {
+                delete_rule(&handle, rule, deletable, table, priority).await?;
             }
             Ok(())
         })
@@ -352,11 +353,18 @@ fn is_our_rule(rule: &RuleMessage, table: u32, priority: u32) -> bool {
     has_priority
 }
 
+/// remapd's rules, in kernel order, each with whether deleting it is unambiguous.
+///
+/// The kernel matches a delete request's unset selectors as wildcards and removes the
+/// first rule that fits, so deleting `from all lookup T priority P` would remove an
+/// earlier `from 10.0.0.0/8 lookup T priority P`. remapd's rule is normally first (the
+/// kernel refuses to add it behind such a rule, and later ones go behind it); when it
+/// is not, it is left alone rather than risk removing someone else's.
 async fn our_rules(
     handle: &Handle,
     table: u32,
     priority: u32,
-) -> Result<Vec<RuleMessage>, NetError> {
+) -> Result<Vec<(RuleMessage, bool)>, NetError> {
     let all: Vec<RuleMessage> = handle
         .rule()
         .get(IpVersion::V4)
@@ -364,18 +372,35 @@ async fn our_rules(
         .try_collect()
         .await
         .map_err(|e| netlink_error("dumping IPv4 rules", &e))?;
-    Ok(all
-        .into_iter()
-        .filter(|r| is_our_rule(r, table, priority))
-        .collect())
+    let mut shadowed = false;
+    let mut out = Vec::new();
+    for rule in all {
+        if is_our_rule(&rule, table, priority) {
+            out.push((rule, !shadowed));
+        } else if rule.header.family == AddressFamily::Inet
+            && rule.header.action == RuleAction::ToTable
+            && table_of_rule(&rule) == table
+            && priority_of_rule(&rule) == Some(priority)
+        {
+            shadowed = true;
+        }
+    }
+    Ok(out)
+}
+
+fn priority_of_rule(rule: &RuleMessage) -> Option<u32> {
+    rule.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Priority(p) => Some(*p),
+        _ => None,
+    })
 }
 
 async fn ensure_rule(handle: &Handle, table: u32, priority: u32) -> Result<(), NetError> {
     let mut rules = our_rules(handle, table, priority).await?.into_iter();
     if rules.next().is_some() {
         // Older kernels accepted exact duplicates; keep one.
-        for duplicate in rules {
-            delete_rule(handle, duplicate, table, priority).await?;
+        for (duplicate, deletable) in rules {
+            delete_rule(handle, duplicate, deletable, table, priority).await?;
         }
         debug!(table, priority, "rule already present");
         return Ok(());
@@ -390,10 +415,20 @@ async fn ensure_rule(handle: &Handle, table: u32, priority: u32) -> Result<(), N
         .execute()
         .await
         .map_err(|e| {
-            netlink_error(
-                format!("adding rule from all lookup {table} priority {priority}"),
-                &e,
-            )
+            let what = format!("adding rule from all lookup {table} priority {priority}");
+            if errno(&e) == Some(libc::EEXIST) {
+                // The kernel counts a rule with more selectors, same table and priority,
+                // as this one.
+                NetError::Netlink {
+                    what,
+                    reason: format!(
+                        "another rule at priority {priority} already looks up table {table}; \
+                         remapd needs that priority and table to itself"
+                    ),
+                }
+            } else {
+                netlink_error(what, &e)
+            }
         })?;
     info!(table, priority, "added rule");
     Ok(())
@@ -402,9 +437,18 @@ async fn ensure_rule(handle: &Handle, table: u32, priority: u32) -> Result<(), N
 async fn delete_rule(
     handle: &Handle,
     rule: RuleMessage,
+    deletable: bool,
     table: u32,
     priority: u32,
 ) -> Result<(), NetError> {
+    if !deletable {
+        return Err(NetError::Netlink {
+            what: format!("deleting rule from all lookup {table} priority {priority}"),
+            reason: "another rule with the same priority and table comes first, and the \
+                     kernel would delete that one instead"
+                .into(),
+        });
+    }
     match handle.rule().del(rule).execute().await {
         Ok(()) => {
             info!(table, priority, "removed rule");
@@ -498,6 +542,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// A netlink failure while doing `what`, with the errno's text when the kernel sent one.
 pub(crate) fn netlink_error(what: impl Into<String>, e: &rtnetlink::Error) -> NetError {
     let reason = match e {
         rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
@@ -525,6 +570,22 @@ mod tests {
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
         m.attributes.extend(attrs);
         m
+    }
+
+    /// The daemon calls the appliers from blocking tasks of its runtime; the per-call
+    /// runtime must work there.
+    #[tokio::test]
+    async fn netlink_works_from_a_blocking_task() {
+        let links = tokio::task::spawn_blocking(|| {
+            with_netlink(
+                "listing links",
+                |handle| async move { links(&handle).await },
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(links.contains_key("lo"), "{links:?}");
     }
 
     #[test]

@@ -93,7 +93,9 @@ struct Desired<'a> {
     spec: &'a TunnelSpec,
     name: InterfaceName,
     private_key: Key,
-    peer: Key,
+    /// `None` while bootstrapping (no peer key known yet): the interface runs without
+    /// a peer.
+    peer: Option<Key>,
     allowed_ips: BTreeSet<(IpAddr, u8)>,
 }
 
@@ -162,8 +164,9 @@ impl WireGuardTunnels {
                     });
                 }
                 if !self.pid_path(interface).exists() {
-                    info!(interface = %interface, pid = ?pid,
-                        "adopting a tunnel remapd did not start; it will be configured but never stopped");
+                    // Every reconcile passes here, so not at info.
+                    debug!(interface = %interface, pid = ?pid,
+                        "adopting a tunnel remapd did not start; it is configured but never stopped");
                 }
                 false
             }
@@ -215,7 +218,11 @@ impl WireGuardTunnels {
             changed = true;
         }
         Ok(if created {
-            info!(interface = %interface, peer = %want.peer.to_base64(), "tunnel created");
+            info!(
+                interface = %interface,
+                peer = %want.peer.as_ref().map(Key::to_base64).unwrap_or_else(|| "none yet".into()),
+                "tunnel created"
+            );
             Outcome::Created
         } else if changed {
             Outcome::Updated
@@ -245,9 +252,10 @@ impl WireGuardTunnels {
             .try_clone()
             .map_err(|e| spawn_error(format!("duplicating the log file: {e}")))?;
         // Spawned from this thread, so the process (and its TUN device) is in this
-        // thread's network namespace. Foreground mode: the daemonizing mode re-executes
-        // itself in a way that loses the namespace. Its own process group keeps signals
-        // meant for the daemon's group (a terminal's ^C, a group kill) away from it.
+        // thread's network namespace. Foreground mode: wireguard-go's daemonizing mode
+        // does not work inside a network namespace, and a direct child is one remapd can
+        // track and reap. Its own process group keeps signals meant for the daemon's
+        // group (a terminal's ^C, a group kill) away from it.
         let child = Command::new(&self.config.userspace_program)
             .arg("-f")
             .arg(interface)
@@ -348,7 +356,7 @@ impl WireGuardTunnels {
                 }
             }
         }
-        !process_alive(pid)
+        !process_alive(pid, &self.config.userspace_program)
     }
 
     fn wait_exit(&mut self, interface: &str, pid: u32, timeout: Duration) -> bool {
@@ -584,7 +592,10 @@ fn parse(spec: &TunnelSpec) -> Result<Desired<'_>, NetError> {
         spec,
         name: parse_name(&spec.interface)?,
         private_key: Key::from_base64(spec.private_key.trim()).map_err(|_| bad_key())?,
-        peer: Key::from_base64(spec.peer_public_key.trim()).map_err(|_| bad_key())?,
+        peer: match spec.peer_public_key.trim() {
+            "" => None,
+            key => Some(Key::from_base64(key).map_err(|_| bad_key())?),
+        },
         // WireGuard stores allowed-ips masked; compare like with like.
         allowed_ips: spec
             .allowed_ips
@@ -634,7 +645,7 @@ fn plan_update(
     }
     let mut others = false;
     for peer in device.peers {
-        if peer.config.public_key != want.peer {
+        if Some(&peer.config.public_key) != want.peer.as_ref() {
             update = update.remove_peer_by_key(&peer.config.public_key);
             others = true;
         }
@@ -642,11 +653,18 @@ fn plan_update(
     if others {
         what.push("other peers");
     }
+    let Some(want_peer) = want.peer.as_ref() else {
+        return if what.is_empty() {
+            None
+        } else {
+            Some((update, what))
+        };
+    };
     let keepalive = want.spec.keepalive.unwrap_or(0);
     let current = device
         .peers
         .iter()
-        .find(|p| p.config.public_key == want.peer);
+        .find(|p| &p.config.public_key == want_peer);
     let peer_ok = current.is_some_and(|p| {
         let allowed: BTreeSet<(IpAddr, u8)> = p
             .config
@@ -660,7 +678,7 @@ fn plan_update(
             && p.config.persistent_keepalive_interval.unwrap_or(0) == keepalive
     });
     if !peer_ok {
-        let mut peer = PeerConfigBuilder::new(&want.peer)
+        let mut peer = PeerConfigBuilder::new(want_peer)
             .replace_allowed_ips()
             .set_persistent_keepalive_interval(keepalive);
         if let Some(endpoint) = want.spec.endpoint {
@@ -724,9 +742,10 @@ fn same_netns(pid: u32) -> Option<bool> {
     Some(ours.dev() == theirs.dev() && ours.ino() == theirs.ino())
 }
 
-/// Whether `pid` runs (a zombie does not). A zombie that is a child of this process
-/// but whose `Child` another owner dropped is reaped here.
-fn process_alive(pid: u32) -> bool {
+/// Whether `pid` runs (a zombie does not). A zombie child of this process named like
+/// `program` whose `Child` another owner dropped is reaped here; any other zombie is
+/// left to its owner.
+fn process_alive(pid: u32, program: &Path) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -740,6 +759,7 @@ fn process_alive(pid: u32) -> bool {
     match state {
         Some("Z" | "X") | None => {
             if ppid == Some(std::process::id())
+                && comm_matches(pid, program)
                 && let Ok(raw) = i32::try_from(pid)
             {
                 let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
@@ -748,6 +768,17 @@ fn process_alive(pid: u32) -> bool {
         }
         Some(_) => true,
     }
+}
+
+/// `/proc/<pid>/comm` (kept by zombies, unlike the command line) against the program's
+/// file name, which the kernel truncates to 15 bytes.
+fn comm_matches(pid: u32, program: &Path) -> bool {
+    let Some(name) = program.file_name() else {
+        return false;
+    };
+    let name = name.as_bytes();
+    let name = &name[..name.len().min(15)];
+    fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.strip_suffix(b"\n").unwrap_or(&c) == name)
 }
 
 fn signal(pid: u32, signal: Signal) {
@@ -827,7 +858,7 @@ mod tests {
     }
 
     fn device_like(want: &Desired<'_>) -> Owned {
-        let mut peer = PeerInfo::from_public_key(want.peer.clone());
+        let mut peer = PeerInfo::from_public_key(want.peer.clone().expect("test peer"));
         peer.config.endpoint = want.spec.endpoint;
         peer.config.persistent_keepalive_interval = want.spec.keepalive;
         peer.config.allowed_ips = vec![

@@ -1,0 +1,202 @@
+//! Real `remapd` daemons in the gateway namespaces of a [`Network`], driven only through
+//! their HTTP APIs with curl (as an operator would). Each daemon gets its own state
+//! directory, bpffs pin directory and run directory; on drop the daemon is killed and
+//! everything it started (userspace WireGuard processes, pins, sockets) is removed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::netns::{ChildGuard, Netns, PinDir, WG_SOCKET_DIR, wait_for};
+
+/// The API token every test daemon uses.
+pub const TOKEN: &str = "remapd-test-token-0123456789";
+
+/// The `remapd` binary next to the test binary (`target/<profile>/remapd`).
+pub fn remapd_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("remapd");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p remapd` (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// Its namespace's name.
+    pub ns_name: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Run directory (pid files of WireGuard processes it started).
+    pub run_dir: PathBuf,
+    /// Pin directory.
+    pub pins: PinDir,
+    /// Log file.
+    pub log: PathBuf,
+    process: Option<ChildGuard>,
+    token_file: PathBuf,
+    advertise: String,
+}
+
+impl Daemon {
+    /// Starts `remapd` in `ns`, listening on 127.0.0.1:7878 there.
+    pub fn start(ns: &Netns, name: &str, scratch: &Path, prefix: &str, advertise: &str) -> Self {
+        let base = scratch.join(name);
+        std::fs::create_dir_all(&base).expect("daemon dir");
+        let token_file = base.join("token");
+        std::fs::write(&token_file, TOKEN).expect("token file");
+        let mut d = Self {
+            ns_name: ns.name().to_owned(),
+            state_dir: base.join("state"),
+            run_dir: base.join("run"),
+            pins: PinDir::new(prefix, name),
+            log: base.join("remapd.log"),
+            process: None,
+            token_file,
+            advertise: advertise.to_owned(),
+        };
+        d.spawn(ns);
+        d
+    }
+
+    /// (Re)starts the process.
+    pub fn spawn(&mut self, ns: &Netns) {
+        let mut cmd = ns.command(remapd_binary());
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--pin-dir")
+            .arg(&self.pins.path)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .arg("--advertise")
+            .arg(&self.advertise)
+            .arg("--listen")
+            .arg("127.0.0.1:7878")
+            .env("REMAPD_LOG", "info,netlink_packet_route=error");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        cmd.stdout(log.try_clone().expect("dup")).stderr(log);
+        let child = cmd.spawn().expect("spawn remapd");
+        self.process = Some(ChildGuard::from_child("remapd", child));
+        let probe = ns.name().to_owned();
+        wait_for("remapd to answer /healthz", Duration::from_secs(30), || {
+            if let Some(p) = self.process.as_mut() {
+                assert!(
+                    p.is_running(),
+                    "remapd exited: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            curl_raw(&probe, "GET", "/healthz", None).0 == 200
+        });
+    }
+
+    /// SIGKILLs the process (what it applied stays).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// An API call: (status, JSON body or the text as a JSON string).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (status, text) = curl_raw(
+            &self.ns_name,
+            method,
+            path,
+            body.map(|b| b.to_string()).as_deref(),
+        );
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    /// An API call that must answer with `want`.
+    pub fn expect(&self, method: &str, path: &str, body: Option<&Value>, want: u16) -> Value {
+        let (status, json) = self.call(method, path, body);
+        assert_eq!(status, want, "{method} {path} on {}: {json}", self.ns_name);
+        json
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Pids of the WireGuard processes this daemon started, from its run directory.
+    pub fn wireguard_pids(&self) -> Vec<(String, u32)> {
+        let Ok(entries) = std::fs::read_dir(&self.run_dir) else {
+            return vec![];
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let iface = name.strip_suffix(".pid")?.to_owned();
+                let pid = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((iface, pid))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        for (iface, pid) in self.wireguard_pids() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            let _ = std::fs::remove_file(Path::new(WG_SOCKET_DIR).join(format!("{iface}.sock")));
+        }
+    }
+}
+
+/// curl inside a namespace's loopback; returns (status, body).
+pub fn curl_raw(ns_name: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", ns_name, "curl", "-sS", "-m", "30", "-X", method,
+    ])
+    .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+    .args(["-w", "\n%{http_code}"]);
+    if body.is_some() {
+        cmd.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ]);
+    }
+    cmd.arg(format!("http://127.0.0.1:7878{path}"));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let Ok(mut child) = cmd.spawn() else {
+        return (0, String::new());
+    };
+    if let (Some(b), Some(mut stdin)) = (body, child.stdin.take()) {
+        let _ = stdin.write_all(b.as_bytes());
+    }
+    let Ok(out) = child.wait_with_output() else {
+        return (0, String::new());
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match text.rsplit_once('\n') {
+        Some((body, code)) => (code.trim().parse().unwrap_or(0), body.to_owned()),
+        None => (text.trim().parse().unwrap_or(0), String::new()),
+    }
+}

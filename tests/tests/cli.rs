@@ -1,0 +1,67 @@
+//! The `remapd` binary's command line: a bad configuration is refused with a clear
+//! message and exit status 64 before anything is touched; the example config is valid.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use remapd_tests::daemons::remapd_binary;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(remapd_binary()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn bad_configuration_exits_64_with_a_reason() {
+    let (code, text) = run(&["--listen", "0.0.0.0:7878", "check-config"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(text.contains("token_file"), "{text}");
+
+    let dir = std::env::temp_dir().join(format!("remapd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:7878\"\nroute_tabel = 5\n").unwrap();
+    let (code, text) = run(&["--config", bad.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(text.contains("unknown field `route_tabel`"), "{text}");
+
+    let (code, text) = run(&["--config", "/nonexistent/remapd.toml", "check-config"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(text.contains("/nonexistent/remapd.toml"), "{text}");
+
+    let (code, text) = run(&["--route-table", "254", "check-config"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(text.contains("reserved"), "{text}");
+
+    let (code, text) = run(&["--no-such-flag"]);
+    assert_eq!(code, 64, "{text}");
+
+    let short = dir.join("token");
+    std::fs::write(&short, "short").unwrap();
+    let (code, text) = run(&["--token-file", short.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(text.contains("at least 16"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_example_config_is_valid_and_documented() {
+    let (code, example) = run(&["example-config"]);
+    assert_eq!(code, 0);
+    assert!(example.contains("listen = \"127.0.0.1:7878\""));
+    let dir = std::env::temp_dir().join(format!("remapd-cli-ex-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("remapd.toml");
+    std::fs::write(&file, &example).unwrap();
+    let (code, text) = run(&["--config", file.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("--token-file"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

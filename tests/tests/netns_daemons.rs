@@ -1,0 +1,267 @@
+//! End-to-end with two real daemons: the seed topology (both clusters 40.0.0.0/24), one
+//! remapd per gateway, configured only through their HTTP APIs with curl — each side's
+//! exports piped into the other — for the `split`, `both-on-2` and `auto` policies.
+//! Traffic must flow both ways with the expected addresses; deleting the peerings must
+//! remove every rule, route and tunnel the daemons made. And a SIGKILLed daemon must
+//! come back without disturbing forwarding. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use remapd_tests::daemons::Daemon;
+use remapd_tests::netns::{Netns, parse_ping, ping, tcp_exchange, udp_exchange};
+use remapd_tests::topology::{Network, UNDERLAY_GW1, UNDERLAY_GW2, seed_cluster};
+use serde_json::{Value, json};
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+struct Pair {
+    net: Network,
+    d1: Daemon,
+    d2: Daemon,
+}
+
+/// Two daemons, clusters configured, and the peering set up through exports.
+fn pair(policy: &str) -> Pair {
+    let net = Network::build(&seed_cluster(), &seed_cluster());
+    let d1 = Daemon::start(
+        &net.gw1,
+        "gw1",
+        &net.scratch.path,
+        &net.prefix,
+        UNDERLAY_GW1,
+    );
+    let d2 = Daemon::start(
+        &net.gw2,
+        "gw2",
+        &net.scratch.path,
+        &net.prefix,
+        UNDERLAY_GW2,
+    );
+    d1.expect("PUT", "/v1/cluster", Some(&json!({"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/24"]})), 200);
+    d2.expect("PUT", "/v1/cluster", Some(&json!({"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["60.0.0.0/24"]})), 200);
+    let p1 = format!("{}-c2", net.prefix);
+    let p2 = format!("{}-c1", net.prefix);
+    // Bootstrap on gateway 1 with what it knows of cluster 2; then pipe exports across.
+    let bootstrap = json!({
+        "policy": policy,
+        "remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}},
+        "tunnel": {"listen_port": 51820, "keepalive": 1}
+    });
+    d1.expect("PUT", &format!("/v1/peerings/{p1}"), Some(&bootstrap), 201);
+    let exports1 = d1.expect("GET", &format!("/v1/peerings/{p1}/exports"), None, 200);
+    d2.expect("PUT", &format!("/v1/peerings/{p2}"), Some(&exports1), 201);
+    let exports2 = d2.expect("GET", &format!("/v1/peerings/{p2}/exports"), None, 200);
+    d1.expect("PUT", &format!("/v1/peerings/{p1}"), Some(&exports2), 200);
+    Pair { net, d1, d2 }
+}
+
+fn peering(p: &Pair, side: u8) -> String {
+    format!("{}-{}", p.net.prefix, if side == 1 { "c2" } else { "c1" })
+}
+
+fn reachable(from: &Netns, server: &Netns, target: &str, real: &str, seen_as: &str, port: u16) {
+    let t = ip(target);
+    let mut rx = 0;
+    for _ in 0..5 {
+        rx = ping(from, t, 3, "0.2").1;
+        if rx >= 2 {
+            break;
+        }
+    }
+    assert!(rx >= 2, "ping {target}: {rx}/3");
+    let tcp = tcp_exchange(server, from, t, port, b"tcp");
+    assert_eq!(tcp.server_saw_peer, ip(seen_as));
+    let udp = udp_exchange(server, ip(real), from, t, port + 1, b"udp");
+    assert_eq!(udp.server_saw_peer, ip(seen_as));
+    assert_eq!(udp.client_saw_reply_from, t);
+}
+
+fn strategy_of(d: &Daemon, name: &str) -> String {
+    d.expect("GET", &format!("/v1/peerings/{name}"), None, 200)["decision"]["strategy"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn run(policy: &str, expect1: &str, expect2: &str) {
+    let p = pair(policy);
+    assert_eq!(
+        strategy_of(&p.d1, &peering(&p, 1)),
+        expect1,
+        "{}",
+        p.d1.log_text()
+    );
+    assert_eq!(
+        strategy_of(&p.d2, &peering(&p, 2)),
+        expect2,
+        "{}",
+        p.d2.log_text()
+    );
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7000,
+    );
+    reachable(
+        &p.net.pod2,
+        &p.net.pod1,
+        "60.0.0.1",
+        "40.0.0.1",
+        "30.0.0.1",
+        7100,
+    );
+
+    // The status shows counters and a handshake; metrics carry the rules.
+    let st = p.d2.expect(
+        "GET",
+        &format!("/v1/peerings/{}", peering(&p, 2)),
+        None,
+        200,
+    );
+    assert!(
+        st["tunnel"]["last_handshake_unix"].as_u64().unwrap_or(0) > 0,
+        "{st}"
+    );
+    if expect2 != "both-on-remote" {
+        assert!(
+            st["applied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["packets"].as_u64().unwrap() > 0),
+            "{st}"
+        );
+    }
+    let metrics = p.d2.expect("GET", "/metrics", None, 200);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("remapd_policy_decisions_total")
+    );
+
+    // Deleting the peerings removes every rule, route and tunnel the daemons made.
+    for (d, ns, side) in [(&p.d1, &p.net.gw1, 1u8), (&p.d2, &p.net.gw2, 2)] {
+        let pids = d.wireguard_pids();
+        assert_eq!(pids.len(), 1, "one tunnel process: {pids:?}");
+        d.expect(
+            "DELETE",
+            &format!("/v1/peerings/{}", peering(&p, side)),
+            None,
+            204,
+        );
+        let status = d.expect("GET", "/v1/status", None, 200);
+        assert!(
+            status["attachments"].as_array().unwrap().is_empty(),
+            "{status}"
+        );
+        let routes = String::from_utf8_lossy(&ns.ip(&["route", "show", "table", "7878"]).stdout)
+            .into_owned();
+        assert!(routes.trim().is_empty(), "routes left: {routes}");
+        let links = String::from_utf8_lossy(&ns.ip(&["-o", "link"]).stdout).into_owned();
+        assert!(!links.contains("rmd-"), "tunnel left: {links}");
+        for (_, pid) in pids {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "wireguard-go {pid} still running"
+            );
+        }
+    }
+    let (_, rx) = ping(&p.net.pod1, ip("30.0.0.1"), 2, "0.2");
+    assert_eq!(rx, 0, "after deletion nothing translates");
+}
+
+#[test]
+fn two_daemons_split() {
+    run("split", "split", "split");
+}
+
+#[test]
+fn two_daemons_both_on_2() {
+    run("both-on-2", "both-on-remote", "both-on-local");
+}
+
+#[test]
+fn two_daemons_auto() {
+    run("auto", "split", "split");
+}
+
+#[test]
+fn sigkill_and_restart_of_a_daemon() {
+    let mut p = pair("split");
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7200,
+    );
+    let name = peering(&p, 1);
+    let before: Value =
+        p.d1.expect("GET", &format!("/v1/peerings/{name}"), None, 200);
+    let status_before = p.d1.expect("GET", "/v1/status", None, 200);
+    let pids_before = p.d1.wireguard_pids();
+    let pinger = p
+        .net
+        .pod1
+        .command("ping")
+        .args(["-n", "-q", "-c", "500", "-i", "0.01", "-W", "1", "30.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    p.d1.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let gw1 = Netns::new_handle(p.net.gw1.name());
+    p.d1.spawn(&gw1);
+    let out = pinger.wait_with_output().unwrap();
+    let (tx, rx) = parse_ping(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(tx, 500);
+    assert!(
+        tx - rx <= 1,
+        "lost {} pings across the daemon restart",
+        tx - rx
+    );
+
+    let after =
+        p.d1.expect("GET", &format!("/v1/peerings/{name}"), None, 200);
+    assert_eq!(after["decision"], before["decision"]);
+    assert_eq!(after["public_key"], before["public_key"], "same key pair");
+    let status_after = p.d1.expect("GET", "/v1/status", None, 200);
+    assert_eq!(
+        status_after["program_ids"], status_before["program_ids"],
+        "programs adopted, not reloaded"
+    );
+    assert_eq!(status_after["dataplane_adopted"], true);
+    let report = &status_after["last_reconcile"];
+    assert_eq!(
+        report["tunnels"]["created"], 0,
+        "the tunnel was adopted: {report}"
+    );
+    assert_eq!(report["dataplane"]["inserted"], 0, "{report}");
+    assert_eq!(report["routes"]["added"], 0, "{report}");
+    assert_eq!(
+        p.d1.wireguard_pids(),
+        pids_before,
+        "the same wireguard-go process"
+    );
+    let counters = |v: &Value| -> Vec<u64> {
+        v["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["packets"].as_u64().unwrap())
+            .collect()
+    };
+    for (a, b) in counters(&after).iter().zip(counters(&before)) {
+        assert!(*a > b, "counters kept counting: {a} <= {b}");
+    }
+}
