@@ -44,7 +44,12 @@ pod2() { in_ns pod2 "$@"; }
 stop_daemons() {
   for gw in gw1 gw2; do
     if [[ -f $DEMO/$gw.pid ]]; then
-      kill "$(cat "$DEMO/$gw.pid")" 2>/dev/null || true
+      local pid
+      pid=$(cat "$DEMO/$gw.pid")
+      kill "$pid" 2>/dev/null || true
+      # SIGTERM drains gracefully; wait so the next daemon does not meet the old one.
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
       rm -f "$DEMO/$gw.pid"
     fi
   done
@@ -87,8 +92,10 @@ trap on_exit EXIT
 trap 'exit 130' INT TERM
 cleanup
 
-step "Building remapd"
-cargo build --release -p remapd 2>&1 | grep -E '^(error|warning: unused)' || true
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+  step "Building remapd"
+  cargo build --release -p remapd 2>&1 | grep -E '^(error|warning: unused)' || true
+fi
 [[ -x $REMAPD ]] || { echo "no $REMAPD"; exit 1; }
 
 step "Topology: pod1 — gw1 ══ veth (198.18.0.0/30) ══ gw2 — pod2, both clusters 40.0.0.0/24"
@@ -116,7 +123,8 @@ start_daemons() {
   for side in 1 2; do
     local gw=gw$side
     mkdir -p "$DEMO/$gw"
-    in_ns "$gw" "$REMAPD" --state-dir "$DEMO/$gw/state" --pin-dir "/sys/fs/bpf/remapd-demo-$gw" \
+    # nsenter execs remapd, so $! is the daemon itself.
+    nsenter --net="/run/netns/$NS-$gw" "$REMAPD" --state-dir "$DEMO/$gw/state" --pin-dir "/sys/fs/bpf/remapd-demo-$gw" \
       --run-dir "$DEMO/$gw/run" --token-file "$DEMO/token" --advertise "198.18.0.$side" \
       >"$DEMO/$gw.log" 2>&1 &
     echo $! >"$DEMO/$gw.pid"
@@ -128,9 +136,9 @@ start_daemons() {
 
 serve() { # side port: TCP and UDP servers that answer with the address they see
   local side=$1 port=$2
-  in_ns "pod$side" socat TCP-LISTEN:"$port",reuseaddr,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
+  nsenter --net="/run/netns/$NS-pod$side" socat TCP-LISTEN:"$port",reuseaddr,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
   SERVERS+=($!)
-  in_ns "pod$side" socat UDP-RECVFROM:"$((port + 1))",bind=40.0.0.1,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
+  nsenter --net="/run/netns/$NS-pod$side" socat UDP-RECVFROM:"$((port + 1))",bind=40.0.0.1,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
   SERVERS+=($!)
   sleep 0.3
 }

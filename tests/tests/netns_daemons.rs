@@ -18,10 +18,12 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+/// Field order is drop order: the daemons (and the tunnels they started) go before the
+/// network and the scratch directory that holds their pid files.
 struct Pair {
-    net: Network,
     d1: Daemon,
     d2: Daemon,
+    net: Network,
 }
 
 /// Two daemons, clusters configured, and the peering set up through exports.
@@ -56,7 +58,7 @@ fn pair(policy: &str) -> Pair {
     d2.expect("PUT", &format!("/v1/peerings/{p2}"), Some(&exports1), 201);
     let exports2 = d2.expect("GET", &format!("/v1/peerings/{p2}/exports"), None, 200);
     d1.expect("PUT", &format!("/v1/peerings/{p1}"), Some(&exports2), 200);
-    Pair { net, d1, d2 }
+    Pair { d1, d2, net }
 }
 
 fn peering(p: &Pair, side: u8) -> String {
