@@ -163,6 +163,10 @@ pub struct PeeringOutcome {
     pub interface: String,
     /// Local WireGuard public key.
     pub public_key: Option<String>,
+    /// What the last good decision was made from (policy sha256, interface, input), so
+    /// an unchanged peering is not decided again.
+    #[serde(skip)]
+    pub decided_from: Option<String>,
 }
 
 /// What one reconcile did.
@@ -284,6 +288,22 @@ impl Reconciler {
                     remote: peering.remote.clone(),
                     settings: peering.settings.clone(),
                 };
+                let sha = self
+                    .registry
+                    .get(&peering.policy)
+                    .map(|p| p.compiled.sha256.clone())
+                    .unwrap_or_default();
+                let decided_from = serde_json::to_string(&(&sha, &interface, &input)).ok();
+                if let Some(o) = self.outcomes.get_mut(name)
+                    && o.last_error.is_none()
+                    && o.plan.is_some()
+                    && decided_from.is_some()
+                    && o.decided_from == decided_from
+                {
+                    // Same policy, same input: same decision (policies are deterministic).
+                    o.public_key = keys.get(name).and_then(|k| public_key(k));
+                    continue;
+                }
                 let attempt = self
                     .registry
                     .decide(&peering.policy, &input)
@@ -304,6 +324,7 @@ impl Reconciler {
                 outcome.public_key = keys.get(name).and_then(|k| public_key(k));
                 let status = match attempt {
                     Ok((eval, plan)) => {
+                        outcome.decided_from = decided_from;
                         outcome.decision = Some(eval.decision);
                         outcome.plan = Some(plan);
                         outcome.policy_log = eval.log;
