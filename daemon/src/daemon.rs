@@ -190,6 +190,7 @@ impl Daemon {
                     .collect::<Vec<_>>()
             })
             .await?;
+        let allocated = ipnet::Ipv4Net::aggregate(&allocated);
         let input = PolicyInput {
             local: cluster.clone(),
             local_capabilities: Capabilities {

@@ -212,6 +212,34 @@ pub struct Reconciler {
     pub counters: ReconcileCounters,
 }
 
+/// `set` without the addresses of `hole` (prefixes that contain it are split).
+pub fn subtract(set: &[Ipv4Net], hole: Ipv4Net) -> Vec<Ipv4Net> {
+    let mut out = Vec::new();
+    for net in set {
+        if hole.contains(net) {
+            continue;
+        }
+        if !net.contains(&hole) {
+            out.push(*net);
+            continue;
+        }
+        // Walk down from `net` to `hole`, keeping the sibling at each level.
+        let mut cur = *net;
+        while cur.prefix_len() < hole.prefix_len() {
+            let Ok(mut halves) = cur.subnets(cur.prefix_len() + 1) else {
+                break;
+            };
+            let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
+                break;
+            };
+            let (keep, down) = if a.contains(&hole) { (b, a) } else { (a, b) };
+            out.push(keep);
+            cur = down;
+        }
+    }
+    out
+}
+
 /// Private keys by peering name, given to the reconciler for one pass.
 pub type Keys = BTreeMap<String, String>;
 
@@ -253,19 +281,35 @@ impl Reconciler {
         self.tunnels.status(interface).ok().flatten()
     }
 
-    /// Allocations other peerings hold (their views), for `except`.
-    fn allocations_except(&self, except: &str) -> Vec<Ipv4Net> {
-        self.outcomes
-            .iter()
-            .filter(|(name, _)| name.as_str() != except)
-            .filter_map(|(_, o)| o.decision.as_ref())
+    /// Every view held by a peering (not identity mappings), aggregated.
+    fn all_allocations(&self) -> Vec<Ipv4Net> {
+        let all: Vec<Ipv4Net> = self
+            .outcomes
+            .values()
+            .filter_map(|o| o.decision.as_ref())
             .flat_map(|d| {
                 d.mappings
                     .iter()
                     .filter(|m| m.real != m.remapped)
                     .map(|m| m.remapped)
             })
-            .collect()
+            .collect();
+        Ipv4Net::aggregate(&all)
+    }
+
+    /// The views of `name` itself, which it may keep.
+    fn own_allocations(&self, name: &str) -> Vec<Ipv4Net> {
+        self.outcomes
+            .get(name)
+            .and_then(|o| o.decision.as_ref())
+            .map(|d| {
+                d.mappings
+                    .iter()
+                    .filter(|m| m.real != m.remapped)
+                    .map(|m| m.remapped)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Brings the system to `state`. Never panics; errors are recorded per peering and
@@ -279,12 +323,18 @@ impl Reconciler {
             nat_dataplane: true,
         };
         if let Some(cluster) = &state.cluster {
+            // What other peerings hold is "all held" minus one's own views; kept
+            // aggregated so a hub with thousands of peerings hands policies a short list.
+            let mut held = self.all_allocations();
             for (name, peering) in &state.peerings {
                 let interface = peering.interface(name);
                 let input = PolicyInput {
                     local: cluster.clone(),
                     local_capabilities: local_caps,
-                    allocated: self.allocations_except(name),
+                    allocated: self
+                        .own_allocations(name)
+                        .into_iter()
+                        .fold(held.clone(), |set, own| subtract(&set, own)),
                     remote: peering.remote.clone(),
                     settings: peering.settings.clone(),
                 };
@@ -293,14 +343,31 @@ impl Reconciler {
                     .get(&peering.policy)
                     .map(|p| p.compiled.sha256.clone())
                     .unwrap_or_default();
-                let decided_from = serde_json::to_string(&(&sha, &interface, &input)).ok();
+                // Decisions are sticky: a peering keeps its decision (and so its
+                // allocation) while its own inputs are unchanged and its views still
+                // collide with nothing another peering holds.
+                let decided_from = {
+                    let own = PolicyInput {
+                        allocated: Vec::new(),
+                        ..input.clone()
+                    };
+                    serde_json::to_string(&(&sha, &interface, &own)).ok()
+                };
                 if let Some(o) = self.outcomes.get_mut(name)
                     && o.last_error.is_none()
                     && o.plan.is_some()
                     && decided_from.is_some()
                     && o.decided_from == decided_from
+                    && o.decision.as_ref().is_some_and(|d| {
+                        d.mappings.iter().all(|m| {
+                            m.real == m.remapped
+                                || !input
+                                    .allocated
+                                    .iter()
+                                    .any(|a| a.contains(&m.remapped) || m.remapped.contains(a))
+                        })
+                    })
                 {
-                    // Same policy, same input: same decision (policies are deterministic).
                     o.public_key = keys.get(name).and_then(|k| public_key(k));
                     continue;
                 }
@@ -325,6 +392,15 @@ impl Reconciler {
                 let status = match attempt {
                     Ok((eval, plan)) => {
                         outcome.decided_from = decided_from;
+                        let views = eval
+                            .decision
+                            .mappings
+                            .iter()
+                            .filter(|m| m.real != m.remapped)
+                            .map(|m| m.remapped);
+                        held = Ipv4Net::aggregate(
+                            &held.iter().copied().chain(views).collect::<Vec<_>>(),
+                        );
                         outcome.decision = Some(eval.decision);
                         outcome.plan = Some(plan);
                         outcome.policy_log = eval.log;
@@ -417,5 +493,30 @@ impl Reconciler {
         }
         self.outcomes.clear();
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn subtracting_a_hole_keeps_everything_else() {
+        let out = subtract(&[n("10.0.0.0/22")], n("10.0.1.0/24"));
+        assert_eq!(out, vec![n("10.0.2.0/23"), n("10.0.0.0/24")]);
+        assert_eq!(subtract(&[n("10.0.0.0/24")], n("10.0.0.0/16")), vec![]);
+        assert_eq!(
+            subtract(&[n("10.0.0.0/24")], n("10.1.0.0/24")),
+            vec![n("10.0.0.0/24")]
+        );
+        let total: u64 = subtract(&[n("100.64.0.0/10")], n("100.64.7.0/24"))
+            .iter()
+            .map(|p| 1u64 << (32 - p.prefix_len()))
+            .sum();
+        assert_eq!(total, (1 << 22) - 256);
     }
 }

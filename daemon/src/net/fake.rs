@@ -24,13 +24,12 @@ pub struct FakeRoutes {
 impl RouteApplier for FakeRoutes {
     fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError> {
         let mut current = self.routes.lock().map_err(|_| poisoned())?;
-        let mut want: Vec<RouteSpec> = routes.to_vec();
-        want.sort();
-        want.dedup();
-        let added = want.iter().filter(|r| !current.contains(r)).count();
-        let removed = current.iter().filter(|r| !want.contains(r)).count();
+        let want: std::collections::BTreeSet<RouteSpec> = routes.iter().cloned().collect();
+        let have: std::collections::BTreeSet<RouteSpec> = current.iter().cloned().collect();
+        let added = want.difference(&have).count();
+        let removed = have.difference(&want).count();
         let unchanged = want.len() - added;
-        *current = want;
+        *current = want.into_iter().collect();
         *self.applies.lock().map_err(|_| poisoned())? += 1;
         Ok(RouteReport {
             added,

@@ -27,14 +27,16 @@ fn rss_mib() -> f64 {
 }
 
 fn remote(i: u32) -> RemoteCluster {
-    // Distinct /24s inside the local 172.16.0.0/12: every one overlaps the local cluster,
+    // Distinct /24s inside the local 10.0.0.0/8: every one overlaps the local cluster,
     // so every peering gets a view from the pool and two translation rules.
-    let net = Ipv4Net::new((0xac10_0000u32 + (i << 8)).into(), 24).expect("prefix");
+    let net = Ipv4Net::new((0x0a00_0000u32 + (i << 8)).into(), 24).expect("prefix");
     RemoteCluster {
         name: format!("remote-{i}"),
         pod_cidrs: vec![net],
         service_cidrs: vec![],
-        capabilities: Capabilities { nat_dataplane: true },
+        capabilities: Capabilities {
+            nat_dataplane: true,
+        },
         view_of_local: None,
     }
 }
@@ -58,7 +60,7 @@ fn spec(i: u32) -> PeeringSpec {
 fn cluster() -> LocalCluster {
     LocalCluster {
         name: "hub".into(),
-        pod_cidrs: vec!["172.16.0.0/12".parse().expect("prefix")],
+        pod_cidrs: vec!["10.0.0.0/8".parse().expect("prefix")],
         service_cidrs: vec![],
         reserved_cidrs: vec![],
         remap_pool: vec!["100.64.0.0/10".parse().expect("prefix")],
@@ -78,16 +80,24 @@ fn reconciler(registry: Arc<PolicyRegistry>, pin_dir: &std::path::Path) -> Recon
 }
 
 fn main() {
-    let max: u32 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the network namespace (root?)");
-    let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    let max: u32 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare the network namespace (root?)");
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
     assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
 
     let rss_start = rss_mib();
     let engine = Arc::new(PolicyEngine::new(PolicyLimits::default()).expect("engine"));
     let registry = Arc::new(PolicyRegistry::with_builtins(engine).expect("registry"));
     let rss_idle = rss_mib();
-    println!("| peerings | rules | first apply (decide + compile + apply) | per peering | re-apply unchanged | one peering added | RSS after |");
+    println!(
+        "| peerings | rules | first apply (decide + compile + apply) | per peering | re-apply unchanged | one peering added | RSS after |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut rss_10k = 0.0;
     for n in [1u32, 100, 1_000, 10_000].into_iter().filter(|n| *n <= max) {
