@@ -3,10 +3,12 @@
 # machine and the exact commands.
 #  1. dataplane per-packet cost (BPF_PROG_TEST_RUN): no-op vs 1, 1k, 100k rules
 #  2. policy decision latency: wasm (warm) vs native, instantiation, compile cost
+#  3. control plane: 1 to 10,000 peerings (time, memory), API latency under wrk
+#  4. end to end: plain routing vs remapd vs iptables/nftables, over veth and WireGuard
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback
-cargo build --release -p remapd-tests --bin bpf-bench --bin policy-bench 2>&1 | grep -E '^(error|warning: unused)' || true
+cargo build --release -p remapd -p remapd-tests --bin remapd --bin bpf-bench --bin policy-bench --bin control-bench --bin dataplane-agent 2>&1 | grep -E '^(error|warning: unused)' || true
 CPU=${BENCH_CPU:-1}
 REPEAT=${REPEAT:-2000001}
 ROUNDS=${ROUNDS:-7}
@@ -19,6 +21,18 @@ echo "$dataplane"
 echo "running: $pol_cmd" >&2
 policy=$($pol_cmd)
 echo "$policy"
+ctl_cmd="target/release/control-bench 10000"
+echo "running: $ctl_cmd" >&2
+control=$($ctl_cmd)
+echo "$control"
+api_cmd="bash bench/api.sh"
+echo "running: $api_cmd" >&2
+api=$($api_cmd)
+echo "$api"
+e2e_cmd="python3 bench/e2e.py"
+echo "running: RUNS=${RUNS:-3} DUR=${DUR:-3} $e2e_cmd" >&2
+e2e=$(RUNS=${RUNS:-3} DUR=${DUR:-3} $e2e_cmd)
+echo "$e2e"
 {
   echo "# remapd benchmarks"
   echo
@@ -43,5 +57,29 @@ echo "$policy"
   echo "$policy"
   echo
   cat bench/policy-notes.md
+  echo
+  echo "## 3. Control plane"
+  echo
+  echo "### Compile and apply 1 to 10,000 peerings"
+  echo
+  echo "Command: \`$ctl_cmd\`"
+  echo
+  echo "$control"
+  echo
+  echo "### API under load"
+  echo
+  echo "Command: \`$api_cmd\`"
+  echo
+  echo "$api"
+  echo
+  cat bench/control-notes.md
+  echo
+  echo "## 4. End to end: remapd vs plain routing vs the iptables/nftables workarounds"
+  echo
+  echo "Command: \`RUNS=${RUNS:-3} DUR=${DUR:-3} $e2e_cmd\` (the script's docstring describes every configuration)"
+  echo
+  echo "$e2e"
+  echo
+  cat bench/e2e-notes.md
 } > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

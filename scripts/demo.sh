@@ -190,6 +190,15 @@ for POLICY in $STRATEGIES; do
     bash -c "! ip -n $NS-gw1 -o link | grep -q rmd- && ! ip -n $NS-gw2 -o link | grep -q rmd- && [ -z \"\$(ip -n $NS-gw1 route show table 7878)\" ]"
 done
 
+step "Bring your own policy: build a component, upload it, dry-run it"
+if [[ ${SKIP_POLICY:-0} != 1 ]]; then
+  # POLICY_BUILD: the remapd-policy-build command (the test suite passes its binary).
+  ${POLICY_BUILD:-cargo run -q --release -p remapd-policy-build --} policies/split -o "$DEMO/my-policy.wasm" 2>&1 | tail -n 1
+  gw1 curl -sS -X PUT -H "$AUTH" -H 'content-type: application/wasm' --data-binary @"$DEMO/my-policy.wasm" $API/v1/policies/my-policy | jq -c '{name, sha256, size}'
+  check "dry run of the uploaded policy decides split" split \
+    gw1 curl -sS -X POST -H "$AUTH" -H "$JSON" $API/v1/policies/my-policy/evaluate -d '{"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}}}'
+fi
+
 step "Summary"
 echo "$pass passed, $fail failed"
 [[ $fail == 0 ]]

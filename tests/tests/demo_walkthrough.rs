@@ -18,13 +18,14 @@ fn every_readme_curl_command_is_in_the_demo_script() {
     let script = std::fs::read_to_string(root().join("scripts/demo.sh"))
         .unwrap()
         .replace("'\"$POLICY\"'", "split");
-    let start = readme
-        .find("<!-- walkthrough:start -->")
-        .expect("walkthrough start marker in README");
-    let end = readme
-        .find("<!-- walkthrough:end -->")
-        .expect("walkthrough end marker in README");
-    let commands: Vec<&str> = readme[start..end]
+    assert!(readme.contains("<!-- walkthrough:start -->") && readme.contains("<!-- walkthrough:end -->"));
+    // Every curl command anywhere in the README: they are all written as `gw1 curl` /
+    // `gw2 curl` (the demo's helpers for running on a gateway), so the demo runs them.
+    assert!(
+        !readme.lines().any(|l| l.trim_start().starts_with("curl ")),
+        "write README curl commands as `gw1 curl ...` so the demo can run them"
+    );
+    let commands: Vec<&str> = readme
         .lines()
         .map(str::trim)
         .filter(|l| l.starts_with("gw1 curl") || l.starts_with("gw2 curl"))
@@ -47,6 +48,7 @@ fn the_demo_passes_for_every_policy() {
         .arg(root().join("scripts/demo.sh"))
         .env("SKIP_BUILD", "1")
         .env("REMAPD", remapd_binary())
+        .env("POLICY_BUILD", remapd_binary().with_file_name("remapd-policy-build"))
         .env(
             "DEMO_DIR",
             std::env::temp_dir().join(format!("remapd-demo-test-{}", std::process::id())),
@@ -62,8 +64,8 @@ fn the_demo_passes_for_every_policy() {
     assert!(text.contains("0 failed"), "{text}");
     assert_eq!(
         text.matches('✔').count(),
-        21,
-        "7 checks for each of 3 policies:\n{text}"
+        22,
+        "7 checks for each of 3 policies, and the uploaded policy's dry run:\n{text}"
     );
     assert!(!text.contains('✘'), "{text}");
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();

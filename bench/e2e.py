@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark, side by side in one run, on the seed topology in network
+namespaces (pod1 - gw1 - link - gw2 - pod2, both clusters 40.0.0.0/24), over (a) a plain
+veth link between the gateways and (b) a WireGuard tunnel (wireguard-go) over it:
+
+  plain      plain routing, cluster 2 renumbered to 50.0.0.0/24 (the physical limit)
+  split      remapd, split (gw1 egress dst 30->40, ingress src 40->30; gw2 the mirror)
+  both-on-2  remapd, both-on-2 (gw1 only routes; gw2 does every rewrite)
+  iptables   the prototype's problem worked around: mangle mark + ip rule fwmark into
+             the link, NETMAP in nat PREROUTING (gw1) / POSTROUTING (gw2), connmark
+             and fwmark to route gw2's replies back into the link
+  nftables   the same with nftables prefix NAT (dnat/snat ip prefix to)
+
+For each: TCP throughput (1 and 4 streams), 64-byte UDP packets/s delivered and loss,
+ping latency (median, p99), CPU busy during the 1-stream TCP run. iperf3 client and
+server are pinned to one core each. Medians of RUNS runs; ratios against plain routing
+over the same link, measured in this same run.
+
+The remapd rules are applied by `dataplane-agent`, a small binary on the daemon's
+dataplane module (the code path the daemon uses); the daemon's API path is measured by
+the control-plane benchmarks. Needs root. Writes Markdown to stdout.
+"""
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+NS = "rmb"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT = os.path.join(ROOT, "target/release/dataplane-agent")
+RUNS = int(os.environ.get("RUNS", "3"))
+DUR = int(os.environ.get("DUR", "3"))
+SCRATCH = "/tmp/rmb-e2e"
+PROCS = []
+
+
+def sh(cmd, check=True, capture=False):
+    r = subprocess.run(cmd, shell=True, text=True, capture_output=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{cmd}\n{r.stdout}\n{r.stderr}")
+    return r.stdout if capture else r
+
+
+def ns(name):
+    return f"nsenter --net=/run/netns/{NS}-{name}"
+
+
+def cleanup():
+    for p in PROCS:
+        try:
+            p.kill()
+            p.wait(timeout=5)
+        except Exception:
+            pass
+    PROCS.clear()
+    sh(f"pkill -f 'wireguard-go -f wgb' ", check=False)
+    sh("pkill -f 'iperf3 -s -p 52' ", check=False)
+    for n in ["pod1", "gw1", "gw2", "pod2"]:
+        sh(f"ip netns del {NS}-{n}", check=False)
+    sh("rm -f /var/run/wireguard/wgb1.sock /var/run/wireguard/wgb2.sock", check=False)
+    sh(f"rm -rf /sys/fs/bpf/{NS}-gw1 /sys/fs/bpf/{NS}-gw2 {SCRATCH}", check=False)
+
+
+def spawn(cmd):
+    p = subprocess.Popen(cmd, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PROCS.append(p)
+    return p
+
+
+def wait_for(what, cond, timeout=10):
+    start = time.time()
+    while not cond():
+        if time.time() - start > timeout:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def agent(gw, rules):
+    os.makedirs(SCRATCH, exist_ok=True)
+    rf = f"{SCRATCH}/{gw}-rules.json"
+    st = f"{SCRATCH}/{gw}-status.json"
+    with open(rf, "w") as f:
+        json.dump(rules, f)
+    spawn(f"{ns(gw)} {AGENT} /sys/fs/bpf/{NS}-{gw} {rf} {st}")
+    wait_for(f"dataplane-agent on {gw}", lambda: os.path.exists(st))
+
+
+def rule(iface, direction, field, frm, to):
+    return {"interface": iface, "direction": direction, "field": field, "from": frm, "to": to}
+
+
+def build(link, cfg):
+    """Builds the topology for one configuration; returns the target address pod1 uses."""
+    remote_net = "50.0.0" if cfg == "plain" else "40.0.0"
+    for n in ["pod1", "gw1", "gw2", "pod2"]:
+        sh(f"ip netns add {NS}-{n}")
+        sh(f"ip -n {NS}-{n} link set lo up")
+    for side, net in [(1, "40.0.0"), (2, remote_net)]:
+        sh(f"ip -n {NS}-pod{side} link add eth0 type veth peer name lan netns {NS}-gw{side}")
+        sh(f"ip -n {NS}-pod{side} addr add {net}.1/24 dev eth0")
+        sh(f"ip -n {NS}-gw{side} addr add {net}.2/24 dev lan")
+        sh(f"ip -n {NS}-pod{side} link set eth0 up")
+        sh(f"ip -n {NS}-gw{side} link set lan up")
+        sh(f"ip -n {NS}-pod{side} route add default via {net}.2")
+        # Loose reverse-path filtering everywhere: the iptables/nftables workarounds need
+        # it, and the same setting for every configuration keeps the comparison fair.
+        sh(f"{ns('gw' + str(side))} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.lan.rp_filter=0")
+    sh(f"ip -n {NS}-gw1 link add under type veth peer name under netns {NS}-gw2")
+    sh(f"ip -n {NS}-gw1 addr add 198.18.0.1/30 dev under")
+    sh(f"ip -n {NS}-gw2 addr add 198.18.0.2/30 dev under")
+    sh(f"ip -n {NS}-gw1 link set under up")
+    sh(f"ip -n {NS}-gw2 link set under up")
+    for gw in ["gw1", "gw2"]:
+        sh(f"{ns(gw)} sysctl -qw net.ipv4.conf.under.rp_filter=0")
+
+    # What crosses the link, per configuration (for WireGuard allowed-ips).
+    allowed = {
+        "plain": ("50.0.0.0/24", "40.0.0.0/24"),
+        "split": ("40.0.0.0/24", "40.0.0.0/24"),
+        "both-on-2": ("30.0.0.0/24", "40.0.0.0/24"),
+        "iptables": ("40.0.0.0/24", "40.0.0.0/24"),
+        "nftables": ("40.0.0.0/24", "40.0.0.0/24"),
+    }[cfg]
+    if link == "wg":
+        keys = {}
+        for side in (1, 2):
+            gw = f"gw{side}"
+            spawn(f"{ns(gw)} wireguard-go -f wgb{side}")
+            wait_for(f"wgb{side}", lambda s=side: os.path.exists(f"/var/run/wireguard/wgb{s}.sock"))
+            priv = sh("wg genkey", capture=True).strip()
+            pub = subprocess.run(["wg", "pubkey"], input=priv, text=True, capture_output=True).stdout.strip()
+            os.makedirs(SCRATCH, exist_ok=True)
+            with open(f"{SCRATCH}/wgb{side}.key", "w") as f:
+                f.write(priv)
+            keys[side] = pub
+        for side, other in [(1, 2), (2, 1)]:
+            sh(f"{ns('gw' + str(side))} wg set wgb{side} private-key {SCRATCH}/wgb{side}.key listen-port 51820 "
+               f"peer {keys[other]} endpoint 198.18.0.{other}:51820 persistent-keepalive 1 allowed-ips {allowed[side - 1]}")
+            sh(f"ip -n {NS}-gw{side} link set wgb{side} up")
+            sh(f"{ns('gw' + str(side))} sysctl -qw net.ipv4.conf.wgb{side}.rp_filter=0")
+        to2, to1 = "dev wgb1", "dev wgb2"
+        l1, l2 = "wgb1", "wgb2"
+    else:
+        to2, to1 = "via 198.18.0.2 dev under", "via 198.18.0.1 dev under"
+        l1, l2 = "under", "under"
+
+    g1, g2 = f"ip -n {NS}-gw1", f"ip -n {NS}-gw2"
+    if cfg == "plain":
+        sh(f"{g1} route add 50.0.0.0/24 {to2}")
+        sh(f"{g2} route add 40.0.0.0/24 {to1}")
+        return "50.0.0.1"
+    if cfg == "split":
+        sh(f"{g1} route add 30.0.0.0/24 {to2}")
+        sh(f"{g2} route add 60.0.0.0/24 {to1}")
+        agent("gw1", [rule(l1, "egress", "destination", "30.0.0.0/24", "40.0.0.0/24"),
+                      rule(l1, "ingress", "source", "40.0.0.0/24", "30.0.0.0/24")])
+        agent("gw2", [rule(l2, "ingress", "source", "40.0.0.0/24", "60.0.0.0/24"),
+                      rule(l2, "egress", "destination", "60.0.0.0/24", "40.0.0.0/24")])
+        return "30.0.0.1"
+    if cfg == "both-on-2":
+        sh(f"{g1} route add 30.0.0.0/24 {to2}")
+        sh(f"{g2} route add 60.0.0.0/24 {to1}")
+        agent("gw2", [rule(l2, "ingress", "destination", "30.0.0.0/24", "40.0.0.0/24"),
+                      rule(l2, "ingress", "source", "40.0.0.0/24", "60.0.0.0/24"),
+                      rule(l2, "egress", "source", "40.0.0.0/24", "30.0.0.0/24"),
+                      rule(l2, "egress", "destination", "60.0.0.0/24", "40.0.0.0/24")])
+        return "30.0.0.1"
+    # The workaround: gw1 marks traffic to 30/24 before its DNAT and routes by mark into
+    # the link; gw2 SNATs what arrives from the link to 60/24 and, by connmark, routes
+    # the replies (whose destination conntrack turns back into 40/24) into the link.
+    sh(f"{g1} rule add fwmark 0x30 lookup 130 priority 100")
+    sh(f"{g1} route add default {to2} table 130")
+    sh(f"{g2} rule add fwmark 0x60 lookup 160 priority 100")
+    sh(f"{g2} route add default {to1} table 160")
+    if cfg == "iptables":
+        i1, i2 = f"{ns('gw1')} iptables", f"{ns('gw2')} iptables"
+        sh(f"{i1} -t mangle -A PREROUTING -i lan -d 30.0.0.0/24 -j MARK --set-mark 0x30")
+        sh(f"{i1} -t nat -A PREROUTING -i lan -d 30.0.0.0/24 -j NETMAP --to 40.0.0.0/24")
+        sh(f"{i2} -t mangle -A PREROUTING -i {l2} -j CONNMARK --set-mark 0x60")
+        sh(f"{i2} -t mangle -A PREROUTING -i lan -j CONNMARK --restore-mark")
+        sh(f"{i2} -t nat -A POSTROUTING -o lan -m connmark --mark 0x60 -j NETMAP --to 60.0.0.0/24")
+    else:
+        nft1 = """table ip rmb {
+  chain pre_mangle { type filter hook prerouting priority mangle; iifname "lan" ip daddr 30.0.0.0/24 meta mark set 0x30; }
+  chain pre_nat { type nat hook prerouting priority dstnat; iifname "lan" ip daddr 30.0.0.0/24 dnat ip prefix to 40.0.0.0/24; }
+}"""
+        nft2 = f"""table ip rmb {{
+  chain pre_mangle {{ type filter hook prerouting priority mangle; iifname "{l2}" ct mark set 0x60; iifname "lan" meta mark set ct mark; }}
+  chain post_nat {{ type nat hook postrouting priority srcnat; ct mark 0x60 oifname "lan" snat ip prefix to 60.0.0.0/24; }}
+}}"""
+        for gw, text in [("gw1", nft1), ("gw2", nft2)]:
+            r = subprocess.run(f"{ns(gw)} nft -f -", shell=True, input=text, text=True, capture_output=True)
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr)
+    return "30.0.0.1"
+
+
+def cpu_times():
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + parts[4]
+    return sum(parts), idle
+
+
+def iperf(target, extra, port):
+    out = sh(f"{ns('pod1')} taskset -c 1 iperf3 -c {target} -p {port} -t {DUR} -J {extra}", capture=True)
+    return json.loads(out)
+
+
+def measure(target):
+    server_addr = "40.0.0.1" if target != "50.0.0.1" else "50.0.0.1"
+    port = 5201
+    spawn(f"{ns('pod2')} taskset -c 0 iperf3 -s -p {port} -B {server_addr}")
+    time.sleep(0.5)
+    # Warm up (handshake, ARP) and prove the path works.
+    r = sh(f"{ns('pod1')} ping -c 3 -i 0.2 -W 2 {target}", check=False)
+    if r.returncode != 0:
+        sh(f"{ns('pod1')} ping -c 5 -i 0.2 -W 2 {target}")
+    res = {"tcp1": [], "tcp4": [], "udp_pps": [], "udp_loss": [], "cpu": [], "p50": [], "p99": []}
+    for _ in range(RUNS):
+        t0, i0 = cpu_times()
+        j = iperf(target, "", port)
+        t1, i1 = cpu_times()
+        res["tcp1"].append(j["end"]["sum_received"]["bits_per_second"] / 1e9)
+        res["cpu"].append(100.0 * (1 - (i1 - i0) / max(1, t1 - t0)))
+        j = iperf(target, "-P 4", port)
+        res["tcp4"].append(j["end"]["sum_received"]["bits_per_second"] / 1e9)
+        j = iperf(target, "-u -l 64 -b 0", port)
+        s = j["end"]["sum"]
+        got = s["packets"] - s["lost_packets"]
+        res["udp_pps"].append(got / s["seconds"])
+        res["udp_loss"].append(100.0 * s["lost_packets"] / max(1, s["packets"]))
+        out = sh(f"{ns('pod1')} ping -c 200 -i 0.005 {target}", capture=True)
+        rtts = sorted(float(x) for x in re.findall(r"time=([0-9.]+) ms", out))
+        res["p50"].append(1000 * rtts[len(rtts) // 2])
+        res["p99"].append(1000 * rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))])
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+def main():
+    if not os.path.exists(AGENT):
+        sys.exit(f"{AGENT} missing: cargo build --release -p remapd-tests --bin dataplane-agent")
+    configs = os.environ.get("CONFIGS", "plain split both-on-2 iptables nftables").split()
+    links = os.environ.get("LINKS", "veth wg").split()
+    results = {}
+    for link in links:
+        for cfg in configs:
+            cleanup()
+            try:
+                target = build(link, cfg)
+                results[(link, cfg)] = measure(target)
+                print(f"measured {link} {cfg}: {results[(link, cfg)]}", file=sys.stderr)
+            finally:
+                cleanup()
+    print("| link | configuration | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | UDP loss | ping p50 / p99 | CPU busy (TCP 1) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for link in links:
+        base = results.get((link, "plain"))
+        for cfg in configs:
+            r = results[(link, cfg)]
+            ratio = lambda k: f" ({100 * r[k] / base[k]:.0f}%)" if base and base[k] else ""
+            print(f"| {link} | {cfg} | {r['tcp1']:.2f} Gbit/s{ratio('tcp1')} | {r['tcp4']:.2f} Gbit/s{ratio('tcp4')} | "
+                  f"{r['udp_pps'] / 1000:.0f} kpps{ratio('udp_pps')} | {r['udp_loss']:.1f}% | "
+                  f"{r['p50']:.0f} / {r['p99']:.0f} µs | {r['cpu']:.0f}% |")
+    print()
+    print(f"Medians of {RUNS} runs of {DUR} s each; percentages are against plain routing over the same link in this run. "
+          "iperf3 server pinned to CPU 0, client to CPU 1 (2 cores in all).")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        cleanup()
