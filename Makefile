@@ -34,8 +34,9 @@ bench: setup
 
 
 ## The two-cluster demo (split and both-on-2 over WireGuard, in namespaces).
+STRATEGIES ?= split both-on-2 auto
 demo: setup
-	bash scripts/demo.sh
+	KEEP=$(KEEP) STRATEGIES="$(STRATEGIES)" bash scripts/demo.sh
 
 clean:
 	$(CARGO) clean

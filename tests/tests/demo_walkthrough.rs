@@ -18,7 +18,10 @@ fn every_readme_curl_command_is_in_the_demo_script() {
     let script = std::fs::read_to_string(root().join("scripts/demo.sh"))
         .unwrap()
         .replace("'\"$POLICY\"'", "split");
-    assert!(readme.contains("<!-- walkthrough:start -->") && readme.contains("<!-- walkthrough:end -->"));
+    assert!(
+        readme.contains("<!-- walkthrough:start -->")
+            && readme.contains("<!-- walkthrough:end -->")
+    );
     // Every curl command anywhere in the README: they are all written as `gw1 curl` /
     // `gw2 curl` (the demo's helpers for running on a gateway), so the demo runs them.
     assert!(
@@ -48,7 +51,10 @@ fn the_demo_passes_for_every_policy() {
         .arg(root().join("scripts/demo.sh"))
         .env("SKIP_BUILD", "1")
         .env("REMAPD", remapd_binary())
-        .env("POLICY_BUILD", remapd_binary().with_file_name("remapd-policy-build"))
+        .env(
+            "POLICY_BUILD",
+            remapd_binary().with_file_name("remapd-policy-build"),
+        )
         .env(
             "DEMO_DIR",
             std::env::temp_dir().join(format!("remapd-demo-test-{}", std::process::id())),
