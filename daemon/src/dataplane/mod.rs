@@ -181,6 +181,14 @@ fn prog_err(name: &str) -> impl Fn(ProgramError) -> DataplaneError + '_ {
     }
 }
 
+/// The error for a program missing from the object or the pins.
+fn not_loaded(name: &str) -> DataplaneError {
+    DataplaneError::Program {
+        name: name.to_owned(),
+        source: Box::new(ProgramError::NotLoaded),
+    }
+}
+
 fn pin_dir_err(path: &Path) -> impl Fn(io::Error) -> DataplaneError + '_ {
     move |source| DataplaneError::PinDir {
         path: path.to_owned(),
@@ -558,13 +566,7 @@ impl Dataplane {
     }
 
     fn program_id(&self, name: &'static str) -> Result<u32, DataplaneError> {
-        let program = self
-            .programs
-            .get(name)
-            .ok_or_else(|| DataplaneError::Program {
-                name: name.to_owned(),
-                source: Box::new(ProgramError::NotLoaded),
-            })?;
+        let program = self.programs.get(name).ok_or_else(|| not_loaded(name))?;
         Ok(program.info().map_err(prog_err(name))?.id())
     }
 
@@ -606,13 +608,7 @@ impl Dataplane {
         if attached.iter().any(|p| p.id() == our_id) && pin.exists() {
             return Ok(false);
         }
-        let program = self
-            .programs
-            .get_mut(name)
-            .ok_or_else(|| DataplaneError::Program {
-                name: name.to_owned(),
-                source: Box::new(ProgramError::NotLoaded),
-            })?;
+        let program = self.programs.get_mut(name).ok_or_else(|| not_loaded(name))?;
         // A live link of ours that runs another program (an upgrade): swap the program
         // atomically. A dead one (the interface was recreated): replace the link.
         let mut link_id = None;
@@ -671,13 +667,7 @@ impl Dataplane {
         }
         // The clsact qdisc may already exist (ours or someone else's): that is fine.
         let _ = aya::programs::tc::qdisc_add_clsact(ifname);
-        let program = self
-            .programs
-            .get_mut(name)
-            .ok_or_else(|| DataplaneError::Program {
-                name: name.to_owned(),
-                source: Box::new(ProgramError::NotLoaded),
-            })?;
+        let program = self.programs.get_mut(name).ok_or_else(|| not_loaded(name))?;
         let options = NlOptions {
             priority: NETLINK_PRIORITY,
             handle: NETLINK_HANDLE,
@@ -920,10 +910,7 @@ fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
     for (_, _, name) in ATTACHABLE {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
-            .ok_or_else(|| DataplaneError::Program {
-                name: name.to_owned(),
-                source: Box::new(ProgramError::NotLoaded),
-            })?
+            .ok_or_else(|| not_loaded(name))?
             .try_into()
             .map_err(prog_err(name))?;
         program.load().map_err(prog_err(name))?;

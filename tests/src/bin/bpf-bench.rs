@@ -55,6 +55,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median no-op time and median remapd time for each harness, checking every output
+/// (after an odd number of passes) is `expected`.
+fn measure(
+    harnesses: &mut [BpfHarness],
+    input: &[u8],
+    expected: &[u8],
+    repeat: u32,
+    rounds: usize,
+    name: &str,
+) -> (f64, Vec<f64>) {
+    let mut noop = Vec::new();
+    let mut per_harness: Vec<Vec<f64>> = vec![Vec::new(); harnesses.len()];
+    for _ in 0..rounds {
+        noop.push(harnesses[0].run_repeat(programs::BENCH_NOOP, input, repeat).duration_ns as f64);
+        for (i, h) in harnesses.iter_mut().enumerate() {
+            let run = h.run_repeat(programs::L2_EGRESS, input, repeat);
+            assert_eq!(run.packet, expected, "{name}: unexpected output after an odd number of passes");
+            per_harness[i].push(run.duration_ns as f64);
+        }
+    }
+    (median(noop), per_harness.into_iter().map(median).collect())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let repeat: u32 = args
@@ -90,33 +113,7 @@ fn main() {
             h
         })
         .collect();
-    for (name, input, translated) in packets() {
-        let mut noop = Vec::new();
-        let mut per_size: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
-        for _ in 0..rounds {
-            let run = harnesses[0].run_repeat(programs::BENCH_NOOP, &input, repeat);
-            noop.push(run.duration_ns as f64);
-            for (i, h) in harnesses.iter_mut().enumerate() {
-                let run = h.run_repeat(programs::L2_EGRESS, &input, repeat);
-                assert_eq!(
-                    run.packet, translated,
-                    "{name}: an odd number of passes must leave the packet translated once"
-                );
-                per_size[i].push(run.duration_ns as f64);
-            }
-        }
-        let noop = median(noop);
-        let m: Vec<f64> = per_size.into_iter().map(median).collect();
-        println!(
-            "| {name} | {noop:.1} | {:.1} | {:.1} | {:.1} | {:+.1} ns | {:+.0}% |",
-            m[0],
-            m[1],
-            m[2],
-            m[0] - noop,
-            (m[2] / m[0] - 1.0) * 100.0
-        );
-    }
-    // The cost of looking at a packet no rule matches (parse + two lookups).
+    // The cost of looking at a packet no rule matches (parse + one trie lookup).
     let miss = remapd_tests::packet::ethernet(
         0x0800,
         &Ipv4::new("40.0.0.1", "50.0.0.1", 6).with_payload(&tcp(
@@ -127,33 +124,19 @@ fn main() {
             &[0u8; 6],
         )),
     );
-    let mut noop = Vec::new();
-    let mut per_size: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
-    for _ in 0..rounds {
-        noop.push(
-            harnesses[0]
-                .run_repeat(programs::BENCH_NOOP, &miss, repeat)
-                .duration_ns as f64,
+    let mut rows = packets();
+    rows.push(("TCP, no rule matches", miss.clone(), miss.clone()));
+    for (name, input, expected) in rows {
+        let (noop, m) = measure(&mut harnesses, &input, &expected, repeat, rounds, name);
+        println!(
+            "| {name} | {noop:.1} | {:.1} | {:.1} | {:.1} | {:+.1} ns | {:+.0}% |",
+            m[0],
+            m[1],
+            m[2],
+            m[0] - noop,
+            (m[2] / m[0] - 1.0) * 100.0
         );
-        for (i, h) in harnesses.iter_mut().enumerate() {
-            let run = h.run_repeat(programs::L2_EGRESS, &miss, repeat);
-            assert_eq!(
-                run.packet, miss,
-                "a packet no rule matches passes untouched"
-            );
-            per_size[i].push(run.duration_ns as f64);
-        }
     }
-    let noop = median(noop);
-    let m: Vec<f64> = per_size.into_iter().map(median).collect();
-    println!(
-        "| TCP, no rule matches | {noop:.1} | {:.1} | {:.1} | {:.1} | {:+.1} ns | {:+.0}% |",
-        m[0],
-        m[1],
-        m[2],
-        m[0] - noop,
-        (m[2] / m[0] - 1.0) * 100.0
-    );
     let mut noop = Vec::new();
     let mut helper = Vec::new();
     for _ in 0..rounds {
