@@ -18,6 +18,8 @@ build: setup
 
 ## Every test: formatting, lints, unit tests, BPF packet tests, network-namespace tests.
 test: setup lint
+	# Binaries the tests run but cargo test does not build for them.
+	$(CARGO) build -p remapd-policy-build --bins
 	$(CARGO) test --all-targets -- --test-threads=1
 
 lint: setup

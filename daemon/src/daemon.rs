@@ -19,7 +19,10 @@ use crate::store::{DesiredState, Store};
 /// Shared daemon state.
 pub struct Daemon {
     store: Store,
-    state: Mutex<DesiredState>,
+    state: Arc<Mutex<DesiredState>>,
+    /// Views each peering holds, published after every reconcile, so a dry run can see
+    /// them without waiting for the reconciler.
+    held: Arc<StdMutex<std::collections::BTreeMap<String, Vec<ipnet::Ipv4Net>>>>,
     reconciler: Arc<StdMutex<Reconciler>>,
     registry: Arc<PolicyRegistry>,
     ready: std::sync::atomic::AtomicBool,
@@ -57,7 +60,8 @@ impl Daemon {
         }
         Ok(Self {
             store,
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
+            held: Arc::default(),
             reconciler: Arc::new(StdMutex::new(reconciler)),
             registry,
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -101,27 +105,41 @@ impl Daemon {
         .map_err(|e| Problem::internal(format!("reconciler task: {e}")))?
     }
 
-    /// Private keys of all peerings (generated on first use).
-    fn keys(&self, state: &DesiredState) -> Result<Keys, Problem> {
-        state
-            .peerings
-            .keys()
-            .map(|name| {
-                self.store
-                    .private_key(name)
-                    .map(|k| (name.clone(), k))
-                    .map_err(|e| Problem::internal(e.to_string()))
-            })
-            .collect()
-    }
-
-    /// Applies the current desired state.
+    /// Applies the current desired state. The state is read while holding the
+    /// reconciler, so reconciles apply states in the order they were saved: the last one
+    /// to run always applies the newest state (no lost update between concurrent calls).
     pub async fn reconcile(&self) -> Result<ReconcileReport, Problem> {
-        let state = self.state.lock().await.clone();
-        let keys = self.keys(&state)?;
+        let state = self.state.clone();
+        let store = self.store.clone();
+        let held = self.held.clone();
         let report = self
-            .with_reconciler(move |r| r.reconcile(&state, &keys))
-            .await?;
+            .with_reconciler(move |r| {
+                let snapshot = state.blocking_lock().clone();
+                let keys: Keys = snapshot
+                    .peerings
+                    .keys()
+                    .map(|name| {
+                        store
+                            .private_key(name)
+                            .map(|k| (name.clone(), k))
+                            .map_err(|e| Problem::internal(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let report = r.reconcile(&snapshot, &keys);
+                if let Ok(mut held) = held.lock() {
+                    *held = r
+                        .outcomes()
+                        .iter()
+                        .filter_map(|(n, o)| {
+                            o.decision.as_ref().map(|d| {
+                                (n.clone(), d.mappings.iter().map(|m| m.remapped).collect())
+                            })
+                        })
+                        .collect();
+                }
+                Ok::<_, Problem>(report)
+            })
+            .await??;
         self.ready.store(
             report.errors.is_empty(),
             std::sync::atomic::Ordering::Relaxed,
@@ -175,21 +193,16 @@ impl Daemon {
             .filter(|n| *n != name)
             .cloned()
             .collect();
-        let allocated = self
-            .with_reconciler(move |r| {
-                r.outcomes()
-                    .iter()
+        let allocated: Vec<ipnet::Ipv4Net> = self
+            .held
+            .lock()
+            .map(|held| {
+                held.iter()
                     .filter(|(n, _)| others.contains(n))
-                    .filter_map(|(_, o)| o.decision.as_ref())
-                    .flat_map(|d| {
-                        d.mappings
-                            .iter()
-                            .filter(|m| m.real != m.remapped)
-                            .map(|m| m.remapped)
-                    })
-                    .collect::<Vec<_>>()
+                    .flat_map(|(_, views)| views.iter().copied())
+                    .collect()
             })
-            .await?;
+            .unwrap_or_default();
         let allocated = ipnet::Ipv4Net::aggregate(&allocated);
         let input = PolicyInput {
             local: cluster.clone(),

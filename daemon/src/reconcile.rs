@@ -281,18 +281,14 @@ impl Reconciler {
         self.tunnels.status(interface).ok().flatten()
     }
 
-    /// Every view held by a peering (not identity mappings), aggregated.
+    /// Every view held by a peering, aggregated. Identity views count: two peerings
+    /// seeing different remotes at the same prefix could not both be routed.
     fn all_allocations(&self) -> Vec<Ipv4Net> {
         let all: Vec<Ipv4Net> = self
             .outcomes
             .values()
             .filter_map(|o| o.decision.as_ref())
-            .flat_map(|d| {
-                d.mappings
-                    .iter()
-                    .filter(|m| m.real != m.remapped)
-                    .map(|m| m.remapped)
-            })
+            .flat_map(|d| d.mappings.iter().map(|m| m.remapped))
             .collect();
         Ipv4Net::aggregate(&all)
     }
@@ -302,13 +298,7 @@ impl Reconciler {
         self.outcomes
             .get(name)
             .and_then(|o| o.decision.as_ref())
-            .map(|d| {
-                d.mappings
-                    .iter()
-                    .filter(|m| m.real != m.remapped)
-                    .map(|m| m.remapped)
-                    .collect()
-            })
+            .map(|d| d.mappings.iter().map(|m| m.remapped).collect())
             .unwrap_or_default()
     }
 
@@ -392,12 +382,7 @@ impl Reconciler {
                 let status = match attempt {
                     Ok((eval, plan)) => {
                         outcome.decided_from = decided_from;
-                        let views = eval
-                            .decision
-                            .mappings
-                            .iter()
-                            .filter(|m| m.real != m.remapped)
-                            .map(|m| m.remapped);
+                        let views = eval.decision.mappings.iter().map(|m| m.remapped);
                         held = Ipv4Net::aggregate(
                             &held.iter().copied().chain(views).collect::<Vec<_>>(),
                         );

@@ -17,6 +17,9 @@ use crate::policy::{PolicyEngine, PolicyRegistry};
 use crate::reconcile::{KernelDataplane, Reconciler};
 use crate::store::Store;
 
+/// How often the daemon re-applies its state without being asked.
+pub const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -83,6 +86,22 @@ pub async fn serve(
         Ok(report) if report.errors.is_empty() => info!(?report, "state restored"),
         Ok(report) => warn!(errors = ?report.errors, "state restored with errors"),
         Err(e) => warn!(error = %e.detail, "restoring state failed"),
+    }
+    // Re-apply periodically too: a tunnel process that died, an interface someone
+    // deleted, or an apply that failed comes back without waiting for an API call.
+    // Unchanged peerings are not re-decided, so this is cheap.
+    {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RESYNC_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = daemon.reconcile().await {
+                    warn!(error = %e.detail, "periodic reconcile failed");
+                }
+            }
+        });
     }
     let state = AppState {
         daemon,

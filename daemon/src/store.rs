@@ -138,6 +138,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 }
 
 /// The state directory.
+#[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
 }

@@ -407,6 +407,15 @@ async fn policies_upload_replace_evaluate_delete() {
         app.dataplane.rules.lock().unwrap().is_empty(),
         "a dry run applies nothing"
     );
+    assert!(
+        app.tunnels.tunnels.lock().unwrap().is_empty(),
+        "nor creates a tunnel"
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/peerings", None, None).await.body,
+        json!([]),
+        "nor saves a peering"
+    );
     let no_nat = json!({"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"]}});
     assert_problem(
         &call(
@@ -815,5 +824,63 @@ async fn state_survives_a_restart() {
     assert_eq!(
         std::fs::metadata(key_file).unwrap().permissions().mode() & 0o777,
         0o600
+    );
+}
+
+#[tokio::test]
+async fn peerings_never_share_a_prefix_or_take_over_an_interface() {
+    let app = app("identity");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    // Two remotes both using 50.0.0.0/24, which does not overlap the local cluster: the
+    // first is seen as itself, the second must get a view from the pool.
+    let spoke = |name: &str, port: u16| {
+        json!({
+            "remote": {"name": name, "pod_cidrs": ["50.0.0.0/24"], "capabilities": {"nat_dataplane": true}},
+            "tunnel": {"listen_port": port, "remote_public_key": key()}
+        })
+    };
+    let a = call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(spoke("spoke-a", 51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(a.body["decision"]["mappings"][0]["remapped"], "50.0.0.0/24");
+    let b = call(
+        &app,
+        "PUT",
+        "/v1/peerings/b",
+        Some(spoke("spoke-b", 51821)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
+    assert_eq!(b.body["decision"]["mappings"][0]["remapped"], "30.0.0.0/24");
+    let routes = app.routes.routes.lock().unwrap().clone();
+    let prefixes: std::collections::BTreeSet<String> =
+        routes.iter().map(|r| r.prefix.to_string()).collect();
+    assert_eq!(
+        prefixes.len(),
+        routes.len(),
+        "no prefix routed into two tunnels: {routes:?}"
+    );
+
+    let mut p = spoke("spoke-c", 51822);
+    p["tunnel"]["interface"] = json!("eth0");
+    assert_problem(
+        &call(&app, "PUT", "/v1/peerings/c", Some(p), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST,
+        "not a remapd tunnel name",
+        Some("/tunnel/interface"),
+    );
+    let mut p = spoke("spoke-c", 51822);
+    p["tunnel"]["interface"] = json!("rmd-custom");
+    assert_eq!(
+        call(&app, "PUT", "/v1/peerings/c", Some(p), Some(TOKEN))
+            .await
+            .status,
+        StatusCode::CREATED
     );
 }

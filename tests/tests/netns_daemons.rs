@@ -131,16 +131,18 @@ fn run(policy: &str, expect1: &str, expect2: &str) {
         st["tunnel"]["last_handshake_unix"].as_u64().unwrap_or(0) > 0,
         "{st}"
     );
-    if expect2 != "both-on-remote" {
-        assert!(
-            st["applied"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["packets"].as_u64().unwrap() > 0),
-            "{st}"
-        );
-    }
+    // gw2's rules: 2 in split, 4 when it does every rewrite, none when it only routes.
+    let applied = st["applied"].as_array().unwrap();
+    let want_rules = match expect2 {
+        "both-on-remote" => 0,
+        "both-on-local" => 4,
+        _ => 2,
+    };
+    assert_eq!(applied.len(), want_rules, "{st}");
+    assert!(
+        applied.iter().all(|r| r["packets"].as_u64().unwrap() > 0),
+        "{st}"
+    );
     let metrics = p.d2.expect("GET", "/metrics", None, 200);
     assert!(
         metrics
@@ -263,6 +265,8 @@ fn sigkill_and_restart_of_a_daemon() {
             .map(|r| r["packets"].as_u64().unwrap())
             .collect()
     };
+    assert_eq!(counters(&before).len(), 2, "{before}");
+    assert_eq!(counters(&after).len(), 2, "{after}");
     for (a, b) in counters(&after).iter().zip(counters(&before)) {
         assert!(*a > b, "counters kept counting: {a} <= {b}");
     }

@@ -23,6 +23,10 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::daemon::Daemon;
 use problem::Problem;
 
+/// Largest request body accepted at all (a policy component of the default 16 MiB
+/// limit plus slack); JSON bodies are further limited to 1 MiB.
+pub const MAX_BODY: usize = 17 << 20;
+
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
@@ -93,6 +97,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/docs", axum::routing::get(ops::docs_page))
         .fallback(|| async { Problem::not_found("no such endpoint; see /openapi.json or /docs") })
+        // Room for the largest policy component (checked precisely in the handler).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }

@@ -143,14 +143,17 @@ fn validate_spec(
         return Err(Problem::bad_request("listen_port must be 1-65535").at("/tunnel/listen_port"));
     }
     let interface = spec.interface(name);
-    if interface.len() > 15
-        || interface.is_empty()
-        || !interface
+    // Only interfaces remapd creates: a peering must never take over eth0 or a wg0 it
+    // did not start (it would rewrite its traffic and reconfigure or remove it).
+    let valid = interface.len() <= 15
+        && interface.starts_with("rmd-")
+        && interface.len() > 4
+        && interface
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
         return Err(Problem::bad_request(format!(
-            "{interface:?} is not a valid interface name (1-15 of a-z, 0-9, '-', '_')"
+            "{interface:?} is not a remapd tunnel name: use rmd- followed by up to 11 of a-z, 0-9, '-', '_'"
         ))
         .at("/tunnel/interface"));
     }

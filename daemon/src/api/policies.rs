@@ -283,7 +283,8 @@ async fn evaluate_policy(
     }
     super::peerings::validate_remote(&req.remote)?;
     let mut hypothetical = state.daemon.state().await;
-    let probe = "evaluate-dry-run".to_string();
+    // Not a valid peering name, so it can never shadow a real peering.
+    let probe = "-dry-run".to_string();
     hypothetical.peerings.remove(&probe);
     hypothetical.peerings.insert(
         probe.clone(),

@@ -608,7 +608,10 @@ impl Dataplane {
         if attached.iter().any(|p| p.id() == our_id) && pin.exists() {
             return Ok(false);
         }
-        let program = self.programs.get_mut(name).ok_or_else(|| not_loaded(name))?;
+        let program = self
+            .programs
+            .get_mut(name)
+            .ok_or_else(|| not_loaded(name))?;
         // A live link of ours that runs another program (an upgrade): swap the program
         // atomically. A dead one (the interface was recreated): replace the link.
         let mut link_id = None;
@@ -667,7 +670,10 @@ impl Dataplane {
         }
         // The clsact qdisc may already exist (ours or someone else's): that is fine.
         let _ = aya::programs::tc::qdisc_add_clsact(ifname);
-        let program = self.programs.get_mut(name).ok_or_else(|| not_loaded(name))?;
+        let program = self
+            .programs
+            .get_mut(name)
+            .ok_or_else(|| not_loaded(name))?;
         let options = NlOptions {
             priority: NETLINK_PRIORITY,
             handle: NETLINK_HANDLE,

@@ -68,10 +68,17 @@ fn measure(
     let mut noop = Vec::new();
     let mut per_harness: Vec<Vec<f64>> = vec![Vec::new(); harnesses.len()];
     for _ in 0..rounds {
-        noop.push(harnesses[0].run_repeat(programs::BENCH_NOOP, input, repeat).duration_ns as f64);
+        noop.push(
+            harnesses[0]
+                .run_repeat(programs::BENCH_NOOP, input, repeat)
+                .duration_ns as f64,
+        );
         for (i, h) in harnesses.iter_mut().enumerate() {
             let run = h.run_repeat(programs::L2_EGRESS, input, repeat);
-            assert_eq!(run.packet, expected, "{name}: unexpected output after an odd number of passes");
+            assert_eq!(
+                run.packet, expected,
+                "{name}: unexpected output after an odd number of passes"
+            );
             per_harness[i].push(run.duration_ns as f64);
         }
     }
