@@ -6,7 +6,7 @@ set -euo pipefail
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 APT_PACKAGES=(iproute2 nftables iptables iperf3 wireguard-go wireguard-tools tcpdump
-              socat curl jq python3 wrk procps psmisc iputils-ping util-linux)
+              socat curl jq python3 wrk procps psmisc iputils-ping util-linux gcc libc6-dev)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -19,6 +19,12 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+for c in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^$c"; then
+    log "rustup component add $c"
+    rustup component add "$c"
+  fi
+done
 if ! rustup toolchain list | grep -q '^nightly'; then
   log "rustup toolchain install nightly"
   rustup toolchain install nightly --profile minimal
