@@ -16,9 +16,12 @@ ping latency (median, p99), CPU busy during the 1-stream TCP run. iperf3 client 
 server are pinned to one core each. Medians of RUNS runs; ratios against plain routing
 over the same link, measured in this same run.
 
-The remapd rules are applied by `dataplane-agent`, a small binary on the daemon's
-dataplane module (the code path the daemon uses); the daemon's API path is measured by
-the control-plane benchmarks. Needs root. Writes Markdown to stdout.
+Over WireGuard, the remapd configurations run two real `remapd` daemons configured
+through their HTTP APIs with curl (exports piped across, as in the README): the daemons
+start their own wireguard-go, routes and rules. A veth link is not something the API
+manages (it knows WireGuard peerings), so over veth the same rules are applied by
+`dataplane-agent`, a small binary on the daemon's dataplane module. Needs root. Writes
+Markdown to stdout.
 """
 import json
 import os
@@ -31,6 +34,7 @@ import time
 NS = "rmb"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target/release/dataplane-agent")
+REMAPD = os.path.join(ROOT, "target/release/remapd")
 RUNS = int(os.environ.get("RUNS", "3"))
 DUR = int(os.environ.get("DUR", "3"))
 SCRATCH = "/tmp/rmb-e2e"
@@ -57,6 +61,13 @@ def cleanup():
             pass
     PROCS.clear()
     sh(f"pkill -f 'wireguard-go -f wgb' ", check=False)
+    for gw in ["gw1", "gw2"]:
+        run_dir = f"{SCRATCH}/{gw}/run"
+        if os.path.isdir(run_dir):
+            for f in os.listdir(run_dir):
+                if f.endswith(".pid"):
+                    sh(f"kill -9 $(cat {run_dir}/{f})", check=False)
+                    sh(f"rm -f /var/run/wireguard/{f[:-4]}.sock", check=False)
     sh("pkill -f 'iperf3 -s -p 52' ", check=False)
     for n in ["pod1", "gw1", "gw2", "pod2"]:
         sh(f"ip netns del {NS}-{n}", check=False)
@@ -65,7 +76,9 @@ def cleanup():
 
 
 def spawn(cmd):
-    p = subprocess.Popen(cmd, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # exec: the child is the program itself, so killing it kills the program (sh would
+    # otherwise be killed and leave the program running).
+    p = subprocess.Popen("exec " + cmd, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     PROCS.append(p)
     return p
 
@@ -86,6 +99,45 @@ def agent(gw, rules):
         json.dump(rules, f)
     spawn(f"{ns(gw)} {AGENT} /sys/fs/bpf/{NS}-{gw} {rf} {st}")
     wait_for(f"dataplane-agent on {gw}", lambda: os.path.exists(st))
+
+
+TOKEN = "remapd-bench-token-0123456789"
+
+
+def api(gw, method, path, body=None):
+    """curl against the daemon on a gateway's loopback; returns the parsed JSON."""
+    cmd = (f"{ns(gw)} curl -sS -w '\\n%{{http_code}}' -X {method} -H 'Authorization: Bearer {TOKEN}' "
+           f"-H 'content-type: application/json' http://127.0.0.1:7878{path}")
+    if body is not None:
+        cmd += " --data-binary @-"
+    r = subprocess.run(cmd, shell=True, input=json.dumps(body) if body is not None else None,
+                       text=True, capture_output=True)
+    text, _, code = r.stdout.rpartition("\n")
+    if r.returncode != 0 or not code.startswith("2"):
+        raise RuntimeError(f"{method} {path} on {gw}: {code} {text} {r.stderr}")
+    return json.loads(text) if text.strip() else None
+
+
+def daemons(policy):
+    """Two remapd daemons, configured over HTTP: clusters, then the peering set up by
+    piping each side's exports into the other."""
+    os.makedirs(SCRATCH, exist_ok=True)
+    with open(f"{SCRATCH}/token", "w") as f:
+        f.write(TOKEN)
+    for side in (1, 2):
+        gw = f"gw{side}"
+        spawn(f"{ns(gw)} {REMAPD} --state-dir {SCRATCH}/{gw}/state --pin-dir /sys/fs/bpf/{NS}-{gw} "
+              f"--run-dir {SCRATCH}/{gw}/run --token-file {SCRATCH}/token --advertise 198.18.0.{side} --log warn")
+    for gw in ("gw1", "gw2"):
+        wait_for(f"remapd on {gw}", lambda g=gw: sh(f"{ns(g)} curl -sf http://127.0.0.1:7878/healthz", check=False).returncode == 0)
+    api("gw1", "PUT", "/v1/cluster", {"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/24"]})
+    api("gw2", "PUT", "/v1/cluster", {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["60.0.0.0/24"]})
+    api("gw1", "PUT", "/v1/peerings/c2", {
+        "policy": policy,
+        "remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": True}},
+        "tunnel": {"listen_port": 51820, "keepalive": 1}})
+    api("gw2", "PUT", "/v1/peerings/c1", api("gw1", "GET", "/v1/peerings/c2/exports"))
+    api("gw1", "PUT", "/v1/peerings/c2", api("gw2", "GET", "/v1/peerings/c1/exports"))
 
 
 def rule(iface, direction, field, frm, to):
@@ -124,6 +176,9 @@ def build(link, cfg):
         "iptables": ("40.0.0.0/24", "40.0.0.0/24"),
         "nftables": ("40.0.0.0/24", "40.0.0.0/24"),
     }[cfg]
+    if link == "wg" and cfg in ("split", "both-on-2"):
+        daemons(cfg)
+        return "30.0.0.1"
     if link == "wg":
         keys = {}
         for side in (1, 2):
@@ -241,8 +296,9 @@ def measure(target):
 
 
 def main():
-    if not os.path.exists(AGENT):
-        sys.exit(f"{AGENT} missing: cargo build --release -p remapd-tests --bin dataplane-agent")
+    for binary in (AGENT, REMAPD):
+        if not os.path.exists(binary):
+            sys.exit(f"{binary} missing: cargo build --release -p remapd -p remapd-tests")
     configs = os.environ.get("CONFIGS", "plain split both-on-2 iptables nftables").split()
     links = os.environ.get("LINKS", "veth wg").split()
     results = {}
