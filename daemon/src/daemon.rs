@@ -164,9 +164,7 @@ impl Daemon {
         if let Some(name) = dry_run_peering {
             self.dry_run(&next, &name).await?;
         }
-        self.store
-            .save(&next)
-            .map_err(|e| Problem::internal(format!("saving state: {e}")))?;
+        self.save(&next).await?;
         *guard = next;
         drop(guard);
         let report = self.reconcile().await?;
@@ -232,6 +230,27 @@ impl Daemon {
         Ok((eval, plan))
     }
 
+    /// Saves `state` (an fsync'd atomic write) off the async runtime's threads.
+    async fn save(&self, state: &DesiredState) -> Result<(), Problem> {
+        let store = self.store.clone();
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || store.save(&state))
+            .await
+            .map_err(|e| Problem::internal(format!("save task: {e}")))?
+            .map_err(|e| Problem::internal(format!("saving state: {e}")))
+    }
+
+    /// The private key of peering `name` (generated and saved on first use), read off
+    /// the async runtime's threads.
+    pub async fn private_key(&self, name: &str) -> Result<String, Problem> {
+        let store = self.store.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || store.private_key(&name))
+            .await
+            .map_err(|e| Problem::internal(format!("key task: {e}")))?
+            .map_err(|e| Problem::internal(e.to_string()))
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -244,9 +263,7 @@ impl Daemon {
         let mut next = guard.clone();
         let names: Vec<String> = next.peerings.keys().cloned().collect();
         next.peerings.clear();
-        self.store
-            .save(&next)
-            .map_err(|e| Problem::internal(format!("saving state: {e}")))?;
+        self.save(&next).await?;
         *guard = next;
         drop(guard);
         for name in &names {

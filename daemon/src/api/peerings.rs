@@ -195,11 +195,7 @@ async fn status_of(
     spec: &PeeringSpec,
 ) -> Result<PeeringStatus, Problem> {
     let interface = spec.interface(name);
-    let key = state
-        .daemon
-        .store()
-        .private_key(name)
-        .map_err(|e| Problem::internal(e.to_string()))?;
+    let key = state.daemon.private_key(name).await?;
     let public_key = crate::store::public_key(&key);
     let (outcome, rules, tunnel) = {
         let name = name.to_owned();
