@@ -701,7 +701,9 @@ impl Dataplane {
         keep: &BTreeSet<(u32, Direction)>,
     ) -> Result<usize, DataplaneError> {
         let mut detached = 0;
-        for (path, attachment) in self.pinned_attachments()? {
+        // Names are not needed here: TCX links go by pin path, netlink markers carry
+        // their interface name.
+        for (path, attachment) in self.pinned_attachments(&BTreeMap::new())? {
             if keep.contains(&(attachment.ifindex, attachment.direction)) {
                 continue;
             }
@@ -726,15 +728,17 @@ impl Dataplane {
         Ok(detached)
     }
 
-    fn pinned_attachments(&self) -> Result<Vec<(PathBuf, Attachment)>, DataplaneError> {
+    /// Managed attachments from the links directory; TCX ones are named from `by_index`.
+    fn pinned_attachments(
+        &self,
+        by_index: &BTreeMap<u32, String>,
+    ) -> Result<Vec<(PathBuf, Attachment)>, DataplaneError> {
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&self.layout.links) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(pin_dir_err(&self.layout.links)(e)),
         };
-        let names = interfaces::list().map_err(DataplaneError::ListInterfaces)?;
-        let by_index: BTreeMap<u32, &String> = names.iter().map(|(n, i)| (i.ifindex, n)).collect();
         for entry in entries {
             let entry = entry.map_err(pin_dir_err(&self.layout.links))?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -744,7 +748,7 @@ impl Dataplane {
             };
             let (mechanism, ifindex, direction, ifname) = parsed;
             let interface = ifname
-                .or_else(|| by_index.get(&ifindex).map(|s| (*s).clone()))
+                .or_else(|| by_index.get(&ifindex).cloned())
                 .unwrap_or_default();
             out.push((
                 entry.path(),
@@ -762,8 +766,11 @@ impl Dataplane {
 
     /// Rules, counters, attachments and program ids as the kernel holds them now.
     pub fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
-        let names = interfaces::list().map_err(DataplaneError::ListInterfaces)?;
-        let by_index: BTreeMap<u32, &String> = names.iter().map(|(n, i)| (i.ifindex, n)).collect();
+        let by_index: BTreeMap<u32, String> = interfaces::list()
+            .map_err(DataplaneError::ListInterfaces)?
+            .into_iter()
+            .map(|(name, i)| (i.ifindex, name))
+            .collect();
         let mut installed = Vec::new();
         for (key, value) in self.read_rules()? {
             let Some(from) = key.ipv4_prefix() else {
@@ -786,7 +793,7 @@ impl Dataplane {
                 rule: TranslationRule {
                     interface: by_index
                         .get(&key.data.ifindex)
-                        .map(|s| (*s).clone())
+                        .cloned()
                         .unwrap_or_else(|| format!("if{}", key.data.ifindex)),
                     direction,
                     field,
@@ -813,7 +820,7 @@ impl Dataplane {
             adopted: self.adopted,
             program_ids,
             attachments: self
-                .pinned_attachments()?
+                .pinned_attachments(&by_index)?
                 .into_iter()
                 .map(|(_, a)| a)
                 .collect(),
