@@ -52,6 +52,8 @@ fn build_ebpf() -> anyhow::Result<()> {
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         std::fs::write(&object, []).context("writing the empty placeholder object")?;
+        std::fs::write(out_dir.join("remapd-bench-ebpf"), [])
+            .context("writing the empty placeholder bench object")?;
         return Ok(());
     }
     let metadata = cargo_metadata::MetadataCommand::new()

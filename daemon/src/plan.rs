@@ -15,6 +15,12 @@
 //!
 //! WireGuard checks allowed-ips after egress rewriting and before ingress rewriting, so
 //! they hold what actually crosses the tunnel.
+//!
+//! The tunnel's ingress is a border, default deny. After ingress translation every packet
+//! from the peer, whatever the strategy, has a source in L's view of the remote (`v`;
+//! `r` when nothing is remapped) and a destination in L's real CIDRs (`l`), so the
+//! allow-list is `v → l`. It is compiled from the same mappings as the rules, so the two
+//! can never disagree.
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -46,8 +52,21 @@ pub struct GatewayPlan {
     /// The peer's WireGuard allowed-ips.
     #[schema(value_type = Vec<String>)]
     pub allowed_ips: Vec<Ipv4Net>,
+    /// What may cross the tunnel's ingress, after translation; everything else is dropped.
+    pub border: Border,
     /// For the remote gateway.
     pub exports: Exports,
+}
+
+/// A tunnel ingress allow-list, as addresses look after ingress translation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Border {
+    /// Sources the peer may use: this gateway's view of the remote's CIDRs.
+    #[schema(value_type = Vec<String>)]
+    pub sources: Vec<Ipv4Net>,
+    /// Destinations the peer may reach: this cluster's real pod and service CIDRs.
+    #[schema(value_type = Vec<String>)]
+    pub destinations: Vec<Ipv4Net>,
 }
 
 /// Why a plan cannot be compiled (yet).
@@ -161,11 +180,20 @@ pub fn compile(
         }
         Strategy::BothOnRemote => (views.clone(), views),
     };
+    let border = Border {
+        sources: decision
+            .mappings
+            .iter()
+            .map(|m| m.remapped.trunc())
+            .collect(),
+        destinations: local.cidrs().iter().map(|c| c.trunc()).collect(),
+    };
     Ok(GatewayPlan {
         strategy: decision.strategy,
         rules,
         routes,
         allowed_ips,
+        border,
         exports: Exports {
             remote: RemoteCluster {
                 name: local.name.clone(),

@@ -14,7 +14,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
-use crate::dataplane::{ApplyReport, Dataplane, DataplaneError, DataplaneStatus, TranslationRule};
+use crate::dataplane::{
+    ApplyReport, Dataplane, DataplaneError, DataplaneStatus, DesiredDataplane, IngressBorder,
+};
 use crate::model::{Capabilities, Decision, PolicyInput};
 use crate::net::{RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec};
 use crate::plan::{GatewayPlan, compile};
@@ -23,8 +25,8 @@ use crate::store::{DesiredState, public_key};
 
 /// The eBPF dataplane as the reconciler uses it.
 pub trait DataplaneApplier: Send {
-    /// Makes the maps hold exactly `rules`.
-    fn apply(&mut self, rules: &[TranslationRule]) -> Result<ApplyReport, DataplaneError>;
+    /// Makes the maps hold exactly `desired` (rules and ingress borders).
+    fn apply(&mut self, desired: &DesiredDataplane) -> Result<ApplyReport, DataplaneError>;
     /// Rules, counters, attachments.
     fn status(&self) -> Result<DataplaneStatus, DataplaneError>;
     /// Removes everything (translation stops).
@@ -55,8 +57,15 @@ impl KernelDataplane {
 }
 
 impl DataplaneApplier for KernelDataplane {
-    fn apply(&mut self, rules: &[TranslationRule]) -> Result<ApplyReport, DataplaneError> {
-        self.get()?.apply(rules)
+    fn apply(&mut self, desired: &DesiredDataplane) -> Result<ApplyReport, DataplaneError> {
+        // Nothing wanted and nothing loaded yet: stay unloaded.
+        if self.dataplane.is_none() && desired.rules.is_empty() && desired.borders.is_empty() {
+            let pinned = Dataplane::open_existing(&self.config);
+            if matches!(pinned, Err(DataplaneError::NotPinned { .. })) {
+                return Ok(ApplyReport::default());
+            }
+        }
+        self.get()?.apply(desired)
     }
 
     fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
@@ -69,7 +78,7 @@ impl DataplaneApplier for KernelDataplane {
                     program_ids: BTreeMap::new(),
                     attachments: vec![],
                     rules: vec![],
-                    exceptions: Default::default(),
+                    hooks: vec![],
                 }),
                 Err(e) => Err(e),
             },
@@ -92,20 +101,22 @@ impl DataplaneApplier for KernelDataplane {
 /// A dataplane kept in memory, for tests without root.
 #[derive(Clone, Default)]
 pub struct FakeDataplane {
-    /// Current rules.
-    pub rules: Arc<std::sync::Mutex<Vec<TranslationRule>>>,
+    /// Current rules and borders.
+    pub state: Arc<std::sync::Mutex<DesiredDataplane>>,
 }
 
 impl DataplaneApplier for FakeDataplane {
-    fn apply(&mut self, rules: &[TranslationRule]) -> Result<ApplyReport, DataplaneError> {
-        crate::dataplane::rules::validate(rules)?;
+    fn apply(&mut self, desired: &DesiredDataplane) -> Result<ApplyReport, DataplaneError> {
+        crate::dataplane::rules::validate(&desired.rules)?;
+        crate::dataplane::rules::validate_borders(&desired.borders)?;
+        let rules = &desired.rules;
         let mut current = self
-            .rules
+            .state
             .lock()
             .map_err(|_| DataplaneError::ObjectMissing)?;
-        let inserted = rules.iter().filter(|r| !current.contains(r)).count();
-        let removed = current.iter().filter(|r| !rules.contains(r)).count();
-        *current = rules.to_vec();
+        let inserted = rules.iter().filter(|r| !current.rules.contains(r)).count();
+        let removed = current.rules.iter().filter(|r| !rules.contains(r)).count();
+        *current = desired.clone();
         Ok(ApplyReport {
             inserted,
             removed,
@@ -116,7 +127,7 @@ impl DataplaneApplier for FakeDataplane {
 
     fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
         let current = self
-            .rules
+            .state
             .lock()
             .map_err(|_| DataplaneError::ObjectMissing)?;
         Ok(DataplaneStatus {
@@ -124,6 +135,7 @@ impl DataplaneApplier for FakeDataplane {
             program_ids: BTreeMap::new(),
             attachments: vec![],
             rules: current
+                .rules
                 .iter()
                 .enumerate()
                 .map(|(i, r)| crate::dataplane::InstalledRule {
@@ -133,15 +145,15 @@ impl DataplaneApplier for FakeDataplane {
                     bytes: 0,
                 })
                 .collect(),
-            exceptions: Default::default(),
+            hooks: vec![],
         })
     }
 
     fn teardown(&mut self) -> Result<(), DataplaneError> {
-        self.rules
+        *self
+            .state
             .lock()
-            .map_err(|_| DataplaneError::ObjectMissing)?
-            .clear();
+            .map_err(|_| DataplaneError::ObjectMissing)? = DesiredDataplane::default();
         Ok(())
     }
 }
@@ -410,7 +422,7 @@ impl Reconciler {
 
         let mut tunnels = Vec::new();
         let mut routes = Vec::new();
-        let mut rules = Vec::new();
+        let mut dataplane = DesiredDataplane::default();
         for (name, outcome) in &self.outcomes {
             let (Some(plan), Some(peering), Some(key)) =
                 (&outcome.plan, state.peerings.get(name), keys.get(name))
@@ -431,7 +443,12 @@ impl Reconciler {
                 prefix: *prefix,
                 interface: outcome.interface.clone(),
             }));
-            rules.extend(plan.rules.iter().cloned());
+            dataplane.rules.extend(plan.rules.iter().cloned());
+            dataplane.borders.push(IngressBorder {
+                interface: outcome.interface.clone(),
+                sources: plan.border.sources.clone(),
+                destinations: plan.border.destinations.clone(),
+            });
         }
         let keep: Vec<String> = tunnels.iter().map(|t| t.interface.clone()).collect();
 
@@ -443,7 +460,7 @@ impl Reconciler {
             Ok(r) => report.routes = r,
             Err(e) => report.errors.push(format!("routes: {e}")),
         }
-        match self.dataplane.apply(&rules) {
+        match self.dataplane.apply(&dataplane) {
             Ok(r) => report.dataplane = r,
             Err(e) => report.errors.push(format!("dataplane: {e}")),
         }

@@ -404,7 +404,7 @@ async fn policies_upload_replace_evaluate_delete() {
     .await;
     assert_eq!(r.body["decision"]["mappings"][0]["remapped"], "30.0.0.0/24");
     assert!(
-        app.dataplane.rules.lock().unwrap().is_empty(),
+        app.dataplane.state.lock().unwrap().rules.is_empty(),
         "a dry run applies nothing"
     );
     assert!(
@@ -522,7 +522,7 @@ async fn peerings_apply_report_and_remove_exactly() {
     );
     assert_eq!(exports["tunnel"]["endpoint"], "198.18.0.1:51820");
     assert_eq!(exports["tunnel"]["remote_public_key"], r.body["public_key"]);
-    assert_eq!(app.dataplane.rules.lock().unwrap().len(), 2);
+    assert_eq!(app.dataplane.state.lock().unwrap().rules.len(), 2);
     assert_eq!(app.routes.routes.lock().unwrap().len(), 1);
     assert_eq!(app.tunnels.tunnels.lock().unwrap().len(), 1);
     // The exports endpoint gives exactly that JSON, and it is a valid peering spec.
@@ -650,9 +650,10 @@ async fn peerings_apply_report_and_remove_exactly() {
     assert_eq!(tunnels, ["rmd-c3"]);
     assert!(
         app.dataplane
-            .rules
+            .state
             .lock()
             .unwrap()
+            .rules
             .iter()
             .all(|r| r.interface == "rmd-c3")
     );
@@ -669,7 +670,7 @@ async fn peerings_apply_report_and_remove_exactly() {
     let r = call(&app, "POST", "/v1/teardown", None, Some(TOKEN)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(app.tunnels.tunnels.lock().unwrap().is_empty());
-    assert!(app.dataplane.rules.lock().unwrap().is_empty());
+    assert!(app.dataplane.state.lock().unwrap().rules.is_empty());
     assert!(app.routes.routes.lock().unwrap().is_empty());
 }
 
@@ -779,7 +780,7 @@ async fn fifty_concurrent_puts_all_land_once() {
         })
         .collect();
     assert_eq!(views.len(), 50);
-    assert_eq!(app.dataplane.rules.lock().unwrap().len(), 100);
+    assert_eq!(app.dataplane.state.lock().unwrap().rules.len(), 100);
 }
 
 #[tokio::test]

@@ -137,12 +137,100 @@ fn cross(from: &Gateway, to: &Gateway, pkt: Packet) -> Result<Packet, String> {
         ));
     }
     let got = translate(&to.plan.rules, Direction::Ingress, sent);
+    if !border_admits(to, got) {
+        return Err(format!("{got:?}: dropped by the receiver's ingress border"));
+    }
     let local = longest(to.local.iter(), got.1);
     let tunnel = longest(to.plan.routes.iter(), got.1);
     match (local, tunnel) {
         (Some(l), t) if t.is_none_or(|t| l > t) => Ok(got),
         _ => Err(format!("{got:?}: not delivered locally at the receiver")),
     }
+}
+
+/// The receiver's border, as the dataplane checks it after ingress translation.
+fn border_admits(to: &Gateway, (src, dst): Packet) -> bool {
+    to.plan.border.sources.iter().any(|n| n.contains(&src))
+        && to.plan.border.destinations.iter().any(|n| n.contains(&dst))
+}
+
+/// What the receiver's dataplane does with a packet the peer put on the wire: WireGuard
+/// checks the source against allowed-ips, ingress rules run, the border decides.
+/// `Some(delivered)` when it passes.
+fn receive(to: &Gateway, wire: Packet) -> Option<Packet> {
+    if !to.plan.allowed_ips.iter().any(|n| n.contains(&wire.0)) {
+        return None;
+    }
+    let got = translate(&to.plan.rules, Direction::Ingress, wire);
+    border_admits(to, got).then_some(got)
+}
+
+/// A hostile peer puts arbitrary addresses on the wire: remote and local real hosts,
+/// views in both directions, node-network and stray addresses as source and destination.
+/// Independently of the plan, the model says what may be delivered: a destination in
+/// the receiver's own CIDRs and a source that is the receiver's view of a remote host.
+/// Everything else must be dropped.
+fn hostile_peer_is_contained(
+    receiver: &Gateway,
+    receiver_cluster: &LocalCluster,
+    receiver_decision: &Decision,
+    sender_cluster: &LocalCluster,
+    sender_decision: &Decision,
+    salt: u32,
+) -> Result<(), String> {
+    let node: Ipv4Addr = "192.0.2.10".parse().unwrap();
+    let stray: Ipv4Addr = "203.0.113.7".parse().unwrap();
+    let mut candidates = vec![node, stray];
+    for n in receiver_cluster
+        .cidrs()
+        .iter()
+        .chain(&sender_cluster.cidrs())
+    {
+        candidates.extend(hosts(n, salt));
+    }
+    for m in receiver_decision
+        .mappings
+        .iter()
+        .chain(&sender_decision.mappings)
+    {
+        candidates.extend(hosts(&m.remapped, salt));
+    }
+    let remote_views: Vec<Ipv4Addr> = sender_cluster
+        .cidrs()
+        .iter()
+        .flat_map(|n| hosts(n, salt))
+        .chain(candidates.iter().copied())
+        .filter(|a| sender_cluster.cidrs().iter().any(|n| n.contains(a)))
+        .filter_map(|a| view_of(&receiver_decision.mappings, a))
+        .collect();
+    for &src in &candidates {
+        for &dst in &candidates {
+            let Some((s, d)) = receive(receiver, (src, dst)) else {
+                continue;
+            };
+            if !receiver_cluster.cidrs().iter().any(|n| n.contains(&d)) {
+                return Err(format!(
+                    "wire ({src}, {dst}) delivered to {d}, which the receiver never exported"
+                ));
+            }
+            let is_view = receiver_decision
+                .mappings
+                .iter()
+                .any(|m| m.remapped.contains(&s));
+            if !is_view {
+                return Err(format!(
+                    "wire ({src}, {dst}) delivered with source {s}, not a view of the peer"
+                ));
+            }
+            if receiver_cluster.cidrs().iter().any(|n| n.contains(&s)) && !remote_views.contains(&s)
+            {
+                return Err(format!(
+                    "wire ({src}, {dst}) delivered with a local-looking source {s}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hosts(net: &Ipv4Net, salt: u32) -> Vec<Ipv4Addr> {
@@ -315,6 +403,8 @@ fn run_pair(c1: &LocalCluster, c2: &LocalCluster, pair: Pair, salt: u32) -> Resu
     if gw1.plan.allowed_ips.iter().any(|p| p.contains(&stray)) {
         return Err("gw1 admits a stray address".into());
     }
+    hostile_peer_is_contained(&gw1, c1, &d1, c2, &d2, salt).map_err(|e| format!("at gw1: {e}"))?;
+    hostile_peer_is_contained(&gw2, c2, &d2, c1, &d1, salt).map_err(|e| format!("at gw2: {e}"))?;
     Ok(())
 }
 
@@ -381,4 +471,44 @@ fn the_seed_in_every_strategy() {
     )
     .unwrap_err();
     assert!(err.contains("allowed-ips"), "{err}");
+
+    // A border that admits every destination is caught too: the hostile peer reaches the
+    // node network.
+    let mut open = compile(&c1, nat, &describe(&c2), "wg", &d1).unwrap();
+    open.border.destinations = vec!["0.0.0.0/0".parse().unwrap()];
+    let open = Gateway {
+        local: c1.cidrs(),
+        plan: open,
+    };
+    let err = hostile_peer_is_contained(&open, &c1, &d1, &c2, &d2, 1).unwrap_err();
+    assert!(err.contains("never exported"), "{err}");
+    // And one that admits every source lets a local-looking source in.
+    let mut open = compile(&c1, nat, &describe(&c2), "wg", &d1).unwrap();
+    open.border.sources = vec!["0.0.0.0/0".parse().unwrap()];
+    open.allowed_ips = vec!["0.0.0.0/0".parse().unwrap()];
+    let open = Gateway {
+        local: c1.cidrs(),
+        plan: open,
+    };
+    let err = hostile_peer_is_contained(&open, &c1, &d1, &c2, &d2, 1).unwrap_err();
+    assert!(err.contains("source"), "{err}");
+    // A border that forgets a view drops legitimate traffic.
+    let mut narrow = compile(&c1, nat, &describe(&c2), "wg", &d1).unwrap();
+    narrow.border.sources.clear();
+    let narrow = Gateway {
+        local: c1.cidrs(),
+        plan: narrow,
+    };
+    let plan2 = compile(&c2, nat, &describe(&c1), "wg", &d2).unwrap();
+    let gw2 = Gateway {
+        local: c2.cidrs(),
+        plan: plan2,
+    };
+    let err = cross(
+        &gw2,
+        &narrow,
+        ("40.0.0.1".parse().unwrap(), "60.0.0.1".parse().unwrap()),
+    )
+    .unwrap_err();
+    assert!(err.contains("border"), "{err}");
 }

@@ -1,25 +1,40 @@
-//! Runs remapd's TC programs on test packets with `BPF_PROG_TEST_RUN`, with rules put
-//! into private (unpinned) maps. The kernel runs a test packet on the loopback device of
-//! the caller's namespace, so rules here are keyed to ifindex 1.
+//! Runs remapd's TC programs on test packets with `BPF_PROG_TEST_RUN`, with rules and
+//! borders put into private (unpinned) maps. The kernel runs a test packet on the
+//! loopback device of the caller's namespace, so rules here are keyed to ifindex 1.
+//!
+//! Hook configurations are built by the daemon's own `dataplane::hooks::plan`, so these
+//! tests exercise exactly what the daemon writes.
+
+use std::collections::BTreeMap;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ipnet::Ipv4Net;
-use remapd::dataplane::rules::MapKey;
+use remapd::dataplane::hooks::{self, ResolvedBorder};
+use remapd::dataplane::rules::{MapKey, Target};
 use remapd::dataplane::{AddressField, Direction};
-use remapd_common::{FAMILY_IPV4, RuleCounters, RuleKey, RuleValue, programs};
+use remapd_common::{
+    HookConfig, HookCounters, RuleCounters, RuleKey, RuleValue, bench_programs, hook_slot, programs,
+};
 
 /// Loopback's ifindex, where test runs happen.
 pub const TEST_RUN_IFINDEX: u32 = 1;
 
-/// The verdict every remapd program returns (`TC_ACT_UNSPEC`, "next program").
+/// The verdict remapd's programs return for a packet they let through
+/// (`TC_ACT_UNSPEC`, "next program").
 pub const VERDICT_NEXT: u32 = u32::MAX;
+/// The verdict for a dropped packet (`TC_ACT_SHOT`).
+pub const VERDICT_DROP: u32 = 2;
 
 /// Loaded programs plus their maps.
 pub struct BpfHarness {
     ebpf: aya::Ebpf,
+    bench: aya::Ebpf,
     next_rule_id: u32,
+    /// Rule entries of the hooks under test (what hook configurations describe).
+    entries: BTreeMap<MapKey, RuleValue>,
+    borders: Vec<ResolvedBorder>,
 }
 
 /// Result of one run.
@@ -32,28 +47,49 @@ pub struct Run {
     pub duration_ns: u128,
 }
 
+fn load_all(ebpf: &mut aya::Ebpf, names: &[&str]) {
+    for name in names {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("program {name} missing"))
+            .try_into()
+            .expect("program is a classifier");
+        prog.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+    }
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().expect("test prefix")
+}
+
 impl BpfHarness {
-    /// Loads the embedded eBPF object and every program in it.
+    /// Loads the embedded eBPF objects (production and bench) and every program in them.
     pub fn new() -> Self {
         let mut ebpf = remapd::dataplane::load_unpinned().expect("load eBPF object");
-        for name in [
-            programs::L2_INGRESS,
-            programs::L2_EGRESS,
-            programs::L3_INGRESS,
-            programs::L3_EGRESS,
-            programs::BENCH_NOOP,
-            programs::BENCH_ONE_HELPER,
-        ] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .unwrap_or_else(|| panic!("program {name} missing"))
-                .try_into()
-                .expect("program is a classifier");
-            prog.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
-        }
+        load_all(
+            &mut ebpf,
+            &[
+                programs::L2_INGRESS,
+                programs::L2_EGRESS,
+                programs::L3_INGRESS,
+                programs::L3_EGRESS,
+            ],
+        );
+        let mut bench = remapd::dataplane::load_bench_object().expect("load bench object");
+        load_all(
+            &mut bench,
+            &[
+                bench_programs::NOOP,
+                bench_programs::ONE_HELPER,
+                bench_programs::REFERENCE,
+            ],
+        );
         Self {
             ebpf,
+            bench,
             next_rule_id: 0,
+            entries: BTreeMap::new(),
+            borders: Vec::new(),
         }
     }
 
@@ -77,76 +113,100 @@ impl BpfHarness {
         from: &str,
         to: &str,
     ) -> u32 {
-        let from: Ipv4Net = from.parse().expect("test prefix");
-        let to: Ipv4Net = to.parse().expect("test prefix");
-        let key = MapKey::ipv4(ifindex, direction, field, from);
+        let key = MapKey::ipv4(ifindex, direction, field, net(from));
         let id = self.next_rule_id;
         self.next_rule_id += 1;
-        let mut to_addr = [0u8; 16];
-        to_addr[..4].copy_from_slice(&to.network().octets());
-        let value = RuleValue {
-            rule_id: id,
-            prefix_len: to.prefix_len(),
-            family: FAMILY_IPV4,
-            _pad: [0; 2],
-            to_addr,
-        };
-        self.rules()
-            .insert(&Key::new(key.prefix_len, key.data), value, 0)
-            .expect("insert rule");
-        self.mark_hook(ifindex, direction, field);
+        let value = Target { to: net(to) }.value(id);
+        self.insert_trie(key, value);
+        self.entries.insert(key, value);
+        self.sync_hooks();
         id
     }
 
-    /// Adds `count` filler rules that never match the test packets (to measure scale):
-    /// distinct /24s from 64.0.0.0 upwards, counter slots from 1000.
-    pub fn add_filler_rules(&mut self, direction: Direction, field: AddressField, count: u32) {
-        self.fill(direction, field, count);
-        self.mark_hook(TEST_RUN_IFINDEX, direction, field);
+    /// Makes the test-run interface's ingress a border: after translation only
+    /// `sources` -> `destinations` may pass.
+    pub fn set_border(&mut self, sources: &[&str], destinations: &[&str]) {
+        self.borders = vec![ResolvedBorder {
+            ifindex: TEST_RUN_IFINDEX,
+            sources: sources.iter().map(|s| net(s)).collect(),
+            destinations: destinations.iter().map(|s| net(s)).collect(),
+        }];
+        self.sync_hooks();
     }
 
-    fn fill(&mut self, direction: Direction, field: AddressField, count: u32) {
-        let mut rules = self.rules();
+    /// Adds `count` filler rules on the test-run hook that never match the test packets:
+    /// distinct /24s from 64.0.0.0 upwards (more than fit inline: the hook goes to the
+    /// trie), counter slots from 1000.
+    pub fn add_filler_rules(&mut self, direction: Direction, field: AddressField, count: u32) {
+        for (key, value) in fillers(TEST_RUN_IFINDEX, direction, field, count) {
+            self.insert_trie(key, value);
+            self.entries.insert(key, value);
+        }
+        self.sync_hooks();
+    }
+
+    /// Adds `count` filler rules for other interfaces (other hooks of a busy gateway):
+    /// they sit in the trie, and the hook under test keeps its inline rules.
+    pub fn add_rules_of_other_hooks(&mut self, count: u32) {
         for i in 0..count {
-            let net = Ipv4Net::new((0x4000_0000u32 + (i << 8)).into(), 24).expect("prefix");
-            let key = MapKey::ipv4(TEST_RUN_IFINDEX, direction, field, net);
-            let mut to_addr = [0u8; 16];
-            to_addr[..4].copy_from_slice(&[198, 18, 0, 0]);
-            let value = RuleValue {
-                rule_id: 1000 + i,
-                prefix_len: 24,
-                family: FAMILY_IPV4,
-                _pad: [0; 2],
-                to_addr,
-            };
-            rules
-                .insert(&Key::new(key.prefix_len, key.data), value, 0)
-                .expect("insert filler rule");
+            let ifindex = 100 + i / 4;
+            let (key, value) = fillers(ifindex, Direction::Egress, AddressField::Destination, 1)
+                .next()
+                .expect("one filler");
+            let mut key = key;
+            key.data.addr[..4].copy_from_slice(&(0x4000_0000u32 + (i << 8)).to_be_bytes());
+            self.insert_trie(key, value);
         }
     }
 
-    /// Sets the hook-summary bit the dataplane module would set for a rule.
-    fn mark_hook(&mut self, ifindex: u32, direction: Direction, field: AddressField) {
-        let mut hooks: Array<&mut MapData, u32> = Array::try_from(
-            self.ebpf
-                .map_mut(remapd_common::HOOKS_MAP)
-                .expect("hooks map"),
-        )
-        .expect("hooks map type");
-        let slot = remapd_common::hook_slot(ifindex, direction.wire());
-        let bits = hooks.get(&slot, 0).expect("read hooks");
-        hooks
-            .set(slot, bits | (1 << field.wire()), 0)
-            .expect("write hooks");
-    }
-
-    fn rules(&mut self) -> LpmTrie<&mut MapData, RuleKey, RuleValue> {
-        LpmTrie::try_from(
+    fn insert_trie(&mut self, key: MapKey, value: RuleValue) {
+        let mut rules: LpmTrie<&mut MapData, RuleKey, RuleValue> = LpmTrie::try_from(
             self.ebpf
                 .map_mut(remapd_common::RULES_MAP)
                 .expect("rules map"),
         )
-        .expect("rules map type")
+        .expect("rules map type");
+        rules
+            .insert(&Key::new(key.prefix_len, key.data), value, 0)
+            .expect("insert rule");
+    }
+
+    /// Writes every hook configuration the daemon would write for the current rules and
+    /// borders (always into buffer 0 of the slot).
+    fn sync_hooks(&mut self) {
+        let plan = hooks::plan(&self.entries, &self.borders).expect("hook plan");
+        {
+            let mut allow: LpmTrie<&mut MapData, RuleKey, u32> = LpmTrie::try_from(
+                self.ebpf
+                    .map_mut(remapd_common::ALLOW_MAP)
+                    .expect("allow map"),
+            )
+            .expect("allow map type");
+            for key in &plan.allow {
+                allow
+                    .insert(&Key::new(key.prefix_len, key.data), 1, 0)
+                    .expect("insert allow entry");
+            }
+        }
+        for ((ifindex, direction), config) in &plan.configs {
+            let slot = hook_slot(*ifindex, direction.wire());
+            let mut configs: Array<&mut MapData, HookConfig> = Array::try_from(
+                self.ebpf
+                    .map_mut(remapd_common::HOOK_CONFIG_MAP)
+                    .expect("hook config map"),
+            )
+            .expect("hook config map type");
+            configs
+                .set(slot * 2, *config, 0)
+                .expect("write hook config");
+            let mut index: Array<&mut MapData, u32> = Array::try_from(
+                self.ebpf
+                    .map_mut(remapd_common::HOOK_INDEX_MAP)
+                    .expect("hook index map"),
+            )
+            .expect("hook index map type");
+            index.set(slot, 1, 0).expect("write hook index");
+        }
     }
 
     /// Runs `program` once on `packet`.
@@ -154,11 +214,15 @@ impl BpfHarness {
         self.run_repeat(program, packet, 1)
     }
 
-    /// Runs `program` `repeat` times on the same packet buffer (each pass sees the
-    /// previous pass's output).
+    /// Runs `program` (of the production or the bench object) `repeat` times on the same
+    /// packet buffer (each pass sees the previous pass's output).
     pub fn run_repeat(&mut self, program: &str, packet: &[u8], repeat: u32) -> Run {
-        let prog: &mut SchedClassifier = self
-            .ebpf
+        let object = if self.ebpf.program(program).is_some() {
+            &mut self.ebpf
+        } else {
+            &mut self.bench
+        };
+        let prog: &mut SchedClassifier = object
             .program_mut(program)
             .unwrap_or_else(|| panic!("program {program} missing"))
             .try_into()
@@ -180,6 +244,26 @@ impl BpfHarness {
         }
     }
 
+    /// Sets a rule of the bench reference program: destination `from` becomes `to`.
+    pub fn add_reference_rule(&mut self, from: &str, to: &str) {
+        let (from, to) = (net(from), net(to));
+        let mut map: LpmTrie<&mut MapData, u32, [u32; 2]> = LpmTrie::try_from(
+            self.bench
+                .map_mut(bench_programs::REFERENCE_MAP)
+                .expect("reference map"),
+        )
+        .expect("reference map type");
+        map.insert(
+            &Key::new(
+                u32::from(from.prefix_len()),
+                u32::from(from.network()).to_be(),
+            ),
+            [u32::from(to.network()), u32::from(to.prefix_len())],
+            0,
+        )
+        .expect("insert reference rule");
+    }
+
     /// Packets and bytes counted for a rule, summed over CPUs.
     pub fn counters(&self, rule_id: u32) -> (u64, u64) {
         let map: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(
@@ -194,17 +278,51 @@ impl BpfHarness {
             .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
     }
 
-    /// The exception counters (malformed, helper failed, bad rule id), summed over CPUs.
-    pub fn exceptions(&self) -> [u64; 3] {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+    /// The test-run interface's hook counters for `direction`, summed over CPUs.
+    pub fn hook_counters(&self, direction: Direction) -> HookCounters {
+        let map: PerCpuArray<&MapData, HookCounters> = PerCpuArray::try_from(
             self.ebpf
-                .map(remapd_common::EXCEPTIONS_MAP)
-                .expect("exceptions map"),
+                .map(remapd_common::HOOK_COUNTERS_MAP)
+                .expect("hook counters map"),
         )
-        .expect("exceptions map type");
-        let read = |i: u32| map.get(&i, 0).expect("read exceptions").iter().sum::<u64>();
-        [read(0), read(1), read(2)]
+        .expect("hook counters map type");
+        let slot = hook_slot(TEST_RUN_IFINDEX, direction.wire());
+        let values = map.get(&slot, 0).expect("read hook counters");
+        let mut sum = HookCounters::default();
+        for c in values.iter() {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+            sum.translated += c.translated;
+            for (s, n) in sum.dropped.iter_mut().zip(c.dropped) {
+                *s += n;
+            }
+        }
+        sum
     }
+
+    /// Drops counted on the test-run interface's `direction` hook, by reason index.
+    pub fn dropped(&self, direction: Direction) -> [u64; remapd_common::drop_reason::COUNT] {
+        self.hook_counters(direction).dropped
+    }
+}
+
+fn fillers(
+    ifindex: u32,
+    direction: Direction,
+    field: AddressField,
+    count: u32,
+) -> impl Iterator<Item = (MapKey, RuleValue)> {
+    (0..count).map(move |i| {
+        let from = Ipv4Net::new((0x4000_0000u32 + (i << 8)).into(), 24).expect("prefix");
+        let key = MapKey::ipv4(ifindex, direction, field, from);
+        (
+            key,
+            Target {
+                to: net("198.18.0.0/24"),
+            }
+            .value(1000 + i),
+        )
+    })
 }
 
 impl Default for BpfHarness {

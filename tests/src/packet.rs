@@ -139,6 +139,52 @@ pub fn udp(
     u
 }
 
+/// A UDP-Lite datagram (RFC 3828) with checksum coverage 0 (the whole datagram), its
+/// checksum over the pseudo-header (protocol 136).
+pub fn udplite(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 0, 0, 0]); // coverage 0, checksum
+    u.extend_from_slice(payload);
+    let mut sum_input = pseudo_header(src, dst, 136, u.len());
+    sum_input.extend_from_slice(&u);
+    let mut c = inet_checksum(&sum_input);
+    if c == 0 {
+        c = 0xffff;
+    }
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+/// A DCCP-Data packet (RFC 4340) with a 16-byte generic header (X = 1), CsCov 0 (the
+/// checksum covers the whole packet) and its checksum over the pseudo-header (protocol 33).
+pub fn dccp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(&sport.to_be_bytes());
+    d.extend_from_slice(&dport.to_be_bytes());
+    d.push(4); // data offset: 4 words
+    d.push(0); // CCVal 0, CsCov 0
+    d.extend_from_slice(&[0, 0]); // checksum
+    d.push((2 << 1) | 1); // type 2 (Data), X = 1
+    d.push(0);
+    d.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34]); // 48-bit sequence number
+    d.extend_from_slice(payload);
+    let mut sum_input = pseudo_header(src, dst, 33, d.len());
+    sum_input.extend_from_slice(&d);
+    let c = inet_checksum(&sum_input);
+    d[6..8].copy_from_slice(&c.to_be_bytes());
+    d
+}
+
+/// Whether a transport segment's checksum over the IPv4 pseudo-header and the whole
+/// segment is right (the one's-complement sum of everything is all ones).
+pub fn pseudo_header_checksum_ok(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> bool {
+    let mut sum_input = pseudo_header(src, dst, proto, segment.len());
+    sum_input.extend_from_slice(segment);
+    inet_checksum(&sum_input) == 0
+}
+
 /// An ICMP message: type, code, the 4-byte rest-of-header, payload, checksum.
 pub fn icmp(icmp_type: u8, code: u8, rest: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut m = vec![icmp_type, code, 0, 0];
@@ -220,6 +266,22 @@ pub fn verify_checksums(ip_packet: &[u8]) {
                     .expect("checksum computable");
                 assert_eq!(udp.checksum(), expect, "UDP checksum");
             }
+        }
+        33 | 136 if !fragmented => {
+            let name = if ip.protocol().0 == 33 {
+                "DCCP"
+            } else {
+                "UDP-Lite"
+            };
+            assert!(
+                pseudo_header_checksum_ok(
+                    ip.source_addr(),
+                    ip.destination_addr(),
+                    ip.protocol().0,
+                    payload
+                ),
+                "{name} checksum over the pseudo-header"
+            );
         }
         1 => {
             let icmp = Icmpv4Slice::from_slice(payload).expect("valid ICMP");

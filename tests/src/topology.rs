@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use remapd::dataplane::{AddressField, Dataplane, DataplaneConfig, Direction, TranslationRule};
+use remapd::dataplane::{
+    AddressField, Dataplane, DataplaneConfig, DesiredDataplane, Direction, IngressBorder,
+    TranslationRule,
+};
 
 use crate::netns::{Netns, PinDir, Scratch, WireGuard, unique_prefix};
 
@@ -26,6 +29,9 @@ pub struct GatewayPlan {
     pub routes: Vec<&'static str>,
     /// The peer's allowed-ips.
     pub allowed_ips: Vec<&'static str>,
+    /// The tunnel's ingress border as (sources, destinations) after translation; `None`:
+    /// no border (everything that matches no rule passes).
+    pub border: Option<(Vec<&'static str>, Vec<&'static str>)>,
 }
 
 /// A running seed topology. Everything is removed on drop.
@@ -220,8 +226,30 @@ impl Topology {
             .collect()
     }
 
-    /// Applies a plan's rules on a gateway through the daemon's dataplane module, from a
-    /// thread inside the gateway's namespace.
+    /// The plan's rules and border with the gateway's tunnel name filled in.
+    pub fn desired(&self, gateway: u8, plan: &GatewayPlan) -> DesiredDataplane {
+        let wg = if gateway == 1 {
+            &self.wg1.name
+        } else {
+            &self.wg2.name
+        };
+        let nets = |v: &[&str]| v.iter().map(|s| s.parse().expect("prefix")).collect();
+        DesiredDataplane {
+            rules: self.rules(gateway, plan),
+            borders: plan
+                .border
+                .iter()
+                .map(|(sources, destinations)| IngressBorder {
+                    interface: wg.clone(),
+                    sources: nets(sources),
+                    destinations: nets(destinations),
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies a plan's rules and border on a gateway through the daemon's dataplane
+    /// module, from a thread inside the gateway's namespace.
     pub fn apply(&self, gateway: u8, plan: &GatewayPlan) -> remapd::dataplane::ApplyReport {
         self.apply_with(gateway, plan, remapd::dataplane::AttachMode::Auto)
     }
@@ -233,13 +261,15 @@ impl Topology {
         plan: &GatewayPlan,
         attach_mode: remapd::dataplane::AttachMode,
     ) -> remapd::dataplane::ApplyReport {
-        let rules = self.rules(gateway, plan);
+        let desired = self.desired(gateway, plan);
         let mut config = self.dataplane_config(gateway);
         config.attach_mode = attach_mode;
         let ns = if gateway == 1 { &self.gw1 } else { &self.gw2 };
         ns.in_ns(move || {
             let mut dataplane = Dataplane::open(&config).expect("open dataplane");
-            dataplane.apply(&rules).expect("apply rules")
+            dataplane
+                .apply(&desired)
+                .expect("apply the desired dataplane")
         })
     }
 
@@ -280,6 +310,7 @@ pub fn seed_split() -> (GatewayPlan, GatewayPlan) {
         ],
         routes: vec!["30.0.0.0/24"],
         allowed_ips: vec!["40.0.0.0/24"],
+        border: Some((vec!["30.0.0.0/24"], vec!["40.0.0.0/24"])),
     };
     let gw2 = GatewayPlan {
         rules: vec![
@@ -288,6 +319,7 @@ pub fn seed_split() -> (GatewayPlan, GatewayPlan) {
         ],
         routes: vec!["60.0.0.0/24"],
         allowed_ips: vec!["40.0.0.0/24"],
+        border: Some((vec!["60.0.0.0/24"], vec!["40.0.0.0/24"])),
     };
     (gw1, gw2)
 }
@@ -301,6 +333,7 @@ pub fn seed_both_on_2() -> (GatewayPlan, GatewayPlan) {
         rules: vec![],
         routes: vec!["30.0.0.0/24"],
         allowed_ips: vec!["30.0.0.0/24"],
+        border: Some((vec!["30.0.0.0/24"], vec!["40.0.0.0/24"])),
     };
     let gw2 = GatewayPlan {
         rules: vec![
@@ -311,6 +344,7 @@ pub fn seed_both_on_2() -> (GatewayPlan, GatewayPlan) {
         ],
         routes: vec!["60.0.0.0/24"],
         allowed_ips: vec!["40.0.0.0/24"],
+        border: Some((vec!["60.0.0.0/24"], vec!["40.0.0.0/24"])),
     };
     (gw1, gw2)
 }

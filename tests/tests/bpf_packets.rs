@@ -7,9 +7,12 @@
 use std::net::Ipv4Addr;
 
 use remapd::dataplane::{AddressField, Direction};
+use remapd_common::drop_reason;
 use remapd_common::programs;
-use remapd_tests::bpf::{BpfHarness, VERDICT_NEXT};
+use remapd_tests::bpf::{BpfHarness, VERDICT_DROP, VERDICT_NEXT};
 use remapd_tests::packet::{self, Framing, Ipv4, icmp, inet_checksum, tcp, udp, verify_checksums};
+
+const NO_DROPS: [u64; drop_reason::COUNT] = [0; drop_reason::COUNT];
 
 const BOTH: [Framing; 2] = [Framing::L2, Framing::L3];
 
@@ -106,7 +109,9 @@ fn tcp_destination_is_rewritten_on_egress() {
         expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
         let len = framing.frame(&input).len() as u64;
         assert_eq!(h.counters(egress), (1, len), "counters of the egress rule");
-        assert_eq!(h.exceptions(), [0, 0, 0]);
+        let hook = h.hook_counters(Direction::Egress);
+        assert_eq!((hook.packets, hook.bytes, hook.translated), (1, len, 1));
+        assert_eq!(hook.dropped, NO_DROPS);
     }
 }
 
@@ -389,7 +394,13 @@ fn non_matching_packets_pass_untouched() {
         }
         assert_eq!(h.counters(egress), (0, 0));
         assert_eq!(h.counters(ingress), (0, 0));
-        assert_eq!(h.exceptions(), [0, 0, 0]);
+        let hook = h.hook_counters(Direction::Egress);
+        assert_eq!(
+            (hook.packets, hook.translated),
+            (3, 0),
+            "passed, untranslated"
+        );
+        assert_eq!(hook.dropped, NO_DROPS);
     }
 }
 
@@ -428,60 +439,80 @@ fn non_ipv4_passes_untouched() {
         );
         expect_untouched(&mut h, Framing::L3, direction, &ipv6);
     }
-    assert_eq!(h.exceptions(), [0, 0, 0]);
+    assert_eq!(h.dropped(Direction::Egress), NO_DROPS);
+    assert_eq!(
+        h.dropped(Direction::Ingress),
+        NO_DROPS,
+        "no border: nothing dropped"
+    );
+}
+
+/// Matching packets that cannot be translated exactly, as a peer (or a local pod) might
+/// send them: each must be dropped unmodified and counted once as malformed.
+fn malformed_matching(src: &str, dst: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let good = tcp_packet(src, dst, b"payload bytes");
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // Total length claims more than the packet has.
+    let mut long = Ipv4::new(src, dst, 6);
+    long.total_len = Some(400);
+    cases.push((
+        "total length beyond the packet",
+        long.with_payload(&good[20..]),
+    ));
+    // IHL below 5.
+    let mut bad_ihl = good.clone();
+    bad_ihl[0] = 0x44;
+    cases.push(("IHL 4", bad_ihl));
+    // IHL beyond the packet.
+    let mut huge_ihl = good[..24].to_vec();
+    huge_ihl[0] = 0x4f;
+    huge_ihl[2..4].copy_from_slice(&24u16.to_be_bytes());
+    cases.push(("IHL beyond the packet", huge_ihl));
+    // TCP header cut before its checksum (an unfragmented packet).
+    let cut = Ipv4::new(src, dst, 6).with_payload(&good[20..30]);
+    cases.push(("TCP cut before the checksum", cut));
+    // UDP, UDP-Lite and DCCP headers cut before their checksum.
+    for (what, proto) in [
+        ("UDP cut before the checksum", 17),
+        ("UDP-Lite cut before the checksum", 136),
+        ("DCCP cut before the checksum", 33),
+    ] {
+        cases.push((
+            what,
+            Ipv4::new(src, dst, proto).with_payload(&[0x13, 0x88, 0x27]),
+        ));
+    }
+    // ICMP error whose quote is not IPv4.
+    let mut bad_quote = tcp_packet("40.0.0.1", "40.0.0.1", b"q");
+    bad_quote[0] = 0x65;
+    let err = Ipv4::new(src, dst, 1).with_payload(&icmp(3, 1, [0; 4], &bad_quote));
+    cases.push(("ICMP error quoting a non-IPv4 header", err));
+    // ICMP error whose quote is shorter than an IP header.
+    let short = Ipv4::new(src, dst, 1).with_payload(&icmp(3, 1, [0; 4], &bad_quote[..12]));
+    cases.push(("ICMP error with a 12-byte quote", short));
+    // ICMP error quoting nothing at all.
+    let empty = Ipv4::new(src, dst, 1).with_payload(&icmp(11, 0, [0; 4], &[]));
+    cases.push(("ICMP error quoting nothing", empty));
+    cases
 }
 
 #[test]
-fn truncated_and_malformed_packets_pass_untouched() {
+fn malformed_matching_packets_are_dropped_on_egress() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
         let (egress, _) = split_gw1(&mut h);
-        let good = tcp_packet("40.0.0.1", "30.0.0.1", b"payload bytes");
-        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
-        // Total length claims more than the packet has.
-        let mut long = Ipv4::new("40.0.0.1", "30.0.0.1", 6);
-        long.total_len = Some(400);
-        cases.push((
-            "total length beyond the packet",
-            long.with_payload(&good[20..]),
-        ));
-        // IHL below 5.
-        let mut bad_ihl = good.clone();
-        bad_ihl[0] = 0x44;
-        cases.push(("IHL 4", bad_ihl));
-        // IHL beyond the packet.
-        let mut huge_ihl = good[..24].to_vec();
-        huge_ihl[0] = 0x4f;
-        huge_ihl[2..4].copy_from_slice(&24u16.to_be_bytes());
-        cases.push(("IHL beyond the packet", huge_ihl));
-        // TCP header cut before its checksum.
-        let cut = Ipv4::new("40.0.0.1", "30.0.0.1", 6).with_payload(&good[20..30]);
-        cases.push(("TCP cut before the checksum", cut));
-        // UDP header cut before its checksum.
-        let cut_udp = Ipv4::new("40.0.0.1", "30.0.0.1", 17).with_payload(&[0x13, 0x88, 0x27]);
-        cases.push(("UDP cut before the checksum", cut_udp));
-        // ICMP error whose quote is not IPv4.
-        let mut bad_quote = tcp_packet("40.0.0.1", "40.0.0.1", b"q");
-        bad_quote[0] = 0x65;
-        let err =
-            Ipv4::new("40.0.0.1", "30.0.0.1", 1).with_payload(&icmp(3, 1, [0; 4], &bad_quote));
-        cases.push(("ICMP error quoting a non-IPv4 header", err));
-        // ICMP error whose quote is shorter than an IP header.
-        let short = Ipv4::new("40.0.0.1", "30.0.0.1", 1).with_payload(&icmp(
-            3,
-            1,
-            [0; 4],
-            &bad_quote[..12],
-        ));
-        cases.push(("ICMP error with a 12-byte quote", short));
+        let cases = malformed_matching("40.0.0.1", "30.0.0.1");
         for (what, input) in &cases {
             let frame = framing.frame(input);
             let run = h.run(program(framing, Direction::Egress), &frame);
-            assert_eq!(run.verdict, VERDICT_NEXT, "{what}");
+            assert_eq!(
+                run.verdict, VERDICT_DROP,
+                "{framing:?}: {what} must be dropped"
+            );
             assert_eq!(
                 hex(&run.packet),
                 hex(&frame),
-                "{framing:?}: {what} must pass untouched"
+                "{framing:?}: {what} is dropped unmodified"
             );
         }
         assert_eq!(
@@ -489,18 +520,38 @@ fn truncated_and_malformed_packets_pass_untouched() {
             (0, 0),
             "no rule counted a malformed packet"
         );
+        let hook = h.hook_counters(Direction::Egress);
         assert_eq!(
-            h.exceptions()[0],
+            hook.dropped[drop_reason::MALFORMED],
             cases.len() as u64,
-            "each malformed packet is counted"
+            "each malformed packet is counted once"
         );
+        assert_eq!(hook.packets, 0);
+    }
+}
+
+#[test]
+fn malformed_packets_that_match_nothing_pass_on_egress_uncounted() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1(&mut h);
+        // The same garbage, but to an address no rule covers: not ours.
+        for (what, input) in malformed_matching("40.0.0.1", "31.0.0.1") {
+            let frame = framing.frame(&input);
+            let run = h.run(program(framing, Direction::Egress), &frame);
+            assert_eq!(run.verdict, VERDICT_NEXT, "{framing:?}: {what}");
+            assert_eq!(hex(&run.packet), hex(&frame), "{framing:?}: {what}");
+        }
+        assert_eq!(h.dropped(Direction::Egress), NO_DROPS);
         // Shorter than an IPv4 header: not ours, not counted. (With an Ethernet header
         // and the IPv4 ethertype the kernel itself refuses to build such a test skb.)
         if framing == Framing::L3 {
+            let good = tcp_packet("40.0.0.1", "30.0.0.1", b"payload bytes");
             let tiny = framing.frame(&good[..16]);
             let run = h.run(program(framing, Direction::Egress), &tiny);
+            assert_eq!(run.verdict, VERDICT_NEXT);
             assert_eq!(hex(&run.packet), hex(&tiny));
-            assert_eq!(h.exceptions()[0], cases.len() as u64);
+            assert_eq!(h.dropped(Direction::Egress), NO_DROPS);
         }
     }
 }

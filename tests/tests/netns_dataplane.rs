@@ -85,7 +85,15 @@ fn run_seed(plans: (GatewayPlan, GatewayPlan)) -> Topology {
                 rule.rule
             );
         }
-        assert_eq!(status.exceptions.malformed, 0);
+        for hook in &status.hooks {
+            assert!(
+                hook.dropped.is_empty(),
+                "gw{gw} {} {} dropped legitimate traffic: {:?}",
+                hook.interface,
+                hook.direction,
+                hook.dropped
+            );
+        }
     }
     t
 }
@@ -108,7 +116,12 @@ fn seed_split_strategy() {
 #[test]
 fn seed_both_on_2_strategy() {
     let t = run_seed(seed_both_on_2());
-    assert!(t.status(1).attachments.is_empty(), "gateway 1 only routes");
+    // Gateway 1 only routes: no rules, and only its ingress border is attached.
+    let status = t.status(1);
+    assert!(status.rules.is_empty(), "gateway 1 only routes");
+    assert_eq!(status.attachments.len(), 1, "{:?}", status.attachments);
+    assert_eq!(status.attachments[0].direction, Direction::Ingress);
+    assert!(status.hooks[0].border && status.hooks[0].packets > 0);
     assert_eq!(t.status(2).attachments.len(), 2);
 }
 
@@ -151,6 +164,7 @@ fn asymmetric_cidrs_split() {
         ],
         routes: vec!["172.20.0.0/16", "192.168.7.0/24"],
         allowed_ips: vec!["10.1.0.0/16", "10.2.0.0/24"],
+        border: Some((vec!["172.20.0.0/16", "192.168.7.0/24"], vec!["10.1.0.0/16"])),
     };
     let plan2 = GatewayPlan {
         rules: vec![
@@ -159,6 +173,7 @@ fn asymmetric_cidrs_split() {
         ],
         routes: vec!["172.21.0.0/16"],
         allowed_ips: vec!["10.1.0.0/16"],
+        border: Some((vec!["172.21.0.0/16"], vec!["10.1.0.0/16", "10.2.0.0/24"])),
     };
     let t = Topology::build(&c1, &c2, &plan1, &plan2);
     t.apply(1, &plan1);
@@ -175,6 +190,7 @@ fn asymmetric_cidrs_both_on_2() {
         rules: vec![],
         routes: vec!["172.20.0.0/16", "192.168.7.0/24"],
         allowed_ips: vec!["172.20.0.0/16", "192.168.7.0/24"],
+        border: Some((vec!["172.20.0.0/16", "192.168.7.0/24"], vec!["10.1.0.0/16"])),
     };
     let plan2 = GatewayPlan {
         rules: vec![
@@ -187,6 +203,7 @@ fn asymmetric_cidrs_both_on_2() {
         ],
         routes: vec!["172.21.0.0/16"],
         allowed_ips: vec!["10.1.0.0/16"],
+        border: Some((vec!["172.21.0.0/16"], vec!["10.1.0.0/16", "10.2.0.0/24"])),
     };
     let t = Topology::build(&c1, &c2, &plan1, &plan2);
     t.apply(1, &plan1);

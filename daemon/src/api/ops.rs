@@ -44,8 +44,9 @@ pub struct DaemonStatus {
     /// Program attachments.
     #[schema(value_type = Vec<Object>)]
     pub attachments: Vec<crate::dataplane::Attachment>,
-    /// Packets passed untouched because they were malformed.
-    pub malformed_packets: u64,
+    /// Packets dropped by the dataplane, by reason, summed over every hook (reasons
+    /// with no drops are left out).
+    pub dropped_packets: std::collections::BTreeMap<String, u64>,
 }
 
 /// Overall state: readiness, the last reconcile's report, the dataplane's programs.
@@ -63,7 +64,12 @@ async fn status(State(state): State<AppState>) -> Result<Json<DaemonStatus>, Pro
         dataplane_adopted: dp.adopted,
         program_ids: dp.program_ids,
         attachments: dp.attachments,
-        malformed_packets: dp.exceptions.malformed,
+        dropped_packets: dp.hooks.iter().fold(Default::default(), |mut sum, hook| {
+            for (reason, n) in &hook.dropped {
+                *sum.entry(reason.clone()).or_default() += n;
+            }
+            sum
+        }),
     }))
 }
 
@@ -130,16 +136,48 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
     );
     registry.register(
         "peering_packets",
-        "Packets rewritten for a peering",
+        "Packets a peering's tunnel let through, per direction (each packet once, translated or not)",
         peering_packets.clone(),
     );
     registry.register(
         "peering_bytes",
-        "Bytes rewritten for a peering",
+        "Bytes of the packets a peering's tunnel let through, per direction",
         peering_bytes.clone(),
     );
-    let mut malformed = 0;
+    let peering_translated = Family::<Labels, Counter>::default();
+    registry.register(
+        "peering_translated_packets",
+        "Packets of a peering with at least one address rewritten, per direction",
+        peering_translated.clone(),
+    );
+    let dropped = Family::<Labels, Counter>::default();
+    registry.register(
+        "dropped_packets",
+        "Packets the dataplane dropped on a peering's tunnel, by direction and reason",
+        dropped.clone(),
+    );
     if let Some(status) = &status {
+        for hook in &status.hooks {
+            let peering = by_interface
+                .get(&hook.interface)
+                .cloned()
+                .unwrap_or_default();
+            let labels = vec![
+                ("peering".to_owned(), peering),
+                ("interface".to_owned(), hook.interface.clone()),
+                ("direction".to_owned(), hook.direction.to_string()),
+            ];
+            peering_packets.get_or_create(&labels).inc_by(hook.packets);
+            peering_bytes.get_or_create(&labels).inc_by(hook.bytes);
+            peering_translated
+                .get_or_create(&labels)
+                .inc_by(hook.translated);
+            for (reason, n) in &hook.dropped {
+                let mut labels = labels.clone();
+                labels.push(("reason".to_owned(), reason.clone()));
+                dropped.get_or_create(&labels).inc_by(*n);
+            }
+        }
         for r in &status.rules {
             let peering = by_interface
                 .get(&r.rule.interface)
@@ -155,11 +193,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
             ];
             rule_packets.get_or_create(&labels).inc_by(r.packets);
             rule_bytes.get_or_create(&labels).inc_by(r.bytes);
-            let p = vec![("peering".to_owned(), peering)];
-            peering_packets.get_or_create(&p).inc_by(r.packets);
-            peering_bytes.get_or_create(&p).inc_by(r.bytes);
         }
-        malformed = status.exceptions.malformed;
     }
     let decisions = Family::<Labels, Counter>::default();
     registry.register(
@@ -175,13 +209,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
             ])
             .inc_by(*n);
     }
-    let malformed_c = Counter::<u64>::default();
-    malformed_c.inc_by(malformed);
-    registry.register(
-        "malformed_packets",
-        "Matching packets passed untouched because they were malformed",
-        malformed_c,
-    );
     let reconciles = Counter::<u64>::default();
     reconciles.inc_by(counters.reconciles);
     registry.register("reconciles", "Reconciles run", reconciles);

@@ -8,10 +8,12 @@
 //! counters keep counting, and no packet sees a gap. Applying is idempotent: the same
 //! desired set applied twice writes nothing the second time.
 //!
-//! Pin layout (`<pin_dir>/v1/`): `maps/<MAP>`, `progs/<program>`, `links/<ifindex>-<dir>`
+//! Pin layout (`<pin_dir>/v2/`): `maps/<MAP>`, `progs/<program>`, `links/<ifindex>-<dir>`
 //! (TCX links), and for the netlink fallback empty marker directories
-//! `links/nl-<ifindex>-<dir>-<ifname>`. The `v1` component is the map schema version.
+//! `links/nl-<ifindex>-<dir>-<ifname>`. The `v2` component is the map schema version;
+//! a daemon that finds an older layout detaches and removes it when it loads its own.
 
+pub mod hooks;
 pub mod interfaces;
 pub mod rules;
 
@@ -20,6 +22,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use aya::Pod;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -27,12 +30,15 @@ use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandl
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use ipnet::Ipv4Net;
 use remapd_common::{
-    COUNTERS_MAP, EXCEPTIONS_MAP, HOOKS_MAP, RULES_MAP, RuleCounters, RuleKey, RuleValue,
-    hook_slot, programs,
+    ALLOW_MAP, COUNTERS_MAP, HOOK_CONFIG_MAP, HOOK_COUNTERS_MAP, HOOK_ENFORCE, HOOK_INDEX_MAP,
+    HookConfig, HookCounters, RULES_MAP, RuleCounters, RuleKey, RuleValue, drop_reason, hook_slot,
+    programs,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+pub use hooks::IngressBorder;
+use hooks::ResolvedBorder;
 pub use interfaces::Framing;
 pub use rules::{AddressField, Direction, RuleError, TranslationRule};
 use rules::{MapKey, Target};
@@ -41,8 +47,26 @@ use rules::{MapKey, Target};
 /// was skipped with `AYA_BUILD_SKIP=1`, e.g. for `cargo check` without bpf-linker).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/remapd-ebpf"));
 
+/// The benchmark-only object (no-op, one-helper and reference programs). The daemon
+/// never loads it; benchmarks and tests do, through [`load_bench_object`].
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/remapd-bench-ebpf"));
+
 /// Map schema version; part of the pin path so an incompatible layout is never adopted.
-pub const PIN_LAYOUT_VERSION: &str = "v1";
+pub const PIN_LAYOUT_VERSION: &str = "v2";
+
+/// Layouts of earlier versions, retired when this version loads.
+const OLDER_PIN_LAYOUTS: [&str; 1] = ["v1"];
+
+/// Every map the programs use, pinned under `maps/`.
+const MAPS: [&str; 6] = [
+    RULES_MAP,
+    ALLOW_MAP,
+    COUNTERS_MAP,
+    HOOK_INDEX_MAP,
+    HOOK_CONFIG_MAP,
+    HOOK_COUNTERS_MAP,
+];
 
 /// Default bpffs directory for pinned objects.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/remapd";
@@ -258,9 +282,7 @@ impl PinLayout {
     }
 
     fn is_complete(&self) -> bool {
-        [RULES_MAP, COUNTERS_MAP, EXCEPTIONS_MAP, HOOKS_MAP]
-            .iter()
-            .all(|m| self.map(m).exists())
+        MAPS.iter().all(|m| self.map(m).exists())
             && ATTACHABLE.iter().all(|(_, _, p)| self.prog(p).exists())
     }
 }
@@ -292,15 +314,25 @@ pub struct InstalledRule {
     pub bytes: u64,
 }
 
-/// Counts of packets that were passed untouched (or partly rewritten) for exceptional reasons.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ExceptionCounters {
-    /// Matching packets too short or inconsistent to rewrite.
-    pub malformed: u64,
-    /// Kernel helper failures while rewriting.
-    pub helper_failed: u64,
-    /// Rules whose counter slot was out of range.
-    pub bad_rule_id: u64,
+/// One hook's packet counters, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookStatus {
+    /// Interface name (empty when the interface no longer exists).
+    pub interface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Hook.
+    pub direction: Direction,
+    /// The hook is a border (default deny outside its allow-lists).
+    pub border: bool,
+    /// Packets let through (translated or untouched).
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Of those, packets with at least one address rewritten.
+    pub translated: u64,
+    /// Packets dropped, by reason (only reasons with a non-zero count).
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// What the dataplane holds right now.
@@ -314,8 +346,21 @@ pub struct DataplaneStatus {
     pub attachments: Vec<Attachment>,
     /// Rules with counters.
     pub rules: Vec<InstalledRule>,
-    /// Exceptional pass-through counters.
-    pub exceptions: ExceptionCounters,
+    /// Per-hook packet and drop counters.
+    pub hooks: Vec<HookStatus>,
+}
+
+/// The dataplane's whole desired state: every translation rule and every ingress
+/// border. [`Dataplane::apply`] makes the kernel hold exactly this.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredDataplane {
+    /// Translation rules.
+    #[serde(default)]
+    pub rules: Vec<TranslationRule>,
+    /// Ingress borders (one per tunnel).
+    #[serde(default)]
+    pub borders: Vec<IngressBorder>,
 }
 
 /// What one `apply` changed.
@@ -333,6 +378,10 @@ pub struct ApplyReport {
     pub attached: usize,
     /// Program attachments removed.
     pub detached: usize,
+    /// Hook configurations written (rules or borders changed on a hook).
+    pub hooks_written: usize,
+    /// Hook configurations cleared (the hook is no longer managed).
+    pub hooks_cleared: usize,
 }
 
 impl ApplyReport {
@@ -343,6 +392,8 @@ impl ApplyReport {
             && self.removed == 0
             && self.attached == 0
             && self.detached == 0
+            && self.hooks_written == 0
+            && self.hooks_cleared == 0
     }
 }
 
@@ -350,9 +401,11 @@ impl ApplyReport {
 pub struct Dataplane {
     layout: PinLayout,
     rules: LpmTrie<MapData, RuleKey, RuleValue>,
+    allow: LpmTrie<MapData, RuleKey, u32>,
     counters: PerCpuArray<MapData, RuleCounters>,
-    exceptions: PerCpuArray<MapData, u64>,
-    hooks: Array<MapData, u32>,
+    hook_index: Array<MapData, u32>,
+    hook_config: Array<MapData, HookConfig>,
+    hook_counters: PerCpuArray<MapData, HookCounters>,
     programs: BTreeMap<&'static str, SchedClassifier>,
     mode: AttachMode,
     adopted: bool,
@@ -398,12 +451,16 @@ impl Dataplane {
             |name: &'static str| MapData::from_pin(layout.map(name)).map_err(map_err(name));
         let rules =
             LpmTrie::try_from(Map::LpmTrie(open_map(RULES_MAP)?)).map_err(map_err(RULES_MAP))?;
+        let allow =
+            LpmTrie::try_from(Map::LpmTrie(open_map(ALLOW_MAP)?)).map_err(map_err(ALLOW_MAP))?;
         let counters = PerCpuArray::try_from(Map::PerCpuArray(open_map(COUNTERS_MAP)?))
             .map_err(map_err(COUNTERS_MAP))?;
-        let exceptions = PerCpuArray::try_from(Map::PerCpuArray(open_map(EXCEPTIONS_MAP)?))
-            .map_err(map_err(EXCEPTIONS_MAP))?;
-        let hooks =
-            Array::try_from(Map::Array(open_map(HOOKS_MAP)?)).map_err(map_err(HOOKS_MAP))?;
+        let hook_index = Array::try_from(Map::Array(open_map(HOOK_INDEX_MAP)?))
+            .map_err(map_err(HOOK_INDEX_MAP))?;
+        let hook_config = Array::try_from(Map::Array(open_map(HOOK_CONFIG_MAP)?))
+            .map_err(map_err(HOOK_CONFIG_MAP))?;
+        let hook_counters = PerCpuArray::try_from(Map::PerCpuArray(open_map(HOOK_COUNTERS_MAP)?))
+            .map_err(map_err(HOOK_COUNTERS_MAP))?;
         let mut loaded = BTreeMap::new();
         for (_, _, name) in ATTACHABLE {
             let program = SchedClassifier::from_pin(layout.prog(name)).map_err(prog_err(name))?;
@@ -421,9 +478,11 @@ impl Dataplane {
         Ok(Self {
             layout,
             rules,
+            allow,
             counters,
-            exceptions,
-            hooks,
+            hook_index,
+            hook_config,
+            hook_counters,
             programs: loaded,
             mode,
             adopted: false,
@@ -437,41 +496,70 @@ impl Dataplane {
     }
 
     /// Makes the kernel hold exactly `desired`: validates it, resolves interfaces in the
-    /// current network namespace, then upserts rules, attaches programs where rules now
-    /// exist, removes stale rules and detaches programs no longer needed — in that order.
-    /// On a validation or resolution error nothing is changed.
-    pub fn apply(&mut self, desired: &[TranslationRule]) -> Result<ApplyReport, DataplaneError> {
-        rules::validate(desired)?;
+    /// current network namespace, then upserts rules and allow-list entries, writes each
+    /// hook's configuration, attaches programs where hooks now exist, removes stale rules
+    /// and entries, clears hooks no longer managed and detaches their programs — in that
+    /// order, so traffic never sees a hook without its rules or a border without its
+    /// allow-list. On a validation or resolution error nothing is changed.
+    pub fn apply(&mut self, desired: &DesiredDataplane) -> Result<ApplyReport, DataplaneError> {
+        rules::validate(&desired.rules)?;
+        rules::validate_borders(&desired.borders)?;
         let interfaces = interfaces::list().map_err(DataplaneError::ListInterfaces)?;
-        let mut wanted: BTreeMap<MapKey, Target> = BTreeMap::new();
-        let mut hooks: BTreeSet<(u32, Direction, Framing, String)> = BTreeSet::new();
-        for rule in desired {
-            let iface = interfaces.get(&rule.interface).ok_or_else(|| {
-                DataplaneError::InterfaceNotFound {
-                    interface: rule.interface.clone(),
-                    rule: rule.to_string(),
-                }
-            })?;
+        let resolve = |name: &str, what: &dyn std::fmt::Display| {
+            let iface = interfaces
+                .get(name)
+                .ok_or_else(|| DataplaneError::InterfaceNotFound {
+                    interface: name.to_owned(),
+                    rule: what.to_string(),
+                })?;
             let framing = iface
                 .framing
                 .ok_or_else(|| DataplaneError::UnsupportedLinkType {
-                    interface: rule.interface.clone(),
+                    interface: name.to_owned(),
                     link_type: iface.link_type,
                 })?;
+            Ok::<_, DataplaneError>((iface.ifindex, framing))
+        };
+        let mut wanted: BTreeMap<MapKey, Target> = BTreeMap::new();
+        let mut hooks: BTreeMap<(u32, Direction), (Framing, String)> = BTreeMap::new();
+        for rule in &desired.rules {
+            let (ifindex, framing) = resolve(&rule.interface, rule)?;
             wanted.insert(
-                MapKey::ipv4(iface.ifindex, rule.direction, rule.field, rule.from),
+                MapKey::ipv4(ifindex, rule.direction, rule.field, rule.from),
                 Target { to: rule.to },
             );
-            hooks.insert((
-                iface.ifindex,
-                rule.direction,
-                framing,
-                rule.interface.clone(),
-            ));
+            hooks.insert((ifindex, rule.direction), (framing, rule.interface.clone()));
+        }
+        let mut borders = Vec::new();
+        for border in &desired.borders {
+            let what = format!("ingress border of {}", border.interface);
+            let (ifindex, framing) = resolve(&border.interface, &what)?;
+            borders.push(ResolvedBorder {
+                ifindex,
+                sources: border.sources.clone(),
+                destinations: border.destinations.clone(),
+            });
+            hooks.insert(
+                (ifindex, Direction::Ingress),
+                (framing, border.interface.clone()),
+            );
         }
 
         let current = self.read_rules()?;
         let diff = rules::diff(&current, &wanted, rules::CAPACITY)?;
+        // The rule entries once the diff has run, with their counter slots: what the
+        // hook configurations must describe.
+        let mut final_rules = current.clone();
+        for (key, value) in diff.insert.iter().chain(&diff.update) {
+            final_rules.insert(*key, *value);
+        }
+        for key in &diff.remove {
+            final_rules.remove(key);
+        }
+        // Slot collisions are refused here, before anything is written.
+        let plan = hooks::plan(&final_rules, &borders)?;
+        let current_allow = self.read_allow()?;
+
         let mut report = ApplyReport {
             inserted: diff.insert.len(),
             updated: diff.update.len(),
@@ -479,16 +567,6 @@ impl Dataplane {
             unchanged: diff.unchanged,
             ..ApplyReport::default()
         };
-
-        // The hook summary must cover every rule the trie holds at any moment: widen it
-        // before the upserts, narrow it after the removals.
-        let current_hooks = hook_fields(current.keys());
-        let wanted_hooks = hook_fields(wanted.keys());
-        let mut widened = current_hooks.clone();
-        for (slot, bits) in &wanted_hooks {
-            *widened.entry(*slot).or_default() |= bits;
-        }
-        self.write_hooks(&widened, &current_hooks)?;
 
         for (key, value) in &diff.insert {
             let zero = PerCpuValues::try_from(vec![RuleCounters::default(); self.nr_cpus])
@@ -505,26 +583,53 @@ impl Dataplane {
                 .insert(&Key::new(key.prefix_len, key.data), *value, 0)
                 .map_err(map_err(RULES_MAP))?;
         }
+        for key in plan.allow.difference(&current_allow) {
+            self.allow
+                .insert(&Key::new(key.prefix_len, key.data), 1, 0)
+                .map_err(map_err(ALLOW_MAP))?;
+        }
 
-        for (ifindex, direction, framing, name) in &hooks {
+        for ((ifindex, direction), config) in &plan.configs {
+            if self.write_hook(hook_slot(*ifindex, direction.wire()), config)? {
+                report.hooks_written += 1;
+            }
+        }
+
+        for ((ifindex, direction), (framing, name)) in &hooks {
             if self.ensure_attached(name, *ifindex, *direction, *framing)? {
                 report.attached += 1;
             }
         }
 
         for key in &diff.remove {
-            match self.rules.remove(&Key::new(key.prefix_len, key.data)) {
-                Ok(()) => {}
-                // Already gone: the goal is reached.
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(RULES_MAP)(e)),
+            remove_key(&mut self.rules, key, RULES_MAP)?;
+        }
+        for key in current_allow.difference(&plan.allow) {
+            remove_key(&mut self.allow, key, ALLOW_MAP)?;
+        }
+
+        // Hooks managed before (attached, or holding rules) and not any more.
+        let wanted_slots: BTreeSet<u32> = plan
+            .configs
+            .keys()
+            .map(|(i, d)| hook_slot(*i, d.wire()))
+            .collect();
+        let mut stale_slots: BTreeSet<u32> = current
+            .keys()
+            .map(|k| hook_slot(k.data.ifindex, k.data.direction))
+            .collect();
+        for (_, attachment) in self.pinned_attachments(&BTreeMap::new())? {
+            stale_slots.insert(hook_slot(attachment.ifindex, attachment.direction.wire()));
+        }
+        for slot in stale_slots.difference(&wanted_slots) {
+            if self.clear_hook(*slot)? {
+                report.hooks_cleared += 1;
             }
         }
 
-        self.write_hooks(&wanted_hooks, &widened)?;
-
-        let keep: BTreeSet<(u32, Direction)> = hooks.iter().map(|(i, d, _, _)| (*i, *d)).collect();
+        let keep: BTreeSet<(u32, Direction)> = hooks.keys().copied().collect();
         report.detached = self.detach_except(&keep)?;
+        retire_older_layouts(&self.layout);
         if report.is_noop() {
             debug!(rules = report.unchanged, "dataplane already as desired");
         } else {
@@ -533,21 +638,70 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// Writes the hook summary `target` for every slot in `target` or `previous` whose
-    /// value in the map differs.
-    fn write_hooks(
-        &mut self,
-        target: &BTreeMap<u32, u32>,
-        previous: &BTreeMap<u32, u32>,
-    ) -> Result<(), DataplaneError> {
-        for slot in target.keys().chain(previous.keys()) {
-            let want = target.get(slot).copied().unwrap_or(0);
-            let have = self.hooks.get(slot, 0).map_err(map_err(HOOKS_MAP))?;
-            if have != want {
-                self.hooks.set(*slot, want, 0).map_err(map_err(HOOKS_MAP))?;
-            }
+    /// The live configuration of a hook slot, if it has one.
+    fn live_hook(&self, slot: u32) -> Result<Option<(u32, HookConfig)>, DataplaneError> {
+        let live = self
+            .hook_index
+            .get(&slot, 0)
+            .map_err(map_err(HOOK_INDEX_MAP))?;
+        if !(1..=2).contains(&live) {
+            return Ok(None);
         }
-        Ok(())
+        let config = self
+            .hook_config
+            .get(&(slot * 2 + live - 1), 0)
+            .map_err(map_err(HOOK_CONFIG_MAP))?;
+        Ok(Some((live, config)))
+    }
+
+    /// Makes `config` the live configuration of `slot`: writes the idle copy, then flips
+    /// the index (one 4-byte write), so a packet sees either the old or the new
+    /// configuration, never a mix. A hook new to the slot starts with zero counters.
+    /// Returns false when the slot already held exactly `config`.
+    fn write_hook(&mut self, slot: u32, config: &HookConfig) -> Result<bool, DataplaneError> {
+        let live = self.live_hook(slot)?;
+        let (idle, same_hook) = match live {
+            Some((_, current)) if current == *config => return Ok(false),
+            Some((index, current)) => (3 - index, current.ifindex == config.ifindex),
+            None => (1, false),
+        };
+        if !same_hook {
+            let zero = PerCpuValues::try_from(vec![HookCounters::default(); self.nr_cpus])
+                .map_err(|e| map_err(HOOK_COUNTERS_MAP)(MapError::from(e)))?;
+            self.hook_counters
+                .set(slot, zero, 0)
+                .map_err(map_err(HOOK_COUNTERS_MAP))?;
+        }
+        self.hook_config
+            .set(slot * 2 + idle - 1, *config, 0)
+            .map_err(map_err(HOOK_CONFIG_MAP))?;
+        self.hook_index
+            .set(slot, idle, 0)
+            .map_err(map_err(HOOK_INDEX_MAP))?;
+        Ok(true)
+    }
+
+    /// Marks `slot` as unmanaged; its programs (until detached) pass everything.
+    fn clear_hook(&mut self, slot: u32) -> Result<bool, DataplaneError> {
+        if self.live_hook(slot)?.is_none() {
+            return Ok(false);
+        }
+        self.hook_index
+            .set(slot, 0, 0)
+            .map_err(map_err(HOOK_INDEX_MAP))?;
+        Ok(true)
+    }
+
+    fn read_allow(&self) -> Result<BTreeSet<MapKey>, DataplaneError> {
+        let mut out = BTreeSet::new();
+        for key in self.allow.keys() {
+            let key = key.map_err(map_err(ALLOW_MAP))?;
+            out.insert(MapKey {
+                prefix_len: key.prefix_len(),
+                data: key.data(),
+            });
+        }
+        Ok(out)
     }
 
     fn read_rules(&self) -> Result<BTreeMap<MapKey, RuleValue>, DataplaneError> {
@@ -777,16 +931,17 @@ impl Dataplane {
                 continue;
             };
             let [a, b, c, d, ..] = value.to_addr;
-            let to = Ipv4Net::new(Ipv4Addr::new(a, b, c, d), value.prefix_len).unwrap_or(from);
-            let direction = if key.data.direction == Direction::Ingress.wire() {
-                Direction::Ingress
-            } else {
-                Direction::Egress
-            };
-            let field = if key.data.field == AddressField::Source.wire() {
-                AddressField::Source
-            } else {
-                AddressField::Destination
+            let (Ok(to), Some(direction), Some(field)) = (
+                Ipv4Net::new(Ipv4Addr::new(a, b, c, d), value.prefix_len),
+                Direction::from_wire(key.data.direction),
+                AddressField::from_wire(key.data.field),
+            ) else {
+                warn!(
+                    ?key,
+                    ?value,
+                    "rule map entry remapd cannot decode; not listed"
+                );
+                continue;
             };
             let (packets, bytes) = self.counters_of(value.rule_id)?;
             installed.push(InstalledRule {
@@ -809,27 +964,57 @@ impl Dataplane {
         for (_, _, name) in ATTACHABLE {
             program_ids.insert(name.to_owned(), self.program_id(name)?);
         }
-        let exception = |index: u32| -> Result<u64, DataplaneError> {
-            let values = self
-                .exceptions
-                .get(&index, 0)
-                .map_err(map_err(EXCEPTIONS_MAP))?;
-            Ok(values.iter().sum())
-        };
+        let attachments: Vec<Attachment> = self
+            .pinned_attachments(&by_index)?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        let mut hooks = Vec::new();
+        for attachment in &attachments {
+            let slot = hook_slot(attachment.ifindex, attachment.direction.wire());
+            let border = match self.live_hook(slot)? {
+                Some((_, config)) if config.ifindex == attachment.ifindex => {
+                    config.flags & HOOK_ENFORCE != 0
+                }
+                _ => false,
+            };
+            let per_cpu = self
+                .hook_counters
+                .get(&slot, 0)
+                .map_err(map_err(HOOK_COUNTERS_MAP))?;
+            let mut status = HookStatus {
+                interface: attachment.interface.clone(),
+                ifindex: attachment.ifindex,
+                direction: attachment.direction,
+                border,
+                packets: 0,
+                bytes: 0,
+                translated: 0,
+                dropped: BTreeMap::new(),
+            };
+            let mut dropped = [0u64; drop_reason::COUNT];
+            for c in per_cpu.iter() {
+                status.packets += c.packets;
+                status.bytes += c.bytes;
+                status.translated += c.translated;
+                for (sum, n) in dropped.iter_mut().zip(c.dropped) {
+                    *sum += n;
+                }
+            }
+            status.dropped = drop_reason::NAMES
+                .iter()
+                .zip(dropped)
+                .filter(|(name, n)| !name.is_empty() && *n > 0)
+                .map(|(name, n)| ((*name).to_owned(), n))
+                .collect();
+            hooks.push(status);
+        }
         Ok(DataplaneStatus {
             adopted: self.adopted,
             program_ids,
-            attachments: self
-                .pinned_attachments(&by_index)?
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect(),
+            attachments,
             rules: installed,
-            exceptions: ExceptionCounters {
-                malformed: exception(remapd_common::EXCEPTION_MALFORMED)?,
-                helper_failed: exception(remapd_common::EXCEPTION_HELPER_FAILED)?,
-                bad_rule_id: exception(remapd_common::EXCEPTION_BAD_RULE_ID)?,
-            },
+            hooks,
         })
     }
 
@@ -856,16 +1041,6 @@ impl Dataplane {
         info!(pin_dir = %root.display(), "dataplane torn down");
         Ok(())
     }
-}
-
-/// The hook summary for a set of rule keys: slot -> bits of the fields with rules.
-fn hook_fields<'a>(keys: impl Iterator<Item = &'a MapKey>) -> BTreeMap<u32, u32> {
-    let mut out = BTreeMap::new();
-    for key in keys {
-        *out.entry(hook_slot(key.data.ifindex, key.data.direction))
-            .or_default() |= 1u32 << key.data.field;
-    }
-    out
 }
 
 fn parse_link_name(name: &str) -> Option<(&'static str, u32, Direction, Option<String>)> {
@@ -909,15 +1084,12 @@ fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
     for dir in [&layout.maps, &layout.progs, &layout.links] {
         std::fs::create_dir_all(dir).map_err(pin_dir_err(dir))?;
     }
-    let rules_pin = layout.map(RULES_MAP);
-    let counters_pin = layout.map(COUNTERS_MAP);
-    let exceptions_pin = layout.map(EXCEPTIONS_MAP);
-    let hooks_pin = layout.map(HOOKS_MAP);
-    let mut ebpf = aya::EbpfLoader::new()
-        .map_pin_path(RULES_MAP, rules_pin.as_path())
-        .map_pin_path(COUNTERS_MAP, counters_pin.as_path())
-        .map_pin_path(EXCEPTIONS_MAP, exceptions_pin.as_path())
-        .map_pin_path(HOOKS_MAP, hooks_pin.as_path())
+    let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, layout.map(m))).collect();
+    let mut loader = aya::EbpfLoader::new();
+    for (name, pin) in &pins {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))?;
     for (_, _, name) in ATTACHABLE {
@@ -935,6 +1107,47 @@ fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
         })?;
     }
     Ok(())
+}
+
+/// Removes the pins of older layout versions under the same pin directory: unpinning
+/// their TCX links detaches their programs (this version's are attached by then), and
+/// their maps go with the last reference. Failures are logged, never fatal.
+fn retire_older_layouts(layout: &PinLayout) {
+    let Some(pin_dir) = layout.root.parent() else {
+        return;
+    };
+    for old in OLDER_PIN_LAYOUTS {
+        let root = pin_dir.join(old);
+        if !root.exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(&root) {
+            Ok(()) => info!(path = %root.display(), "retired an older dataplane layout"),
+            Err(e) => {
+                warn!(path = %root.display(), error = %e, "could not retire an older dataplane layout")
+            }
+        }
+    }
+}
+
+/// Removes one key from an LPM trie; a key already gone is fine.
+fn remove_key<V: Pod>(
+    map: &mut LpmTrie<MapData, RuleKey, V>,
+    key: &MapKey,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    match map.remove(&Key::new(key.prefix_len, key.data)) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+/// Loads the benchmark-only object (no-op, one helper call, reference rewrite).
+pub fn load_bench_object() -> Result<aya::Ebpf, DataplaneError> {
+    if BENCH_OBJECT.is_empty() {
+        return Err(DataplaneError::ObjectMissing);
+    }
+    aya::Ebpf::load(BENCH_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))
 }
 
 /// Loads the embedded object without pinning anything, for packet tests and benchmarks

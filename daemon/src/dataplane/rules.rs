@@ -36,6 +36,15 @@ impl Direction {
         }
     }
 
+    /// The direction a map key's byte stands for, if any.
+    pub const fn from_wire(byte: u8) -> Option<Self> {
+        match byte {
+            DIRECTION_INGRESS => Some(Self::Ingress),
+            DIRECTION_EGRESS => Some(Self::Egress),
+            _ => None,
+        }
+    }
+
     /// Both directions, ingress first.
     pub const ALL: [Self; 2] = [Self::Ingress, Self::Egress];
 }
@@ -67,6 +76,15 @@ impl AddressField {
         match self {
             Self::Source => FIELD_SOURCE,
             Self::Destination => FIELD_DESTINATION,
+        }
+    }
+
+    /// The field a map key's byte stands for, if any.
+    pub const fn from_wire(byte: u8) -> Option<Self> {
+        match byte {
+            FIELD_SOURCE => Some(Self::Source),
+            FIELD_DESTINATION => Some(Self::Destination),
+            _ => None,
         }
     }
 }
@@ -152,6 +170,24 @@ pub enum RuleError {
         /// The name.
         interface: String,
     },
+    /// Two managed hooks fall into the same slot of the hook table.
+    #[error(
+        "hooks {first} and {second} share a slot of the dataplane's hook table; recreate one of the interfaces so it gets another index"
+    )]
+    HookSlotCollision {
+        /// One hook.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// An ingress border names a prefix with host bits set, or no interface.
+    #[error("ingress border of {interface:?}: {reason}")]
+    BadBorder {
+        /// Interface name.
+        interface: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// More rules than the map has room for.
     #[error("{needed} rules needed but the dataplane holds at most {max}")]
     TableFull {
@@ -162,6 +198,38 @@ pub enum RuleError {
     },
 }
 
+/// Whether `name` can be a Linux interface name.
+pub(crate) fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' ', '\0'])
+}
+
+/// Checks ingress borders on their own: valid interface names, one border per
+/// interface, no host bits in any prefix.
+pub fn validate_borders(borders: &[super::hooks::IngressBorder]) -> Result<(), RuleError> {
+    let mut seen = BTreeSet::new();
+    for border in borders {
+        let bad = |reason: String| RuleError::BadBorder {
+            interface: border.interface.clone(),
+            reason,
+        };
+        if !valid_interface_name(&border.interface) {
+            return Err(bad("not a valid Linux interface name".into()));
+        }
+        if !seen.insert(border.interface.as_str()) {
+            return Err(bad("more than one border for the interface".into()));
+        }
+        for prefix in border.sources.iter().chain(&border.destinations) {
+            if prefix.trunc() != *prefix {
+                return Err(bad(format!(
+                    "{prefix} has host bits set; did you mean {}?",
+                    prefix.trunc()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a desired rule set on its own (no kernel needed): equal prefix lengths, no host
 /// bits, valid interface names, no conflicting duplicates. Exact duplicates are allowed
 /// and collapse into one rule.
@@ -169,10 +237,7 @@ pub fn validate(rules: &[TranslationRule]) -> Result<(), RuleError> {
     let mut seen: BTreeMap<(&str, Direction, AddressField, Ipv4Net), &TranslationRule> =
         BTreeMap::new();
     for rule in rules {
-        if rule.interface.is_empty()
-            || rule.interface.len() > 15
-            || rule.interface.contains(['/', ' ', '\0'])
-        {
+        if !valid_interface_name(&rule.interface) {
             return Err(RuleError::BadInterfaceName {
                 rule: rule.to_string(),
                 interface: rule.interface.clone(),
@@ -259,7 +324,8 @@ pub struct Target {
 }
 
 impl Target {
-    fn value(self, rule_id: u32) -> RuleValue {
+    /// The map value for this target with counter slot `rule_id`.
+    pub fn value(self, rule_id: u32) -> RuleValue {
         let mut to_addr = [0u8; 16];
         to_addr[..4].copy_from_slice(&self.to.network().octets());
         RuleValue {

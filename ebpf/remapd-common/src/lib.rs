@@ -4,6 +4,10 @@
 //! kernel sees is the layout both sides compile. The daemon enables the `user` feature to
 //! get `aya::Pod` implementations; the eBPF crate uses the types as they are.
 //!
+//! Each hook (interface + direction) has a [`HookConfig`]: its rules and, on a border
+//! (a tunnel's ingress), its allow-lists, inline, so the common case costs two inlined
+//! array lookups and no helper call. Hooks with many rules use the LPM trie below.
+//!
 //! The rule table is one LPM trie. Its key starts with a fixed 64-bit selector
 //! (interface, direction, which address field, address family) followed by a 128-bit
 //! address slot, so the same key shape carries IPv4 today and IPv6 later: an IPv4 rule
@@ -37,35 +41,154 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const RULES_MAP: &str = "REMAPD_RULES";
 /// Name of the per-CPU array that holds per-rule counters, indexed by `RuleValue::rule_id`.
 pub const COUNTERS_MAP: &str = "REMAPD_COUNTERS";
-/// Name of the per-CPU array that counts packets passed untouched for an exceptional reason.
-pub const EXCEPTIONS_MAP: &str = "REMAPD_EXCEPTIONS";
-
-/// Name of the array that says, per hook, which address fields have rules at all, so
-/// the program skips trie lookups that cannot match (an array lookup is inlined by the
-/// verifier; a trie lookup is a helper call).
-pub const HOOKS_MAP: &str = "REMAPD_HOOKS";
-/// Number of slots in [`HOOKS_MAP`]; hooks that share a slot share its bits, which only
-/// costs a lookup that finds nothing.
+/// Name of the array that says, per hook slot, which of the two [`HOOK_CONFIG_MAP`]
+/// entries of that slot is live (0: the slot has no configuration; 1 or 2: entry
+/// `2 * slot + value - 1`). Writers fill the idle entry and then flip this 4-byte
+/// value, so a packet never reads a half-written configuration.
+pub const HOOK_INDEX_MAP: &str = "REMAPD_HOOK_INDEX";
+/// Name of the array of [`HookConfig`]s, two entries per hook slot (double buffer).
+pub const HOOK_CONFIG_MAP: &str = "REMAPD_HOOK_CONFIG";
+/// Name of the per-CPU array of [`HookCounters`], one per hook slot.
+pub const HOOK_COUNTERS_MAP: &str = "REMAPD_HOOK_COUNTERS";
+/// Name of the LPM trie holding ingress allow-lists too long to be inline in a
+/// [`HookConfig`]. Keyed like the rules (`field` says source or destination); the value
+/// is unused.
+pub const ALLOW_MAP: &str = "REMAPD_ALLOW";
+/// Number of hook slots. A slot is `(ifindex << 1 | direction) % HOOK_SLOTS`; the
+/// daemon refuses to manage two hooks that fall into the same slot, and the program
+/// checks the configuration's `ifindex`, so a hook never runs another hook's rules.
 pub const HOOK_SLOTS: u32 = 4096;
-/// Bit in a [`HOOKS_MAP`] value: the hook has source rules.
-pub const HOOK_HAS_SOURCE: u32 = 1 << FIELD_SOURCE;
-/// Bit in a [`HOOKS_MAP`] value: the hook has destination rules.
-pub const HOOK_HAS_DESTINATION: u32 = 1 << FIELD_DESTINATION;
 
-/// The [`HOOKS_MAP`] slot of an interface and direction.
+/// The hook slot of an interface and direction.
 #[inline(always)]
 pub const fn hook_slot(ifindex: u32, direction: u8) -> u32 {
     ((ifindex << 1) | (direction as u32 & 1)) & (HOOK_SLOTS - 1)
 }
 
-/// Index in [`EXCEPTIONS_MAP`]: a matching packet was truncated or malformed and passed untouched.
-pub const EXCEPTION_MALFORMED: u32 = 0;
-/// Index in [`EXCEPTIONS_MAP`]: a kernel helper failed while rewriting; the packet may be partial.
-pub const EXCEPTION_HELPER_FAILED: u32 = 1;
-/// Index in [`EXCEPTIONS_MAP`]: a rule pointed at a counter slot outside the counter array.
-pub const EXCEPTION_BAD_RULE_ID: u32 = 2;
-/// Number of exception counters.
-pub const EXCEPTION_COUNT: u32 = 4;
+/// Rules per field kept inline in a [`HookConfig`]; a hook with more rules for a field
+/// has the program look that field up in the LPM trie instead.
+pub const INLINE_RULES: usize = 8;
+/// Allow-list prefixes per field kept inline in a [`HookConfig`]; longer lists go to
+/// [`ALLOW_MAP`].
+pub const INLINE_ALLOW: usize = 8;
+
+/// [`HookConfig::flags`]: the hook has source rules.
+pub const HOOK_SRC_RULES: u32 = 1 << 0;
+/// [`HookConfig::flags`]: the hook has destination rules.
+pub const HOOK_DST_RULES: u32 = 1 << 1;
+/// [`HookConfig::flags`]: source rules are looked up in the trie, not inline.
+pub const HOOK_SRC_TRIE: u32 = 1 << 2;
+/// [`HookConfig::flags`]: destination rules are looked up in the trie, not inline.
+pub const HOOK_DST_TRIE: u32 = 1 << 3;
+/// [`HookConfig::flags`]: the hook is a border (a tunnel's ingress): after translation an
+/// IP packet passes only if its source is in the source allow-list and its destination in
+/// the destination allow-list; everything else is dropped and counted.
+pub const HOOK_ENFORCE: u32 = 1 << 4;
+/// [`HookConfig::flags`]: the source allow-list is in [`ALLOW_MAP`].
+pub const HOOK_ALLOW_SRC_TRIE: u32 = 1 << 5;
+/// [`HookConfig::flags`]: the destination allow-list is in [`ALLOW_MAP`].
+pub const HOOK_ALLOW_DST_TRIE: u32 = 1 << 6;
+
+/// One inline IPv4 rule. Addresses and masks are host-order integers of the wire bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InlineRule4 {
+    /// Matched prefix (host bits zero).
+    pub from: u32,
+    /// Netmask of the prefix.
+    pub mask: u32,
+    /// Replacement prefix (host bits zero).
+    pub to: u32,
+    /// Counter slot in [`COUNTERS_MAP`].
+    pub rule_id: u32,
+}
+
+/// One inline IPv4 allow-list prefix (host-order integers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Prefix4 {
+    /// Network address (host bits zero).
+    pub addr: u32,
+    /// Netmask.
+    pub mask: u32,
+}
+
+/// Everything one hook (interface + direction) needs, read with two inlined array
+/// lookups and no helper call. Inline rules are sorted longest prefix first, so the first
+/// match is the longest-prefix match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HookConfig {
+    /// The interface this configuration belongs to (checked against the packet's).
+    pub ifindex: u32,
+    /// `HOOK_*` flags.
+    pub flags: u32,
+    /// Used entries of `src_rules` (when not in trie mode).
+    pub n_src_rules: u32,
+    /// Used entries of `dst_rules`.
+    pub n_dst_rules: u32,
+    /// Used entries of `allow_src`.
+    pub n_allow_src: u32,
+    /// Used entries of `allow_dst`.
+    pub n_allow_dst: u32,
+    /// Always zero.
+    pub _pad: [u32; 2],
+    /// Source rules, longest prefix first.
+    pub src_rules: [InlineRule4; INLINE_RULES],
+    /// Destination rules, longest prefix first.
+    pub dst_rules: [InlineRule4; INLINE_RULES],
+    /// Sources allowed after translation (border hooks).
+    pub allow_src: [Prefix4; INLINE_ALLOW],
+    /// Destinations allowed after translation (border hooks).
+    pub allow_dst: [Prefix4; INLINE_ALLOW],
+}
+
+/// Why a packet was dropped; index into [`HookCounters::dropped`].
+pub mod drop_reason {
+    /// A packet that matched a rule (or arrived on a border) is truncated or inconsistent,
+    /// so it cannot be translated exactly; passing it would leak untranslated addresses.
+    pub const MALFORMED: usize = 0;
+    /// A first fragment too short to hold its transport checksum: the checksum lives in
+    /// a later fragment, which carries no header to fix it in (and tiny fragments are a
+    /// classic filter evasion, RFC 1858).
+    pub const TINY_FRAGMENT: usize = 1;
+    /// Border: the destination (after translation) is not something this cluster exported.
+    pub const NOT_EXPORTED: usize = 2;
+    /// Border: the source (after translation) is not an address the peer may use.
+    pub const SOURCE_NOT_ALLOWED: usize = 3;
+    /// Border: an IP version the border does not translate (IPv6 other than link-local
+    /// and multicast control traffic) or a packet that is not IP on a layer-3 device.
+    pub const UNSUPPORTED: usize = 4;
+    /// A kernel helper failed half-way through a rewrite; the packet is not sent on.
+    pub const HELPER_FAILED: usize = 5;
+    /// Number of reason slots (the last ones reserved).
+    pub const COUNT: usize = 8;
+    /// Label values, by index (reserved slots are empty).
+    pub const NAMES: [&str; COUNT] = [
+        "malformed",
+        "tiny_fragment",
+        "not_exported",
+        "source_not_allowed",
+        "unsupported",
+        "helper_failed",
+        "",
+        "",
+    ];
+}
+
+/// Per-hook, per-CPU packet counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HookCounters {
+    /// Packets the hook let through (translated or untouched).
+    pub packets: u64,
+    /// Bytes of those packets (whole skb length).
+    pub bytes: u64,
+    /// Of those, packets with at least one address rewritten.
+    pub translated: u64,
+    /// Packets dropped, by [`drop_reason`].
+    pub dropped: [u64; drop_reason::COUNT],
+}
 
 /// Program names in the eBPF object, one per framing and direction.
 pub mod programs {
@@ -77,10 +200,6 @@ pub mod programs {
     pub const L3_INGRESS: &str = "remapd_l3_ingress";
     /// TC egress program for devices without a link-layer header.
     pub const L3_EGRESS: &str = "remapd_l3_egress";
-    /// A program that does nothing; the baseline for the per-packet cost benchmark.
-    pub const BENCH_NOOP: &str = "remapd_bench_noop";
-    /// A program that makes one cheap helper call; shows the machine's helper-call cost.
-    pub const BENCH_ONE_HELPER: &str = "remapd_bench_one_helper";
 }
 
 /// The data part of an LPM trie key (the kernel's `bpf_lpm_trie_key` adds the prefix length).
@@ -135,6 +254,24 @@ const _: () = assert!(core::mem::size_of::<RuleKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 24);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 16);
 const _: () = assert!(core::mem::align_of::<RuleKey>() == 4);
+const _: () = assert!(
+    core::mem::size_of::<HookConfig>() == 32 + 2 * 16 * INLINE_RULES + 2 * 8 * INLINE_ALLOW
+);
+const _: () = assert!(core::mem::size_of::<HookCounters>() == 24 + 8 * drop_reason::COUNT);
+
+/// Program names in the benchmark-only object (`remapd-bench-ebpf`), which the daemon
+/// never attaches.
+pub mod bench_programs {
+    /// Does nothing: the per-packet cost floor of any program on the hook.
+    pub const NOOP: &str = "bench_noop";
+    /// Makes one cheap helper call: what a helper call costs on this machine.
+    pub const ONE_HELPER: &str = "bench_one_helper";
+    /// The reference rewrite: one LPM lookup of the destination and direct writes of
+    /// the address and both checksums, nothing else (no validation, no counters).
+    pub const REFERENCE: &str = "bench_reference";
+    /// The reference program's map: LPM trie keyed by the IPv4 destination.
+    pub const REFERENCE_MAP: &str = "BENCH_REFERENCE_RULES";
+}
 
 /// Netmask for an IPv4 prefix length, as a host-order integer (`/24` -> `0xffff_ff00`).
 #[inline(always)]
@@ -194,6 +331,10 @@ mod user {
     unsafe impl aya::Pod for super::RuleValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HookConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HookCounters {}
 }
 
 #[cfg(test)]

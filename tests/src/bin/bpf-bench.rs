@@ -70,7 +70,7 @@ fn measure(
     for _ in 0..rounds {
         noop.push(
             harnesses[0]
-                .run_repeat(programs::BENCH_NOOP, input, repeat)
+                .run_repeat(remapd_common::bench_programs::NOOP, input, repeat)
                 .duration_ns as f64,
         );
         for (i, h) in harnesses.iter_mut().enumerate() {
@@ -149,12 +149,12 @@ fn main() {
     for _ in 0..rounds {
         noop.push(
             harnesses[0]
-                .run_repeat(programs::BENCH_NOOP, &miss, repeat)
+                .run_repeat(remapd_common::bench_programs::NOOP, &miss, repeat)
                 .duration_ns as f64,
         );
         helper.push(
             harnesses[0]
-                .run_repeat(programs::BENCH_ONE_HELPER, &miss, repeat)
+                .run_repeat(remapd_common::bench_programs::ONE_HELPER, &miss, repeat)
                 .duration_ns as f64,
         );
     }

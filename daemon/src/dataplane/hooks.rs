@@ -1,0 +1,308 @@
+//! Per-hook configuration: the pure logic that turns the desired rules and ingress
+//! borders into the [`HookConfig`] each TC hook reads, and the allow-list trie entries
+//! for borders too large to be inline.
+//!
+//! Nothing here touches the kernel, so all of it is unit-tested without root.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::Ipv4Net;
+use remapd_common::{
+    FIELD_DESTINATION, FIELD_SOURCE, HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES,
+    HOOK_DST_TRIE, HOOK_ENFORCE, HOOK_SRC_RULES, HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW,
+    INLINE_RULES, InlineRule4, Prefix4, RuleValue, hook_slot,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::rules::{AddressField, Direction, MapKey, RuleError};
+
+/// What may cross a tunnel's ingress into this cluster, checked after translation:
+/// a packet passes only if its source is in `sources` and its destination in
+/// `destinations`. Everything else is dropped and counted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngressBorder {
+    /// The tunnel interface.
+    pub interface: String,
+    /// Sources the peer may use, as they look after ingress translation.
+    #[schema(value_type = Vec<String>)]
+    pub sources: Vec<Ipv4Net>,
+    /// Destinations this cluster exported, as they look after ingress translation.
+    #[schema(value_type = Vec<String>)]
+    pub destinations: Vec<Ipv4Net>,
+}
+
+/// An ingress border resolved to its interface index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedBorder {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Allowed sources.
+    pub sources: Vec<Ipv4Net>,
+    /// Allowed destinations.
+    pub destinations: Vec<Ipv4Net>,
+}
+
+/// Every hook's configuration and the allow-list entries that live in the trie.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookPlan {
+    /// Configuration by (ifindex, direction).
+    pub configs: BTreeMap<(u32, Direction), HookConfig>,
+    /// Allow-list trie keys (borders with more prefixes than fit inline).
+    pub allow: BTreeSet<MapKey>,
+}
+
+fn prefix4(net: Ipv4Net) -> Prefix4 {
+    Prefix4 {
+        addr: u32::from(net.network()),
+        mask: u32::from(net.netmask()),
+    }
+}
+
+/// Builds every hook's configuration from the final rule entries (with their counter
+/// slots) and the resolved borders. Fails when two hooks share a slot.
+pub fn plan(
+    rules: &BTreeMap<MapKey, RuleValue>,
+    borders: &[ResolvedBorder],
+) -> Result<HookPlan, RuleError> {
+    let mut out = HookPlan::default();
+    // Rules per hook and field, longest prefix first.
+    let mut by_hook: BTreeMap<(u32, Direction), [Vec<InlineRule4>; 2]> = BTreeMap::new();
+    for (key, value) in rules {
+        let Some(from) = key.ipv4_prefix() else {
+            continue;
+        };
+        let direction = if key.data.direction == Direction::Ingress.wire() {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let [a, b, c, d, ..] = value.to_addr;
+        let rule = InlineRule4 {
+            from: u32::from(from.network()),
+            mask: u32::from(from.netmask()),
+            to: u32::from_be_bytes([a, b, c, d]),
+            rule_id: value.rule_id,
+        };
+        let lists = by_hook.entry((key.data.ifindex, direction)).or_default();
+        lists[usize::from(key.data.field == FIELD_DESTINATION)].push(rule);
+    }
+    for ((ifindex, direction), lists) in by_hook {
+        let config = out
+            .configs
+            .entry((ifindex, direction))
+            .or_insert_with(|| HookConfig {
+                ifindex,
+                ..HookConfig::default()
+            });
+        let [mut src, mut dst] = lists;
+        for (list, has, trie) in [
+            (&mut src, HOOK_SRC_RULES, HOOK_SRC_TRIE),
+            (&mut dst, HOOK_DST_RULES, HOOK_DST_TRIE),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            config.flags |= has;
+            if list.len() > INLINE_RULES {
+                config.flags |= trie;
+                list.clear();
+            }
+            // Longest prefix first: the program takes the first match.
+            list.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
+        }
+        config.n_src_rules = src.len() as u32;
+        config.n_dst_rules = dst.len() as u32;
+        config.src_rules[..src.len()].copy_from_slice(&src);
+        config.dst_rules[..dst.len()].copy_from_slice(&dst);
+    }
+    for border in borders {
+        let config = out
+            .configs
+            .entry((border.ifindex, Direction::Ingress))
+            .or_insert_with(|| HookConfig {
+                ifindex: border.ifindex,
+                ..HookConfig::default()
+            });
+        config.flags |= HOOK_ENFORCE;
+        for (prefixes, field, trie) in [
+            (&border.sources, AddressField::Source, HOOK_ALLOW_SRC_TRIE),
+            (
+                &border.destinations,
+                AddressField::Destination,
+                HOOK_ALLOW_DST_TRIE,
+            ),
+        ] {
+            let prefixes = Ipv4Net::aggregate(prefixes);
+            if prefixes.len() > INLINE_ALLOW {
+                config.flags |= trie;
+                out.allow.extend(
+                    prefixes
+                        .iter()
+                        .map(|p| MapKey::ipv4(border.ifindex, Direction::Ingress, field, *p)),
+                );
+                continue;
+            }
+            let (list, n) = if field == AddressField::Source {
+                (&mut config.allow_src, &mut config.n_allow_src)
+            } else {
+                (&mut config.allow_dst, &mut config.n_allow_dst)
+            };
+            for (slot, p) in list.iter_mut().zip(&prefixes) {
+                *slot = prefix4(*p);
+            }
+            *n = prefixes.len() as u32;
+        }
+    }
+    let mut slots: BTreeMap<u32, (u32, Direction)> = BTreeMap::new();
+    for &(ifindex, direction) in out.configs.keys() {
+        let slot = hook_slot(ifindex, direction.wire());
+        if let Some(&(other, other_direction)) = slots.get(&slot) {
+            return Err(RuleError::HookSlotCollision {
+                first: format!("ifindex {other} {other_direction}"),
+                second: format!("ifindex {ifindex} {direction}"),
+            });
+        }
+        slots.insert(slot, (ifindex, direction));
+    }
+    Ok(out)
+}
+
+/// The field byte of an allow-list key, for display.
+pub fn field_of(key: &MapKey) -> AddressField {
+    if key.data.field == FIELD_SOURCE {
+        AddressField::Source
+    } else {
+        AddressField::Destination
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::rules::Target;
+
+    fn n(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn entries(
+        rules: &[(u32, Direction, AddressField, &str, &str)],
+    ) -> BTreeMap<MapKey, RuleValue> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, (ifindex, dir, field, from, to))| {
+                (
+                    MapKey::ipv4(*ifindex, *dir, *field, n(from)),
+                    Target { to: n(to) }.value(i as u32),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inline_rules_are_sorted_longest_prefix_first() {
+        use AddressField::*;
+        use Direction::*;
+        let rules = entries(&[
+            (3, Egress, Destination, "172.20.0.0/16", "10.1.0.0/16"),
+            (3, Egress, Destination, "172.20.7.0/24", "10.9.9.0/24"),
+            (3, Ingress, Source, "10.1.0.0/16", "172.20.0.0/16"),
+        ]);
+        let plan = plan(&rules, &[]).unwrap();
+        let egress = &plan.configs[&(3, Egress)];
+        assert_eq!(egress.ifindex, 3);
+        assert_eq!(egress.flags, HOOK_DST_RULES);
+        assert_eq!(egress.n_dst_rules, 2);
+        assert_eq!(egress.dst_rules[0].mask, 0xffff_ff00);
+        assert_eq!(
+            egress.dst_rules[0].to,
+            u32::from(n("10.9.9.0/24").network())
+        );
+        assert_eq!(egress.dst_rules[1].mask, 0xffff_0000);
+        let ingress = &plan.configs[&(3, Ingress)];
+        assert_eq!(ingress.flags, HOOK_SRC_RULES, "no border: not enforcing");
+        assert_eq!(ingress.n_src_rules, 1);
+        assert!(plan.allow.is_empty());
+    }
+
+    #[test]
+    fn many_rules_go_to_the_trie() {
+        use AddressField::*;
+        use Direction::*;
+        let rules: Vec<(u32, Direction, AddressField, String, String)> = (0..=INLINE_RULES as u32)
+            .map(|i| {
+                (
+                    5,
+                    Egress,
+                    Destination,
+                    format!("30.0.{i}.0/24"),
+                    format!("40.0.{i}.0/24"),
+                )
+            })
+            .collect();
+        let refs: Vec<_> = rules
+            .iter()
+            .map(|(a, b, c, d, e)| (*a, *b, *c, d.as_str(), e.as_str()))
+            .collect();
+        let plan = plan(&entries(&refs), &[]).unwrap();
+        let config = &plan.configs[&(5, Egress)];
+        assert_eq!(config.flags, HOOK_DST_RULES | HOOK_DST_TRIE);
+        assert_eq!(config.n_dst_rules, 0);
+    }
+
+    #[test]
+    fn a_border_enforces_and_aggregates_its_lists() {
+        let border = ResolvedBorder {
+            ifindex: 7,
+            sources: vec![n("30.0.0.0/25"), n("30.0.0.128/25")],
+            destinations: vec![n("40.0.0.0/24"), n("10.96.0.0/12")],
+        };
+        let plan = plan(&BTreeMap::new(), &[border]).unwrap();
+        let config = &plan.configs[&(7, Direction::Ingress)];
+        assert_eq!(config.flags, HOOK_ENFORCE);
+        assert_eq!(config.n_allow_src, 1, "two halves aggregate into one /24");
+        assert_eq!(config.allow_src[0], prefix4(n("30.0.0.0/24")));
+        assert_eq!(config.n_allow_dst, 2);
+        assert!(!plan.configs.contains_key(&(7, Direction::Egress)));
+    }
+
+    #[test]
+    fn a_long_allow_list_goes_to_the_trie() {
+        let sources: Vec<Ipv4Net> = (0..=INLINE_ALLOW as u32)
+            .map(|i| n(&format!("30.{}.0.0/16", i * 2)))
+            .collect();
+        let border = ResolvedBorder {
+            ifindex: 7,
+            sources: sources.clone(),
+            destinations: vec![n("40.0.0.0/24")],
+        };
+        let plan = plan(&BTreeMap::new(), &[border]).unwrap();
+        let config = &plan.configs[&(7, Direction::Ingress)];
+        assert_eq!(config.flags, HOOK_ENFORCE | HOOK_ALLOW_SRC_TRIE);
+        assert_eq!(config.n_allow_dst, 1);
+        assert_eq!(plan.allow.len(), sources.len());
+        assert!(
+            plan.allow
+                .iter()
+                .all(|k| field_of(k) == AddressField::Source)
+        );
+    }
+
+    #[test]
+    fn hooks_sharing_a_slot_are_refused() {
+        use AddressField::*;
+        use Direction::*;
+        let slots = remapd_common::HOOK_SLOTS / 2;
+        let rules = entries(&[
+            (1, Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
+            (1 + slots, Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
+        ]);
+        assert!(matches!(
+            plan(&rules, &[]),
+            Err(RuleError::HookSlotCollision { .. })
+        ));
+    }
+}
