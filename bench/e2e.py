@@ -35,8 +35,8 @@ NS = "rmb"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target/release/dataplane-agent")
 REMAPD = os.path.join(ROOT, "target/release/remapd")
-RUNS = int(os.environ.get("RUNS", "3"))
-DUR = int(os.environ.get("DUR", "3"))
+RUNS = int(os.environ.get("RUNS", "5"))
+DUR = int(os.environ.get("DUR", "10"))
 SCRATCH = "/tmp/rmb-e2e"
 PROCS = []
 
@@ -91,12 +91,15 @@ def wait_for(what, cond, timeout=10):
         time.sleep(0.05)
 
 
-def agent(gw, rules):
+def agent(gw, rules, border):
+    """Applies `rules` and the ingress border (iface, sources, destinations) on `gw`."""
     os.makedirs(SCRATCH, exist_ok=True)
     rf = f"{SCRATCH}/{gw}-rules.json"
     st = f"{SCRATCH}/{gw}-status.json"
+    iface, sources, destinations = border
     with open(rf, "w") as f:
-        json.dump(rules, f)
+        json.dump({"rules": rules,
+                   "borders": [{"interface": iface, "sources": sources, "destinations": destinations}]}, f)
     spawn(f"{ns(gw)} {AGENT} /sys/fs/bpf/{NS}-{gw} {rf} {st}")
     wait_for(f"dataplane-agent on {gw}", lambda: os.path.exists(st))
 
@@ -211,17 +214,22 @@ def build(link, cfg):
         sh(f"{g1} route add 30.0.0.0/24 {to2}")
         sh(f"{g2} route add 60.0.0.0/24 {to1}")
         agent("gw1", [rule(l1, "egress", "destination", "30.0.0.0/24", "40.0.0.0/24"),
-                      rule(l1, "ingress", "source", "40.0.0.0/24", "30.0.0.0/24")])
+                      rule(l1, "ingress", "source", "40.0.0.0/24", "30.0.0.0/24")],
+              (l1, ["30.0.0.0/24"], ["40.0.0.0/24"]))
         agent("gw2", [rule(l2, "ingress", "source", "40.0.0.0/24", "60.0.0.0/24"),
-                      rule(l2, "egress", "destination", "60.0.0.0/24", "40.0.0.0/24")])
+                      rule(l2, "egress", "destination", "60.0.0.0/24", "40.0.0.0/24")],
+              (l2, ["60.0.0.0/24"], ["40.0.0.0/24"]))
         return "30.0.0.1"
     if cfg == "both-on-2":
         sh(f"{g1} route add 30.0.0.0/24 {to2}")
         sh(f"{g2} route add 60.0.0.0/24 {to1}")
+        # gw1 only routes, but its ingress is still a border.
+        agent("gw1", [], (l1, ["30.0.0.0/24"], ["40.0.0.0/24"]))
         agent("gw2", [rule(l2, "ingress", "destination", "30.0.0.0/24", "40.0.0.0/24"),
                       rule(l2, "ingress", "source", "40.0.0.0/24", "60.0.0.0/24"),
                       rule(l2, "egress", "source", "40.0.0.0/24", "30.0.0.0/24"),
-                      rule(l2, "egress", "destination", "60.0.0.0/24", "40.0.0.0/24")])
+                      rule(l2, "egress", "destination", "60.0.0.0/24", "40.0.0.0/24")],
+              (l2, ["60.0.0.0/24"], ["40.0.0.0/24"]))
         return "30.0.0.1"
     # The workaround: gw1 marks traffic to 30/24 before its DNAT and routes by mark into
     # the link; gw2 SNATs what arrives from the link to 60/24 and, by connmark, routes
@@ -292,7 +300,10 @@ def measure(target):
         rtts = sorted(float(x) for x in re.findall(r"time=([0-9.]+) ms", out))
         res["p50"].append(1000 * rtts[len(rtts) // 2])
         res["p99"].append(1000 * rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))])
-    return {k: statistics.median(v) for k, v in res.items()}
+    out = {k: statistics.median(v) for k, v in res.items()}
+    for k in ("tcp1", "tcp4", "udp_pps"):
+        out[k + "_range"] = (min(res[k]), max(res[k]))
+    return out
 
 
 def main():
@@ -321,6 +332,16 @@ def main():
             print(f"| {link} | {cfg} | {r['tcp1']:.2f} Gbit/s{ratio('tcp1')} | {r['tcp4']:.2f} Gbit/s{ratio('tcp4')} | "
                   f"{r['udp_pps'] / 1000:.0f} kpps{ratio('udp_pps')} | {r['udp_loss']:.1f}% | "
                   f"{r['p50']:.0f} / {r['p99']:.0f} µs | {r['cpu']:.0f}% |")
+    print()
+    print("Spread (min–max over the runs) of each row:")
+    print()
+    print("| link | configuration | TCP 1 stream, Gbit/s | TCP 4 streams, Gbit/s | UDP 64 B, kpps |")
+    print("|---|---|---:|---:|---:|")
+    for link in links:
+        for cfg in configs:
+            r = results[(link, cfg)]
+            rng = lambda k, scale=1.0: f"{r[k + '_range'][0] / scale:.2f}–{r[k + '_range'][1] / scale:.2f}"
+            print(f"| {link} | {cfg} | {rng('tcp1')} | {rng('tcp4')} | {rng('udp_pps', 1000.0)} |")
     print()
     print(f"Medians of {RUNS} runs of {DUR} s each; percentages are against plain routing over the same link in this run. "
           "iperf3 server pinned to CPU 0, client to CPU 1 (2 cores in all).")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # remapd benchmarks, side by side in one run; rewrites BENCHMARKS.md with the date, the
 # machine and the exact commands.
-#  1. dataplane per-packet cost (BPF_PROG_TEST_RUN): no-op vs 1, 1k, 100k rules
+#  1. dataplane per-packet cost (BPF_PROG_TEST_RUN): no-op, one helper, the reference
+#     rewrite (the floor) and remapd with 2, 1k, 100k rules
 #  2. policy decision latency: wasm (warm) vs native, instantiation, compile cost
 #  3. control plane: 1 to 10,000 peerings (time, memory), API latency under wrk
 #  4. end to end: plain routing vs remapd vs iptables/nftables, over veth and WireGuard
@@ -30,8 +31,8 @@ echo "running: $api_cmd" >&2
 api=$($api_cmd)
 echo "$api"
 e2e_cmd="python3 bench/e2e.py"
-echo "running: RUNS=${RUNS:-3} DUR=${DUR:-3} $e2e_cmd" >&2
-e2e=$(RUNS=${RUNS:-3} DUR=${DUR:-3} $e2e_cmd)
+echo "running: RUNS=${RUNS:-5} DUR=${DUR:-10} $e2e_cmd" >&2
+e2e=$(RUNS=${RUNS:-5} DUR=${DUR:-10} $e2e_cmd)
 echo "$e2e"
 {
   echo "# remapd benchmarks"
@@ -76,7 +77,7 @@ echo "$e2e"
   echo
   echo "## 4. End to end: remapd vs plain routing vs the iptables/nftables workarounds"
   echo
-  echo "Command: \`RUNS=${RUNS:-3} DUR=${DUR:-3} $e2e_cmd\` (the script's docstring describes every configuration)"
+  echo "Command: \`RUNS=${RUNS:-5} DUR=${DUR:-10} $e2e_cmd\` (the script's docstring describes every configuration)"
   echo
   echo "$e2e"
   echo

@@ -523,6 +523,15 @@ async fn peerings_apply_report_and_remove_exactly() {
     assert_eq!(exports["tunnel"]["endpoint"], "198.18.0.1:51820");
     assert_eq!(exports["tunnel"]["remote_public_key"], r.body["public_key"]);
     assert_eq!(app.dataplane.state.lock().unwrap().rules.len(), 2);
+    // The tunnel's ingress is a border: the peer's view in, our exported CIDRs only.
+    assert_eq!(
+        r.body["plan"]["border"],
+        json!({"sources": ["30.0.0.0/24"], "destinations": ["40.0.0.0/24", "10.96.0.0/16"]})
+    );
+    let borders = app.dataplane.state.lock().unwrap().borders.clone();
+    assert_eq!(borders.len(), 1);
+    assert_eq!(borders[0].interface, "rmd-c2");
+    assert_eq!(borders[0].sources, vec!["30.0.0.0/24".parse().unwrap()]);
     assert_eq!(app.routes.routes.lock().unwrap().len(), 1);
     assert_eq!(app.tunnels.tunnels.lock().unwrap().len(), 1);
     // The exports endpoint gives exactly that JSON, and it is a valid peering spec.

@@ -15,6 +15,7 @@
 
 pub mod hooks;
 pub mod interfaces;
+pub mod kctx;
 pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1085,13 +1086,7 @@ fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
         std::fs::create_dir_all(dir).map_err(pin_dir_err(dir))?;
     }
     let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, layout.map(m))).collect();
-    let mut loader = aya::EbpfLoader::new();
-    for (name, pin) in &pins {
-        loader.map_pin_path(name, pin.as_path());
-    }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+    let mut ebpf = load_production(&pins)?;
     for (_, _, name) in ATTACHABLE {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -1150,13 +1145,41 @@ pub fn load_bench_object() -> Result<aya::Ebpf, DataplaneError> {
     aya::Ebpf::load(BENCH_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))
 }
 
-/// Loads the embedded object without pinning anything, for packet tests and benchmarks
-/// (`BPF_PROG_TEST_RUN`). The returned object owns private maps.
-pub fn load_unpinned() -> Result<aya::Ebpf, DataplaneError> {
+/// Loads the production object with `loader`, its kfunc marker calls patched for the
+/// running kernel (see [`kctx`]): with the kernel's BTF the programs write transport
+/// checksums directly where the skb's checksum state allows it; without, they use the
+/// checksum helper for every packet.
+fn load_production(pins: &[(&str, PathBuf)]) -> Result<aya::Ebpf, DataplaneError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DataplaneError::ObjectMissing);
     }
-    aya::Ebpf::load(EBPF_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))
+    let ctx = match kctx::probe() {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            warn!(error = %e, "transport checksums go through the kernel helper for every packet");
+            None
+        }
+    };
+    let (object, patched) = kctx::patch_object(EBPF_OBJECT, ctx.as_ref());
+    let ready = u32::from(ctx.is_some() && patched > 0);
+    let (offset, shift) = ctx.map_or((0, 0), |c| (c.ip_summed_offset, c.ip_summed_shift));
+    debug!(patched, ready, offset, shift, "kfunc calls prepared");
+    let mut loader = aya::EbpfLoader::new();
+    for (name, pin) in pins {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    loader
+        .override_global(kctx::globals::READY, &ready, true)
+        .override_global(kctx::globals::IP_SUMMED_OFFSET, &offset, true)
+        .override_global(kctx::globals::IP_SUMMED_SHIFT, &shift, true)
+        .load(kctx::words_as_bytes(&object)[..EBPF_OBJECT.len()].as_ref())
+        .map_err(|e| DataplaneError::Load(Box::new(e)))
+}
+
+/// Loads the embedded object without pinning anything, for packet tests and benchmarks
+/// (`BPF_PROG_TEST_RUN`). The returned object owns private maps.
+pub fn load_unpinned() -> Result<aya::Ebpf, DataplaneError> {
+    load_production(&[])
 }
 
 #[cfg(test)]

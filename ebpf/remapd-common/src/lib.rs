@@ -323,6 +323,33 @@ pub const fn csum_replace2(check: u16, from: u16, to: u16) -> u16 {
     !csum_fold(sum)
 }
 
+/// Updates a transport checksum field for address changes whose one's-complement
+/// difference is `diff` (all values in the same byte order as the field in memory), the
+/// way the kernel's `inet_proto_csum_replace_by_diff` does for a pseudo-header change:
+/// - `partial = false` (CHECKSUM_NONE / UNNECESSARY): the field is a complete checksum,
+///   updated incrementally;
+/// - `partial = true` (CHECKSUM_PARTIAL): the field holds the folded, uncomplemented
+///   pseudo-header sum the device completes, which moves the other way.
+///
+/// With `zero_is_none` (UDP, UDP-Lite) a zero field means "no checksum" and stays zero,
+/// and a computed zero is written as 0xffff.
+#[inline(always)]
+pub const fn csum_l4_update(field: u16, diff: u32, partial: bool, zero_is_none: bool) -> u16 {
+    if zero_is_none && field == 0 {
+        return 0;
+    }
+    let new = if partial {
+        csum_fold(csum_add(diff, field as u32))
+    } else {
+        !csum_fold(csum_add(diff, (!field) as u32))
+    };
+    if zero_is_none && new == 0 {
+        0xffff
+    } else {
+        new
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data: repr(C), Copy, explicit padding, no pointers.
@@ -369,6 +396,43 @@ mod tests {
             sum += *w as u32;
         }
         !csum_fold(sum)
+    }
+
+    /// One's-complement sum of 16-bit words, folded, uncomplemented.
+    fn sum(words: &[u16]) -> u16 {
+        csum_fold(words.iter().map(|w| *w as u32).sum())
+    }
+
+    #[test]
+    fn l4_update_matches_a_recompute_in_both_checksum_states() {
+        // Pseudo-header + a UDP header and payload, as 16-bit words.
+        let (src, dst) = (0x2800_0001u32, 0x1e00_0001u32);
+        let new_dst = 0x2800_0001u32;
+        let body = [0x1388u16, 0x270f, 12, 0, 0x6869, 0x2121];
+        let pseudo = |d: u32| {
+            [
+                (src >> 16) as u16,
+                src as u16,
+                (d >> 16) as u16,
+                d as u16,
+                17,
+                12,
+            ]
+        };
+        // diff = ~old + new over the changed address.
+        let diff = csum_add(csum_add(0, !dst), new_dst);
+        // NONE: the field is ~sum(pseudo + body).
+        let full = |d: u32| !sum(&[&pseudo(d)[..], &body[..]].concat());
+        assert_eq!(csum_l4_update(full(dst), diff, false, false), full(new_dst));
+        // PARTIAL: the field is the uncomplemented folded pseudo-header sum.
+        let partial = |d: u32| sum(&pseudo(d));
+        assert_eq!(
+            csum_l4_update(partial(dst), diff, true, false),
+            partial(new_dst)
+        );
+        // UDP's zero stays zero; a computed zero becomes 0xffff.
+        assert_eq!(csum_l4_update(0, diff, false, true), 0);
+        assert_eq!(csum_l4_update(0xffff, 0, false, true), 0xffff);
     }
 
     #[test]

@@ -49,24 +49,25 @@ fn reference(ctx: &TcContext) -> Option<()> {
         return None;
     }
     let ip = (start + 14) as *mut u8;
-    // SAFETY: bounds checked above; byte accesses need no alignment.
+    // SAFETY: bounds checked above; misaligned loads and stores are fine for packet
+    // pointers where the kernel has efficient unaligned access (x86-64, arm64).
     unsafe {
-        let dst_p = ip.add(16) as *mut [u8; 4];
-        let dst = u32::from_be_bytes(*dst_p);
+        let dst_p = ip.add(16) as *mut u32;
+        let dst = u32::from_be(*dst_p);
         let rule = REFERENCE_RULES.get(&Key::new(32, dst.to_be()))?;
         let new = translate_ipv4(dst, rule[0], rule[1] as u8);
-        *dst_p = new.to_be_bytes();
-        let ip_check = ip.add(10) as *mut [u8; 2];
-        *ip_check = csum_replace4(u16::from_be_bytes(*ip_check), dst, new).to_be_bytes();
+        *dst_p = new.to_be();
+        let ip_check = ip.add(10) as *mut u16;
+        *ip_check = csum_replace4(u16::from_be(*ip_check), dst, new).to_be();
         let l4_check_off = match *ip.add(9) {
             6 => 16,
             17 => 6,
             _ => return Some(()),
         };
-        let l4_check = ip.add(20 + l4_check_off) as *mut [u8; 2];
-        let old = u16::from_be_bytes(*l4_check);
+        let l4_check = ip.add(20 + l4_check_off) as *mut u16;
+        let old = u16::from_be(*l4_check);
         if old != 0 {
-            *l4_check = csum_replace4(old, dst, new).to_be_bytes();
+            *l4_check = csum_replace4(old, dst, new).to_be();
         }
     }
     Some(())

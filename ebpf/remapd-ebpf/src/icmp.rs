@@ -92,8 +92,8 @@ pub(crate) fn quoted_rewrite(
     if ihl < IPV4_MIN_HLEN || l3 + ihl > packet_end {
         return Err(drop_reason::MALFORMED);
     }
-    let inner_src = u32::from_be_bytes(inner.src);
-    let inner_dst = u32::from_be_bytes(inner.dst);
+    let inner_src = u32::from_be(inner.src);
+    let inner_dst = u32::from_be(inner.dst);
     let src = lookup(config, ifindex, direction, FIELD_DESTINATION, inner_src);
     let dst = lookup(config, ifindex, direction, FIELD_SOURCE, inner_dst);
     if !src.hit() && !dst.hit() {
@@ -106,7 +106,7 @@ pub(crate) fn quoted_rewrite(
     out.dst = dst;
     out.src_old = inner_src;
     out.dst_old = inner_dst;
-    out.ip_check_old = u16::from_be_bytes(inner.check);
+    out.ip_check_old = u16::from_be(inner.check);
     out.ip_check_new = out.ip_check_old;
     if src.hit() {
         out.ip_check_new = csum_replace4(out.ip_check_new, inner_src, src.to);
@@ -116,7 +116,7 @@ pub(crate) fn quoted_rewrite(
     }
 
     let inner_l4 = l3 + ihl;
-    let inner_first_fragment = u16::from_be_bytes(inner.frag) & 0x1fff == 0;
+    let inner_first_fragment = u16::from_be(inner.frag) & 0x1fff == 0;
     // Every transport whose checksum covers the pseudo-header.
     let (csum_off, zero_means_none) = match inner.protocol {
         IPPROTO_TCP => (inner_l4 + TCP_CSUM_OFF, false),

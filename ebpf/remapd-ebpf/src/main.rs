@@ -21,7 +21,9 @@
 //! one still run.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
+mod csum;
 mod icmp;
 mod lookup;
 
@@ -59,8 +61,8 @@ static HOOK_CONFIG: Array<HookConfig> = Array::with_max_entries(2 * HOOK_SLOTS, 
 static HOOK_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IP_WIRE: [u8; 2] = [0x08, 0x00];
-const ETH_P_IPV6_WIRE: [u8; 2] = [0x86, 0xdd];
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const IPPROTO_ICMP: u8 = 1;
@@ -143,19 +145,22 @@ fn hook_config(slot: u32) -> Option<&'static HookConfig> {
     HOOK_CONFIG.get(slot * 2 + live - 1)
 }
 
-/// IPv4 header as bytes, so references into the packet never need alignment.
+/// IPv4 header with its natural field widths (values in network order), so a field is
+/// one load or store. Packet pointers may be misaligned (the IP header after a 14-byte
+/// Ethernet header): the verifier allows that on the architectures the kernel marks as
+/// having efficient unaligned access (x86-64, arm64), which is where remapd runs.
 #[repr(C)]
 pub(crate) struct Ipv4Header {
     pub version_ihl: u8,
     pub tos: u8,
-    pub total_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag: [u8; 2],
+    pub total_len: u16,
+    pub id: u16,
+    pub frag: u16,
     pub ttl: u8,
     pub protocol: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub check: u16,
+    pub src: u32,
+    pub dst: u32,
 }
 
 /// Returns a pointer to a `T` at `offset` if the whole `T` is in the linear packet area.
@@ -182,11 +187,11 @@ fn pull(ctx: &TcContext, want: usize) -> bool {
 #[inline(always)]
 fn ip_version<const L2: bool>(ctx: &TcContext) -> Option<u8> {
     if L2 {
-        let proto = ptr_at::<[u8; 2]>(ctx, 12)?;
+        let proto = ptr_at::<u16>(ctx, 12)?;
         // SAFETY: bounds checked by ptr_at.
-        return match unsafe { *proto } {
-            ETH_P_IP_WIRE => Some(4),
-            ETH_P_IPV6_WIRE => Some(6),
+        return match u16::from_be(unsafe { *proto }) {
+            ETH_P_IP => Some(4),
+            ETH_P_IPV6 => Some(6),
             _ => None,
         };
     }
@@ -200,7 +205,7 @@ fn ip_version<const L2: bool>(ctx: &TcContext) -> Option<u8> {
         return None;
     }
     let header = ptr_at::<Ipv4Header>(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at; Ipv4Header has alignment 1.
+    // SAFETY: bounds checked by ptr_at.
     Some(unsafe { (*header).version_ihl } >> 4)
 }
 
@@ -236,15 +241,15 @@ fn handle<const L2: bool>(
         return Err(drop_reason::MALFORMED);
     }
     let ip = ptr_at::<Ipv4Header>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
-    // SAFETY: bounds checked by ptr_at; Ipv4Header has alignment 1.
+    // SAFETY: bounds checked by ptr_at (see Ipv4Header on alignment).
     let (version_ihl, frag, protocol, src, dst, total_len) = unsafe {
         (
             (*ip).version_ihl,
-            u16::from_be_bytes((*ip).frag),
+            u16::from_be((*ip).frag),
             (*ip).protocol,
-            u32::from_be_bytes((*ip).src),
-            u32::from_be_bytes((*ip).dst),
-            u16::from_be_bytes((*ip).total_len) as usize,
+            u32::from_be((*ip).src),
+            u32::from_be((*ip).dst),
+            u16::from_be((*ip).total_len) as usize,
         )
     };
 
@@ -333,27 +338,34 @@ fn handle<const L2: bool>(
     let ip = ptr_at::<Ipv4Header>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
     // One's-complement difference of all address changes, for the transport checksum.
     let mut l4_diff = 0u32;
-    // SAFETY: bounds checked by ptr_at; Ipv4Header has alignment 1.
+    // SAFETY: bounds checked by ptr_at (see Ipv4Header on alignment).
     unsafe {
-        let mut check = u16::from_be_bytes((*ip).check);
+        let mut check = u16::from_be((*ip).check);
         if src_rw.hit() {
             l4_diff = csum_add(csum_add(l4_diff, !src.to_be()), src_rw.to.to_be());
             check = csum_replace4(check, src, src_rw.to);
-            (*ip).src = src_rw.to.to_be_bytes();
+            (*ip).src = src_rw.to.to_be();
         }
         if dst_rw.hit() {
             l4_diff = csum_add(csum_add(l4_diff, !dst.to_be()), dst_rw.to.to_be());
             check = csum_replace4(check, dst, dst_rw.to);
-            (*ip).dst = dst_rw.to.to_be_bytes();
+            (*ip).dst = dst_rw.to.to_be();
         }
-        (*ip).check = check.to_be_bytes();
+        (*ip).check = check.to_be();
     }
-    // The transport checksum goes through the helper, which knows the skb's checksum
-    // state: CHECKSUM_PARTIAL holds the uncomplemented pseudo-header sum (the update
-    // goes the other way), COMPLETE needs skb->csum fixed too. Reading ip_summed
-    // directly needs the bpf_cast_to_kern_ctx kfunc, which our loader cannot relocate.
-    // Size 0 passes all address changes as one precomputed difference: one call.
-    if l4_check_off != 0 && rewrites {
+    // The transport checksum: a direct write where the skb's checksum state allows it
+    // (csum.rs says why each state is safe), else the helper, which also fixes
+    // skb->csum for CHECKSUM_COMPLETE. Size 0 passes all address changes as one
+    // precomputed difference: one call.
+    if l4_check_off != 0
+        && rewrites
+        && !csum::l4_update_direct(
+            ctx,
+            l4_check_off,
+            l4_diff,
+            l4_flags & BPF_F_MARK_MANGLED_0 as u64 != 0,
+        )
+    {
         ctx.l4_csum_replace(l4_check_off, 0, l4_diff as u64, l4_flags)
             .map_err(|_| drop_reason::HELPER_FAILED)?;
     }
