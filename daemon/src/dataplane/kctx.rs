@@ -236,36 +236,54 @@ pub fn probe_btf(data: &[u8]) -> Result<KernelCtx, KctxError> {
 
 /// The eBPF object with its marker calls rewritten: into kfunc calls when `ctx` is
 /// known, into a harmless helper call (on a path the program never takes) otherwise.
-/// Returns the patched object, 8-byte aligned, and how many calls were patched.
-pub fn patch_object(object: &[u8], ctx: Option<&KernelCtx>) -> (Vec<u64>, usize) {
+/// Only the instructions of executable sections are looked at. Returns the patched
+/// object, 8-byte aligned, and how many calls were patched.
+pub fn patch_object(
+    object: &[u8],
+    ctx: Option<&KernelCtx>,
+) -> Result<(Vec<u64>, usize), KctxError> {
+    use object::{Object as _, ObjectSection as _, SectionKind};
+    let file =
+        object::File::parse(object).map_err(|e| KctxError::Format(format!("eBPF object: {e}")))?;
+    let mut ranges = Vec::new();
+    for section in file.sections() {
+        if section.kind() == SectionKind::Text
+            && let Some((start, size)) = section.file_range()
+        {
+            ranges.push((start as usize, size as usize));
+        }
+    }
     let mut words = vec![0u64; object.len().div_ceil(8)];
     let bytes = words_as_bytes_mut(&mut words);
     bytes[..object.len()].copy_from_slice(object);
-    let marker = {
-        let mut m = [0x85u8, 0, 0, 0, 0, 0, 0, 0];
-        m[4..].copy_from_slice(&MARKER_IMM.to_le_bytes());
-        m
-    };
+    let patched = patch_ranges(bytes, &ranges, ctx);
+    Ok((words, patched))
+}
+
+/// Rewrites the marker calls found at instruction boundaries inside `ranges`.
+fn patch_ranges(bytes: &mut [u8], ranges: &[(usize, usize)], ctx: Option<&KernelCtx>) -> usize {
+    let mut marker = [0x85u8, 0, 0, 0, 0, 0, 0, 0];
+    marker[4..].copy_from_slice(&MARKER_IMM.to_le_bytes());
     let mut patched = 0;
-    let mut at = 0;
-    while at + 8 <= object.len() {
-        if bytes[at..at + 8] == marker {
-            match ctx {
-                Some(ctx) => {
-                    bytes[at + 1] = PSEUDO_KFUNC_CALL << 4;
-                    bytes[at + 4..at + 8].copy_from_slice(&ctx.cast_btf_id.to_le_bytes());
+    for &(start, size) in ranges {
+        let end = start.saturating_add(size).min(bytes.len());
+        let mut at = start;
+        // Instructions are 8 bytes, from the start of their section.
+        while at + 8 <= end {
+            if bytes[at..at + 8] == marker {
+                match ctx {
+                    Some(ctx) => {
+                        bytes[at + 1] = PSEUDO_KFUNC_CALL << 4;
+                        bytes[at + 4..at + 8].copy_from_slice(&ctx.cast_btf_id.to_le_bytes());
+                    }
+                    None => bytes[at + 4..at + 8].copy_from_slice(&HARMLESS_HELPER.to_le_bytes()),
                 }
-                None => bytes[at + 4..at + 8].copy_from_slice(&HARMLESS_HELPER.to_le_bytes()),
+                patched += 1;
             }
-            patched += 1;
-            at += 8;
-        } else {
-            // Instructions are 8-byte aligned within their section, and sections are
-            // 8-byte aligned in the file.
             at += 8;
         }
     }
-    (words, patched)
+    patched
 }
 
 /// The bytes of an 8-byte-aligned buffer.
@@ -351,26 +369,38 @@ mod tests {
     }
 
     #[test]
-    fn marker_calls_are_patched() {
-        let mut object = vec![0u8; 16];
-        object.extend_from_slice(&[0x85, 0, 0, 0]);
-        object.extend_from_slice(&MARKER_IMM.to_le_bytes());
-        object.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0]);
+    fn marker_calls_are_patched_only_inside_the_given_ranges() {
+        let mut call = vec![0x85u8, 0, 0, 0];
+        call.extend_from_slice(&MARKER_IMM.to_le_bytes());
+        // Data that happens to look like the marker, then a text range holding one call
+        // and an exit.
+        let mut bytes = call.clone();
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&call);
+        bytes.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0]);
         let ctx = KernelCtx {
             cast_btf_id: 0x1234,
             ip_summed_offset: 0,
             ip_summed_shift: 0,
         };
-        let (words, n) = patch_object(&object, Some(&ctx));
-        assert_eq!(n, 1);
-        let bytes = words_as_bytes(&words);
-        assert_eq!(&bytes[16..24], &[0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
-        let (words, n) = patch_object(&object, None);
-        assert_eq!(n, 1);
+        let mut kfunc = bytes.clone();
+        assert_eq!(patch_ranges(&mut kfunc, &[(16, 16)], Some(&ctx)), 1);
+        assert_eq!(&kfunc[16..24], &[0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
         assert_eq!(
-            &words_as_bytes(&words)[16..24],
-            &[0x85, 0, 0, 0, 8, 0, 0, 0]
+            &kfunc[..8],
+            &call[..],
+            "data outside the text range is left alone"
         );
+        let mut dead = bytes.clone();
+        assert_eq!(patch_ranges(&mut dead, &[(16, 16)], None), 1);
+        assert_eq!(&dead[16..24], &[0x85, 0, 0, 0, 8, 0, 0, 0]);
+        // A range past the end of the buffer is clipped, not a panic.
+        assert_eq!(patch_ranges(&mut bytes, &[(16, 1 << 20)], None), 1);
+    }
+
+    #[test]
+    fn a_non_elf_object_is_an_error() {
+        assert!(patch_object(b"not an ELF file at all", None).is_err());
     }
 
     #[test]

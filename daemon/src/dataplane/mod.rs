@@ -151,6 +151,9 @@ pub enum DataplaneError {
         /// Directory.
         path: PathBuf,
     },
+    /// The embedded eBPF object could not be prepared for loading.
+    #[error("the embedded eBPF object: {0}")]
+    BadObject(String),
     /// The eBPF object did not load.
     #[error("loading the eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
@@ -783,10 +786,12 @@ impl Dataplane {
         let link_id = match link_id {
             Some(id) => id,
             None => program
+                // First in the hook's chain: a program before ours that passes a packet
+                // would otherwise take it past the border.
                 .attach_with_options(
                     ifname,
                     attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .map_err(attach_err)?,
         };
@@ -1160,7 +1165,24 @@ fn load_production(pins: &[(&str, PathBuf)]) -> Result<aya::Ebpf, DataplaneError
             None
         }
     };
-    let (object, patched) = kctx::patch_object(EBPF_OBJECT, ctx.as_ref());
+    match load_patched(pins, ctx.as_ref()) {
+        Err(e) if ctx.is_some() => {
+            // Never lose the dataplane over the fast path: without the kfunc the programs
+            // are the same, with the helper for every checksum.
+            warn!(error = %e, "loading with direct checksum writes failed; loading without");
+            load_patched(pins, None)
+        }
+        other => other,
+    }
+}
+
+/// Loads the production object with its marker calls patched for `ctx` (see [`kctx`]).
+fn load_patched(
+    pins: &[(&str, PathBuf)],
+    ctx: Option<&kctx::KernelCtx>,
+) -> Result<aya::Ebpf, DataplaneError> {
+    let (object, patched) = kctx::patch_object(EBPF_OBJECT, ctx)
+        .map_err(|e| DataplaneError::BadObject(e.to_string()))?;
     let ready = u32::from(ctx.is_some() && patched > 0);
     let (offset, shift) = ctx.map_or((0, 0), |c| (c.ip_summed_offset, c.ip_summed_shift));
     debug!(patched, ready, offset, shift, "kfunc calls prepared");
@@ -1185,6 +1207,18 @@ pub fn load_unpinned() -> Result<aya::Ebpf, DataplaneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_production_object_carries_the_kfunc_markers() {
+        // Empty when built with AYA_BUILD_SKIP; otherwise every program reads ip_summed
+        // through the patched call, and a changed marker encoding must fail here rather
+        // than silently fall back to the helper.
+        if EBPF_OBJECT.is_empty() {
+            return;
+        }
+        let (_, patched) = kctx::patch_object(EBPF_OBJECT, None).unwrap();
+        assert!(patched >= 4, "{patched} marker calls in the object");
+    }
 
     #[test]
     fn link_names_round_trip() {

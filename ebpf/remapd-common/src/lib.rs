@@ -156,11 +156,16 @@ pub mod drop_reason {
     pub const NOT_EXPORTED: usize = 2;
     /// Border: the source (after translation) is not an address the peer may use.
     pub const SOURCE_NOT_ALLOWED: usize = 3;
-    /// Border: an IP version the border does not translate (IPv6 other than link-local
-    /// and multicast control traffic) or a packet that is not IP on a layer-3 device.
+    /// Border: what the allow-list cannot judge: IPv6 other than link-local and
+    /// link-local-scope multicast control traffic, VLAN/QinQ-tagged or other non-IP,
+    /// non-ARP frames, anything not IP on a layer-3 device, ICMP source quench and
+    /// redirects.
     pub const UNSUPPORTED: usize = 4;
     /// A kernel helper failed half-way through a rewrite; the packet is not sent on.
     pub const HELPER_FAILED: usize = 5;
+    /// Border: an IPv4 packet with IP options (source routing could steer it past the
+    /// allow-list; nothing between pods needs options).
+    pub const IP_OPTIONS: usize = 6;
     /// Number of reason slots (the last ones reserved).
     pub const COUNT: usize = 8;
     /// Label values, by index (reserved slots are empty).
@@ -171,7 +176,7 @@ pub mod drop_reason {
         "source_not_allowed",
         "unsupported",
         "helper_failed",
-        "",
+        "ip_options",
         "",
     ];
 }

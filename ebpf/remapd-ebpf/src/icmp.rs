@@ -67,16 +67,22 @@ impl QuotedRewrite {
 /// Works out how an ICMP message's quoted packet changes. `Ok(NONE)` for ICMP that is
 /// not an error or whose quote matches no rule; `Err` when an error's quote cannot be
 /// parsed (the caller drops it only if it is one we must understand).
+/// On a border, source quench and redirects are refused: they quote a packet but have
+/// no business crossing between clusters.
 #[inline(always)]
 pub(crate) fn quoted_rewrite(
     ctx: &TcContext,
     config: &HookConfig,
     direction: u8,
     ifindex: u32,
+    border: bool,
     l4: usize,
     packet_end: usize,
 ) -> Result<QuotedRewrite, usize> {
     let icmp_type: u8 = ctx.load(l4).map_err(|_| drop_reason::MALFORMED)?;
+    if border && (icmp_type == 4 || icmp_type == 5) {
+        return Err(drop_reason::UNSUPPORTED);
+    }
     if icmp_type != 3 && icmp_type != 11 && icmp_type != 12 {
         return Ok(QuotedRewrite::NONE);
     }

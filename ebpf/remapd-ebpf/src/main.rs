@@ -62,6 +62,7 @@ static HOOK_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
@@ -182,8 +183,12 @@ fn pull(ctx: &TcContext, want: usize) -> bool {
     ctx.pull_data(want as u32).is_ok()
 }
 
-/// Which IP version the packet carries, from the ethertype (L2) or the first nibble (L3).
-/// `None`: not IP (ARP, LLDP, ...), or too short to say.
+/// [`ip_version`]'s answer for ARP (on an Ethernet device).
+const ARP: u8 = 0x0a;
+
+/// Which IP version the packet carries, from the ethertype (L2) or the first nibble (L3):
+/// 4, 6, [`ARP`], or `None` for anything else (VLAN and QinQ tags, MPLS, LLDP, garbage)
+/// or a packet too short to say.
 #[inline(always)]
 fn ip_version<const L2: bool>(ctx: &TcContext) -> Option<u8> {
     if L2 {
@@ -192,6 +197,7 @@ fn ip_version<const L2: bool>(ctx: &TcContext) -> Option<u8> {
         return match u16::from_be(unsafe { *proto }) {
             ETH_P_IP => Some(4),
             ETH_P_IPV6 => Some(6),
+            ETH_P_ARP => Some(ARP),
             _ => None,
         };
     }
@@ -223,9 +229,12 @@ fn handle<const L2: bool>(
     match ip_version::<L2>(ctx) {
         Some(4) => {}
         Some(6) if border => return ipv6_border(ctx, l3),
-        // On a layer-3 device everything is IP: anything else is garbage.
-        _ if border && !L2 => return Err(drop_reason::UNSUPPORTED),
-        // Not IP (ARP on a veth), or IPv6 on a hook that only translates: not ours.
+        // ARP on an Ethernet device is not IP and carries nothing past the link.
+        Some(ARP) => return Ok(false),
+        // On a border, anything else (VLAN/QinQ-tagged frames hiding IP, MPLS, garbage
+        // on a layer-3 device) is not something the allow-list can judge.
+        _ if border => return Err(drop_reason::UNSUPPORTED),
+        // IPv6 or non-IP on a hook that only translates: not ours.
         _ => return Ok(false),
     }
 
@@ -266,6 +275,11 @@ fn handle<const L2: bool>(
             Ok(false)
         };
     }
+    // IP options on a border: nothing between pods needs them, and source-route options
+    // could steer a packet past the allow-list on a gateway that honours them.
+    if border && ihl != IPV4_MIN_HLEN {
+        return Err(drop_reason::IP_OPTIONS);
+    }
     let l4 = l3 + ihl;
     let packet_end = l3 + total_len;
     // Only the first fragment carries the transport header; later ones need only L3.
@@ -294,7 +308,8 @@ fn handle<const L2: bool>(
                 l4_flags = BPF_F_PSEUDO_HDR as u64;
             }
             IPPROTO_ICMP => {
-                match icmp::quoted_rewrite(ctx, config, direction, ifindex, l4, packet_end) {
+                match icmp::quoted_rewrite(ctx, config, direction, ifindex, border, l4, packet_end)
+                {
                     Ok(q) => quoted = q,
                     Err(reason) if strict => return Err(reason),
                     // Not ours, and nothing we can read: pass it as it is.
@@ -397,7 +412,8 @@ fn ipv6_border(ctx: &TcContext, l3: usize) -> Result<bool, Drop> {
     // SAFETY: bounds checked by ptr_at.
     let (d0, d1) = unsafe { ((*header)[24], (*header)[25]) };
     let link_local = d0 == 0xfe && d1 & 0xc0 == 0x80;
-    let multicast = d0 == 0xff;
+    // Link-local scope multicast only (ff02::/16: neighbour discovery, MLD).
+    let multicast = d0 == 0xff && d1 & 0x0f == 0x02;
     if link_local || multicast {
         Ok(false)
     } else {

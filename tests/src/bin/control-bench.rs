@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use remapd::dataplane::{AttachMode, DataplaneConfig};
+use remapd::dataplane::{
+    ApplyReport, AttachMode, DataplaneConfig, DataplaneError, DataplaneStatus, DesiredDataplane,
+    IngressBorder,
+};
 use remapd::model::{Capabilities, LocalCluster, RemoteCluster};
 use remapd::net::fake::{FakeRoutes, FakeTunnels};
 use remapd::policy::{PolicyEngine, PolicyLimits, PolicyRegistry};
-use remapd::reconcile::{KernelDataplane, Keys, Reconciler};
+use remapd::reconcile::{DataplaneApplier, KernelDataplane, Keys, Reconciler};
 use remapd::store::{DesiredState, PeeringSpec, TunnelConfig};
 
 fn rss_mib() -> f64 {
@@ -67,13 +70,47 @@ fn cluster() -> LocalCluster {
     }
 }
 
+/// The real dataplane, with every peering's border merged into one per interface: here
+/// all peerings share loopback (standing in for one tunnel each), and the dataplane
+/// rightly refuses two borders on one interface. The daemon has one border per tunnel.
+struct SharedLoopback(KernelDataplane);
+
+impl DataplaneApplier for SharedLoopback {
+    fn apply(&mut self, desired: &DesiredDataplane) -> Result<ApplyReport, DataplaneError> {
+        let mut merged: std::collections::BTreeMap<String, IngressBorder> = Default::default();
+        for border in &desired.borders {
+            let entry = merged
+                .entry(border.interface.clone())
+                .or_insert_with(|| IngressBorder {
+                    interface: border.interface.clone(),
+                    sources: Vec::new(),
+                    destinations: Vec::new(),
+                });
+            entry.sources.extend(&border.sources);
+            entry.destinations.extend(&border.destinations);
+        }
+        self.0.apply(&DesiredDataplane {
+            rules: desired.rules.clone(),
+            borders: merged.into_values().collect(),
+        })
+    }
+
+    fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
+        self.0.status()
+    }
+
+    fn teardown(&mut self) -> Result<(), DataplaneError> {
+        self.0.teardown()
+    }
+}
+
 fn reconciler(registry: Arc<PolicyRegistry>, pin_dir: &std::path::Path) -> Reconciler {
     Reconciler::new(
         registry,
-        Box::new(KernelDataplane::new(DataplaneConfig {
+        Box::new(SharedLoopback(KernelDataplane::new(DataplaneConfig {
             pin_dir: pin_dir.to_owned(),
             attach_mode: AttachMode::Auto,
-        })),
+        }))),
         Box::new(FakeRoutes::default()),
         Box::new(FakeTunnels::default()),
     )
@@ -127,6 +164,7 @@ fn main() {
         let started = Instant::now();
         let added = rec.reconcile(&state, &keys);
         let one = started.elapsed();
+        assert!(added.errors.is_empty(), "{:?}", added.errors);
         assert_eq!(added.dataplane.inserted, 2);
         let rss = rss_mib();
         if n == 10_000 {
