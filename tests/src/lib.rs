@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bpf;
+pub mod cases;
 pub mod daemons;
 pub mod netns;
 pub mod packet;

@@ -10,102 +10,14 @@ use std::net::Ipv4Addr;
 
 use remapd::dataplane::{AddressField, Direction};
 use remapd_common::{drop_reason, programs};
-use remapd_tests::bpf::{BpfHarness, VERDICT_DROP, VERDICT_NEXT};
-use remapd_tests::packet::{
-    self, Framing, Ipv4, dccp, icmp, pseudo_header_checksum_ok, tcp, udp, udplite, verify_checksums,
+use remapd_tests::bpf::{BpfHarness, VERDICT_NEXT};
+use remapd_tests::cases::{
+    BOTH, NO_DROPS, expect_drop, expect_pass, ip, program, split_gw1_with_border, tcp_packet,
+    udp_packet,
 };
-
-const BOTH: [Framing; 2] = [Framing::L2, Framing::L3];
-const NO_DROPS: [u64; drop_reason::COUNT] = [0; drop_reason::COUNT];
-
-fn program(framing: Framing, direction: Direction) -> &'static str {
-    match (framing, direction) {
-        (Framing::L2, Direction::Ingress) => programs::L2_INGRESS,
-        (Framing::L2, Direction::Egress) => programs::L2_EGRESS,
-        (Framing::L3, Direction::Ingress) => programs::L3_INGRESS,
-        (Framing::L3, Direction::Egress) => programs::L3_EGRESS,
-    }
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn tcp_packet(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
-    Ipv4::new(src, dst, 6).with_payload(&tcp(ip(src), ip(dst), 40000, 80, payload))
-}
-
-fn udp_packet(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
-    Ipv4::new(src, dst, 17).with_payload(&udp(ip(src), ip(dst), 5353, 9999, payload, true))
-}
-
-/// Runs `input` (an IP packet) and asserts it passes as `expected`, byte for byte.
-fn expect_pass(
-    h: &mut BpfHarness,
-    framing: Framing,
-    direction: Direction,
-    input: &[u8],
-    expected: &[u8],
-) {
-    let run = h.run(program(framing, direction), &framing.frame(input));
-    assert_eq!(
-        run.verdict, VERDICT_NEXT,
-        "{framing:?} {direction}: must pass"
-    );
-    assert_eq!(
-        hex(&run.packet[framing.l3_offset()..]),
-        hex(expected),
-        "{framing:?} {direction}: packet differs from the expected one"
-    );
-    verify_checksums(&run.packet[framing.l3_offset()..]);
-}
-
-/// Runs `frame` (already framed) and asserts it is dropped unmodified.
-fn expect_drop(
-    h: &mut BpfHarness,
-    framing: Framing,
-    direction: Direction,
-    frame: &[u8],
-    what: &str,
-) {
-    let run = h.run(program(framing, direction), frame);
-    assert_eq!(
-        run.verdict, VERDICT_DROP,
-        "{framing:?} {direction}: {what} must be dropped"
-    );
-    assert_eq!(
-        hex(&run.packet),
-        hex(frame),
-        "{framing:?}: {what} is dropped unmodified"
-    );
-}
-
-/// Gateway 1 in the split strategy (seed: both clusters on 40.0.0.0/24, cluster 1 sees
-/// cluster 2 at 30.0.0.0/24), with its tunnel's ingress border: after translation the
-/// source must be in 30.0.0.0/24 and the destination in cluster 1's 40.0.0.0/24.
-fn split_gw1_with_border(h: &mut BpfHarness) -> (u32, u32) {
-    let egress = h.add_rule(
-        Direction::Egress,
-        AddressField::Destination,
-        "30.0.0.0/24",
-        "40.0.0.0/24",
-    );
-    let ingress = h.add_rule(
-        Direction::Ingress,
-        AddressField::Source,
-        "40.0.0.0/24",
-        "30.0.0.0/24",
-    );
-    h.set_border(&["30.0.0.0/24"], &["40.0.0.0/24"]);
-    (egress, ingress)
-}
+use remapd_tests::packet::{
+    self, Framing, Ipv4, dccp, icmp, pseudo_header_checksum_ok, tcp, udplite,
+};
 
 #[test]
 fn split_border_passes_the_peering_and_drops_everything_else() {
@@ -129,7 +41,7 @@ fn split_border_passes_the_peering_and_drops_everything_else() {
             ),
             (
                 "to the gateway's underlay address",
-                udp_packet("40.0.0.1", "192.0.2.1", b"x"),
+                udp_packet("40.0.0.1", "192.0.2.1", b"x", true),
                 drop_reason::NOT_EXPORTED,
             ),
             (
@@ -149,7 +61,7 @@ fn split_border_passes_the_peering_and_drops_everything_else() {
             ),
             (
                 "from a local-looking address",
-                udp_packet("40.0.1.1", "40.0.0.1", b"x"),
+                udp_packet("40.0.1.1", "40.0.0.1", b"x", true),
                 drop_reason::SOURCE_NOT_ALLOWED,
             ),
         ];
@@ -208,8 +120,8 @@ fn both_on_local_border_checks_after_both_rewrites() {
             &mut h,
             framing,
             Direction::Ingress,
-            &udp_packet("40.0.0.1", "30.0.0.7", b"both"),
-            &udp_packet("60.0.0.1", "40.0.0.7", b"both"),
+            &udp_packet("40.0.0.1", "30.0.0.7", b"both", true),
+            &udp_packet("60.0.0.1", "40.0.0.7", b"both", true),
         );
         for (what, input) in [
             (
@@ -368,8 +280,35 @@ fn ipv6_and_non_ip_on_a_border() {
         &[0x10; 40],
         "a non-IP packet on L3",
     );
+    // Link-local IPv6 passes on a layer-3 border too; wider-scope multicast does not.
+    assert_eq!(
+        h.run(programs::L3_INGRESS, &link_local).verdict,
+        VERDICT_NEXT
+    );
+    let site_multicast = ipv6([0xff, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    expect_drop(
+        &mut h,
+        Framing::L3,
+        Direction::Ingress,
+        &site_multicast,
+        "site-scope multicast",
+    );
+    // A VLAN- or QinQ-tagged frame could hide an IPv4 packet from the allow-list.
+    let inner = tcp_packet("40.0.0.1", "10.0.0.5", b"tagged");
+    for tpid in [0x8100u16, 0x88a8] {
+        let mut tagged = vec![0, 0x2a];
+        tagged.extend_from_slice(&0x0800u16.to_be_bytes());
+        tagged.extend_from_slice(&inner);
+        expect_drop(
+            &mut h,
+            Framing::L2,
+            Direction::Ingress,
+            &packet::ethernet(tpid, &tagged),
+            "a tagged frame",
+        );
+    }
     let drops = h.dropped(Direction::Ingress);
-    assert_eq!(drops[drop_reason::UNSUPPORTED], 3);
+    assert_eq!(drops[drop_reason::UNSUPPORTED], 6);
 }
 
 #[test]
@@ -574,8 +513,8 @@ fn large_hooks_use_the_trie_and_agree_with_inline() {
             &mut h,
             framing,
             Direction::Egress,
-            &udp_packet("40.0.0.1", "64.0.3.77", b"filler"),
-            &udp_packet("40.0.0.1", "198.18.0.77", b"filler"),
+            &udp_packet("40.0.0.1", "64.0.3.77", b"filler", true),
+            &udp_packet("40.0.0.1", "198.18.0.77", b"filler", true),
         );
     }
 }
@@ -612,12 +551,98 @@ fn icmp_time_exceeded_from_a_remote_router_crosses_the_border() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
         split_gw1_with_border(&mut h);
-        let probe = udp_packet("40.0.0.1", "40.0.0.1", b"probe");
+        let probe = udp_packet("40.0.0.1", "40.0.0.1", b"probe", true);
         let input =
             Ipv4::new("40.0.0.254", "40.0.0.1", 1).with_payload(&icmp(11, 0, [0; 4], &probe));
-        let probe_t = udp_packet("40.0.0.1", "30.0.0.1", b"probe");
+        let probe_t = udp_packet("40.0.0.1", "30.0.0.1", b"probe", true);
         let expected =
             Ipv4::new("30.0.0.254", "40.0.0.1", 1).with_payload(&icmp(11, 0, [0; 4], &probe_t));
         expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
+    }
+}
+
+#[test]
+fn redirects_and_source_quench_do_not_cross_a_border() {
+    // They quote a packet like other ICMP errors but have no business crossing between
+    // clusters: a redirect would steer this gateway's routing.
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1_with_border(&mut h);
+        let error = |icmp_type: u8, code: u8, quote: &[u8]| {
+            Ipv4::new("40.0.0.1", "40.0.0.1", 1).with_payload(&icmp(
+                icmp_type,
+                code,
+                [0, 0, 5, 0],
+                quote,
+            ))
+        };
+        let quote = tcp_packet("40.0.0.1", "40.0.0.1", b"q");
+        for (what, input) in [
+            ("a redirect", error(5, 1, &quote)),
+            ("a source quench", error(4, 0, &quote)),
+        ] {
+            expect_drop(
+                &mut h,
+                framing,
+                Direction::Ingress,
+                &framing.frame(&input),
+                what,
+            );
+        }
+        assert_eq!(h.dropped(Direction::Ingress)[drop_reason::UNSUPPORTED], 2);
+        // The legitimate error about pod1's packet to pod2 still passes, translated.
+        let translated = tcp_packet("40.0.0.1", "30.0.0.1", b"q");
+        let expected = Ipv4::new("30.0.0.1", "40.0.0.1", 1).with_payload(&icmp(
+            3,
+            4,
+            [0, 0, 5, 0],
+            &translated,
+        ));
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &error(3, 4, &quote),
+            &expected,
+        );
+        // Off a border (egress), a redirect is not ours to judge.
+        let out = Ipv4::new("40.0.0.1", "8.8.8.8", 1).with_payload(&icmp(5, 1, [0; 4], &quote));
+        assert_eq!(
+            h.run(program(framing, Direction::Egress), &framing.frame(&out))
+                .verdict,
+            VERDICT_NEXT
+        );
+    }
+}
+
+#[test]
+fn ip_options_are_dropped_on_a_border_only() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1_with_border(&mut h);
+        // Loose source route (131) towards a node address, addressed to an exported pod.
+        let mut hdr = Ipv4::new("40.0.0.1", "40.0.0.1", 6);
+        hdr.options = vec![131, 7, 4, 10, 0, 0, 5, 0];
+        let input = hdr.with_payload(&tcp(ip("40.0.0.1"), ip("40.0.0.1"), 40000, 80, b"lsrr"));
+        expect_drop(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &framing.frame(&input),
+            "a source-routed packet",
+        );
+        assert_eq!(h.dropped(Direction::Ingress)[drop_reason::IP_OPTIONS], 1);
+        // Egress is not a border: options are translated around.
+        let mut out = Ipv4::new("40.0.0.1", "30.0.0.1", 6);
+        out.options = vec![0x01, 0x01, 0x01, 0x00];
+        let mut out_t = out.clone();
+        out_t.dst = ip("40.0.0.1");
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &out.with_payload(&tcp(ip("40.0.0.1"), ip("30.0.0.1"), 1, 2, b"o")),
+            &out_t.with_payload(&tcp(ip("40.0.0.1"), ip("40.0.0.1"), 1, 2, b"o")),
+        );
     }
 }

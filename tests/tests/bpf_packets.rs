@@ -4,100 +4,15 @@
 //! framing. Needs root (loads BPF programs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::Ipv4Addr;
-
 use remapd::dataplane::{AddressField, Direction};
 use remapd_common::drop_reason;
 use remapd_common::programs;
 use remapd_tests::bpf::{BpfHarness, VERDICT_DROP, VERDICT_NEXT};
-use remapd_tests::packet::{self, Framing, Ipv4, icmp, inet_checksum, tcp, udp, verify_checksums};
-
-const NO_DROPS: [u64; drop_reason::COUNT] = [0; drop_reason::COUNT];
-
-const BOTH: [Framing; 2] = [Framing::L2, Framing::L3];
-
-fn program(framing: Framing, direction: Direction) -> &'static str {
-    match (framing, direction) {
-        (Framing::L2, Direction::Ingress) => programs::L2_INGRESS,
-        (Framing::L2, Direction::Egress) => programs::L2_EGRESS,
-        (Framing::L3, Direction::Ingress) => programs::L3_INGRESS,
-        (Framing::L3, Direction::Egress) => programs::L3_EGRESS,
-    }
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-/// Runs `input` (an IP packet) through the program for `direction` and asserts the output
-/// equals `expected` byte for byte, with valid checksums.
-fn expect_rewrite(
-    h: &mut BpfHarness,
-    framing: Framing,
-    direction: Direction,
-    input: &[u8],
-    expected: &[u8],
-) {
-    let run = h.run(program(framing, direction), &framing.frame(input));
-    assert_eq!(run.verdict, VERDICT_NEXT, "verdict");
-    let got = &run.packet[framing.l3_offset()..];
-    if framing == Framing::L2 {
-        assert_eq!(
-            &run.packet[..14],
-            &framing.frame(input)[..14],
-            "Ethernet header untouched"
-        );
-    }
-    assert_eq!(
-        hex(got),
-        hex(expected),
-        "{framing:?} {direction}: rewritten packet differs from the expected one"
-    );
-    verify_checksums(got);
-}
-
-/// Asserts the program leaves `frame` (already framed) exactly as it was.
-fn expect_untouched(h: &mut BpfHarness, framing: Framing, direction: Direction, frame: &[u8]) {
-    let run = h.run(program(framing, direction), frame);
-    assert_eq!(run.verdict, VERDICT_NEXT, "verdict");
-    assert_eq!(
-        hex(&run.packet),
-        hex(frame),
-        "{framing:?} {direction}: packet must pass untouched"
-    );
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The split strategy on gateway 1: egress dst 30/24 -> 40/24, ingress src 40/24 -> 30/24.
-fn split_gw1(h: &mut BpfHarness) -> (u32, u32) {
-    let egress = h.add_rule(
-        Direction::Egress,
-        AddressField::Destination,
-        "30.0.0.0/24",
-        "40.0.0.0/24",
-    );
-    let ingress = h.add_rule(
-        Direction::Ingress,
-        AddressField::Source,
-        "40.0.0.0/24",
-        "30.0.0.0/24",
-    );
-    (egress, ingress)
-}
-
-fn tcp_packet(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
-    Ipv4::new(src, dst, 6).with_payload(&tcp(ip(src), ip(dst), 40000, 80, payload))
-}
-
-fn udp_packet(src: &str, dst: &str, payload: &[u8], with_checksum: bool) -> Vec<u8> {
-    Ipv4::new(src, dst, 17).with_payload(&udp(ip(src), ip(dst), 5353, 9999, payload, with_checksum))
-}
+use remapd_tests::cases::{
+    BOTH, NO_DROPS, expect_pass, expect_untouched, hex, ip, program, split_gw1, tcp_packet,
+    udp_packet,
+};
+use remapd_tests::packet::{self, Framing, Ipv4, icmp, inet_checksum, tcp, udp};
 
 #[test]
 fn tcp_destination_is_rewritten_on_egress() {
@@ -106,7 +21,7 @@ fn tcp_destination_is_rewritten_on_egress() {
         let (egress, _) = split_gw1(&mut h);
         let input = tcp_packet("40.0.0.1", "30.0.0.1", b"hello, cluster two");
         let expected = tcp_packet("40.0.0.1", "40.0.0.1", b"hello, cluster two");
-        expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Egress, &input, &expected);
         let len = framing.frame(&input).len() as u64;
         assert_eq!(h.counters(egress), (1, len), "counters of the egress rule");
         let hook = h.hook_counters(Direction::Egress);
@@ -122,7 +37,7 @@ fn udp_source_is_rewritten_on_ingress() {
         let (egress, ingress) = split_gw1(&mut h);
         let input = udp_packet("40.0.0.1", "40.0.0.1", b"reply from pod2", true);
         let expected = udp_packet("30.0.0.1", "40.0.0.1", b"reply from pod2", true);
-        expect_rewrite(&mut h, framing, Direction::Ingress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
         assert_eq!(h.counters(ingress).0, 1);
         assert_eq!(
             h.counters(egress).0,
@@ -139,7 +54,7 @@ fn udp_zero_checksum_stays_zero() {
         split_gw1(&mut h);
         let input = udp_packet("40.0.0.9", "30.0.0.7", b"no checksum here", false);
         let expected = udp_packet("40.0.0.9", "40.0.0.7", b"no checksum here", false);
-        expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Egress, &input, &expected);
         let run = h.run(program(framing, Direction::Egress), &framing.frame(&input));
         let l4 = framing.l3_offset() + 20;
         assert_eq!(
@@ -158,7 +73,7 @@ fn icmp_echo_is_rewritten() {
         let echo = icmp(8, 0, [0x12, 0x34, 0, 1], b"ping payload 0123456789");
         let input = Ipv4::new("40.0.0.1", "30.0.0.1", 1).with_payload(&echo);
         let expected = Ipv4::new("40.0.0.1", "40.0.0.1", 1).with_payload(&echo);
-        expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Egress, &input, &expected);
     }
 }
 
@@ -181,7 +96,7 @@ fn both_addresses_are_rewritten_when_both_rules_match() {
         );
         let input = tcp_packet("40.0.0.1", "30.0.0.1", b"both");
         let expected = tcp_packet("60.0.0.1", "40.0.0.1", b"both");
-        expect_rewrite(&mut h, framing, Direction::Ingress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
         assert_eq!(h.counters(dst).0, 1);
         assert_eq!(h.counters(src).0, 1);
     }
@@ -212,15 +127,15 @@ fn longest_prefix_wins_and_host_bits_are_kept() {
         // Host bits across a /16.
         let input = tcp_packet("10.1.3.5", "172.20.200.17", b"x");
         let expected = tcp_packet("10.1.3.5", "10.1.200.17", b"x");
-        expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Egress, &input, &expected);
         // The /24 inside the /16 wins.
         let input = tcp_packet("10.1.3.5", "172.20.7.200", b"y");
         let expected = tcp_packet("10.1.3.5", "10.9.9.200", b"y");
-        expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Egress, &input, &expected);
         // A /17: 192.168.255.254 keeps 15 host bits -> 10.2.127.254.
         let input = udp_packet("10.1.3.5", "192.168.255.254", b"z", true);
         let expected = udp_packet("10.1.3.5", "10.2.127.254", b"z", true);
-        expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Egress, &input, &expected);
         assert_eq!(
             (h.counters(wide).0, h.counters(narrow).0, h.counters(odd).0),
             (1, 1, 1)
@@ -252,7 +167,7 @@ fn icmp_frag_needed_quoting_tcp_is_translated_inside_and_out() {
             [0, 0, 0x05, 0x00],
             &translated[..quote.len()],
         );
-        expect_rewrite(&mut h, framing, Direction::Ingress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
     }
 }
 
@@ -266,7 +181,7 @@ fn icmp_time_exceeded_from_a_router_translates_only_the_quote() {
         let input = icmp_error("198.18.0.2", 11, 0, [0; 4], &original);
         let translated = udp_packet("40.0.0.1", "30.0.0.1", b"traceroute probe", true);
         let expected = icmp_error("198.18.0.2", 11, 0, [0; 4], &translated);
-        expect_rewrite(&mut h, framing, Direction::Ingress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
     }
 }
 
@@ -279,7 +194,7 @@ fn icmp_parameter_problem_quoting_udp_is_translated() {
         let input = icmp_error("40.0.0.1", 12, 0, [20, 0, 0, 0], &original);
         let translated = udp_packet("40.0.0.1", "30.0.0.1", b"bad option", true);
         let expected = icmp_error("30.0.0.1", 12, 0, [20, 0, 0, 0], &translated);
-        expect_rewrite(&mut h, framing, Direction::Ingress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
     }
 }
 
@@ -293,7 +208,7 @@ fn icmp_error_with_a_short_quote_translates_the_quoted_header() {
         let input = icmp_error("40.0.0.1", 3, 3, [0; 4], &original[..28]);
         let translated = tcp_packet("40.0.0.1", "30.0.0.1", b"payload");
         let expected = icmp_error("30.0.0.1", 3, 3, [0; 4], &translated[..28]);
-        expect_rewrite(&mut h, framing, Direction::Ingress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
     }
 }
 
@@ -321,7 +236,7 @@ fn icmp_error_in_both_on_2_translates_both_quoted_addresses() {
         let translated = udp_packet("40.0.0.1", "60.0.0.1", b"to a closed port", true);
         let expected =
             Ipv4::new("60.0.0.1", "40.0.0.1", 1).with_payload(&icmp(3, 3, [0; 4], &translated));
-        expect_rewrite(&mut h, framing, Direction::Ingress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
     }
 }
 
@@ -339,7 +254,7 @@ fn fragments_first_gets_l4_later_gets_only_ip() {
         head.flags_frag = 0x2000; // MF, offset 0
         let mut head_t = head.clone();
         head_t.dst = ip("40.0.0.1");
-        expect_rewrite(
+        expect_pass(
             &mut h,
             framing,
             Direction::Egress,
@@ -353,7 +268,7 @@ fn fragments_first_gets_l4_later_gets_only_ip() {
         assert_eq!(rest, rest_t, "the tail carries no addresses");
         // A later fragment whose payload happens to look like a UDP header must not be
         // touched beyond the IP header.
-        expect_rewrite(
+        expect_pass(
             &mut h,
             framing,
             Direction::Egress,
@@ -375,7 +290,7 @@ fn ip_options_shift_the_transport_header() {
         let mut hdr_t = hdr.clone();
         hdr_t.dst = ip("40.0.0.3");
         let expected = hdr_t.with_payload(&tcp(ip("40.0.0.1"), ip("40.0.0.3"), 40000, 80, b"opts"));
-        expect_rewrite(&mut h, framing, Direction::Egress, &input, &expected);
+        expect_pass(&mut h, framing, Direction::Egress, &input, &expected);
     }
 }
 
