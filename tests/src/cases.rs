@@ -67,6 +67,25 @@ pub fn split_gw1(h: &mut BpfHarness) -> (u32, u32) {
     (egress, ingress)
 }
 
+/// Gateway 2's ingress in both-on-2 for the seed (gateway 2 does every rewrite): dst
+/// 30/24 -> 40/24 (how cluster 1 sees us -> our real), src 40/24 -> 60/24 (cluster 1's
+/// real -> our view of it). Returns the (destination, source) counter slots.
+pub fn both_on_2_gw2_ingress(h: &mut BpfHarness) -> (u32, u32) {
+    let dst = h.add_rule(
+        Direction::Ingress,
+        AddressField::Destination,
+        "30.0.0.0/24",
+        "40.0.0.0/24",
+    );
+    let src = h.add_rule(
+        Direction::Ingress,
+        AddressField::Source,
+        "40.0.0.0/24",
+        "60.0.0.0/24",
+    );
+    (dst, src)
+}
+
 /// [`split_gw1`] with its tunnel's ingress border: after translation the source must be
 /// in 30.0.0.0/24 and the destination in cluster 1's 40.0.0.0/24.
 pub fn split_gw1_with_border(h: &mut BpfHarness) -> (u32, u32) {

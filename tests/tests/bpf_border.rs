@@ -12,8 +12,8 @@ use remapd::dataplane::{AddressField, Direction};
 use remapd_common::{drop_reason, programs};
 use remapd_tests::bpf::{BpfHarness, VERDICT_NEXT};
 use remapd_tests::cases::{
-    BOTH, NO_DROPS, expect_drop, expect_pass, ip, program, split_gw1_with_border, tcp_packet,
-    udp_packet,
+    BOTH, NO_DROPS, both_on_2_gw2_ingress, expect_drop, expect_pass, ip, program,
+    split_gw1_with_border, tcp_packet, udp_packet,
 };
 use remapd_tests::packet::{
     self, Framing, Ipv4, dccp, icmp, pseudo_header_checksum_ok, tcp, udplite,
@@ -103,18 +103,7 @@ fn both_on_local_border_checks_after_both_rewrites() {
     // sees us -> our real), src 40/24 -> 60/24 (cluster 1's real -> our view of it).
     for framing in BOTH {
         let mut h = BpfHarness::new();
-        h.add_rule(
-            Direction::Ingress,
-            AddressField::Destination,
-            "30.0.0.0/24",
-            "40.0.0.0/24",
-        );
-        h.add_rule(
-            Direction::Ingress,
-            AddressField::Source,
-            "40.0.0.0/24",
-            "60.0.0.0/24",
-        );
+        both_on_2_gw2_ingress(&mut h);
         h.set_border(&["60.0.0.0/24"], &["40.0.0.0/24"]);
         expect_pass(
             &mut h,
@@ -419,18 +408,7 @@ fn icmp_error_quoting_udplite_is_translated_and_counted_once() {
 fn counters_count_packets_not_rule_hits() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
-        let dst = h.add_rule(
-            Direction::Ingress,
-            AddressField::Destination,
-            "30.0.0.0/24",
-            "40.0.0.0/24",
-        );
-        let src = h.add_rule(
-            Direction::Ingress,
-            AddressField::Source,
-            "40.0.0.0/24",
-            "60.0.0.0/24",
-        );
+        let (dst, src) = both_on_2_gw2_ingress(&mut h);
         h.set_border(&["60.0.0.0/24"], &["40.0.0.0/24"]);
         let sent = 5u64;
         let input = tcp_packet("40.0.0.1", "30.0.0.1", b"twice translated");

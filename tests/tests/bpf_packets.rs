@@ -9,8 +9,8 @@ use remapd_common::drop_reason;
 use remapd_common::programs;
 use remapd_tests::bpf::{BpfHarness, VERDICT_DROP, VERDICT_NEXT};
 use remapd_tests::cases::{
-    BOTH, NO_DROPS, expect_pass, expect_untouched, hex, ip, program, split_gw1, tcp_packet,
-    udp_packet,
+    BOTH, NO_DROPS, both_on_2_gw2_ingress, expect_pass, expect_untouched, hex, ip, program,
+    split_gw1, tcp_packet, udp_packet,
 };
 use remapd_tests::packet::{self, Framing, Ipv4, icmp, inet_checksum, tcp, udp};
 
@@ -82,18 +82,7 @@ fn both_addresses_are_rewritten_when_both_rules_match() {
     // both-on-2, gateway 2 ingress: dst 30/24 -> 40/24 and src 40/24 -> 60/24.
     for framing in BOTH {
         let mut h = BpfHarness::new();
-        let dst = h.add_rule(
-            Direction::Ingress,
-            AddressField::Destination,
-            "30.0.0.0/24",
-            "40.0.0.0/24",
-        );
-        let src = h.add_rule(
-            Direction::Ingress,
-            AddressField::Source,
-            "40.0.0.0/24",
-            "60.0.0.0/24",
-        );
+        let (dst, src) = both_on_2_gw2_ingress(&mut h);
         let input = tcp_packet("40.0.0.1", "30.0.0.1", b"both");
         let expected = tcp_packet("60.0.0.1", "40.0.0.1", b"both");
         expect_pass(&mut h, framing, Direction::Ingress, &input, &expected);
@@ -218,18 +207,7 @@ fn icmp_error_in_both_on_2_translates_both_quoted_addresses() {
     // unreachable for a UDP packet pod2 sent (it left gw2 as 30.0.0.1 -> 40.0.0.1).
     for framing in BOTH {
         let mut h = BpfHarness::new();
-        h.add_rule(
-            Direction::Ingress,
-            AddressField::Destination,
-            "30.0.0.0/24",
-            "40.0.0.0/24",
-        );
-        h.add_rule(
-            Direction::Ingress,
-            AddressField::Source,
-            "40.0.0.0/24",
-            "60.0.0.0/24",
-        );
+        both_on_2_gw2_ingress(&mut h);
         let original = udp_packet("30.0.0.1", "40.0.0.1", b"to a closed port", true);
         let input =
             Ipv4::new("40.0.0.1", "30.0.0.1", 1).with_payload(&icmp(3, 3, [0; 4], &original));
