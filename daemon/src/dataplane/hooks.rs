@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 use remapd_common::{
-    FIELD_DESTINATION, FIELD_SOURCE, HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES,
-    HOOK_DST_TRIE, HOOK_ENFORCE, HOOK_SRC_RULES, HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW,
-    INLINE_RULES, InlineRule4, Prefix4, RuleValue, hook_slot,
+    HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_TRIE, HOOK_ENFORCE,
+    HOOK_SRC_RULES, HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW, INLINE_RULES, InlineRule4, Prefix4,
+    RuleValue, hook_slot,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -70,13 +70,13 @@ pub fn plan(
     // Rules per hook and field, longest prefix first.
     let mut by_hook: BTreeMap<(u32, Direction), [Vec<InlineRule4>; 2]> = BTreeMap::new();
     for (key, value) in rules {
-        let Some(from) = key.ipv4_prefix() else {
+        // A key that does not decode can never match a packet: it has no hook to describe.
+        let (Some(from), Some(direction), Some(field)) = (
+            key.ipv4_prefix(),
+            Direction::from_wire(key.data.direction),
+            AddressField::from_wire(key.data.field),
+        ) else {
             continue;
-        };
-        let direction = if key.data.direction == Direction::Ingress.wire() {
-            Direction::Ingress
-        } else {
-            Direction::Egress
         };
         let [a, b, c, d, ..] = value.to_addr;
         let rule = InlineRule4 {
@@ -86,7 +86,7 @@ pub fn plan(
             rule_id: value.rule_id,
         };
         let lists = by_hook.entry((key.data.ifindex, direction)).or_default();
-        lists[usize::from(key.data.field == FIELD_DESTINATION)].push(rule);
+        lists[usize::from(field == AddressField::Destination)].push(rule);
     }
     for ((ifindex, direction), lists) in by_hook {
         let config = out
@@ -167,15 +167,6 @@ pub fn plan(
         slots.insert(slot, (ifindex, direction));
     }
     Ok(out)
-}
-
-/// The field byte of an allow-list key, for display.
-pub fn field_of(key: &MapKey) -> AddressField {
-    if key.data.field == FIELD_SOURCE {
-        AddressField::Source
-    } else {
-        AddressField::Destination
-    }
 }
 
 #[cfg(test)]
@@ -287,7 +278,7 @@ mod tests {
         assert!(
             plan.allow
                 .iter()
-                .all(|k| field_of(k) == AddressField::Source)
+                .all(|k| AddressField::from_wire(k.data.field) == Some(AddressField::Source))
         );
     }
 
