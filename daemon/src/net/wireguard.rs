@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 use wireguard_control::{
@@ -40,7 +40,7 @@ use wireguard_control::{
 };
 
 use super::routes::{links, set_link_up, with_netlink};
-use super::{NetError, TunnelApplier, TunnelReport, TunnelSpec, TunnelStatus};
+use super::{NetError, TunnelApplier, TunnelReport, TunnelSpec, TunnelStatus, TunnelStatusReader};
 
 /// How long a freshly started process gets to open its UAPI socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
@@ -491,7 +491,27 @@ impl WireGuardTunnels {
     }
 }
 
+/// Reads live tunnel state through a second, read-only [`WireGuardTunnels`] (it starts,
+/// adopts and stops nothing), so status reads never wait for the applier.
+struct WireGuardStatusReader(std::sync::Mutex<WireGuardTunnels>);
+
+impl TunnelStatusReader for WireGuardStatusReader {
+    fn status(&self, interface: &str) -> Result<Option<TunnelStatus>, NetError> {
+        let tunnels = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        TunnelApplier::status(&*tunnels, interface)
+    }
+}
+
 impl TunnelApplier for WireGuardTunnels {
+    fn status_reader(&self) -> std::sync::Arc<dyn TunnelStatusReader> {
+        std::sync::Arc::new(WireGuardStatusReader(std::sync::Mutex::new(
+            WireGuardTunnels::new(self.config.clone()),
+        )))
+    }
+
     fn ensure(&mut self, tunnels: &[TunnelSpec]) -> Result<TunnelReport, NetError> {
         // Everything is checked before any process is started.
         let mut seen = HashSet::new();
@@ -743,8 +763,10 @@ fn same_netns(pid: u32) -> Option<bool> {
 }
 
 /// Whether `pid` runs (a zombie does not). A zombie child of this process named like
-/// `program` whose `Child` another owner dropped is reaped here; any other zombie is
-/// left to its owner.
+/// `program` whose `Child` another owner dropped is reaped here, and counts as running
+/// until it can be: a multi-threaded process's leader shows `Z` while its other threads
+/// still exit, and a zombie given up on then would stay in the process table for good.
+/// Any other zombie is left to its owner.
 fn process_alive(pid: u32, program: &Path) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -762,7 +784,11 @@ fn process_alive(pid: u32, program: &Path) -> bool {
                 && comm_matches(pid, program)
                 && let Ok(raw) = i32::try_from(pid)
             {
-                let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
+                // `StillAlive`: the thread group has not finished exiting; poll again.
+                return matches!(
+                    waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)),
+                    Ok(WaitStatus::StillAlive)
+                );
             }
             false
         }
