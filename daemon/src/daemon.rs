@@ -1,49 +1,129 @@
 //! The daemon's core, shared by the API handlers: the desired state (in memory and in
-//! the store), the policy registry and the one reconciler. Every change is validated,
-//! dry-run through the policy and the plan compiler, persisted, and then applied by the
-//! reconciler; a change that fails any of that leaves state and system as they were.
+//! the store), the policy registry and the one reconciler.
+//!
+//! Every change is one transaction, run while holding the state lock so changes never
+//! interleave: validate → plan (the policy runs once) → apply → persist → publish. If a
+//! peering the change touches (or one that was healthy) gets no plan, nothing is applied;
+//! if an applier fails, the previous system is applied again; if the state cannot be
+//! saved, the previous system is applied again too. In every failure the state, the
+//! kernel and the key files stay as they were, and the caller gets an [`EngineError`]
+//! naming the step. Reads never take the state lock: they see the [`Snapshot`] published
+//! after the last change.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use tokio::sync::Mutex;
-use tracing::info;
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
 
-use crate::api::problem::Problem;
-use crate::model::{Capabilities, PolicyInput};
-use crate::plan::{GatewayPlan, compile};
-use crate::policy::validate::DecisionError;
-use crate::policy::{Evaluation, PolicyError, PolicyRegistry, RegistryError};
-use crate::reconcile::{Keys, ReconcileReport, Reconciler};
+use crate::dataplane::DataplaneStatus;
+use crate::net::TunnelStatus;
+use crate::plan::GatewayPlan;
+use crate::policy::{Evaluation, NamedPolicy, PolicyRegistry};
+use crate::reconcile::{
+    ApplyMode, ApplyStep, DesiredSystem, FailureKind, Keys, PeeringOutcome, ReconcileCounters,
+    ReconcileReport, Reconciler, StatusReaders,
+};
 use crate::store::{DesiredState, Store};
+
+/// Why a change or a read of the engine failed. The API maps each kind to one
+/// problem+json status and type.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Peerings need the local cluster first.
+    #[error("configure the local cluster first (PUT /v1/cluster)")]
+    NoCluster,
+    /// No such peering.
+    #[error("no peering {0:?}")]
+    PeeringNotFound(String),
+    /// A peering the change touches, or one that had a plan, would get none: nothing
+    /// was applied or saved.
+    #[error("peering {peering:?}: {message}")]
+    Decision {
+        /// The peering.
+        peering: String,
+        /// Conflict, missing policy, or rejected.
+        kind: FailureKind,
+        /// What went wrong.
+        message: String,
+    },
+    /// An applier failed; the previous system was applied again and nothing was saved.
+    #[error("applying the change failed at step {step}: {message}{}", rollback_note(.rollback_errors))]
+    Apply {
+        /// The step that failed.
+        step: ApplyStep,
+        /// What it said.
+        message: String,
+        /// Errors while re-applying the previous system (empty when it is back).
+        rollback_errors: Vec<String>,
+    },
+    /// The state could not be saved; the previous system was applied again.
+    #[error("saving the state failed (the change was rolled back): {0}")]
+    Persist(String),
+    /// The daemon itself failed (a task, a lock, a key file).
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn rollback_note(errors: &[String]) -> String {
+    if errors.is_empty() {
+        "; the previous configuration was re-applied".into()
+    } else {
+        format!(
+            "; re-applying the previous configuration also failed: {}",
+            errors.join("; ")
+        )
+    }
+}
+
+/// What reads see: the state and outcomes of the last committed change (or resync) and
+/// the report of the last apply. Replaced as a whole, never mutated.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The desired state in force.
+    pub state: DesiredState,
+    /// Each peering's decision and plan in force.
+    pub outcomes: BTreeMap<String, PeeringOutcome>,
+    /// What the last apply (change or resync) did.
+    pub last_report: Option<ReconcileReport>,
+    /// Decision and reconcile counters as of the last publish.
+    pub counters: ReconcileCounters,
+}
+
+/// What a change or resync publishes: outcomes, the apply's report, counters.
+type Published = (
+    BTreeMap<String, PeeringOutcome>,
+    ReconcileReport,
+    ReconcileCounters,
+);
+
+/// A change to the policy registry that rides on a state change: installed before the
+/// plan and put back if the change is refused.
+pub struct PolicyChange {
+    /// The policy's name.
+    pub name: String,
+    /// The compiled policy and its bytes (stored under their digest), or `None` to
+    /// remove the policy.
+    pub install: Option<(NamedPolicy, Vec<u8>)>,
+}
 
 /// Shared daemon state.
 pub struct Daemon {
     store: Store,
+    /// The writer lock: held for a whole change, so changes apply in order.
     state: Arc<Mutex<DesiredState>>,
-    /// Views each peering holds, published after every reconcile, so a dry run can see
-    /// them without waiting for the reconciler.
-    held: Arc<StdMutex<std::collections::BTreeMap<String, Vec<ipnet::Ipv4Net>>>>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
     reconciler: Arc<StdMutex<Reconciler>>,
     registry: Arc<PolicyRegistry>,
-    ready: std::sync::atomic::AtomicBool,
-    last_report: StdMutex<Option<ReconcileReport>>,
-}
-
-/// Maps a policy failure to the API: conflicts with other peerings are 409, everything
-/// else the policy or its decision got wrong is 422.
-pub fn policy_problem(e: &RegistryError) -> Problem {
-    match e {
-        RegistryError::Policy(PolicyError::Rejected(DecisionError::OverlapsAllocation {
-            ..
-        })) => Problem::conflict(e.to_string()),
-        RegistryError::NotFound(_) => Problem::bad_request(e.to_string()).at("/policy"),
-        _ => Problem::policy_rejected(e.to_string()),
-    }
+    readers: StatusReaders,
+    ready: AtomicBool,
 }
 
 impl Daemon {
     /// A daemon over a store, a registry and a reconciler. Uploaded policies recorded in
-    /// the state are compiled into the registry.
+    /// the state are compiled into the registry; key files of peerings the state does
+    /// not hold are removed.
     pub fn new(
         store: Store,
         registry: Arc<PolicyRegistry>,
@@ -58,14 +138,25 @@ impl Daemon {
                 .put(name, &bytes)
                 .map_err(|e| format!("restoring policy {name}: {e}"))?;
         }
+        match store.gc_keys(&state) {
+            Ok(removed) if !removed.is_empty() => {
+                info!(peerings = ?removed, "removed key files of peerings that no longer exist")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cleaning up key files"),
+        }
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot {
+            state: state.clone(),
+            ..Snapshot::default()
+        }));
         Ok(Self {
             store,
             state: Arc::new(Mutex::new(state)),
-            held: Arc::default(),
+            snapshot,
+            readers: reconciler.status_readers(),
             reconciler: Arc::new(StdMutex::new(reconciler)),
             registry,
-            ready: std::sync::atomic::AtomicBool::new(false),
-            last_report: StdMutex::new(None),
+            ready: AtomicBool::new(false),
         })
     }
 
@@ -74,181 +165,24 @@ impl Daemon {
         &self.registry
     }
 
-    /// A copy of the desired state.
-    pub async fn state(&self) -> DesiredState {
-        self.state.lock().await.clone()
+    /// What reads see (never waits for a change in progress).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A copy of the desired state in force.
+    pub fn state(&self) -> DesiredState {
+        self.snapshot().state.clone()
     }
 
     /// True once a reconcile finished without applier errors.
     pub fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed)
     }
 
-    /// The report of the last reconcile.
+    /// The report of the last apply.
     pub fn last_report(&self) -> Option<ReconcileReport> {
-        self.last_report.lock().ok().and_then(|r| r.clone())
-    }
-
-    /// Runs `f` against the reconciler on a blocking thread.
-    pub async fn with_reconciler<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Reconciler) -> T + Send + 'static,
-    ) -> Result<T, Problem> {
-        let reconciler = self.reconciler.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = reconciler
-                .lock()
-                .map_err(|_| Problem::internal("reconciler lock poisoned"))?;
-            Ok(f(&mut guard))
-        })
-        .await
-        .map_err(|e| Problem::internal(format!("reconciler task: {e}")))?
-    }
-
-    /// Applies the current desired state. The state is read while holding the
-    /// reconciler, so reconciles apply states in the order they were saved: the last one
-    /// to run always applies the newest state (no lost update between concurrent calls).
-    pub async fn reconcile(&self) -> Result<ReconcileReport, Problem> {
-        let state = self.state.clone();
-        let store = self.store.clone();
-        let held = self.held.clone();
-        let report = self
-            .with_reconciler(move |r| {
-                let snapshot = state.blocking_lock().clone();
-                let keys: Keys = snapshot
-                    .peerings
-                    .keys()
-                    .map(|name| {
-                        store
-                            .private_key(name)
-                            .map(|k| (name.clone(), k))
-                            .map_err(|e| Problem::internal(e.to_string()))
-                    })
-                    .collect::<Result<_, _>>()?;
-                let report = r.reconcile(&snapshot, &keys);
-                if let Ok(mut held) = held.lock() {
-                    *held = r
-                        .outcomes()
-                        .iter()
-                        .filter_map(|(n, o)| {
-                            o.decision.as_ref().map(|d| {
-                                (n.clone(), d.mappings.iter().map(|m| m.remapped).collect())
-                            })
-                        })
-                        .collect();
-                }
-                Ok::<_, Problem>(report)
-            })
-            .await??;
-        self.ready.store(
-            report.errors.is_empty(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        if let Ok(mut last) = self.last_report.lock() {
-            *last = Some(report.clone());
-        }
-        Ok(report)
-    }
-
-    /// Changes the desired state with `change` (which validates and may refuse), checks
-    /// the affected peerings' policies accept it, persists it and applies it. On any
-    /// error nothing changes.
-    pub async fn update<T>(
-        &self,
-        change: impl FnOnce(&mut DesiredState) -> Result<T, Problem>,
-        dry_run_peering: Option<String>,
-    ) -> Result<(T, ReconcileReport), Problem> {
-        let mut guard = self.state.lock().await;
-        let mut next = guard.clone();
-        let value = change(&mut next)?;
-        if let Some(name) = dry_run_peering {
-            self.dry_run(&next, &name).await?;
-        }
-        self.save(&next).await?;
-        *guard = next;
-        drop(guard);
-        let report = self.reconcile().await?;
-        Ok((value, report))
-    }
-
-    /// Decides and compiles peering `name` against `state` without applying anything.
-    pub async fn dry_run(
-        &self,
-        state: &DesiredState,
-        name: &str,
-    ) -> Result<(Evaluation, GatewayPlan), Problem> {
-        let cluster = state.cluster.clone().ok_or_else(|| {
-            Problem::conflict("configure the local cluster first (PUT /v1/cluster)")
-        })?;
-        let peering = state
-            .peerings
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Problem::not_found(format!("no peering {name:?}")))?;
-        let others: Vec<String> = state
-            .peerings
-            .keys()
-            .filter(|n| *n != name)
-            .cloned()
-            .collect();
-        let allocated: Vec<ipnet::Ipv4Net> = self
-            .held
-            .lock()
-            .map(|held| {
-                held.iter()
-                    .filter(|(n, _)| others.contains(n))
-                    .flat_map(|(_, views)| views.iter().copied())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let allocated = ipnet::Ipv4Net::aggregate(&allocated);
-        let input = PolicyInput {
-            local: cluster.clone(),
-            local_capabilities: Capabilities {
-                nat_dataplane: true,
-            },
-            allocated,
-            remote: peering.remote.clone(),
-            settings: peering.settings.clone(),
-        };
-        let registry = self.registry.clone();
-        let policy = peering.policy.clone();
-        let eval = tokio::task::spawn_blocking(move || registry.decide(&policy, &input))
-            .await
-            .map_err(|e| Problem::internal(format!("policy task: {e}")))?
-            .map_err(|e| policy_problem(&e))?;
-        let plan = compile(
-            &cluster,
-            Capabilities {
-                nat_dataplane: true,
-            },
-            &peering.remote,
-            &peering.interface(name),
-            &eval.decision,
-        )
-        .map_err(|e| Problem::policy_rejected(e.to_string()))?;
-        Ok((eval, plan))
-    }
-
-    /// Saves `state` (an fsync'd atomic write) off the async runtime's threads.
-    async fn save(&self, state: &DesiredState) -> Result<(), Problem> {
-        let store = self.store.clone();
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || store.save(&state))
-            .await
-            .map_err(|e| Problem::internal(format!("save task: {e}")))?
-            .map_err(|e| Problem::internal(format!("saving state: {e}")))
-    }
-
-    /// The private key of peering `name` (generated and saved on first use), read off
-    /// the async runtime's threads.
-    pub async fn private_key(&self, name: &str) -> Result<String, Problem> {
-        let store = self.store.clone();
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || store.private_key(&name))
-            .await
-            .map_err(|e| Problem::internal(format!("key task: {e}")))?
-            .map_err(|e| Problem::internal(e.to_string()))
+        self.snapshot().last_report.clone()
     }
 
     /// The store.
@@ -256,21 +190,341 @@ impl Daemon {
         &self.store
     }
 
+    /// The dataplane's rules, counters and attachments, read without waiting for a
+    /// change in progress.
+    pub async fn dataplane_status(&self) -> Result<DataplaneStatus, EngineError> {
+        let reader = self.readers.dataplane.clone();
+        tokio::task::spawn_blocking(move || reader.status())
+            .await
+            .map_err(|e| EngineError::Internal(format!("status task: {e}")))?
+            .map_err(|e| EngineError::Internal(format!("reading the dataplane: {e}")))
+    }
+
+    /// Live state of one tunnel (`None` when it does not run), read without waiting for
+    /// a change in progress.
+    pub async fn tunnel_status(
+        &self,
+        interface: &str,
+    ) -> Result<Option<TunnelStatus>, EngineError> {
+        let reader = self.readers.tunnels.clone();
+        let interface = interface.to_owned();
+        tokio::task::spawn_blocking(move || reader.status(&interface))
+            .await
+            .map_err(|e| EngineError::Internal(format!("status task: {e}")))?
+            .map_err(|e| EngineError::Internal(format!("reading tunnel state: {e}")))
+    }
+
+    /// Runs `f` against the reconciler on a blocking thread.
+    pub async fn with_reconciler<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Reconciler) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let reconciler = self.reconciler.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = reconciler
+                .lock()
+                .map_err(|_| EngineError::Internal("reconciler lock poisoned".into()))?;
+            Ok(f(&mut guard))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("reconciler task: {e}")))?
+    }
+
+    fn publish(&self, state: DesiredState, published: Published) {
+        let (outcomes, report, counters) = published;
+        self.ready
+            .store(report.errors.is_empty(), Ordering::Relaxed);
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            state,
+            outcomes,
+            last_report: Some(report),
+            counters,
+        }));
+    }
+
+    fn publish_counters(&self, counters: ReconcileCounters) {
+        let total = |c: &ReconcileCounters| c.decisions.values().sum::<u64>() + c.reconciles;
+        self.snapshot.send_modify(|snapshot| {
+            // A reader may publish after a later change did: counters never go back.
+            if total(&counters) < total(&snapshot.counters) {
+                return;
+            }
+            let mut next = Snapshot::clone(snapshot);
+            next.counters = counters;
+            *snapshot = Arc::new(next);
+        });
+    }
+
+    /// Re-applies the desired state in force (start-up and periodic resync): every step
+    /// runs even after one fails, and nothing is refused, so what was acknowledged keeps
+    /// converging.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, EngineError> {
+        let guard = self.state.lock().await;
+        let state = guard.clone();
+        let store = self.store.clone();
+        let published = self
+            .with_reconciler(move |r| {
+                let keys = keys_for(&store, &state, &mut Vec::new())?;
+                let report = r.reconcile(&state, &keys);
+                Ok::<_, EngineError>((r.outcomes().clone(), report, r.counters.clone()))
+            })
+            .await??;
+        let report = published.1.clone();
+        self.publish(guard.clone(), published);
+        Ok(report)
+    }
+
+    /// Changes the desired state with `change` (which validates and may refuse with the
+    /// caller's error) and runs the change as one transaction (see the module docs).
+    /// `targets` are the peerings the change is about: a failed decision for one of
+    /// them refuses the change even if it had failed before.
+    pub async fn update<T, E: From<EngineError>>(
+        &self,
+        change: impl FnOnce(&mut DesiredState) -> Result<T, E>,
+        targets: Vec<String>,
+        policy: Option<PolicyChange>,
+    ) -> Result<(T, ReconcileReport), E> {
+        let mut guard = self.state.lock().await;
+        let mut next = guard.clone();
+        let value = change(&mut next)?;
+        let previous = guard.clone();
+        let store = self.store.clone();
+        let registry = self.registry.clone();
+        let committed = next.clone();
+        let result = self
+            .with_reconciler(move |r| {
+                let result = transact(r, &store, &registry, &previous, &next, &targets, policy);
+                (result, r.counters.clone())
+            })
+            .await?;
+        let published = match result {
+            (Ok((outcomes, report)), counters) => (outcomes, report, counters),
+            (Err(e), counters) => {
+                // Refused: only the counters (the decisions made) are news.
+                self.publish_counters(counters);
+                return Err(e.into());
+            }
+        };
+        let report = published.1.clone();
+        *guard = committed.clone();
+        self.publish(committed, published);
+        Ok((value, report))
+    }
+
+    /// What `state` would decide and compile for peering `name`, without applying or
+    /// saving anything: the same [`Reconciler::plan`] a change runs. Other peerings keep
+    /// their decisions.
+    pub async fn dry_run(
+        &self,
+        state: DesiredState,
+        name: &str,
+    ) -> Result<(Evaluation, GatewayPlan), EngineError> {
+        if state.cluster.is_none() {
+            return Err(EngineError::NoCluster);
+        }
+        let name = name.to_owned();
+        let (result, counters) = self
+            .with_reconciler(move |r| {
+                let system = r.plan(&state, &Keys::new());
+                (dry_run_result(system, name), r.counters.clone())
+            })
+            .await?;
+        self.publish_counters(counters);
+        result
+    }
+
     /// Removes every rule, route and tunnel and forgets the peerings (cluster and
-    /// policies stay).
-    pub async fn teardown(&self) -> Result<Vec<String>, Problem> {
+    /// policies stay). The state is saved first, so a crash half-way leaves nothing to
+    /// re-create on restart.
+    pub async fn teardown(&self) -> Result<Vec<String>, EngineError> {
         let mut guard = self.state.lock().await;
         let mut next = guard.clone();
         let names: Vec<String> = next.peerings.keys().cloned().collect();
         next.peerings.clear();
-        self.save(&next).await?;
-        *guard = next;
-        drop(guard);
-        for name in &names {
-            let _ = self.store.remove_key(name);
-        }
-        let errors = self.with_reconciler(|r| r.teardown()).await?;
-        info!(peerings = names.len(), "torn down");
+        let store = self.store.clone();
+        let saved = next.clone();
+        let errors = self
+            .with_reconciler(move |r| {
+                store
+                    .save(&saved)
+                    .map_err(|e| EngineError::Persist(e.to_string()))?;
+                let errors = r.teardown();
+                for name in &names {
+                    if let Err(e) = store.remove_key(name) {
+                        warn!(peering = %name, error = %e, "removing key file");
+                    }
+                }
+                Ok::<_, EngineError>(errors)
+            })
+            .await??;
+        *guard = next.clone();
+        info!(errors = errors.len(), "torn down");
+        let counters = self.snapshot().counters.clone();
+        self.publish(
+            next,
+            (
+                BTreeMap::new(),
+                ReconcileReport {
+                    errors: errors.clone(),
+                    ..ReconcileReport::default()
+                },
+                counters,
+            ),
+        );
         Ok(errors)
     }
+}
+
+/// The dry run's answer for `name` from a planned system.
+fn dry_run_result(
+    system: DesiredSystem,
+    name: String,
+) -> Result<(Evaluation, GatewayPlan), EngineError> {
+    if let Some(f) = system.failures.get(&name) {
+        return Err(EngineError::Decision {
+            peering: name,
+            kind: f.kind,
+            message: f.message.clone(),
+        });
+    }
+    let outcome = system
+        .outcomes
+        .get(&name)
+        .ok_or_else(|| EngineError::PeeringNotFound(name.clone()))?;
+    match (&outcome.decision, &outcome.plan) {
+        (Some(decision), Some(plan)) => Ok((
+            Evaluation {
+                decision: decision.clone(),
+                log: outcome.policy_log.clone(),
+                elapsed: outcome.elapsed,
+            },
+            plan.clone(),
+        )),
+        _ => Err(EngineError::PeeringNotFound(name)),
+    }
+}
+
+/// Private keys of `state`'s peerings, generating missing ones; the names generated are
+/// added to `created` (removed again if the change is refused).
+fn keys_for(
+    store: &Store,
+    state: &DesiredState,
+    created: &mut Vec<String>,
+) -> Result<Keys, EngineError> {
+    let mut keys = Keys::new();
+    for name in state.peerings.keys() {
+        let existed = store.has_key(name);
+        let key = store
+            .private_key(name)
+            .map_err(|e| EngineError::Internal(format!("peering {name:?}: {e}")))?;
+        if !existed {
+            created.push(name.clone());
+        }
+        keys.insert(name.clone(), key);
+    }
+    Ok(keys)
+}
+
+/// One change, on the reconciler's thread: see the module docs.
+fn transact(
+    r: &mut Reconciler,
+    store: &Store,
+    registry: &PolicyRegistry,
+    previous: &DesiredState,
+    next: &DesiredState,
+    targets: &[String],
+    policy: Option<PolicyChange>,
+) -> Result<(BTreeMap<String, PeeringOutcome>, ReconcileReport), EngineError> {
+    // The registry change goes in first, so the plan decides with it; undone on refusal.
+    let undo_policy = match policy {
+        None => None,
+        Some(PolicyChange { name, install }) => {
+            let before = match install {
+                Some((named, bytes)) => {
+                    store
+                        .put_policy_bytes(&named.compiled.sha256, &bytes)
+                        .map_err(|e| EngineError::Internal(e.to_string()))?;
+                    registry
+                        .install(named)
+                        .map_err(|e| EngineError::Internal(e.to_string()))?
+                }
+                None => registry.remove(&name).ok(),
+            };
+            Some((name, before))
+        }
+    };
+    let mut created = Vec::new();
+    let result = plan_apply_save(r, store, next, targets, &mut created);
+    if result.is_err() {
+        for name in &created {
+            if let Err(e) = store.remove_key(name) {
+                warn!(peering = %name, error = %e, "removing the key of a refused change");
+            }
+        }
+        if let Some((name, before)) = undo_policy {
+            registry.restore(&name, before);
+        }
+    } else {
+        for name in previous
+            .peerings
+            .keys()
+            .filter(|n| !next.peerings.contains_key(*n))
+        {
+            if let Err(e) = store.remove_key(name) {
+                warn!(peering = %name, error = %e, "removing the key of a deleted peering");
+            }
+        }
+    }
+    // Component files no state names: a replaced or deleted policy's, or a refused
+    // upload's. Inside the lock, so a concurrent upload's bytes are never collected.
+    let current = if result.is_ok() { next } else { previous };
+    if let Err(e) = store.gc_policies(current) {
+        warn!(error = %e, "removing unused policy files");
+    }
+    result
+}
+
+fn plan_apply_save(
+    r: &mut Reconciler,
+    store: &Store,
+    next: &DesiredState,
+    targets: &[String],
+    created: &mut Vec<String>,
+) -> Result<(BTreeMap<String, PeeringOutcome>, ReconcileReport), EngineError> {
+    if !next.peerings.is_empty() && next.cluster.is_none() {
+        return Err(EngineError::NoCluster);
+    }
+    let keys = keys_for(store, next, created)?;
+    let system: DesiredSystem = r.plan(next, &keys);
+    // Refused: a target without a plan, or a peering that had one (or is new) and would
+    // lose it. A peering that was already failing does not block others.
+    if let Some((name, failure)) = system.failures.iter().find(|(name, _)| {
+        targets.contains(name)
+            || r.outcomes()
+                .get(*name)
+                .is_none_or(|o| o.last_error.is_none())
+    }) {
+        return Err(EngineError::Decision {
+            peering: name.clone(),
+            kind: failure.kind,
+            message: failure.message.clone(),
+        });
+    }
+    let report = r.apply(&system, ApplyMode::StopAtFirstError);
+    if let Some(step) = report.failed_steps.first() {
+        let rollback = r.roll_back();
+        warn!(%step, errors = ?report.errors, rollback_errors = ?rollback.errors, "change refused: applying failed; previous system re-applied");
+        return Err(EngineError::Apply {
+            step: *step,
+            message: report.errors.join("; "),
+            rollback_errors: rollback.errors,
+        });
+    }
+    if let Err(e) = store.save(next) {
+        let rollback = r.roll_back();
+        warn!(error = %e, rollback_errors = ?rollback.errors, "change refused: saving failed; previous system re-applied");
+        return Err(EngineError::Persist(e.to_string()));
+    }
+    r.commit(system);
+    Ok((r.outcomes().clone(), report))
 }

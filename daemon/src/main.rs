@@ -169,7 +169,7 @@ fn main() -> ExitCode {
         }
         Command::Teardown => runtime.block_on(async {
             let daemon = remapd::server::build(&config).map_err(|e| e.to_string())?;
-            let errors = daemon.teardown().await.map_err(|e| e.detail)?;
+            let errors = daemon.teardown().await.map_err(|e| e.to_string())?;
             if errors.is_empty() {
                 Ok(())
             } else {

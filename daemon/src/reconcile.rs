@@ -20,7 +20,8 @@ use crate::dataplane::{
 use crate::model::{Capabilities, Decision, PolicyInput};
 use crate::net::{RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec};
 use crate::plan::{GatewayPlan, compile};
-use crate::policy::PolicyRegistry;
+use crate::policy::validate::DecisionError;
+use crate::policy::{PolicyError, PolicyRegistry, RegistryError};
 use crate::store::{DesiredState, public_key};
 
 /// The eBPF dataplane as the reconciler uses it.
@@ -31,12 +32,55 @@ pub trait DataplaneApplier: Send {
     fn status(&self) -> Result<DataplaneStatus, DataplaneError>;
     /// Removes everything (translation stops).
     fn teardown(&mut self) -> Result<(), DataplaneError>;
+    /// A reader of rules and counters that does not need this applier, so reads never
+    /// wait for a change in progress.
+    fn status_reader(&self) -> Arc<dyn DataplaneStatusReader>;
+}
+
+/// Reads the dataplane's rules, counters and attachments, shared by readers.
+pub trait DataplaneStatusReader: Send + Sync {
+    /// Rules, counters, attachments.
+    fn status(&self) -> Result<DataplaneStatus, DataplaneError>;
+}
+
+/// Reads what is pinned under the dataplane's directory (nothing pinned: empty).
+struct PinnedDataplaneReader {
+    config: crate::dataplane::DataplaneConfig,
+    /// Whether the applier adopted what it found pinned (unknown until it opened it).
+    adopted: Arc<std::sync::Mutex<Option<bool>>>,
+}
+
+impl DataplaneStatusReader for PinnedDataplaneReader {
+    fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
+        match Dataplane::open_existing(&self.config) {
+            Ok(d) => {
+                let mut status = d.status()?;
+                if let Some(adopted) = self.adopted.lock().ok().and_then(|a| *a) {
+                    status.adopted = adopted;
+                }
+                Ok(status)
+            }
+            Err(DataplaneError::NotPinned { .. }) => Ok(empty_status()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn empty_status() -> DataplaneStatus {
+    DataplaneStatus {
+        adopted: false,
+        program_ids: BTreeMap::new(),
+        attachments: vec![],
+        rules: vec![],
+        hooks: vec![],
+    }
 }
 
 /// The real dataplane; opened lazily so a daemon without rules loads nothing.
 pub struct KernelDataplane {
     config: crate::dataplane::DataplaneConfig,
     dataplane: Option<Dataplane>,
+    adopted: Arc<std::sync::Mutex<Option<bool>>>,
 }
 
 impl KernelDataplane {
@@ -45,12 +89,17 @@ impl KernelDataplane {
         Self {
             config,
             dataplane: None,
+            adopted: Arc::default(),
         }
     }
 
     fn get(&mut self) -> Result<&mut Dataplane, DataplaneError> {
         if self.dataplane.is_none() {
-            self.dataplane = Some(Dataplane::open(&self.config)?);
+            let dataplane = Dataplane::open(&self.config)?;
+            if let Ok(mut adopted) = self.adopted.lock() {
+                *adopted = Some(dataplane.adopted());
+            }
+            self.dataplane = Some(dataplane);
         }
         self.dataplane.as_mut().ok_or(DataplaneError::ObjectMissing)
     }
@@ -73,13 +122,7 @@ impl DataplaneApplier for KernelDataplane {
             Some(d) => d.status(),
             None => match Dataplane::open_existing(&self.config) {
                 Ok(d) => d.status(),
-                Err(DataplaneError::NotPinned { .. }) => Ok(DataplaneStatus {
-                    adopted: false,
-                    program_ids: BTreeMap::new(),
-                    attachments: vec![],
-                    rules: vec![],
-                    hooks: vec![],
-                }),
+                Err(DataplaneError::NotPinned { .. }) => Ok(empty_status()),
                 Err(e) => Err(e),
             },
         }
@@ -96,6 +139,13 @@ impl DataplaneApplier for KernelDataplane {
         };
         dataplane.teardown()
     }
+
+    fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
+        Arc::new(PinnedDataplaneReader {
+            config: self.config.clone(),
+            adopted: self.adopted.clone(),
+        })
+    }
 }
 
 /// A dataplane kept in memory, for tests without root.
@@ -103,17 +153,54 @@ impl DataplaneApplier for KernelDataplane {
 pub struct FakeDataplane {
     /// Current rules and borders.
     pub state: Arc<std::sync::Mutex<DesiredDataplane>>,
+    /// When set, `apply` fails with this reason and changes nothing.
+    pub fail: Arc<std::sync::Mutex<Option<String>>>,
+    /// When set, `apply` announces itself on the first sender and then waits for the
+    /// second to be dropped or written (a slow apply, for tests of readers).
+    #[allow(clippy::type_complexity)]
+    pub gate:
+        Arc<std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>>,
+}
+
+impl DataplaneStatusReader for FakeDataplane {
+    fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
+        let current = self
+            .state
+            .lock()
+            .map_err(|_| DataplaneError::FakePoisoned)?;
+        Ok(DataplaneStatus {
+            rules: current
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| crate::dataplane::InstalledRule {
+                    rule: r.clone(),
+                    rule_id: i as u32,
+                    packets: 0,
+                    bytes: 0,
+                })
+                .collect(),
+            ..empty_status()
+        })
+    }
 }
 
 impl DataplaneApplier for FakeDataplane {
     fn apply(&mut self, desired: &DesiredDataplane) -> Result<ApplyReport, DataplaneError> {
+        if let Some((started, release)) = self.gate.lock().ok().and_then(|mut g| g.take()) {
+            let _ = started.send(());
+            let _ = release.recv();
+        }
+        if let Some(reason) = self.fail.lock().ok().and_then(|f| f.clone()) {
+            return Err(DataplaneError::Injected(reason));
+        }
         crate::dataplane::rules::validate(&desired.rules)?;
         crate::dataplane::rules::validate_borders(&desired.borders)?;
         let rules = &desired.rules;
         let mut current = self
             .state
             .lock()
-            .map_err(|_| DataplaneError::ObjectMissing)?;
+            .map_err(|_| DataplaneError::FakePoisoned)?;
         let inserted = rules.iter().filter(|r| !current.rules.contains(r)).count();
         let removed = current.rules.iter().filter(|r| !rules.contains(r)).count();
         *current = desired.clone();
@@ -126,36 +213,29 @@ impl DataplaneApplier for FakeDataplane {
     }
 
     fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
-        let current = self
-            .state
-            .lock()
-            .map_err(|_| DataplaneError::ObjectMissing)?;
-        Ok(DataplaneStatus {
-            adopted: false,
-            program_ids: BTreeMap::new(),
-            attachments: vec![],
-            rules: current
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| crate::dataplane::InstalledRule {
-                    rule: r.clone(),
-                    rule_id: i as u32,
-                    packets: 0,
-                    bytes: 0,
-                })
-                .collect(),
-            hooks: vec![],
-        })
+        DataplaneStatusReader::status(self)
+    }
+
+    fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
+        Arc::new(self.clone())
     }
 
     fn teardown(&mut self) -> Result<(), DataplaneError> {
         *self
             .state
             .lock()
-            .map_err(|_| DataplaneError::ObjectMissing)? = DesiredDataplane::default();
+            .map_err(|_| DataplaneError::FakePoisoned)? = DesiredDataplane::default();
         Ok(())
     }
+}
+
+/// Readers of live state, usable while a change holds the reconciler.
+#[derive(Clone)]
+pub struct StatusReaders {
+    /// Rules, counters, attachments.
+    pub dataplane: Arc<dyn DataplaneStatusReader>,
+    /// Live tunnel state.
+    pub tunnels: Arc<dyn crate::net::TunnelStatusReader>,
 }
 
 /// What happened to one peering in the last reconcile.
@@ -179,6 +259,9 @@ pub struct PeeringOutcome {
     /// an unchanged peering is not decided again.
     #[serde(skip)]
     pub decided_from: Option<String>,
+    /// How long the policy took for the decision in force.
+    #[serde(skip)]
+    pub elapsed: Duration,
 }
 
 /// What one reconcile did.
@@ -195,9 +278,125 @@ pub struct ReconcileReport {
     pub dataplane: ApplyReport,
     /// Errors from appliers (empty when everything applied).
     pub errors: Vec<String>,
+    /// The steps that failed, in order.
+    pub failed_steps: Vec<ApplyStep>,
     /// How long it took.
     #[schema(value_type = f64)]
     pub duration_seconds: f64,
+}
+
+impl ReconcileReport {
+    fn fail(&mut self, step: ApplyStep, error: String) {
+        self.errors.push(format!("{step}: {error}"));
+        self.failed_steps.push(step);
+    }
+}
+
+/// One step of applying a desired system, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyStep {
+    /// Creating and updating WireGuard tunnels.
+    Tunnels,
+    /// Converging remapd's route table.
+    Routes,
+    /// Writing the dataplane's rules and borders.
+    Dataplane,
+    /// Removing tunnels no longer wanted.
+    Prune,
+}
+
+impl std::fmt::Display for ApplyStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tunnels => "tunnels",
+            Self::Routes => "routes",
+            Self::Dataplane => "dataplane",
+            Self::Prune => "prune",
+        })
+    }
+}
+
+/// Whether [`Reconciler::apply`] goes on after a failed step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Run every step (start-up and resync: converge as far as possible).
+    BestEffort,
+    /// Stop at the first failure (a change, which is then rolled back).
+    StopAtFirstError,
+}
+
+/// Why a peering got no new plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Its views collide with what another peering holds.
+    Conflict,
+    /// It names a policy that does not exist.
+    MissingPolicy,
+    /// The policy refused, failed, or decided something invalid.
+    Rejected,
+}
+
+/// A peering's failed decision in one plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl PlanFailure {
+    fn from_registry(e: &RegistryError) -> Self {
+        let kind = match e {
+            RegistryError::Policy(PolicyError::Rejected(DecisionError::OverlapsAllocation {
+                ..
+            })) => FailureKind::Conflict,
+            RegistryError::NotFound(_) => FailureKind::MissingPolicy,
+            _ => FailureKind::Rejected,
+        };
+        Self {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Everything the gateway should hold for one desired state, computed once per change
+/// by [`Reconciler::plan`].
+#[derive(Clone, Debug, Default)]
+pub struct DesiredSystem {
+    /// Each peering's decision and plan in force (a failed attempt keeps the last good
+    /// plan, with `last_error`).
+    pub outcomes: BTreeMap<String, PeeringOutcome>,
+    /// Peerings whose decision was attempted in this plan and failed.
+    pub failures: BTreeMap<String, PlanFailure>,
+    /// Tunnels, one per peering with a plan and a key.
+    pub tunnels: Vec<TunnelSpec>,
+    /// Routes in remapd's table.
+    pub routes: Vec<RouteSpec>,
+    /// Dataplane rules and ingress borders.
+    pub dataplane: DesiredDataplane,
+}
+
+/// Every view held by a peering, aggregated. Identity views count: two peerings seeing
+/// different remotes at the same prefix could not both be routed.
+fn all_allocations(outcomes: &BTreeMap<String, PeeringOutcome>) -> Vec<Ipv4Net> {
+    let all: Vec<Ipv4Net> = outcomes
+        .values()
+        .filter_map(|o| o.decision.as_ref())
+        .flat_map(|d| d.mappings.iter().map(|m| m.remapped))
+        .collect();
+    Ipv4Net::aggregate(&all)
+}
+
+/// The views of `name` itself, which it may keep.
+fn own_allocations(outcomes: &BTreeMap<String, PeeringOutcome>, name: &str) -> Vec<Ipv4Net> {
+    outcomes
+        .get(name)
+        .and_then(|o| o.decision.as_ref())
+        .map(|d| d.mappings.iter().map(|m| m.remapped).collect())
+        .unwrap_or_default()
 }
 
 /// Counters for `/metrics`.
@@ -220,6 +419,8 @@ pub struct Reconciler {
     routes: Box<dyn RouteApplier>,
     tunnels: Box<dyn TunnelApplier>,
     outcomes: BTreeMap<String, PeeringOutcome>,
+    committed: DesiredSystem,
+    capabilities: Capabilities,
     /// Counters for metrics.
     pub counters: ReconcileCounters,
 }
@@ -269,8 +470,23 @@ impl Reconciler {
             routes,
             tunnels,
             outcomes: BTreeMap::new(),
+            committed: DesiredSystem::default(),
+            capabilities: Capabilities {
+                nat_dataplane: true,
+            },
             counters: ReconcileCounters::default(),
         }
+    }
+
+    /// What this gateway can do, as told to policies.
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// What this gateway can do, as told to policies.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     /// The policy registry.
@@ -293,48 +509,46 @@ impl Reconciler {
         self.tunnels.status(interface).ok().flatten()
     }
 
-    /// Every view held by a peering, aggregated. Identity views count: two peerings
-    /// seeing different remotes at the same prefix could not both be routed.
-    fn all_allocations(&self) -> Vec<Ipv4Net> {
-        let all: Vec<Ipv4Net> = self
-            .outcomes
-            .values()
-            .filter_map(|o| o.decision.as_ref())
-            .flat_map(|d| d.mappings.iter().map(|m| m.remapped))
-            .collect();
-        Ipv4Net::aggregate(&all)
+    /// Readers of dataplane and tunnel state that do not need the reconciler.
+    pub fn status_readers(&self) -> StatusReaders {
+        StatusReaders {
+            dataplane: self.dataplane.status_reader(),
+            tunnels: self.tunnels.status_reader(),
+        }
     }
 
-    /// The views of `name` itself, which it may keep.
-    fn own_allocations(&self, name: &str) -> Vec<Ipv4Net> {
-        self.outcomes
-            .get(name)
-            .and_then(|o| o.decision.as_ref())
-            .map(|d| d.mappings.iter().map(|m| m.remapped).collect())
-            .unwrap_or_default()
-    }
-
-    /// Brings the system to `state`. Never panics; errors are recorded per peering and
-    /// in the report.
+    /// Brings the system to `state` as well as it can (start-up and periodic resync):
+    /// plans, applies every step even after one fails, and keeps the plan whatever the
+    /// appliers said, so the next resync retries it. Never panics; errors are recorded
+    /// per peering and in the report.
     pub fn reconcile(&mut self, state: &DesiredState, keys: &Keys) -> ReconcileReport {
-        let started = Instant::now();
-        let mut report = ReconcileReport::default();
-        self.outcomes
-            .retain(|name, _| state.peerings.contains_key(name));
-        let local_caps = Capabilities {
-            nat_dataplane: true,
-        };
+        let system = self.plan(state, keys);
+        let report = self.apply(&system, ApplyMode::BestEffort);
+        self.commit(system);
+        report
+    }
+
+    /// The desired system for `state`: each peering's decision (decided again only when
+    /// its inputs changed or its views now collide; a failed attempt keeps the last good
+    /// plan and is listed in `failures`), and the tunnels, routes and dataplane rules of
+    /// all plans. Changes nothing but the decision counters; the same value is what a dry
+    /// run reports, what [`Reconciler::apply`] applies and what [`Reconciler::commit`]
+    /// keeps.
+    pub fn plan(&mut self, state: &DesiredState, keys: &Keys) -> DesiredSystem {
+        let mut outcomes = self.outcomes.clone();
+        outcomes.retain(|name, _| state.peerings.contains_key(name));
+        let mut failures = BTreeMap::new();
+        let local_caps = self.capabilities;
         if let Some(cluster) = &state.cluster {
             // What other peerings hold is "all held" minus one's own views; kept
             // aggregated so a hub with thousands of peerings hands policies a short list.
-            let mut held = self.all_allocations();
+            let mut held = all_allocations(&outcomes);
             for (name, peering) in &state.peerings {
                 let interface = peering.interface(name);
                 let input = PolicyInput {
                     local: cluster.clone(),
                     local_capabilities: local_caps,
-                    allocated: self
-                        .own_allocations(name)
+                    allocated: own_allocations(&outcomes, name)
                         .into_iter()
                         .fold(held.clone(), |set, own| subtract(&set, own)),
                     remote: peering.remote.clone(),
@@ -355,7 +569,7 @@ impl Reconciler {
                     };
                     serde_json::to_string(&(&sha, &interface, &own)).ok()
                 };
-                if let Some(o) = self.outcomes.get_mut(name)
+                if let Some(o) = outcomes.get_mut(name)
                     && o.last_error.is_none()
                     && o.plan.is_some()
                     && decided_from.is_some()
@@ -376,7 +590,7 @@ impl Reconciler {
                 let attempt = self
                     .registry
                     .decide(&peering.policy, &input)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| PlanFailure::from_registry(&e))
                     .and_then(|eval| {
                         compile(
                             cluster,
@@ -386,9 +600,12 @@ impl Reconciler {
                             &eval.decision,
                         )
                         .map(|plan| (eval, plan))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| PlanFailure {
+                            kind: FailureKind::Rejected,
+                            message: e.to_string(),
+                        })
                     });
-                let outcome = self.outcomes.entry(name.clone()).or_default();
+                let outcome = outcomes.entry(name.clone()).or_default();
                 outcome.interface = interface;
                 outcome.public_key = keys.get(name).and_then(|k| public_key(k));
                 let status = match attempt {
@@ -401,12 +618,14 @@ impl Reconciler {
                         outcome.decision = Some(eval.decision);
                         outcome.plan = Some(plan);
                         outcome.policy_log = eval.log;
+                        outcome.elapsed = eval.elapsed;
                         outcome.last_error = None;
                         "ok"
                     }
-                    Err(e) => {
-                        warn!(peering = %name, error = %e, "no new plan; keeping the last good one");
-                        outcome.last_error = Some(e);
+                    Err(failure) => {
+                        warn!(peering = %name, error = %failure.message, "no new plan; keeping the last good one");
+                        outcome.last_error = Some(failure.message.clone());
+                        failures.insert(name.clone(), failure);
                         "error"
                     }
                 };
@@ -417,19 +636,20 @@ impl Reconciler {
                     .or_default() += 1;
             }
         } else {
-            self.outcomes.clear();
+            outcomes.clear();
         }
 
-        let mut tunnels = Vec::new();
-        let mut routes = Vec::new();
-        let mut dataplane = DesiredDataplane::default();
-        for (name, outcome) in &self.outcomes {
+        let mut system = DesiredSystem {
+            failures,
+            ..DesiredSystem::default()
+        };
+        for (name, outcome) in &outcomes {
             let (Some(plan), Some(peering), Some(key)) =
                 (&outcome.plan, state.peerings.get(name), keys.get(name))
             else {
                 continue;
             };
-            tunnels.push(TunnelSpec {
+            system.tunnels.push(TunnelSpec {
                 interface: outcome.interface.clone(),
                 private_key: key.clone(),
                 listen_port: peering.tunnel.listen_port,
@@ -439,34 +659,54 @@ impl Reconciler {
                 allowed_ips: plan.allowed_ips.clone(),
                 keepalive: (peering.tunnel.keepalive > 0).then_some(peering.tunnel.keepalive),
             });
-            routes.extend(plan.routes.iter().map(|prefix| RouteSpec {
-                prefix: *prefix,
-                interface: outcome.interface.clone(),
-            }));
-            dataplane.rules.extend(plan.rules.iter().cloned());
-            dataplane.borders.push(IngressBorder {
+            system
+                .routes
+                .extend(plan.routes.iter().map(|prefix| RouteSpec {
+                    prefix: *prefix,
+                    interface: outcome.interface.clone(),
+                }));
+            system.dataplane.rules.extend(plan.rules.iter().cloned());
+            system.dataplane.borders.push(IngressBorder {
                 interface: outcome.interface.clone(),
                 sources: plan.border.sources.clone(),
                 destinations: plan.border.destinations.clone(),
             });
         }
-        let keep: Vec<String> = tunnels.iter().map(|t| t.interface.clone()).collect();
+        system.outcomes = outcomes;
+        system
+    }
 
-        match self.tunnels.ensure(&tunnels) {
+    /// Applies `system` in make-before-break order: tunnels created or updated, routes,
+    /// dataplane rules and borders, then tunnels no longer wanted removed. In
+    /// [`ApplyMode::StopAtFirstError`] nothing runs after a failed step.
+    pub fn apply(&mut self, system: &DesiredSystem, mode: ApplyMode) -> ReconcileReport {
+        let started = Instant::now();
+        let mut report = ReconcileReport::default();
+        let keep: Vec<String> = system.tunnels.iter().map(|t| t.interface.clone()).collect();
+        let stop = |report: &ReconcileReport| {
+            mode == ApplyMode::StopAtFirstError && !report.failed_steps.is_empty()
+        };
+        match self.tunnels.ensure(&system.tunnels) {
             Ok(r) => report.tunnels = r,
-            Err(e) => report.errors.push(format!("tunnels: {e}")),
+            Err(e) => report.fail(ApplyStep::Tunnels, e.to_string()),
         }
-        match self.routes.apply(&routes) {
-            Ok(r) => report.routes = r,
-            Err(e) => report.errors.push(format!("routes: {e}")),
+        if !stop(&report) {
+            match self.routes.apply(&system.routes) {
+                Ok(r) => report.routes = r,
+                Err(e) => report.fail(ApplyStep::Routes, e.to_string()),
+            }
         }
-        match self.dataplane.apply(&dataplane) {
-            Ok(r) => report.dataplane = r,
-            Err(e) => report.errors.push(format!("dataplane: {e}")),
+        if !stop(&report) {
+            match self.dataplane.apply(&system.dataplane) {
+                Ok(r) => report.dataplane = r,
+                Err(e) => report.fail(ApplyStep::Dataplane, e.to_string()),
+            }
         }
-        match self.tunnels.prune(&keep) {
-            Ok(r) => report.tunnels.removed = r.removed,
-            Err(e) => report.errors.push(format!("tunnels: {e}")),
+        if !stop(&report) {
+            match self.tunnels.prune(&keep) {
+                Ok(r) => report.tunnels.removed = r.removed,
+                Err(e) => report.fail(ApplyStep::Prune, e.to_string()),
+            }
         }
         let elapsed = started.elapsed();
         report.duration_seconds = elapsed.as_secs_f64();
@@ -474,11 +714,33 @@ impl Reconciler {
         self.counters.last_duration = elapsed;
         self.counters.total_duration += elapsed;
         if report.errors.is_empty() {
-            info!(?elapsed, peerings = self.outcomes.len(), "reconciled");
+            info!(?elapsed, peerings = system.outcomes.len(), "applied");
         } else {
-            warn!(errors = ?report.errors, "reconciled with errors");
+            warn!(errors = ?report.errors, "applied with errors");
         }
         report
+    }
+
+    /// Re-applies the last committed system (after a failed [`Reconciler::apply`] of a
+    /// change), so the kernel holds again what was last acknowledged. Returns that
+    /// apply's report.
+    pub fn roll_back(&mut self) -> ReconcileReport {
+        let previous = std::mem::take(&mut self.committed);
+        let report = self.apply(&previous, ApplyMode::BestEffort);
+        self.committed = previous;
+        report
+    }
+
+    /// Makes `system` the one in force: its outcomes are what status reports and what
+    /// the next plan starts from; a failed later change rolls back to it.
+    pub fn commit(&mut self, system: DesiredSystem) {
+        self.outcomes = system.outcomes.clone();
+        self.committed = system;
+    }
+
+    /// The system last committed.
+    pub fn committed(&self) -> &DesiredSystem {
+        &self.committed
     }
 
     /// Removes every rule, route and tunnel remapd made.
@@ -494,6 +756,7 @@ impl Reconciler {
             errors.push(format!("tunnels: {e}"));
         }
         self.outcomes.clear();
+        self.committed = DesiredSystem::default();
         errors
     }
 }

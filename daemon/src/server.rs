@@ -85,7 +85,7 @@ pub async fn serve(
     match daemon.reconcile().await {
         Ok(report) if report.errors.is_empty() => info!(?report, "state restored"),
         Ok(report) => warn!(errors = ?report.errors, "state restored with errors"),
-        Err(e) => warn!(error = %e.detail, "restoring state failed"),
+        Err(e) => warn!(error = %e, "restoring state failed"),
     }
     // Re-apply periodically too: a tunnel process that died, an interface someone
     // deleted, or an apply that failed comes back without waiting for an API call.
@@ -98,7 +98,7 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 if let Err(e) = daemon.reconcile().await {
-                    warn!(error = %e.detail, "periodic reconcile failed");
+                    warn!(error = %e, "periodic reconcile failed");
                 }
             }
         });

@@ -239,6 +239,40 @@ impl Store {
         }
     }
 
+    /// The private key of peering `name` if its key file exists (never creates one).
+    pub fn existing_key(&self, name: &str) -> Result<Option<String>, StoreError> {
+        if self.has_key(name) {
+            self.private_key(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whether peering `name` has a key file.
+    pub fn has_key(&self, name: &str) -> bool {
+        self.dir.join("keys").join(format!("{name}.key")).exists()
+    }
+
+    /// Removes key files of peerings `state` does not hold (left by a crash between a
+    /// delete's state write and its key removal, or by a refused change). Returns the
+    /// names removed.
+    pub fn gc_keys(&self, state: &DesiredState) -> Result<Vec<String>, StoreError> {
+        let dir = self.dir.join("keys");
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".key") else {
+                continue;
+            };
+            if !state.peerings.contains_key(name) {
+                fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+                removed.push(name.to_owned());
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes the key of a removed peering.
     pub fn remove_key(&self, name: &str) -> Result<(), StoreError> {
         let path = self.dir.join("keys").join(format!("{name}.key"));

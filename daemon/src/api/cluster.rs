@@ -24,7 +24,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     )
 )]
 async fn get_cluster(State(state): State<AppState>) -> Result<Json<LocalCluster>, Problem> {
-    state.daemon.state().await.cluster.map(Json).ok_or_else(|| {
+    state.daemon.state().cluster.map(Json).ok_or_else(|| {
         Problem::not_found("the local cluster is not configured yet (PUT /v1/cluster)")
     })
 }
@@ -85,8 +85,9 @@ async fn put_cluster(
         .update(
             move |s| {
                 s.cluster = Some(cluster);
-                Ok(())
+                Ok::<_, Problem>(())
             },
+            vec![],
             None,
         )
         .await?;

@@ -53,11 +53,7 @@ pub struct DaemonStatus {
 #[utoipa::path(get, path = "/v1/status", tag = "ops",
     responses((status = 200, description = "Daemon status", body = DaemonStatus)))]
 async fn status(State(state): State<AppState>) -> Result<Json<DaemonStatus>, Problem> {
-    let dp = state
-        .daemon
-        .with_reconciler(|r| r.dataplane_status())
-        .await?;
-    let dp = dp.map_err(|e| Problem::internal(format!("dataplane: {e}")))?;
+    let dp = state.daemon.dataplane_status().await?;
     Ok(Json(DaemonStatus {
         ready: state.daemon.ready(),
         last_reconcile: state.daemon.last_report(),
@@ -101,23 +97,20 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, Problem> 
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
-    let desired = state.daemon.state().await;
+    let desired = state.daemon.state();
     let by_interface: std::collections::BTreeMap<String, String> = desired
         .peerings
         .iter()
         .map(|(n, p)| (p.interface(n), n.clone()))
         .collect();
-    let (status, counters, peerings_with_errors) = state
-        .daemon
-        .with_reconciler(|r| {
-            let errors = r
-                .outcomes()
-                .values()
-                .filter(|o| o.last_error.is_some())
-                .count();
-            (r.dataplane_status().ok(), r.counters.clone(), errors)
-        })
-        .await?;
+    let snapshot = state.daemon.snapshot();
+    let counters = &snapshot.counters;
+    let peerings_with_errors = snapshot
+        .outcomes
+        .values()
+        .filter(|o| o.last_error.is_some())
+        .count();
+    let status = state.daemon.dataplane_status().await.ok();
     let mut registry = Registry::with_prefix("remapd");
     type Labels = Vec<(String, String)>;
     let rule_packets = Family::<Labels, Counter>::default();
@@ -284,11 +277,8 @@ async fn translate(
     let addr: Ipv4Addr = q.address.parse().map_err(|_| {
         Problem::bad_request(format!("{:?} is not an IPv4 address", q.address)).at("/address")
     })?;
-    let desired = state.daemon.state().await;
-    let outcomes = state
-        .daemon
-        .with_reconciler(|r| r.outcomes().clone())
-        .await?;
+    let snapshot = state.daemon.snapshot();
+    let (desired, outcomes) = (&snapshot.state, &snapshot.outcomes);
     let mut out = Vec::new();
     for (name, spec) in &desired.peerings {
         if let Some(decision) = outcomes.get(name).and_then(|o| o.decision.as_ref()) {

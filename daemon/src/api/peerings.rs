@@ -193,30 +193,31 @@ async fn status_of(
     state: &AppState,
     name: &str,
     spec: &PeeringSpec,
+    outcome: PeeringOutcome,
 ) -> Result<PeeringStatus, Problem> {
     let interface = spec.interface(name);
-    let key = state.daemon.private_key(name).await?;
-    let public_key = crate::store::public_key(&key);
-    let (outcome, rules, tunnel) = {
-        let name = name.to_owned();
-        let iface = interface.clone();
-        state
+    // The key was made by the change that created the peering; a read never writes one.
+    let public_key = match outcome.public_key.clone() {
+        Some(key) => Some(key),
+        None => state
             .daemon
-            .with_reconciler(move |r| {
-                let outcome: PeeringOutcome = r.outcomes().get(&name).cloned().unwrap_or_default();
-                let rules: Vec<InstalledRule> = r
-                    .dataplane_status()
-                    .map(|s| {
-                        s.rules
-                            .into_iter()
-                            .filter(|x| x.rule.interface == iface)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (outcome, rules, r.tunnel_status(&iface))
-            })
-            .await?
+            .store()
+            .existing_key(name)
+            .map_err(|e| Problem::internal(e.to_string()))?
+            .and_then(|k| crate::store::public_key(&k)),
     };
+    let rules: Vec<InstalledRule> = state
+        .daemon
+        .dataplane_status()
+        .await
+        .map(|s| {
+            s.rules
+                .into_iter()
+                .filter(|x| x.rule.interface == interface)
+                .collect()
+        })
+        .unwrap_or_default();
+    let tunnel = state.daemon.tunnel_status(&interface).await.ok().flatten();
     let exports = outcome.plan.as_ref().map(|plan| PeeringSpec {
         policy: spec.policy.clone(),
         remote: plan.exports.remote.clone(),
@@ -266,10 +267,11 @@ async fn status_of(
 #[utoipa::path(get, path = "/v1/peerings", tag = "peerings",
     responses((status = 200, description = "All peerings", body = Vec<PeeringStatus>)))]
 async fn list_peerings(State(state): State<AppState>) -> Result<Json<Vec<PeeringStatus>>, Problem> {
-    let desired = state.daemon.state().await;
+    let snapshot = state.daemon.snapshot();
     let mut out = Vec::new();
-    for (name, spec) in &desired.peerings {
-        out.push(status_of(&state, name, spec).await?);
+    for (name, spec) in &snapshot.state.peerings {
+        let outcome = snapshot.outcomes.get(name).cloned().unwrap_or_default();
+        out.push(status_of(&state, name, spec, outcome).await?);
     }
     Ok(Json(out))
 }
@@ -286,12 +288,14 @@ async fn get_peering(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PeeringStatus>, Problem> {
-    let desired = state.daemon.state().await;
-    let spec = desired
+    let snapshot = state.daemon.snapshot();
+    let spec = snapshot
+        .state
         .peerings
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no peering {name:?}")))?;
-    Ok(Json(status_of(&state, &name, spec).await?))
+    let outcome = snapshot.outcomes.get(&name).cloned().unwrap_or_default();
+    Ok(Json(status_of(&state, &name, spec, outcome).await?))
 }
 
 /// The exact JSON to PUT on the remote daemon as its peering with this cluster.
@@ -306,12 +310,14 @@ async fn get_exports(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PeeringSpec>, Problem> {
-    let desired = state.daemon.state().await;
-    let spec = desired
+    let snapshot = state.daemon.snapshot();
+    let spec = snapshot
+        .state
         .peerings
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no peering {name:?}")))?;
-    let status = status_of(&state, &name, spec).await?;
+    let outcome = snapshot.outcomes.get(&name).cloned().unwrap_or_default();
+    let status = status_of(&state, &name, spec, outcome).await?;
     status.exports.map(Json).ok_or_else(|| {
         Problem::conflict(format!(
             "peering {name:?} has no plan yet: {}",
@@ -338,9 +344,8 @@ async fn put_peering(
     Path(name): Path<String>,
     JsonBody(spec): JsonBody<PeeringSpec>,
 ) -> Result<(StatusCode, Json<PeeringStatus>), Problem> {
-    let has_policy = state.daemon.registry().get(&spec.policy).is_some();
+    let registry = state.daemon.registry().clone();
     let target = name.clone();
-    let saved = spec.clone();
     let (existed, _) = state
         .daemon
         .update(
@@ -350,13 +355,23 @@ async fn put_peering(
                         "configure the local cluster first (PUT /v1/cluster)",
                     ));
                 }
+                // Checked under the state lock: a policy deleted concurrently is either
+                // gone before this check or refused as in use after it.
+                let has_policy = registry.get(&spec.policy).is_some();
                 validate_spec(&target, &spec, s, has_policy)?;
                 Ok(s.peerings.insert(target, spec).is_some())
             },
-            Some(name.clone()),
+            vec![name.clone()],
+            None,
         )
         .await?;
-    let status = status_of(&state, &name, &saved).await?;
+    let snapshot = state.daemon.snapshot();
+    let spec =
+        snapshot.state.peerings.get(&name).ok_or_else(|| {
+            Problem::internal(format!("peering {name:?} missing after its change"))
+        })?;
+    let outcome = snapshot.outcomes.get(&name).cloned().unwrap_or_default();
+    let status = status_of(&state, &name, spec, outcome).await?;
     Ok((
         if existed {
             StatusCode::OK
@@ -389,13 +404,9 @@ async fn delete_peering(
                     .map(|_| ())
                     .ok_or_else(|| Problem::not_found(format!("no peering {target:?}")))
             },
+            vec![],
             None,
         )
         .await?;
-    state
-        .daemon
-        .store()
-        .remove_key(&name)
-        .map_err(|e| Problem::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
 }

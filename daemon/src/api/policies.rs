@@ -13,9 +13,10 @@ use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
 use super::{AppState, check_name};
+use crate::daemon::PolicyChange;
 use crate::model::{Decision, RemoteCluster};
 use crate::plan::GatewayPlan;
-use crate::policy::{NamedPolicy, RegistryError};
+use crate::policy::NamedPolicy;
 use crate::store::{PeeringSpec, StoredPolicy, TunnelConfig};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -63,7 +64,7 @@ fn users(state: &crate::store::DesiredState, name: &str) -> Vec<String> {
 #[utoipa::path(get, path = "/v1/policies", tag = "policies",
     responses((status = 200, description = "All policies", body = Vec<PolicyInfo>)))]
 async fn list_policies(State(state): State<AppState>) -> Json<Vec<PolicyInfo>> {
-    let desired = state.daemon.state().await;
+    let desired = state.daemon.state();
     Json(
         state
             .daemon
@@ -91,7 +92,7 @@ async fn get_policy(
         .registry()
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no policy named {name:?}")))?;
-    let desired = state.daemon.state().await;
+    let desired = state.daemon.state();
     Ok(Json(info(&p, users(&desired, &name))))
 }
 
@@ -149,39 +150,35 @@ async fn put_policy(
             .map_err(|e| Problem::internal(format!("compile task: {e}")))?
             .map_err(|e| Problem::bad_request(e.to_string()).at("/body"))?
     };
-    state
-        .daemon
-        .store()
-        .put_policy_bytes(&compiled.sha256, &bytes)
-        .map_err(|e| Problem::internal(e.to_string()))?;
-    let existed = registry.get(&name).is_some();
-    let named = {
-        let registry = registry.clone();
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || registry.put(&name, &bytes))
-            .await
-            .map_err(|e| Problem::internal(format!("compile task: {e}")))?
-            .map_err(|e| match e {
-                RegistryError::Builtin(_) => Problem::conflict(e.to_string()),
-                other => Problem::bad_request(other.to_string()),
-            })?
+    let named = NamedPolicy {
+        name: name.clone(),
+        builtin: false,
+        compiled,
     };
     let sha = named.compiled.sha256.clone();
     let size = named.compiled.size;
     let policy_name = name.clone();
-    state
+    // One transaction: the bytes are stored and the policy installed, every peering
+    // using it is decided again and applied, and the state saved; a refusal by the new
+    // policy, or a failed apply, puts the old policy back and changes nothing.
+    let (existed, _) = state
         .daemon
         .update(
             move |s| {
-                s.policies
-                    .insert(policy_name, StoredPolicy { sha256: sha, size });
-                Ok(())
+                Ok::<_, Problem>(
+                    s.policies
+                        .insert(policy_name, StoredPolicy { sha256: sha, size })
+                        .is_some(),
+                )
             },
-            None,
+            vec![],
+            Some(PolicyChange {
+                name: name.clone(),
+                install: Some((named.clone(), bytes)),
+            }),
         )
         .await?;
-    let desired = state.daemon.state().await;
-    let _ = state.daemon.store().gc_policies(&desired);
+    let desired = state.daemon.state();
     let status = if existed {
         StatusCode::OK
     } else {
@@ -227,12 +224,13 @@ async fn delete_policy(
                 s.policies.remove(&target);
                 Ok(())
             },
-            None,
+            vec![],
+            Some(PolicyChange {
+                name: name.clone(),
+                install: None,
+            }),
         )
         .await?;
-    let _ = registry.remove(&name);
-    let desired = state.daemon.state().await;
-    let _ = state.daemon.store().gc_policies(&desired);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -282,7 +280,7 @@ async fn evaluate_policy(
         return Err(Problem::not_found(format!("no policy named {name:?}")));
     }
     super::peerings::validate_remote(&req.remote)?;
-    let mut hypothetical = state.daemon.state().await;
+    let mut hypothetical = state.daemon.state();
     // Not a valid peering name, so it can never shadow a real peering.
     let probe = "-dry-run".to_string();
     hypothetical.peerings.remove(&probe);
@@ -301,7 +299,7 @@ async fn evaluate_policy(
             },
         },
     );
-    let (eval, plan) = state.daemon.dry_run(&hypothetical, &probe).await?;
+    let (eval, plan) = state.daemon.dry_run(hypothetical, &probe).await?;
     Ok(Json(EvaluateResponse {
         decision: eval.decision,
         plan,

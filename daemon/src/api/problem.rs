@@ -10,6 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::daemon::EngineError;
+use crate::reconcile::FailureKind;
+
 /// An RFC 7807 problem.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
@@ -25,6 +28,13 @@ pub struct Problem {
     /// JSON pointer (RFC 6901) to the field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
+    /// For `apply-failed`: the step that failed (`tunnels`, `routes`, `dataplane`,
+    /// `prune`); the previous configuration was re-applied and nothing was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// For `policy-rejected` and `conflict` from a decision: the peering concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peering: Option<String>,
 }
 
 impl Problem {
@@ -35,6 +45,8 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             pointer: None,
+            step: None,
+            peering: None,
         }
     }
 
@@ -122,6 +134,41 @@ impl Problem {
             "Unavailable",
             detail,
         )
+    }
+}
+
+impl From<EngineError> for Problem {
+    fn from(e: EngineError) -> Self {
+        let detail = e.to_string();
+        match e {
+            EngineError::NoCluster => Self::conflict(detail),
+            EngineError::PeeringNotFound(_) => Self::not_found(detail),
+            EngineError::Decision { peering, kind, .. } => {
+                let mut p = match kind {
+                    FailureKind::Conflict | FailureKind::MissingPolicy => Self::conflict(detail),
+                    FailureKind::Rejected => Self::policy_rejected(detail),
+                };
+                p.peering = Some(peering);
+                p
+            }
+            EngineError::Apply { step, .. } => {
+                let mut p = Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "apply-failed",
+                    "Applying the change failed",
+                    detail,
+                );
+                p.step = Some(step.to_string());
+                p
+            }
+            EngineError::Persist(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "persist-failed",
+                "Saving the change failed",
+                detail,
+            ),
+            EngineError::Internal(_) => Self::internal(detail),
+        }
     }
 }
 

@@ -137,6 +137,12 @@ pub enum DataplaneError {
         "this remapd binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with bpf-linker installed"
     )]
     ObjectMissing,
+    /// A test fake was told to fail.
+    #[error("injected failure: {0}")]
+    Injected(String),
+    /// A test fake's lock was poisoned.
+    #[error("fake dataplane: lock poisoned")]
+    FakePoisoned,
     /// The pin directory is unusable.
     #[error("bpffs directory {path}: {source}")]
     PinDir {

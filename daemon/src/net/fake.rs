@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{
     NetError, RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec,
-    TunnelStatus,
+    TunnelStatus, TunnelStatusReader,
 };
 
 /// Shared view of a fake's state, kept by the test.
@@ -19,10 +19,23 @@ pub struct FakeRoutes {
     pub routes: Shared<Vec<RouteSpec>>,
     /// Number of apply calls.
     pub applies: Shared<usize>,
+    /// When set, `apply` fails with this reason and changes nothing.
+    pub fail: Shared<Option<String>>,
+}
+
+/// The error a fake returns when told to fail.
+fn injected(reason: &str) -> NetError {
+    NetError::Netlink {
+        what: "fake applier".into(),
+        reason: reason.to_owned(),
+    }
 }
 
 impl RouteApplier for FakeRoutes {
     fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError> {
+        if let Some(reason) = self.fail.lock().map_err(|_| poisoned())?.as_deref() {
+            return Err(injected(reason));
+        }
         let mut current = self.routes.lock().map_err(|_| poisoned())?;
         let want: std::collections::BTreeSet<RouteSpec> = routes.iter().cloned().collect();
         let have: std::collections::BTreeSet<RouteSpec> = current.iter().cloned().collect();
@@ -51,6 +64,8 @@ pub struct FakeTunnels {
     pub tunnels: Shared<BTreeMap<String, TunnelSpec>>,
     /// How many times each interface was created.
     pub created: Shared<BTreeMap<String, usize>>,
+    /// When set, `ensure` fails with this reason and changes nothing.
+    pub fail: Shared<Option<String>>,
 }
 
 fn poisoned() -> NetError {
@@ -62,6 +77,9 @@ fn poisoned() -> NetError {
 
 impl TunnelApplier for FakeTunnels {
     fn ensure(&mut self, tunnels: &[TunnelSpec]) -> Result<TunnelReport, NetError> {
+        if let Some(reason) = self.fail.lock().map_err(|_| poisoned())?.as_deref() {
+            return Err(injected(reason));
+        }
         let mut current = self.tunnels.lock().map_err(|_| poisoned())?;
         let mut report = TunnelReport::default();
         for t in tunnels {
@@ -94,6 +112,21 @@ impl TunnelApplier for FakeTunnels {
     }
 
     fn status(&self, interface: &str) -> Result<Option<TunnelStatus>, NetError> {
+        TunnelStatusReader::status(self, interface)
+    }
+
+    fn teardown(&mut self) -> Result<(), NetError> {
+        self.tunnels.lock().map_err(|_| poisoned())?.clear();
+        Ok(())
+    }
+
+    fn status_reader(&self) -> Arc<dyn TunnelStatusReader> {
+        Arc::new(self.clone())
+    }
+}
+
+impl TunnelStatusReader for FakeTunnels {
+    fn status(&self, interface: &str) -> Result<Option<TunnelStatus>, NetError> {
         let current = self.tunnels.lock().map_err(|_| poisoned())?;
         Ok(current.get(interface).map(|t| TunnelStatus {
             interface: t.interface.clone(),
@@ -104,10 +137,5 @@ impl TunnelApplier for FakeTunnels {
             tx_bytes: 0,
             backend: "fake",
         }))
-    }
-
-    fn teardown(&mut self) -> Result<(), NetError> {
-        self.tunnels.lock().map_err(|_| poisoned())?.clear();
-        Ok(())
     }
 }

@@ -148,4 +148,13 @@ pub trait TunnelApplier: Send {
     fn status(&self, interface: &str) -> Result<Option<TunnelStatus>, NetError>;
     /// Removes every managed tunnel.
     fn teardown(&mut self) -> Result<(), NetError>;
+    /// A reader of live tunnel state that does not need this applier, so reads never
+    /// wait for a change in progress.
+    fn status_reader(&self) -> std::sync::Arc<dyn TunnelStatusReader>;
+}
+
+/// Reads live tunnel state, shared by readers.
+pub trait TunnelStatusReader: Send + Sync {
+    /// Live state of one tunnel, if it exists.
+    fn status(&self, interface: &str) -> Result<Option<TunnelStatus>, NetError>;
 }

@@ -639,38 +639,69 @@ impl PolicyRegistry {
             builtin: false,
             compiled,
         };
-        if let Ok(mut map) = self.policies.write() {
-            map.insert(name.to_owned(), named.clone());
-        }
+        self.install(named.clone())?;
         Ok(named)
+    }
+
+    /// Installs an already compiled uploaded policy under its name, returning the one it
+    /// replaces (to give back to [`PolicyRegistry::restore`] if the change is refused).
+    pub fn install(&self, named: NamedPolicy) -> Result<Option<NamedPolicy>, RegistryError> {
+        if !valid_name(&named.name) {
+            return Err(RegistryError::BadName(named.name));
+        }
+        let mut map = self.write();
+        if map.get(&named.name).is_some_and(|p| p.builtin) {
+            return Err(RegistryError::Builtin(named.name));
+        }
+        Ok(map.insert(named.name.clone(), named))
+    }
+
+    /// Puts back what held `name` before an install or removal: `previous`, or nothing.
+    /// Built-ins are never touched.
+    pub fn restore(&self, name: &str, previous: Option<NamedPolicy>) {
+        let mut map = self.write();
+        if map.get(name).is_some_and(|p| p.builtin) {
+            return;
+        }
+        match previous {
+            Some(p) => map.insert(name.to_owned(), p),
+            None => map.remove(name),
+        };
+    }
+
+    // A panic while the lock was held cannot leave the map half-changed (every change
+    // is one insert or remove), so a poisoned lock is used as it is.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NamedPolicy>> {
+        self.policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, NamedPolicy>> {
+        self.policies
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The policy called `name`.
     pub fn get(&self, name: &str) -> Option<NamedPolicy> {
-        self.policies.read().ok()?.get(name).cloned()
+        self.read().get(name).cloned()
     }
 
     /// All policies, by name.
     pub fn list(&self) -> Vec<NamedPolicy> {
-        self.policies
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.read().values().cloned().collect()
     }
 
-    /// Removes an uploaded policy.
-    pub fn remove(&self, name: &str) -> Result<(), RegistryError> {
-        let mut map = self
-            .policies
-            .write()
-            .map_err(|_| RegistryError::NotFound(name.into()))?;
+    /// Removes an uploaded policy, returning it.
+    pub fn remove(&self, name: &str) -> Result<NamedPolicy, RegistryError> {
+        let mut map = self.write();
         match map.get(name) {
             None => Err(RegistryError::NotFound(name.into())),
             Some(p) if p.builtin => Err(RegistryError::Builtin(name.into())),
-            Some(_) => {
-                map.remove(name);
-                Ok(())
-            }
+            Some(_) => map
+                .remove(name)
+                .ok_or_else(|| RegistryError::NotFound(name.into())),
         }
     }
 

@@ -17,7 +17,9 @@ use remapd::dataplane::{
 use remapd::model::{Capabilities, LocalCluster, RemoteCluster};
 use remapd::net::fake::{FakeRoutes, FakeTunnels};
 use remapd::policy::{PolicyEngine, PolicyLimits, PolicyRegistry};
-use remapd::reconcile::{DataplaneApplier, KernelDataplane, Keys, Reconciler};
+use remapd::reconcile::{
+    DataplaneApplier, DataplaneStatusReader, KernelDataplane, Keys, Reconciler,
+};
 use remapd::store::{DesiredState, PeeringSpec, TunnelConfig};
 
 fn rss_mib() -> f64 {
@@ -101,6 +103,10 @@ impl DataplaneApplier for SharedLoopback {
 
     fn teardown(&mut self) -> Result<(), DataplaneError> {
         self.0.teardown()
+    }
+
+    fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
+        self.0.status_reader()
     }
 }
 

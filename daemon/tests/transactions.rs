@@ -1,0 +1,624 @@
+//! Every change is a transaction: an applier failure, a refusing policy or a pool that
+//! no longer fits answers a problem and leaves state, kernel (the fakes) and key files
+//! as they were; concurrent changes never leave a mix; reads do not wait for a change in
+//! progress; the policy runs once per change. No root needed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use remapd::policy::builtin;
+use serde_json::{Value, json};
+use support::*;
+
+/// Everything a failed change must leave as it was.
+#[derive(Debug, PartialEq)]
+struct World {
+    peerings: Value,
+    state_file: Vec<u8>,
+    keys: BTreeSet<String>,
+    routes: Vec<remapd::net::RouteSpec>,
+    tunnels: Vec<String>,
+    rules: usize,
+    borders: usize,
+}
+
+async fn world(app: &App) -> World {
+    let peerings = call(app, "GET", "/v1/peerings", None, None).await.body;
+    let keys = std::fs::read_dir(app.dir.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let dataplane = app.dataplane.state.lock().unwrap().clone();
+    World {
+        peerings,
+        state_file: std::fs::read(app.dir.join("state.json")).unwrap_or_default(),
+        keys,
+        routes: app.routes.routes.lock().unwrap().clone(),
+        tunnels: app
+            .tunnels
+            .tunnels
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect(),
+        rules: dataplane.rules.len(),
+        borders: dataplane.borders.len(),
+    }
+}
+
+fn remote(name: &str, nat: bool) -> Value {
+    json!({"name": name, "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": nat}})
+}
+
+fn decisions(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("remapd_policy_decisions_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn metrics(app: &App) -> String {
+    match call(app, "GET", "/metrics", None, None).await.body {
+        Value::String(s) => s,
+        other => panic!("metrics: {other}"),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Tunnels,
+    Routes,
+    Dataplane,
+}
+
+fn inject(app: &App, step: Step, reason: Option<&str>) {
+    let reason = reason.map(str::to_owned);
+    match step {
+        Step::Tunnels => *app.tunnels.fail.lock().unwrap() = reason,
+        Step::Routes => *app.routes.fail.lock().unwrap() = reason,
+        Step::Dataplane => *app.dataplane.fail.lock().unwrap() = reason,
+    }
+}
+
+#[tokio::test]
+async fn a_failed_apply_answers_a_problem_and_changes_nothing() {
+    for (step, name) in [
+        (Step::Tunnels, "tunnels"),
+        (Step::Routes, "routes"),
+        (Step::Dataplane, "dataplane"),
+    ] {
+        let app = app("apply-fails");
+        call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+        let r = call(
+            &app,
+            "PUT",
+            "/v1/peerings/a",
+            Some(peering(51820)),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let before = world(&app).await;
+        assert_eq!(before.tunnels.len(), 1);
+        let keepalive = app.tunnels.tunnels.lock().unwrap()["rmd-a"].keepalive;
+        assert_ne!(keepalive, Some(7));
+
+        inject(&app, step, Some("injected for the test"));
+        // A new peering, and a change to the existing one: both refused.
+        let r = call(
+            &app,
+            "PUT",
+            "/v1/peerings/b",
+            Some(peering(51821)),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{step:?}: {}",
+            r.body
+        );
+        assert_eq!(r.content_type, "application/problem+json");
+        assert_eq!(
+            r.body["type"], "https://remapd.dev/problems/apply-failed",
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["step"], name, "{}", r.body);
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("injected for the test"),
+            "{}",
+            r.body
+        );
+        let mut changed = peering(51820);
+        changed["tunnel"]["keepalive"] = json!(7);
+        let r = call(&app, "PUT", "/v1/peerings/a", Some(changed), Some(TOKEN)).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+        let r = call(&app, "DELETE", "/v1/peerings/a", None, Some(TOKEN)).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+        inject(&app, step, None);
+
+        let after = world(&app).await;
+        assert_eq!(after, before, "{step:?}: nothing changed");
+        assert_eq!(
+            app.tunnels.tunnels.lock().unwrap()["rmd-a"].keepalive,
+            keepalive,
+            "the old tunnel configuration is back"
+        );
+        // Not desired: a resync applies what was acknowledged, nothing else.
+        app.daemon.reconcile().await.unwrap();
+        assert_eq!(world(&app).await, before, "{step:?}: not retried");
+        let r = call(&app, "GET", "/v1/peerings/b", None, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn the_policy_runs_once_per_change() {
+    let app = app("decide-once");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    assert_eq!(decisions(&metrics(&app).await), 0);
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        decisions(&metrics(&app).await),
+        1,
+        "one decision for one PUT"
+    );
+    // A change to another peering does not decide this one again; a resync decides
+    // nothing.
+    call(
+        &app,
+        "PUT",
+        "/v1/peerings/b",
+        Some(peering(51821)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(decisions(&metrics(&app).await), 2);
+    app.daemon.reconcile().await.unwrap();
+    assert_eq!(decisions(&metrics(&app).await), 2);
+    // A tunnel-only change keeps the decision (its inputs did not change).
+    let mut changed = peering(51820);
+    changed["tunnel"]["keepalive"] = json!(5);
+    call(&app, "PUT", "/v1/peerings/a", Some(changed), Some(TOKEN)).await;
+    assert_eq!(decisions(&metrics(&app).await), 2);
+    // A new cluster decides every peering again, once each.
+    let mut c = cluster();
+    c["remap_pool"] = json!(["31.0.0.0/16"]);
+    let r = call(&app, "PUT", "/v1/cluster", Some(c), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(decisions(&metrics(&app).await), 4);
+    // The evaluate endpoint is the dry run of the same plan: one decision, nothing applied.
+    let before = world(&app).await;
+    let r = call(
+        &app,
+        "POST",
+        "/v1/policies/auto/evaluate",
+        Some(json!({"remote": remote("cluster-3", true)})),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(decisions(&metrics(&app).await), 5);
+    assert_eq!(world(&app).await, before);
+}
+
+#[tokio::test]
+async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
+    let app = app("policy-refused");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine",
+        "application/wasm",
+        builtin::AUTO.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let auto_sha = r.body["sha256"].clone();
+    // A remote without a NAT dataplane: `auto` remaps both ways here, `split` refuses.
+    let mut p = peering(51820);
+    p["policy"] = json!("mine");
+    p["remote"] = remote("cluster-2", false);
+    p["remote"]["view_of_local"] = json!([
+        {"real": "40.0.0.0/24", "remapped": "60.0.0.0/24"},
+        {"real": "10.96.0.0/16", "remapped": "61.96.0.0/16"}
+    ]);
+    let r = call(&app, "PUT", "/v1/peerings/a", Some(p), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let before = world(&app).await;
+    let policy_files = |app: &App| -> BTreeSet<String> {
+        std::fs::read_dir(app.dir.join("policies"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let files_before = policy_files(&app);
+
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine",
+        "application/wasm",
+        builtin::SPLIT.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.content_type, "application/problem+json");
+    assert_eq!(r.body["peering"], "a", "{}", r.body);
+    assert_eq!(
+        call(&app, "GET", "/v1/policies/mine", None, None)
+            .await
+            .body["sha256"],
+        auto_sha,
+        "the old policy still decides"
+    );
+    assert_eq!(world(&app).await, before);
+    assert_eq!(
+        policy_files(&app),
+        files_before,
+        "the refused bytes are gone"
+    );
+    // And a restart decides with the old policy too.
+    app.daemon.reconcile().await.unwrap();
+    assert_eq!(world(&app).await, before);
+}
+
+#[tokio::test]
+async fn a_cluster_change_that_leaves_a_peering_without_a_plan_is_refused() {
+    let app = app("cluster-refused");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let before = world(&app).await;
+    // A pool too small for the peer's /24.
+    let mut c = cluster();
+    c["remap_pool"] = json!(["30.0.0.0/25"]);
+    let r = call(&app, "PUT", "/v1/cluster", Some(c), Some(TOKEN)).await;
+    assert!(
+        r.status == StatusCode::UNPROCESSABLE_ENTITY || r.status == StatusCode::CONFLICT,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    assert_eq!(r.content_type, "application/problem+json");
+    assert_eq!(r.body["peering"], "a", "{}", r.body);
+    assert_eq!(
+        call(&app, "GET", "/v1/cluster", None, None).await.body,
+        cluster()
+    );
+    assert_eq!(world(&app).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_racing_a_put_never_changes_an_acknowledged_key() {
+    let app = Arc::new(app("delete-put-race"));
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    for i in 0..60 {
+        let r = call(
+            &app,
+            "PUT",
+            "/v1/peerings/a",
+            Some(peering(51820)),
+            Some(TOKEN),
+        )
+        .await;
+        assert!(r.status.is_success(), "{}", r.body);
+        let (put, del) = {
+            let (a, b) = (app.clone(), app.clone());
+            tokio::join!(
+                tokio::spawn(async move {
+                    call(
+                        &a,
+                        "PUT",
+                        "/v1/peerings/a",
+                        Some(peering(51820)),
+                        Some(TOKEN),
+                    )
+                    .await
+                }),
+                tokio::spawn(async move {
+                    call(&b, "DELETE", "/v1/peerings/a", None, Some(TOKEN)).await
+                }),
+            )
+        };
+        let (put, del) = (put.unwrap(), del.unwrap());
+        assert!(put.status.is_success(), "{}", put.body);
+        assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.body);
+        let now = call(&app, "GET", "/v1/peerings/a", None, None).await;
+        let key_file = app.dir.join("keys/a.key").exists();
+        if now.status == StatusCode::OK {
+            // The PUT came last: what it answered is what holds.
+            assert_eq!(
+                now.body["public_key"], put.body["public_key"],
+                "try {i}: the key a 2xx returned changed"
+            );
+            assert!(key_file, "try {i}: key file missing");
+        } else {
+            assert_eq!(now.status, StatusCode::NOT_FOUND);
+            assert!(!key_file, "try {i}: key file of a deleted peering left");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_policy_racing_a_put_that_uses_it_leaves_no_dangling_name() {
+    let app = Arc::new(app("policy-delete-race"));
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    for i in 0..40u16 {
+        let r = raw(
+            &app,
+            "PUT",
+            "/v1/policies/mine",
+            "application/wasm",
+            builtin::SPLIT.to_vec(),
+        )
+        .await;
+        assert!(r.status.is_success(), "{}", r.body);
+        let mut p = peering(52000 + i);
+        p["policy"] = json!("mine");
+        let name = format!("p{i}");
+        let (a, b) = (app.clone(), app.clone());
+        let (put, del) = tokio::join!(
+            tokio::spawn(async move {
+                call(
+                    &a,
+                    "PUT",
+                    &format!("/v1/peerings/{name}"),
+                    Some(p),
+                    Some(TOKEN),
+                )
+                .await
+            }),
+            tokio::spawn(async move {
+                call(&b, "DELETE", "/v1/policies/mine", None, Some(TOKEN)).await
+            }),
+        );
+        let (put, del) = (put.unwrap(), del.unwrap());
+        // Exactly one wins: the peering exists and the policy stays, or the policy is gone
+        // and the peering was refused.
+        let policy = call(&app, "GET", "/v1/policies/mine", None, None)
+            .await
+            .status;
+        match (put.status.is_success(), del.status) {
+            (true, StatusCode::CONFLICT) => assert_eq!(policy, StatusCode::OK),
+            (false, StatusCode::NO_CONTENT) => {
+                assert_eq!(put.status, StatusCode::BAD_REQUEST, "{}", put.body);
+                assert_eq!(policy, StatusCode::NOT_FOUND);
+            }
+            other => panic!("try {i}: {other:?} {} {}", put.body, del.body),
+        }
+        for p in call(&app, "GET", "/v1/peerings", None, None)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+        {
+            let used = p["spec"]["policy"].as_str().unwrap();
+            assert_eq!(
+                call(&app, "GET", &format!("/v1/policies/{used}"), None, None)
+                    .await
+                    .status,
+                StatusCode::OK,
+                "try {i}: {} names a missing policy",
+                p["name"]
+            );
+        }
+        // Free the policy for the next round.
+        let names: Vec<String> = call(&app, "GET", "/v1/peerings", None, None)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect();
+        for n in names {
+            call(
+                &app,
+                "DELETE",
+                &format!("/v1/peerings/{n}"),
+                None,
+                Some(TOKEN),
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_racing_deletes_never_lose_an_acknowledged_component() {
+    let app = Arc::new(app("policy-gc-race"));
+    let variants = [builtin::SPLIT, builtin::BOTH_ON_2, builtin::AUTO];
+    let mut tasks = Vec::new();
+    for i in 0..24usize {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("p{i}");
+            let r = raw(
+                &app,
+                "PUT",
+                &format!("/v1/policies/{name}"),
+                "application/wasm",
+                variants[i % 3].to_vec(),
+            )
+            .await;
+            assert!(r.status.is_success(), "{}", r.body);
+            if i % 2 == 0 {
+                let r = call(
+                    &app,
+                    "DELETE",
+                    &format!("/v1/policies/{name}"),
+                    None,
+                    Some(TOKEN),
+                )
+                .await;
+                assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every policy the state names has its component on disk: a restart restores them all.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(app.dir.join("state.json")).unwrap()).unwrap();
+    let policies = state["policies"].as_object().unwrap();
+    assert_eq!(policies.len(), 12);
+    for (name, p) in policies {
+        let file = app
+            .dir
+            .join("policies")
+            .join(format!("{}.wasm", p["sha256"].as_str().unwrap()));
+        assert!(file.exists(), "{name}: {} lost", file.display());
+    }
+    let restarted = app_in(app.dir.join("..").join(app.dir.file_name().unwrap()));
+    let listed = call(&restarted, "GET", "/v1/policies", None, None)
+        .await
+        .body;
+    assert_eq!(listed.as_array().unwrap().len(), 3 + 12);
+    std::mem::forget(restarted); // the first app removes the directory
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_teardown_racing_puts_leaves_keys_only_for_peerings_that_exist() {
+    let app = Arc::new(app("teardown-race"));
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    for round in 0..10u16 {
+        let mut tasks = Vec::new();
+        for i in 0..4u16 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let port = 50000 + round * 10 + i;
+                call(
+                    &app,
+                    "PUT",
+                    &format!("/v1/peerings/r{round}p{i}"),
+                    Some(peering(port)),
+                    Some(TOKEN),
+                )
+                .await
+            }));
+        }
+        let a = app.clone();
+        tasks.push(tokio::spawn(async move {
+            call(&a, "POST", "/v1/teardown", None, Some(TOKEN)).await
+        }));
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert!(r.status.is_success(), "{}", r.body);
+        }
+        let peerings: BTreeSet<String> = call(&app, "GET", "/v1/peerings", None, None)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect();
+        let keys: BTreeSet<String> = std::fs::read_dir(app.dir.join("keys"))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".key")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(keys, peerings, "round {round}");
+        let tunnels: BTreeSet<String> = app
+            .tunnels
+            .tunnels
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let expected: BTreeSet<String> = peerings.iter().map(|n| format!("rmd-{n}")).collect();
+        assert_eq!(tunnels, expected, "round {round}: tunnels match the state");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_answer_while_a_change_is_being_applied() {
+    let app = Arc::new(app("slow-apply"));
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    *app.dataplane.gate.lock().unwrap() = Some((started_tx, release_rx));
+    let writer = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            call(
+                &app,
+                "PUT",
+                "/v1/peerings/b",
+                Some(peering(51821)),
+                Some(TOKEN),
+            )
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // The apply is blocked inside the dataplane; every read still answers, showing the
+    // state before the change.
+    for path in [
+        "/v1/peerings",
+        "/v1/peerings/a",
+        "/v1/status",
+        "/metrics",
+        "/v1/cluster",
+    ] {
+        let r = call(&app, "GET", path, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+    let list = call(&app, "GET", "/v1/peerings", None, None).await.body;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "b is not acknowledged yet"
+    );
+    assert!(!writer.is_finished());
+    release_tx.send(()).unwrap();
+    let r = writer.await.unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let list = call(&app, "GET", "/v1/peerings", None, None).await.body;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}
