@@ -69,9 +69,12 @@ pub fn validate_cluster(c: &LocalCluster) -> Result<(), Problem> {
     tag = "cluster",
     request_body = LocalCluster,
     responses(
-        (status = 200, description = "Saved and applied", body = LocalCluster),
+        (status = 200, description = "Applied and saved (every peering re-decided where its inputs changed)", body = LocalCluster),
         (status = 400, description = "Bad JSON or CIDR", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A peering's views would collide (`peering` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A peering that had a plan would get none, e.g. the pool no longer fits it (`peering` names it); nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Applying (`apply-failed`, with the failed `step`) or saving (`persist-failed`) failed; the previous configuration was re-applied and nothing was saved", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn put_cluster(

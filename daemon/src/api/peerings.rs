@@ -338,6 +338,7 @@ async fn get_exports(
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with another peering (port, interface, allocation) or no local cluster", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The policy refused or its decision was rejected", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Applying (`apply-failed`, with the failed `step`) or saving (`persist-failed`) failed; the previous configuration was re-applied and nothing was saved", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_peering(
     State(state): State<AppState>,
@@ -389,6 +390,7 @@ async fn put_peering(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Applying (`apply-failed`, with the failed `step`) or saving (`persist-failed`) failed; the previous configuration was re-applied and nothing was saved", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_peering(
     State(state): State<AppState>,

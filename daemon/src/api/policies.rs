@@ -107,9 +107,11 @@ async fn get_policy(
         (status = 201, description = "Created", body = PolicyInfo),
         (status = 400, description = "Not a component implementing the contract, or a bad name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A built-in policy of that name", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A built-in policy of that name, or the new policy's decision collides for a peering using it", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The new policy refuses a peering that uses it (`peering` names it); the old policy stays", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/wasm", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Applying (`apply-failed`, with the failed `step`) or saving (`persist-failed`) failed; the previous configuration was re-applied and nothing was saved", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_policy(
     State(state): State<AppState>,
@@ -195,6 +197,7 @@ async fn put_policy(
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such policy", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "In use, or built in", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Applying (`apply-failed`, with the failed `step`) or saving (`persist-failed`) failed; the previous configuration was re-applied and nothing was saved", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_policy(
     State(state): State<AppState>,
