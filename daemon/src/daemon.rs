@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tracing::{info, warn};
 
 use crate::dataplane::DataplaneStatus;
@@ -113,11 +113,47 @@ pub struct Daemon {
     store: Store,
     /// The writer lock: held for a whole change, so changes apply in order.
     state: Arc<Mutex<DesiredState>>,
-    snapshot: watch::Sender<Arc<Snapshot>>,
+    publisher: Arc<Publisher>,
     reconciler: Arc<StdMutex<Reconciler>>,
     registry: Arc<PolicyRegistry>,
     readers: StatusReaders,
+}
+
+/// Publishes what reads see. Used from the blocking task that runs a change, so a
+/// change whose request is cancelled (a client that disconnects) still finishes as
+/// one: applied, saved, committed and published, or none of it.
+struct Publisher {
+    snapshot: watch::Sender<Arc<Snapshot>>,
     ready: AtomicBool,
+}
+
+impl Publisher {
+    fn publish(&self, state: DesiredState, published: Published) -> Arc<Snapshot> {
+        let (outcomes, report, counters) = published;
+        self.ready
+            .store(report.errors.is_empty(), Ordering::Relaxed);
+        let snapshot = Arc::new(Snapshot {
+            state,
+            outcomes,
+            last_report: Some(report),
+            counters,
+        });
+        self.snapshot.send_replace(snapshot.clone());
+        snapshot
+    }
+
+    fn publish_counters(&self, counters: ReconcileCounters) {
+        let total = |c: &ReconcileCounters| c.decisions.values().sum::<u64>() + c.reconciles;
+        self.snapshot.send_modify(|snapshot| {
+            // A dry run may publish after a later change did: counters never go back.
+            if total(&counters) < total(&snapshot.counters) {
+                return;
+            }
+            let mut next = Snapshot::clone(snapshot);
+            next.counters = counters;
+            *snapshot = Arc::new(next);
+        });
+    }
 }
 
 impl Daemon {
@@ -152,11 +188,13 @@ impl Daemon {
         Ok(Self {
             store,
             state: Arc::new(Mutex::new(state)),
-            snapshot,
+            publisher: Arc::new(Publisher {
+                snapshot,
+                ready: AtomicBool::new(false),
+            }),
             readers: reconciler.status_readers(),
             reconciler: Arc::new(StdMutex::new(reconciler)),
             registry,
-            ready: AtomicBool::new(false),
         })
     }
 
@@ -167,7 +205,7 @@ impl Daemon {
 
     /// What reads see (never waits for a change in progress).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow().clone()
+        self.publisher.snapshot.borrow().clone()
     }
 
     /// A copy of the desired state in force.
@@ -177,7 +215,7 @@ impl Daemon {
 
     /// True once a reconcile finished without applier errors.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.publisher.ready.load(Ordering::Relaxed)
     }
 
     /// The report of the last apply.
@@ -230,85 +268,79 @@ impl Daemon {
         .map_err(|e| EngineError::Internal(format!("reconciler task: {e}")))?
     }
 
-    fn publish(&self, state: DesiredState, published: Published) {
-        let (outcomes, report, counters) = published;
-        self.ready
-            .store(report.errors.is_empty(), Ordering::Relaxed);
-        self.snapshot.send_replace(Arc::new(Snapshot {
-            state,
-            outcomes,
-            last_report: Some(report),
-            counters,
-        }));
-    }
-
-    fn publish_counters(&self, counters: ReconcileCounters) {
-        let total = |c: &ReconcileCounters| c.decisions.values().sum::<u64>() + c.reconciles;
-        self.snapshot.send_modify(|snapshot| {
-            // A reader may publish after a later change did: counters never go back.
-            if total(&counters) < total(&snapshot.counters) {
-                return;
-            }
-            let mut next = Snapshot::clone(snapshot);
-            next.counters = counters;
-            *snapshot = Arc::new(next);
-        });
+    /// Runs `f` with the state lock and the reconciler on a blocking thread. The task
+    /// owns the lock, so it runs to the end even if the caller's future is dropped.
+    async fn locked<T: Send + 'static>(
+        &self,
+        guard: OwnedMutexGuard<DesiredState>,
+        f: impl FnOnce(&mut DesiredState, &mut Reconciler, &Publisher) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let reconciler = self.reconciler.clone();
+        let publisher = self.publisher.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = guard;
+            let mut r = reconciler
+                .lock()
+                .map_err(|_| EngineError::Internal("reconciler lock poisoned".into()))?;
+            Ok(f(&mut guard, &mut r, &publisher))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("change task: {e}")))?
     }
 
     /// Re-applies the desired state in force (start-up and periodic resync): every step
     /// runs even after one fails, and nothing is refused, so what was acknowledged keeps
     /// converging.
     pub async fn reconcile(&self) -> Result<ReconcileReport, EngineError> {
-        let guard = self.state.lock().await;
-        let state = guard.clone();
+        let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();
-        let published = self
-            .with_reconciler(move |r| {
-                let keys = keys_for(&store, &state, &mut Vec::new())?;
-                let report = r.reconcile(&state, &keys);
-                Ok::<_, EngineError>((r.outcomes().clone(), report, r.counters.clone()))
-            })
-            .await??;
-        let report = published.1.clone();
-        self.publish(guard.clone(), published);
-        Ok(report)
+        self.locked(guard, move |state, r, publisher| {
+            let keys = keys_for(&store, state, &mut Vec::new())?;
+            let report = r.reconcile(state, &keys);
+            publisher.publish(
+                state.clone(),
+                (r.outcomes().clone(), report.clone(), r.counters.clone()),
+            );
+            Ok(report)
+        })
+        .await?
     }
 
     /// Changes the desired state with `change` (which validates and may refuse with the
     /// caller's error) and runs the change as one transaction (see the module docs).
     /// `targets` are the peerings the change is about: a failed decision for one of
-    /// them refuses the change even if it had failed before.
+    /// them refuses the change even if it had failed before. Returns `change`'s value and
+    /// the snapshot this change published (later changes may already have replaced it).
     pub async fn update<T, E: From<EngineError>>(
         &self,
         change: impl FnOnce(&mut DesiredState) -> Result<T, E>,
         targets: Vec<String>,
         policy: Option<PolicyChange>,
-    ) -> Result<(T, ReconcileReport), E> {
-        let mut guard = self.state.lock().await;
+    ) -> Result<(T, Arc<Snapshot>), E> {
+        let guard = self.state.clone().lock_owned().await;
         let mut next = guard.clone();
         let value = change(&mut next)?;
-        let previous = guard.clone();
         let store = self.store.clone();
         let registry = self.registry.clone();
-        let committed = next.clone();
-        let result = self
-            .with_reconciler(move |r| {
-                let result = transact(r, &store, &registry, &previous, &next, &targets, policy);
-                (result, r.counters.clone())
+        let committed = self
+            .locked(guard, move |state, r, publisher| {
+                let result = transact(r, &store, &registry, state, &next, &targets, policy);
+                let counters = r.counters.clone();
+                match result {
+                    Ok((outcomes, report)) => {
+                        *state = next.clone();
+                        Ok(publisher.publish(next, (outcomes, report, counters)))
+                    }
+                    Err(e) => {
+                        // Refused: only the counters (the decisions made) are news.
+                        publisher.publish_counters(counters);
+                        Err(e)
+                    }
+                }
             })
-            .await?;
-        let published = match result {
-            (Ok((outcomes, report)), counters) => (outcomes, report, counters),
-            (Err(e), counters) => {
-                // Refused: only the counters (the decisions made) are news.
-                self.publish_counters(counters);
-                return Err(e.into());
-            }
-        };
-        let report = published.1.clone();
-        *guard = committed.clone();
-        self.publish(committed, published);
-        Ok((value, report))
+            .await
+            .and_then(|result| result)?;
+        Ok((value, committed))
     }
 
     /// What `state` would decide and compile for peering `name`, without applying or
@@ -329,7 +361,7 @@ impl Daemon {
                 (dry_run_result(system, name), r.counters.clone())
             })
             .await?;
-        self.publish_counters(counters);
+        self.publisher.publish_counters(counters);
         result
     }
 
@@ -337,41 +369,37 @@ impl Daemon {
     /// policies stay). The state is saved first, so a crash half-way leaves nothing to
     /// re-create on restart.
     pub async fn teardown(&self) -> Result<Vec<String>, EngineError> {
-        let mut guard = self.state.lock().await;
-        let mut next = guard.clone();
-        let names: Vec<String> = next.peerings.keys().cloned().collect();
-        next.peerings.clear();
+        let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();
-        let saved = next.clone();
-        let errors = self
-            .with_reconciler(move |r| {
-                store
-                    .save(&saved)
-                    .map_err(|e| EngineError::Persist(e.to_string()))?;
-                let errors = r.teardown();
-                for name in &names {
-                    if let Err(e) = store.remove_key(name) {
-                        warn!(peering = %name, error = %e, "removing key file");
-                    }
+        self.locked(guard, move |state, r, publisher| {
+            let mut next = state.clone();
+            let names: Vec<String> = next.peerings.keys().cloned().collect();
+            next.peerings.clear();
+            store
+                .save(&next)
+                .map_err(|e| EngineError::Persist(e.to_string()))?;
+            *state = next.clone();
+            let errors = r.teardown();
+            for name in &names {
+                if let Err(e) = store.remove_key(name) {
+                    warn!(peering = %name, error = %e, "removing key file");
                 }
-                Ok::<_, EngineError>(errors)
-            })
-            .await??;
-        *guard = next.clone();
-        info!(errors = errors.len(), "torn down");
-        let counters = self.snapshot().counters.clone();
-        self.publish(
-            next,
-            (
-                BTreeMap::new(),
-                ReconcileReport {
-                    errors: errors.clone(),
-                    ..ReconcileReport::default()
-                },
-                counters,
-            ),
-        );
-        Ok(errors)
+            }
+            info!(errors = errors.len(), "torn down");
+            publisher.publish(
+                next,
+                (
+                    BTreeMap::new(),
+                    ReconcileReport {
+                        errors: errors.clone(),
+                        ..ReconcileReport::default()
+                    },
+                    r.counters.clone(),
+                ),
+            );
+            Ok(errors)
+        })
+        .await?
     }
 }
 

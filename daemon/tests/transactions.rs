@@ -622,3 +622,76 @@ async fn reads_answer_while_a_change_is_being_applied() {
     let list = call(&app, "GET", "/v1/peerings", None, None).await.body;
     assert_eq!(list.as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_whose_client_goes_away_finishes_as_one() {
+    let app = Arc::new(app("cancelled"));
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    *app.dataplane.gate.lock().unwrap() = Some((started_tx, release_rx));
+    let writer = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            call(
+                &app,
+                "PUT",
+                "/v1/peerings/b",
+                Some(peering(51821)),
+                Some(TOKEN),
+            )
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // The client disconnects mid-apply: hyper drops the handler's future.
+    writer.abort();
+    assert!(writer.await.is_err_and(|e| e.is_cancelled()));
+    release_tx.send(()).unwrap();
+    // The change still finishes as one (applied, saved and published) ...
+    let mut shown = false;
+    for _ in 0..500 {
+        if call(&app, "GET", "/v1/peerings/b", None, None).await.status == StatusCode::OK {
+            shown = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(shown, "the applied change was never published");
+    // ... so the next change starts from it and keeps b.
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/c",
+        Some(peering(51822)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let names: BTreeSet<String> = app
+        .tunnels
+        .tunnels
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        names,
+        ["rmd-a", "rmd-b", "rmd-c"].map(String::from).into(),
+        "b survived"
+    );
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(app.dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["peerings"].as_object().unwrap().len(), 3);
+}

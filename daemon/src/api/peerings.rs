@@ -347,7 +347,7 @@ async fn put_peering(
 ) -> Result<(StatusCode, Json<PeeringStatus>), Problem> {
     let registry = state.daemon.registry().clone();
     let target = name.clone();
-    let (existed, _) = state
+    let (existed, snapshot) = state
         .daemon
         .update(
             move |s| {
@@ -366,7 +366,7 @@ async fn put_peering(
             None,
         )
         .await?;
-    let snapshot = state.daemon.snapshot();
+    // As this change left it, even if a later change already replaced it.
     let spec =
         snapshot.state.peerings.get(&name).ok_or_else(|| {
             Problem::internal(format!("peering {name:?} missing after its change"))
