@@ -566,11 +566,18 @@ async fn a_teardown_racing_puts_leaves_keys_only_for_peerings_that_exist() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reads_answer_while_a_change_is_being_applied() {
-    let app = Arc::new(app("slow-apply"));
+/// An app with peering `a`, and a `PUT` of peering `b` started and blocked inside the
+/// fake dataplane's apply (returned: the app, the writer, the sender that releases it).
+async fn put_b_blocked_in_the_dataplane(
+    name: &str,
+) -> (
+    Arc<App>,
+    tokio::task::JoinHandle<Reply>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let app = Arc::new(app(name));
     call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
-    call(
+    let r = call(
         &app,
         "PUT",
         "/v1/peerings/a",
@@ -578,6 +585,7 @@ async fn reads_answer_while_a_change_is_being_applied() {
         Some(TOKEN),
     )
     .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();
     *app.dataplane.gate.lock().unwrap() = Some((started_tx, release_rx));
@@ -597,6 +605,12 @@ async fn reads_answer_while_a_change_is_being_applied() {
     tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
         .await
         .unwrap();
+    (app, writer, release_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_answer_while_a_change_is_being_applied() {
+    let (app, writer, release) = put_b_blocked_in_the_dataplane("slow-apply").await;
     // The apply is blocked inside the dataplane; every read still answers, showing the
     // state before the change.
     for path in [
@@ -616,7 +630,7 @@ async fn reads_answer_while_a_change_is_being_applied() {
         "b is not acknowledged yet"
     );
     assert!(!writer.is_finished());
-    release_tx.send(()).unwrap();
+    release.send(()).unwrap();
     let r = writer.await.unwrap();
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let list = call(&app, "GET", "/v1/peerings", None, None).await.body;
@@ -625,39 +639,11 @@ async fn reads_answer_while_a_change_is_being_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_whose_client_goes_away_finishes_as_one() {
-    let app = Arc::new(app("cancelled"));
-    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
-    call(
-        &app,
-        "PUT",
-        "/v1/peerings/a",
-        Some(peering(51820)),
-        Some(TOKEN),
-    )
-    .await;
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel();
-    *app.dataplane.gate.lock().unwrap() = Some((started_tx, release_rx));
-    let writer = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            call(
-                &app,
-                "PUT",
-                "/v1/peerings/b",
-                Some(peering(51821)),
-                Some(TOKEN),
-            )
-            .await
-        })
-    };
-    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
-        .await
-        .unwrap();
+    let (app, writer, release) = put_b_blocked_in_the_dataplane("cancelled").await;
     // The client disconnects mid-apply: hyper drops the handler's future.
     writer.abort();
     assert!(writer.await.is_err_and(|e| e.is_cancelled()));
-    release_tx.send(()).unwrap();
+    release.send(()).unwrap();
     // The change still finishes as one (applied, saved and published) ...
     let mut shown = false;
     for _ in 0..500 {
