@@ -441,13 +441,14 @@ fn keys_for(
 ) -> Result<Keys, EngineError> {
     let mut keys = Keys::new();
     for name in state.peerings.keys() {
-        let existed = store.has_key(name);
-        let key = store
-            .private_key(name)
-            .map_err(|e| EngineError::Internal(format!("peering {name:?}: {e}")))?;
-        if !existed {
-            created.push(name.clone());
-        }
+        let error = |e| EngineError::Internal(format!("peering {name:?}: {e}"));
+        let key = match store.existing_key(name).map_err(error)? {
+            Some(key) => key,
+            None => {
+                created.push(name.clone());
+                store.private_key(name).map_err(error)?
+            }
+        };
         keys.insert(name.clone(), key);
     }
     Ok(keys)
@@ -481,6 +482,7 @@ fn transact(
             Some((name, before))
         }
     };
+    let policy_changed = undo_policy.is_some();
     let mut created = Vec::new();
     let result = plan_apply_save(r, store, next, targets, &mut created);
     if result.is_err() {
@@ -504,10 +506,13 @@ fn transact(
         }
     }
     // Component files no state names: a replaced or deleted policy's, or a refused
-    // upload's. Inside the lock, so a concurrent upload's bytes are never collected.
-    let current = if result.is_ok() { next } else { previous };
-    if let Err(e) = store.gc_policies(current) {
-        warn!(error = %e, "removing unused policy files");
+    // upload's. Inside the lock, so a concurrent upload's bytes are never collected;
+    // only a policy change can leave such files.
+    if policy_changed {
+        let current = if result.is_ok() { next } else { previous };
+        if let Err(e) = store.gc_policies(current) {
+            warn!(error = %e, "removing unused policy files");
+        }
     }
     result
 }

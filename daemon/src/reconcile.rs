@@ -28,8 +28,6 @@ use crate::store::{DesiredState, public_key};
 pub trait DataplaneApplier: Send {
     /// Makes the maps hold exactly `desired` (rules and ingress borders).
     fn apply(&mut self, desired: &DesiredDataplane) -> Result<ApplyReport, DataplaneError>;
-    /// Rules, counters, attachments.
-    fn status(&self) -> Result<DataplaneStatus, DataplaneError>;
     /// Removes everything (translation stops).
     fn teardown(&mut self) -> Result<(), DataplaneError>;
     /// A reader of rules and counters that does not need this applier, so reads never
@@ -117,17 +115,6 @@ impl DataplaneApplier for KernelDataplane {
         self.get()?.apply(desired)
     }
 
-    fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
-        match &self.dataplane {
-            Some(d) => d.status(),
-            None => match Dataplane::open_existing(&self.config) {
-                Ok(d) => d.status(),
-                Err(DataplaneError::NotPinned { .. }) => Ok(empty_status()),
-                Err(e) => Err(e),
-            },
-        }
-    }
-
     fn teardown(&mut self) -> Result<(), DataplaneError> {
         let dataplane = match self.dataplane.take() {
             Some(d) => d,
@@ -210,10 +197,6 @@ impl DataplaneApplier for FakeDataplane {
             unchanged: rules.len() - inserted,
             ..ApplyReport::default()
         })
-    }
-
-    fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
-        DataplaneStatusReader::status(self)
     }
 
     fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
@@ -420,7 +403,6 @@ pub struct Reconciler {
     tunnels: Box<dyn TunnelApplier>,
     outcomes: BTreeMap<String, PeeringOutcome>,
     committed: DesiredSystem,
-    capabilities: Capabilities,
     /// Counters for metrics.
     pub counters: ReconcileCounters,
 }
@@ -471,22 +453,8 @@ impl Reconciler {
             tunnels,
             outcomes: BTreeMap::new(),
             committed: DesiredSystem::default(),
-            capabilities: Capabilities {
-                nat_dataplane: true,
-            },
             counters: ReconcileCounters::default(),
         }
-    }
-
-    /// What this gateway can do, as told to policies.
-    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
-        self.capabilities = capabilities;
-        self
-    }
-
-    /// What this gateway can do, as told to policies.
-    pub fn capabilities(&self) -> Capabilities {
-        self.capabilities
     }
 
     /// The policy registry.
@@ -497,16 +465,6 @@ impl Reconciler {
     /// Outcomes of the last reconcile by peering.
     pub fn outcomes(&self) -> &BTreeMap<String, PeeringOutcome> {
         &self.outcomes
-    }
-
-    /// Dataplane status (rules with counters).
-    pub fn dataplane_status(&self) -> Result<DataplaneStatus, DataplaneError> {
-        self.dataplane.status()
-    }
-
-    /// Live tunnel state.
-    pub fn tunnel_status(&self, interface: &str) -> Option<crate::net::TunnelStatus> {
-        self.tunnels.status(interface).ok().flatten()
     }
 
     /// Readers of dataplane and tunnel state that do not need the reconciler.
@@ -538,7 +496,10 @@ impl Reconciler {
         let mut outcomes = self.outcomes.clone();
         outcomes.retain(|name, _| state.peerings.contains_key(name));
         let mut failures = BTreeMap::new();
-        let local_caps = self.capabilities;
+        // Not measured yet: the daemon assumes its own eBPF dataplane works.
+        let local_caps = Capabilities {
+            nat_dataplane: true,
+        };
         if let Some(cluster) = &state.cluster {
             // What other peerings hold is "all held" minus one's own views; kept
             // aggregated so a hub with thousands of peerings hands policies a short list.
@@ -736,11 +697,6 @@ impl Reconciler {
     pub fn commit(&mut self, system: DesiredSystem) {
         self.outcomes = system.outcomes.clone();
         self.committed = system;
-    }
-
-    /// The system last committed.
-    pub fn committed(&self) -> &DesiredSystem {
-        &self.committed
     }
 
     /// Removes every rule, route and tunnel remapd made.

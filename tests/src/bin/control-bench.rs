@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use remapd::dataplane::{
-    ApplyReport, AttachMode, DataplaneConfig, DataplaneError, DataplaneStatus, DesiredDataplane,
-    IngressBorder,
+    ApplyReport, AttachMode, DataplaneConfig, DataplaneError, DesiredDataplane, IngressBorder,
 };
 use remapd::model::{Capabilities, LocalCluster, RemoteCluster};
 use remapd::net::fake::{FakeRoutes, FakeTunnels};
@@ -95,10 +94,6 @@ impl DataplaneApplier for SharedLoopback {
             rules: desired.rules.clone(),
             borders: merged.into_values().collect(),
         })
-    }
-
-    fn status(&self) -> Result<DataplaneStatus, DataplaneError> {
-        self.0.status()
     }
 
     fn teardown(&mut self) -> Result<(), DataplaneError> {
