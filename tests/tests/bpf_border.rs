@@ -20,6 +20,7 @@ use remapd_tests::packet::{
 };
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn split_border_passes_the_peering_and_drops_everything_else() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -98,6 +99,7 @@ fn split_border_passes_the_peering_and_drops_everything_else() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn both_on_local_border_checks_after_both_rewrites() {
     // Gateway 2 does every rewrite (both-on-2): ingress dst 30/24 -> 40/24 (how cluster 1
     // sees us -> our real), src 40/24 -> 60/24 (cluster 1's real -> our view of it).
@@ -136,6 +138,7 @@ fn both_on_local_border_checks_after_both_rewrites() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn both_on_remote_border_has_no_rules_and_still_denies() {
     // Gateway 1 in both-on-2 only routes; the peer did every rewrite, so what arrives
     // already has its source in our view (30/24) and its destination real (40/24).
@@ -171,6 +174,7 @@ fn both_on_remote_border_has_no_rules_and_still_denies() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn malformed_packets_from_the_peer_never_cross_the_border() {
     // Finding: truncated TCP/UDP and ICMP errors quoting a non-IPv4 header or nothing
     // kept the peer's real (overlapping) source. Now each is dropped and counted.
@@ -219,6 +223,7 @@ fn malformed_packets_from_the_peer_never_cross_the_border() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn ipv6_and_non_ip_on_a_border() {
     let mut h = BpfHarness::new();
     split_gw1_with_border(&mut h);
@@ -301,6 +306,7 @@ fn ipv6_and_non_ip_on_a_border() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn udplite_and_dccp_checksums_follow_the_rewrite() {
     // Finding: UDP-Lite (136) and DCCP (33) left with stale checksums.
     for framing in BOTH {
@@ -363,6 +369,7 @@ fn udplite_and_dccp_checksums_follow_the_rewrite() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_error_quoting_udplite_is_translated_and_counted_once() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -405,6 +412,7 @@ fn icmp_error_quoting_udplite_is_translated_and_counted_once() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn counters_count_packets_not_rule_hits() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -427,6 +435,7 @@ fn counters_count_packets_not_rule_hits() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn tiny_first_fragments_are_dropped() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -473,6 +482,7 @@ fn tiny_first_fragments_are_dropped() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn large_hooks_use_the_trie_and_agree_with_inline() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -498,6 +508,7 @@ fn large_hooks_use_the_trie_and_agree_with_inline() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn long_allow_lists_use_the_trie() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -522,6 +533,7 @@ fn long_allow_lists_use_the_trie() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_time_exceeded_from_a_remote_router_crosses_the_border() {
     // traceroute across the remap: a router inside cluster 2 (40.0.0.254) reports TTL
     // expiry of a probe pod1 sent to 30.0.0.1. Outer source and quote are translated;
@@ -540,6 +552,7 @@ fn icmp_time_exceeded_from_a_remote_router_crosses_the_border() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn redirects_and_source_quench_do_not_cross_a_border() {
     // They quote a packet like other ICMP errors but have no business crossing between
     // clusters: a redirect would steer this gateway's routing.
@@ -594,6 +607,7 @@ fn redirects_and_source_quench_do_not_cross_a_border() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn ip_options_are_dropped_on_a_border_only() {
     for framing in BOTH {
         let mut h = BpfHarness::new();

@@ -15,6 +15,7 @@ use remapd_tests::cases::{
 use remapd_tests::packet::{self, Framing, Ipv4, icmp, inet_checksum, tcp, udp};
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn tcp_destination_is_rewritten_on_egress() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -31,6 +32,7 @@ fn tcp_destination_is_rewritten_on_egress() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn udp_source_is_rewritten_on_ingress() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -48,6 +50,7 @@ fn udp_source_is_rewritten_on_ingress() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn udp_zero_checksum_stays_zero() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -66,6 +69,7 @@ fn udp_zero_checksum_stays_zero() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_echo_is_rewritten() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -78,6 +82,7 @@ fn icmp_echo_is_rewritten() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn both_addresses_are_rewritten_when_both_rules_match() {
     // both-on-2, gateway 2 ingress: dst 30/24 -> 40/24 and src 40/24 -> 60/24.
     for framing in BOTH {
@@ -92,6 +97,7 @@ fn both_addresses_are_rewritten_when_both_rules_match() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn longest_prefix_wins_and_host_bits_are_kept() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -139,6 +145,7 @@ fn icmp_error(outer_src: &str, icmp_type: u8, code: u8, rest: [u8; 4], quote: &[
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_frag_needed_quoting_tcp_is_translated_inside_and_out() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -161,6 +168,7 @@ fn icmp_frag_needed_quoting_tcp_is_translated_inside_and_out() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_time_exceeded_from_a_router_translates_only_the_quote() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -175,6 +183,7 @@ fn icmp_time_exceeded_from_a_router_translates_only_the_quote() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_parameter_problem_quoting_udp_is_translated() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -188,6 +197,7 @@ fn icmp_parameter_problem_quoting_udp_is_translated() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_error_with_a_short_quote_translates_the_quoted_header() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -202,6 +212,7 @@ fn icmp_error_with_a_short_quote_translates_the_quoted_header() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn icmp_error_in_both_on_2_translates_both_quoted_addresses() {
     // Gateway 2 ingress (both-on-2): dst 30->40, src 40->60. Pod1 reports port
     // unreachable for a UDP packet pod2 sent (it left gw2 as 30.0.0.1 -> 40.0.0.1).
@@ -219,6 +230,7 @@ fn icmp_error_in_both_on_2_translates_both_quoted_addresses() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn fragments_first_gets_l4_later_gets_only_ip() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -257,6 +269,7 @@ fn fragments_first_gets_l4_later_gets_only_ip() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn ip_options_shift_the_transport_header() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -273,6 +286,7 @@ fn ip_options_shift_the_transport_header() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn non_matching_packets_pass_untouched() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -298,6 +312,7 @@ fn non_matching_packets_pass_untouched() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn non_ipv4_passes_untouched() {
     // An IPv6 packet whose bytes would match a rule if misread as IPv4.
     let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
@@ -390,6 +405,7 @@ fn malformed_matching(src: &str, dst: &str) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn malformed_matching_packets_are_dropped_on_egress() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -424,6 +440,7 @@ fn malformed_matching_packets_are_dropped_on_egress() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn malformed_packets_that_match_nothing_pass_on_egress_uncounted() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
@@ -450,6 +467,7 @@ fn malformed_packets_that_match_nothing_pass_on_egress_uncounted() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn a_rule_only_fires_on_its_own_interface() {
     // Rules for another ifindex never match test runs on loopback.
     let mut h = BpfHarness::new();
@@ -477,6 +495,7 @@ fn a_rule_only_fires_on_its_own_interface() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn checksum_helpers_agree_with_a_full_recompute() {
     // Guard the test's own checksum code: a known header (RFC 1071 example values).
     let hdr = [

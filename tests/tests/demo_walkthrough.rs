@@ -46,6 +46,7 @@ fn every_readme_curl_command_is_in_the_demo_script() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn the_demo_passes_for_every_policy() {
     let out = Command::new("bash")
         .arg(root().join("scripts/demo.sh"))

@@ -230,11 +230,13 @@ fn hostile_peer_is_contained(plans: (GatewayPlan, GatewayPlan)) {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn hostile_peer_is_contained_split() {
     hostile_peer_is_contained(seed_split());
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn hostile_peer_is_contained_both_on_2() {
     // Gateway 1 is the routing-only side here (no rules at all): its border alone
     // must stop the peer.
@@ -326,6 +328,7 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn injected_malformed_packets_never_reach_a_pod() {
     let (plan1, plan2) = seed_split();
     let t = Topology::build(&seed_cluster(), &seed_cluster(), &plan1, &plan2);
@@ -396,6 +399,7 @@ fn injected_malformed_packets_never_reach_a_pod() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn counters_equal_the_packets_sent() {
     let (plan1, plan2) = seed_split();
     let t = Topology::build(&seed_cluster(), &seed_cluster(), &plan1, &plan2);
@@ -474,6 +478,7 @@ fn add_router_and_pod3(t: &Topology) -> Netns {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn pmtu_and_traceroute_work_across_the_remap() {
     let (plan1, plan2) = seed_split();
     let t = Topology::build(&seed_cluster(), &seed_cluster(), &plan1, &plan2);

@@ -183,21 +183,25 @@ fn run(policy: &str, expect1: &str, expect2: &str) {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn two_daemons_split() {
     run("split", "split", "split");
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn two_daemons_both_on_2() {
     run("both-on-2", "both-on-remote", "both-on-local");
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn two_daemons_auto() {
     run("auto", "split", "split");
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn sigkill_and_restart_of_a_daemon() {
     let mut p = pair("split");
     reachable(

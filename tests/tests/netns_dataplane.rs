@@ -99,6 +99,7 @@ fn run_seed(plans: (GatewayPlan, GatewayPlan)) -> Topology {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn seed_split_strategy() {
     let t = run_seed(seed_split());
     // Both gateways have programs only on their tunnel, in both directions.
@@ -114,6 +115,7 @@ fn seed_split_strategy() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn seed_both_on_2_strategy() {
     let t = run_seed(seed_both_on_2());
     // Gateway 1 only routes: no rules, and only its ingress border is attached.
@@ -151,6 +153,7 @@ fn asymmetric_checks(t: &Topology) {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn asymmetric_cidrs_split() {
     use AddressField::*;
     use Direction::*;
@@ -182,6 +185,7 @@ fn asymmetric_cidrs_split() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn asymmetric_cidrs_both_on_2() {
     use AddressField::*;
     use Direction::*;
@@ -212,6 +216,7 @@ fn asymmetric_cidrs_both_on_2() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn changing_and_removing_rules_is_exact() {
     let (plan1, plan2) = seed_split();
     let t = run_seed((plan1.clone(), plan2.clone()));
@@ -230,6 +235,7 @@ fn changing_and_removing_rules_is_exact() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn netlink_clsact_fallback_attaches_and_detaches() {
     use remapd::dataplane::AttachMode;
     let (plan1, plan2) = seed_split();

@@ -113,6 +113,7 @@ fn foreign(ns: &Netns) -> String {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn routes_converge_on_exactly_the_given_set_and_touch_nothing_else() {
     let p = unique_prefix();
     let ns = Netns::new(&format!("{p}-rt"));
@@ -427,6 +428,7 @@ fn assert_pings(from: &Netns, to: Ipv4Addr) {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn userspace_tunnels_are_started_adopted_updated_and_pruned() {
     let p = unique_prefix();
     let dir = TempDir::new(&format!("{p}-wg"));
@@ -590,6 +592,7 @@ fn userspace_tunnels_are_started_adopted_updated_and_pruned() {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn invalid_keys_are_refused_before_anything_starts() {
     let p = unique_prefix();
     let dir = TempDir::new(&format!("{p}-wk"));

@@ -58,6 +58,7 @@ fn packets(status: &Value) -> Vec<u64> {
 }
 
 #[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn sigkill_and_restart_do_not_disturb_forwarding() {
     let (plan1, plan2) = seed_split();
     let t = Topology::build(&seed_cluster(), &seed_cluster(), &plan1, &plan2);
