@@ -277,7 +277,10 @@ impl Daemon {
     ) -> Result<T, EngineError> {
         let reconciler = self.reconciler.clone();
         let publisher = self.publisher.clone();
+        // The request's and the change's spans follow the work onto the blocking thread.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let mut guard = guard;
             let mut r = reconciler
                 .lock()
@@ -288,9 +291,18 @@ impl Daemon {
         .map_err(|e| EngineError::Internal(format!("change task: {e}")))?
     }
 
+    /// Waits until no change is being applied (at most `timeout`); true if none is.
+    /// Used on shutdown: a change runs to its end even when its request is gone.
+    pub async fn quiesce(&self, timeout: std::time::Duration) -> bool {
+        tokio::time::timeout(timeout, self.state.lock())
+            .await
+            .is_ok()
+    }
+
     /// Re-applies the desired state in force (start-up and periodic resync): every step
     /// runs even after one fails, and nothing is refused, so what was acknowledged keeps
     /// converging.
+    #[tracing::instrument(name = "resync", skip_all)]
     pub async fn reconcile(&self) -> Result<ReconcileReport, EngineError> {
         let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();
@@ -311,6 +323,7 @@ impl Daemon {
     /// `targets` are the peerings the change is about: a failed decision for one of
     /// them refuses the change even if it had failed before. Returns `change`'s value and
     /// the snapshot this change published (later changes may already have replaced it).
+    #[tracing::instrument(name = "change", skip_all, fields(peerings = ?targets, policy = policy.as_ref().map(|p| p.name.as_str())))]
     pub async fn update<T, E: From<EngineError>>(
         &self,
         change: impl FnOnce(&mut DesiredState) -> Result<T, E>,
@@ -346,6 +359,7 @@ impl Daemon {
     /// What `state` would decide and compile for peering `name`, without applying or
     /// saving anything: the same [`Reconciler::plan`] a change runs. Other peerings keep
     /// their decisions.
+    #[tracing::instrument(name = "dry_run", skip_all, fields(peering = name))]
     pub async fn dry_run(
         &self,
         state: DesiredState,
@@ -368,6 +382,7 @@ impl Daemon {
     /// Removes every rule, route and tunnel and forgets the peerings (cluster and
     /// policies stay). The state is saved first, so a crash half-way leaves nothing to
     /// re-create on restart.
+    #[tracing::instrument(name = "teardown", skip_all)]
     pub async fn teardown(&self) -> Result<Vec<String>, EngineError> {
         let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();

@@ -548,6 +548,9 @@ impl Reconciler {
                     o.public_key = keys.get(name).and_then(|k| public_key(k));
                     continue;
                 }
+                let _decide =
+                    tracing::info_span!("decide", peering = %name, policy = %peering.policy)
+                        .entered();
                 let attempt = self
                     .registry
                     .decide(&peering.policy, &input)
@@ -647,24 +650,25 @@ impl Reconciler {
         let stop = |report: &ReconcileReport| {
             mode == ApplyMode::StopAtFirstError && !report.failed_steps.is_empty()
         };
-        match self.tunnels.ensure(&system.tunnels) {
+        let step = |step: ApplyStep| tracing::info_span!("apply", %step);
+        match step(ApplyStep::Tunnels).in_scope(|| self.tunnels.ensure(&system.tunnels)) {
             Ok(r) => report.tunnels = r,
             Err(e) => report.fail(ApplyStep::Tunnels, e.to_string()),
         }
         if !stop(&report) {
-            match self.routes.apply(&system.routes) {
+            match step(ApplyStep::Routes).in_scope(|| self.routes.apply(&system.routes)) {
                 Ok(r) => report.routes = r,
                 Err(e) => report.fail(ApplyStep::Routes, e.to_string()),
             }
         }
         if !stop(&report) {
-            match self.dataplane.apply(&system.dataplane) {
+            match step(ApplyStep::Dataplane).in_scope(|| self.dataplane.apply(&system.dataplane)) {
                 Ok(r) => report.dataplane = r,
                 Err(e) => report.fail(ApplyStep::Dataplane, e.to_string()),
             }
         }
         if !stop(&report) {
-            match self.tunnels.prune(&keep) {
+            match step(ApplyStep::Prune).in_scope(|| self.tunnels.prune(&keep)) {
                 Ok(r) => report.tunnels.removed = r.removed,
                 Err(e) => report.fail(ApplyStep::Prune, e.to_string()),
             }

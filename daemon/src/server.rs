@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use std::future::IntoFuture;
+
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -19,6 +21,10 @@ use crate::store::Store;
 
 /// How often the daemon re-applies its state without being asked.
 pub const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// On SIGTERM, how long open requests get to finish, and then how long a change still
+/// being applied gets (it is never cut: a change is applied and saved, or not at all).
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +96,7 @@ pub async fn serve(
     // Re-apply periodically too: a tunnel process that died, an interface someone
     // deleted, or an apply that failed comes back without waiting for an API call.
     // Unchanged peerings are not re-decided, so this is cheap.
-    {
+    let resync = {
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RESYNC_INTERVAL);
@@ -101,22 +107,58 @@ pub async fn serve(
                     warn!(error = %e, "periodic reconcile failed");
                 }
             }
-        });
-    }
+        })
+    };
     let state = AppState {
-        daemon,
+        daemon: daemon.clone(),
         token: config.token.as_deref().map(Arc::from),
         token_for_reads: !config.file.listen.ip().is_loopback(),
         advertise: config.file.advertise,
     };
     info!(listen = %config.file.listen, "remapd API listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.file.listen,
-            source,
-        })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    tokio::pin!(shutdown);
+    let served = tokio::select! {
+        served = &mut server => Some(served),
+        () = &mut shutdown => None,
+    };
+    let listen_error = |source| ServeError::Listen {
+        addr: config.file.listen,
+        source,
+    };
+    match served {
+        // The server stopped on its own: an error of the listener.
+        Some(Ok(result)) => result.map_err(listen_error)?,
+        Some(Err(e)) => return Err(ServeError::Setup(format!("server task: {e}"))),
+        None => {
+            info!(timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections; draining open requests");
+            resync.abort();
+            let _ = stop.send(());
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                Ok(Ok(result)) => result.map_err(listen_error)?,
+                Ok(Err(e)) => warn!(error = %e, "server task"),
+                Err(_) => {
+                    warn!("requests still open after {DRAIN_TIMEOUT:?}; closing them");
+                    server.abort();
+                }
+            }
+            // A change whose request was closed still runs to its end; wait for it.
+            if daemon.quiesce(DRAIN_TIMEOUT).await {
+                info!("no change in progress");
+            } else {
+                warn!(
+                    "a change is still being applied after {DRAIN_TIMEOUT:?}; exiting (the next start re-applies the saved state)"
+                );
+            }
+        }
+    }
     info!(
         "stopped; the dataplane, routes and tunnels stay in place (remapd teardown removes them)"
     );

@@ -110,6 +110,23 @@ impl Daemon {
         }
     }
 
+    /// SIGTERMs the process and waits (at most 60 s) for it to exit; its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut p = self.process.take().expect("a running daemon");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(p.pid()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let mut status = None;
+        wait_for(
+            "remapd to exit after SIGTERM",
+            Duration::from_secs(60),
+            || {
+                status = p.child.try_wait().expect("wait");
+                status.is_some()
+            },
+        );
+        status.expect("exit status")
+    }
+
     /// An API call: (status, JSON body or the text as a JSON string).
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let (status, text) = curl_raw(

@@ -262,3 +262,54 @@ fn sigkill_during_bursts_of_changes_converges_to_what_was_acknowledged() {
          {in_flight_applied} unanswered changes found applied after the restart"
     );
 }
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn sigterm_lets_a_change_in_flight_finish_and_exits_cleanly() {
+    let prefix = unique_prefix();
+    let scratch = Scratch::new(&format!("{prefix}-term"));
+    let ns = Netns::new(&format!("{prefix}-gw"));
+    let mut daemon = Daemon::start(&ns, "gw", &scratch.path, &prefix, "198.18.0.1");
+    daemon.expect(
+        "PUT",
+        "/v1/cluster",
+        Some(
+            &json!({"name": "local", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/16"]}),
+        ),
+        200,
+    );
+    // A PUT that loads the dataplane (seconds of verifier work) is in flight when the
+    // daemon is told to stop.
+    let name = format!("{prefix}p0");
+    let put = {
+        let ns_name = ns.name().to_owned();
+        let path = format!("/v1/peerings/{name}");
+        std::thread::spawn(move || {
+            remapd_tests::daemons::curl_raw(&ns_name, "PUT", &path, Some(&spec(0, 5).to_string()))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        daemon.log_text()
+    );
+    let (code, body) = put.join().unwrap();
+    let log = daemon.log_text();
+    // The change was still being applied when the drain began, and finished.
+    let draining = log.find("draining open requests").expect(&log);
+    let applied = log.rfind(" applied").expect(&log);
+    let stopped = log.find("stopped; the dataplane").expect(&log);
+    assert!(draining < applied && applied < stopped, "{log}");
+    // The request was answered (drained), and what it answered holds after a restart.
+    assert_eq!(code, 201, "{body}\n{log}");
+    let handle = Netns::new_handle(ns.name());
+    daemon.spawn(&handle);
+    let p = daemon.expect("GET", &format!("/v1/peerings/{name}"), None, 200);
+    assert_eq!(p["spec"]["tunnel"]["keepalive"], 5);
+    assert_eq!(
+        p["applied"].as_array().unwrap().len(),
+        p["plan"]["rules"].as_array().unwrap().len()
+    );
+}

@@ -104,6 +104,15 @@ pub fn router(state: AppState) -> Router {
         // Room for the largest policy component (checked precisely in the handler).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        // One span per request (method and path), so what a change logs, down to each
+        // policy decision and apply step, says which request it belongs to.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                },
+            ),
+        )
         .with_state(state)
 }
 
