@@ -33,6 +33,9 @@ pub trait DataplaneApplier: Send {
     /// A reader of rules and counters that does not need this applier, so reads never
     /// wait for a change in progress.
     fn status_reader(&self) -> Arc<dyn DataplaneStatusReader>;
+    /// Whether this gateway can translate: told to policies as `nat_dataplane`. Measured:
+    /// false when the binary has no eBPF object or loading it failed.
+    fn nat_available(&self) -> bool;
 }
 
 /// Reads the dataplane's rules, counters and attachments, shared by readers.
@@ -78,6 +81,8 @@ fn empty_status() -> DataplaneStatus {
 pub struct KernelDataplane {
     config: crate::dataplane::DataplaneConfig,
     dataplane: Option<Dataplane>,
+    /// Why loading (or adopting) the programs failed, if it did.
+    load_error: Option<String>,
     adopted: Arc<std::sync::Mutex<Option<bool>>>,
 }
 
@@ -87,13 +92,18 @@ impl KernelDataplane {
         Self {
             config,
             dataplane: None,
+            load_error: None,
             adopted: Arc::default(),
         }
     }
 
     fn get(&mut self) -> Result<&mut Dataplane, DataplaneError> {
         if self.dataplane.is_none() {
-            let dataplane = Dataplane::open(&self.config)?;
+            let dataplane = Dataplane::open(&self.config).inspect_err(|e| {
+                warn!(error = %e, "the dataplane does not load: policies are told this gateway cannot translate");
+                self.load_error = Some(e.to_string());
+            })?;
+            self.load_error = None;
             if let Ok(mut adopted) = self.adopted.lock() {
                 *adopted = Some(dataplane.adopted());
             }
@@ -127,6 +137,10 @@ impl DataplaneApplier for KernelDataplane {
         dataplane.teardown()
     }
 
+    fn nat_available(&self) -> bool {
+        crate::dataplane::object_embedded() && self.load_error.is_none()
+    }
+
     fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
         Arc::new(PinnedDataplaneReader {
             config: self.config.clone(),
@@ -142,6 +156,8 @@ pub struct FakeDataplane {
     pub state: Arc<std::sync::Mutex<DesiredDataplane>>,
     /// When set, `apply` fails with this reason and changes nothing.
     pub fail: Arc<std::sync::Mutex<Option<String>>>,
+    /// When set, the gateway reports it cannot translate (`nat_available` is false).
+    pub no_nat: Arc<std::sync::atomic::AtomicBool>,
     /// When set, `apply` announces itself on the first sender and then waits for the
     /// second to be dropped or written (a slow apply, for tests of readers).
     #[allow(clippy::type_complexity)]
@@ -201,6 +217,10 @@ impl DataplaneApplier for FakeDataplane {
 
     fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
         Arc::new(self.clone())
+    }
+
+    fn nat_available(&self) -> bool {
+        !self.no_nat.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn teardown(&mut self) -> Result<(), DataplaneError> {
@@ -496,9 +516,8 @@ impl Reconciler {
         let mut outcomes = self.outcomes.clone();
         outcomes.retain(|name, _| state.peerings.contains_key(name));
         let mut failures = BTreeMap::new();
-        // Not measured yet: the daemon assumes its own eBPF dataplane works.
         let local_caps = Capabilities {
-            nat_dataplane: true,
+            nat_dataplane: self.dataplane.nat_available(),
         };
         if let Some(cluster) = &state.cluster {
             // What other peerings hold is "all held" minus one's own views; kept

@@ -732,3 +732,45 @@ async fn peerings_never_share_a_prefix_or_take_over_an_interface() {
         StatusCode::CREATED
     );
 }
+
+#[tokio::test]
+async fn policies_are_told_the_nat_capability_the_dataplane_has() {
+    let app = app("nat-capability");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    app.dataplane
+        .no_nat
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // `split` needs this gateway to translate: refused, nothing changed.
+    let mut p = peering(51820);
+    p["policy"] = json!("split");
+    let r = call(&app, "PUT", "/v1/peerings/a", Some(p), Some(TOKEN)).await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "NAT", None);
+    assert!(app.tunnels.tunnels.lock().unwrap().is_empty());
+    // `auto` leaves every rewrite to the remote, which can translate.
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        r.body["decision"]["strategy"], "both-on-remote",
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["plan"]["rules"], json!([]), "{}", r.body);
+    // Once the dataplane can translate again, the peering is decided anew.
+    app.dataplane
+        .no_nat
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    app.daemon.reconcile().await.unwrap();
+    let r = call(&app, "GET", "/v1/peerings/a", None, None).await;
+    assert_ne!(
+        r.body["decision"]["strategy"], "both-on-remote",
+        "{}",
+        r.body
+    );
+}

@@ -1083,6 +1083,11 @@ fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
     }
 }
 
+/// Whether this binary carries its eBPF object (not built with `AYA_BUILD_SKIP`).
+pub fn object_embedded() -> bool {
+    !EBPF_OBJECT.is_empty()
+}
+
 fn tcx_supported() -> bool {
     use aya::util::KernelVersion;
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))

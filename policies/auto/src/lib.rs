@@ -1,5 +1,6 @@
-//! Built-in policy `auto` (the default): no overlap -> `none`; the remote cannot
-//! translate -> `both-on-local`; otherwise `split`. Remapped CIDRs come from the pool,
+//! Built-in policy `auto` (the default): no overlap -> `none`; both gateways translate
+//! -> `split`; only this one -> `both-on-local`; only the remote -> `both-on-remote`;
+//! neither -> refused. Remapped CIDRs come from the pool,
 //! same prefix length as the real ones, preferring the real prefix itself when it is
 //! free locally.
 
@@ -10,12 +11,24 @@ pub struct Auto;
 
 impl Policy for Auto {
     fn decide(input: &DecisionInput) -> Result<Decision, String> {
+        let (local_nat, remote_nat) = (
+            input.local.capabilities.nat_dataplane,
+            input.remote.capabilities.nat_dataplane,
+        );
         let strategy = if disjoint(input) {
             Strategy::None
-        } else if !input.remote.capabilities.nat_dataplane {
-            Strategy::BothOnLocal
         } else {
-            Strategy::Split
+            match (local_nat, remote_nat) {
+                (true, true) => Strategy::Split,
+                (true, false) => Strategy::BothOnLocal,
+                (false, true) => Strategy::BothOnRemote,
+                (false, false) => {
+                    return Err(format!(
+                        "the CIDRs overlap {} and neither gateway can translate",
+                        input.remote.name
+                    ));
+                }
+            }
         };
         let mappings = allocate_views(input)?;
         log(&format!("auto with {}: {strategy:?}", input.remote.name));
@@ -51,6 +64,19 @@ mod tests {
         let mut i = input(&["40.0.0.0/24"], &["30.0.0.0/16"], &["40.0.0.0/24"]);
         i.remote.capabilities.nat_dataplane = false;
         assert_eq!(run::<Auto>(&i).0.unwrap().strategy, Strategy::BothOnLocal);
+    }
+
+    #[test]
+    fn a_local_gateway_without_nat_leaves_both_rewrites_to_the_remote() {
+        let mut i = input(&["40.0.0.0/24"], &["30.0.0.0/16"], &["40.0.0.0/24"]);
+        i.local.capabilities.nat_dataplane = false;
+        assert_eq!(run::<Auto>(&i).0.unwrap().strategy, Strategy::BothOnRemote);
+        i.remote.capabilities.nat_dataplane = false;
+        let refused = run::<Auto>(&i).0.unwrap_err();
+        assert!(
+            refused.contains("neither gateway can translate"),
+            "{refused}"
+        );
     }
 
     #[test]

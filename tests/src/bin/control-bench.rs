@@ -103,6 +103,10 @@ impl DataplaneApplier for SharedLoopback {
     fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
         self.0.status_reader()
     }
+
+    fn nat_available(&self) -> bool {
+        self.0.nat_available()
+    }
 }
 
 fn reconciler(registry: Arc<PolicyRegistry>, pin_dir: &std::path::Path) -> Reconciler {
