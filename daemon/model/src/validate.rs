@@ -1,0 +1,474 @@
+//! Never trust a decision: the checks every policy answer passes before anything else
+//! sees it. Pure; each error names the rule that was broken.
+
+use ipnet::Ipv4Net;
+
+use crate::model::{Decision, PolicyInput, Strategy};
+
+/// Most mappings a decision may carry.
+pub const MAX_MAPPINGS: usize = 1024;
+
+/// A rule a decision broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    /// The strategy needs a capability a side lacks.
+    #[error(
+        "strategy {strategy} needs the NAT dataplane on the {side} gateway, which does not have it"
+    )]
+    CapabilityMissing {
+        /// Strategy.
+        strategy: Strategy,
+        /// "local" or "remote".
+        side: &'static str,
+    },
+    /// `none` with overlapping CIDRs.
+    #[error(
+        "strategy none is only for CIDRs that do not overlap, but remote {real} overlaps local {local}"
+    )]
+    NoneWithOverlap {
+        /// Remote CIDR.
+        real: Ipv4Net,
+        /// Local CIDR.
+        local: Ipv4Net,
+    },
+    /// `none` must see every remote CIDR as itself.
+    #[error(
+        "strategy none maps {real} to {remapped}; with none every remote CIDR is seen as itself"
+    )]
+    NoneRemapped {
+        /// Remote CIDR.
+        real: Ipv4Net,
+        /// Its view.
+        remapped: Ipv4Net,
+    },
+    /// A remote CIDR has no mapping.
+    #[error("no mapping for remote CIDR {real}")]
+    MissingMapping {
+        /// Remote CIDR.
+        real: Ipv4Net,
+    },
+    /// A mapping for something the remote does not have.
+    #[error("mapping for {real}, which is not a CIDR of the remote cluster")]
+    UnknownMapping {
+        /// The mapped prefix.
+        real: Ipv4Net,
+    },
+    /// Two mappings for one remote CIDR.
+    #[error("remote CIDR {real} is mapped twice")]
+    DuplicateMapping {
+        /// Remote CIDR.
+        real: Ipv4Net,
+    },
+    /// Lengths differ.
+    #[error("mapping {real} -> {remapped}: prefix lengths differ (a translation keeps host bits)")]
+    PrefixLengthMismatch {
+        /// Remote CIDR.
+        real: Ipv4Net,
+        /// Its view.
+        remapped: Ipv4Net,
+    },
+    /// Host bits set.
+    #[error("mapping {real} -> {remapped}: host bits set")]
+    HostBits {
+        /// Remote CIDR.
+        real: Ipv4Net,
+        /// Its view.
+        remapped: Ipv4Net,
+    },
+    /// Outside the pool.
+    #[error("mapping {real} -> {remapped}: {remapped} is outside the remap pool")]
+    OutsidePool {
+        /// Remote CIDR.
+        real: Ipv4Net,
+        /// Its view.
+        remapped: Ipv4Net,
+    },
+    /// Overlaps the local cluster's own address space.
+    #[error("mapping {real} -> {remapped}: {remapped} overlaps local {kind} CIDR {local}")]
+    OverlapsLocal {
+        /// Remote CIDR.
+        real: Ipv4Net,
+        /// Its view.
+        remapped: Ipv4Net,
+        /// "pod", "service" or "reserved".
+        kind: &'static str,
+        /// The local CIDR.
+        local: Ipv4Net,
+    },
+    /// Overlaps what another peering holds.
+    #[error(
+        "mapping {real} -> {remapped}: {remapped} overlaps {allocation}, held by another peering"
+    )]
+    OverlapsAllocation {
+        /// Remote CIDR.
+        real: Ipv4Net,
+        /// Its view.
+        remapped: Ipv4Net,
+        /// The other peering's allocation.
+        allocation: Ipv4Net,
+    },
+    /// Two views overlap each other.
+    #[error("views {first} and {second} overlap each other")]
+    OverlapsSibling {
+        /// One view.
+        first: Ipv4Net,
+        /// Another.
+        second: Ipv4Net,
+    },
+    /// Too many mappings.
+    #[error("decision has {count} mappings, more than the {max} allowed")]
+    TooLarge {
+        /// Count.
+        count: usize,
+        /// Limit.
+        max: usize,
+    },
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+/// Checks a decision against its input. `Ok` means it may be compiled and applied.
+pub fn validate(input: &PolicyInput, decision: &Decision) -> Result<(), DecisionError> {
+    if decision.mappings.len() > MAX_MAPPINGS {
+        return Err(DecisionError::TooLarge {
+            count: decision.mappings.len(),
+            max: MAX_MAPPINGS,
+        });
+    }
+    let strategy = decision.strategy;
+    let (local_nat, remote_nat) = (
+        input.local_capabilities.nat_dataplane,
+        input.remote.capabilities.nat_dataplane,
+    );
+    let need = match strategy {
+        Strategy::None => (false, false),
+        Strategy::Split => (true, true),
+        Strategy::BothOnLocal => (true, false),
+        Strategy::BothOnRemote => (false, true),
+    };
+    if need.0 && !local_nat {
+        return Err(DecisionError::CapabilityMissing {
+            strategy,
+            side: "local",
+        });
+    }
+    if need.1 && !remote_nat {
+        return Err(DecisionError::CapabilityMissing {
+            strategy,
+            side: "remote",
+        });
+    }
+
+    let remote = input.remote.cidrs();
+    let mut seen: Vec<Ipv4Net> = Vec::new();
+    for m in &decision.mappings {
+        if !remote.contains(&m.real) {
+            return Err(DecisionError::UnknownMapping { real: m.real });
+        }
+        if seen.contains(&m.real) {
+            return Err(DecisionError::DuplicateMapping { real: m.real });
+        }
+        seen.push(m.real);
+    }
+    if let Some(real) = remote.iter().find(|r| !seen.contains(r)) {
+        return Err(DecisionError::MissingMapping { real: *real });
+    }
+
+    let local_kinds: Vec<(&'static str, &Vec<Ipv4Net>)> = vec![
+        ("pod", &input.local.pod_cidrs),
+        ("service", &input.local.service_cidrs),
+        ("reserved", &input.local.reserved_cidrs),
+    ];
+    for (i, m) in decision.mappings.iter().enumerate() {
+        let (real, remapped) = (m.real, m.remapped);
+        if strategy == Strategy::None {
+            if remapped != real {
+                return Err(DecisionError::NoneRemapped { real, remapped });
+            }
+            for (_, list) in &local_kinds {
+                if let Some(local) = list.iter().find(|l| overlaps(l, &real)) {
+                    return Err(DecisionError::NoneWithOverlap {
+                        real,
+                        local: *local,
+                    });
+                }
+            }
+        }
+        if real.prefix_len() != remapped.prefix_len() {
+            return Err(DecisionError::PrefixLengthMismatch { real, remapped });
+        }
+        if remapped.trunc() != remapped {
+            return Err(DecisionError::HostBits { real, remapped });
+        }
+        for (kind, list) in &local_kinds {
+            if let Some(local) = list.iter().find(|l| overlaps(l, &remapped)) {
+                return Err(DecisionError::OverlapsLocal {
+                    real,
+                    remapped,
+                    kind,
+                    local: *local,
+                });
+            }
+        }
+        if let Some(allocation) = input.allocated.iter().find(|a| overlaps(a, &remapped)) {
+            return Err(DecisionError::OverlapsAllocation {
+                real,
+                remapped,
+                allocation: *allocation,
+            });
+        }
+        // Last: a view that hits our own space says more than "outside the pool".
+        if remapped != real && !input.local.remap_pool.iter().any(|p| p.contains(&remapped)) {
+            return Err(DecisionError::OutsidePool { real, remapped });
+        }
+        if let Some(other) = decision.mappings[..i]
+            .iter()
+            .find(|o| overlaps(&o.remapped, &remapped))
+        {
+            return Err(DecisionError::OverlapsSibling {
+                first: other.remapped,
+                second: remapped,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Capabilities, LocalCluster, Mapping, RemoteCluster};
+
+    fn n(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn input() -> PolicyInput {
+        PolicyInput {
+            local: LocalCluster {
+                name: "c1".into(),
+                pod_cidrs: vec![n("40.0.0.0/24")],
+                service_cidrs: vec![n("10.96.0.0/16")],
+                reserved_cidrs: vec![n("192.168.0.0/16")],
+                remap_pool: vec![n("30.0.0.0/16")],
+            },
+            local_capabilities: Capabilities {
+                nat_dataplane: true,
+            },
+            allocated: vec![n("30.0.9.0/24")],
+            remote: RemoteCluster {
+                name: "c2".into(),
+                pod_cidrs: vec![n("40.0.0.0/24")],
+                service_cidrs: vec![n("10.97.0.0/16")],
+                capabilities: Capabilities {
+                    nat_dataplane: true,
+                },
+                view_of_local: None,
+            },
+            settings: Default::default(),
+        }
+    }
+
+    fn decision(strategy: Strategy, pairs: &[(&str, &str)]) -> Decision {
+        Decision {
+            strategy,
+            mappings: pairs
+                .iter()
+                .map(|(r, v)| Mapping {
+                    real: n(r),
+                    remapped: n(v),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_decision_passes() {
+        let d = decision(
+            Strategy::Split,
+            &[
+                ("40.0.0.0/24", "30.0.0.0/24"),
+                ("10.97.0.0/16", "10.97.0.0/16"),
+            ],
+        );
+        validate(&input(), &d).unwrap();
+    }
+
+    #[test]
+    fn each_rule_is_named() {
+        let i = input();
+        let cases: Vec<(Decision, &str)> = vec![
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "40.0.0.0/24"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                    ],
+                ),
+                "overlaps local pod CIDR 40.0.0.0/24",
+            ),
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "10.96.1.0/24"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                    ],
+                ),
+                "overlaps local service CIDR",
+            ),
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "30.0.9.0/24"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                    ],
+                ),
+                "held by another peering",
+            ),
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "31.0.0.0/24"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                    ],
+                ),
+                "outside the remap pool",
+            ),
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "30.0.0.0/16"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                    ],
+                ),
+                "prefix lengths differ",
+            ),
+            (
+                decision(Strategy::Split, &[("40.0.0.0/24", "30.0.0.0/24")]),
+                "no mapping for remote CIDR 10.97.0.0/16",
+            ),
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "30.0.0.0/24"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                        ("8.8.8.0/24", "30.0.1.0/24"),
+                    ],
+                ),
+                "not a CIDR of the remote",
+            ),
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "30.0.0.0/24"),
+                        ("40.0.0.0/24", "30.0.1.0/24"),
+                    ],
+                ),
+                "mapped twice",
+            ),
+            (
+                decision(
+                    Strategy::None,
+                    &[
+                        ("40.0.0.0/24", "30.0.0.0/24"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                    ],
+                ),
+                "seen as itself",
+            ),
+            (
+                decision(
+                    Strategy::None,
+                    &[
+                        ("40.0.0.0/24", "40.0.0.0/24"),
+                        ("10.97.0.0/16", "10.97.0.0/16"),
+                    ],
+                ),
+                "only for CIDRs that do not overlap",
+            ),
+            (
+                decision(
+                    Strategy::Split,
+                    &[
+                        ("40.0.0.0/24", "30.0.0.0/24"),
+                        ("10.97.0.0/16", "30.0.0.0/16"),
+                    ],
+                ),
+                "held by another peering",
+            ),
+        ];
+        for (d, expect) in cases {
+            let err = validate(&i, &d).expect_err(expect).to_string();
+            assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+        }
+        let siblings = decision(
+            Strategy::Split,
+            &[
+                ("40.0.0.0/24", "30.0.1.0/24"),
+                ("10.97.0.0/16", "30.0.0.0/16"),
+            ],
+        );
+        let mut wide = i.clone();
+        wide.remote.service_cidrs = vec![n("10.97.0.0/16")];
+        wide.allocated.clear();
+        assert!(matches!(
+            validate(&wide, &siblings),
+            Err(DecisionError::OverlapsSibling { .. })
+        ));
+    }
+
+    #[test]
+    fn capabilities_are_enforced() {
+        let mut i = input();
+        i.remote.capabilities.nat_dataplane = false;
+        let d = decision(
+            Strategy::Split,
+            &[
+                ("40.0.0.0/24", "30.0.0.0/24"),
+                ("10.97.0.0/16", "10.97.0.0/16"),
+            ],
+        );
+        assert_eq!(
+            validate(&i, &d),
+            Err(DecisionError::CapabilityMissing {
+                strategy: Strategy::Split,
+                side: "remote"
+            })
+        );
+        let d = decision(
+            Strategy::BothOnLocal,
+            &[
+                ("40.0.0.0/24", "30.0.0.0/24"),
+                ("10.97.0.0/16", "10.97.0.0/16"),
+            ],
+        );
+        validate(&i, &d).unwrap();
+    }
+
+    #[test]
+    fn oversized_decisions_are_refused() {
+        let many = Decision {
+            strategy: Strategy::Split,
+            mappings: vec![
+                Mapping {
+                    real: n("40.0.0.0/24"),
+                    remapped: n("30.0.0.0/24")
+                };
+                MAX_MAPPINGS + 1
+            ],
+        };
+        assert!(matches!(
+            validate(&input(), &many),
+            Err(DecisionError::TooLarge { .. })
+        ));
+    }
+}
