@@ -3,19 +3,19 @@
 //!
 //! Modules, by concern:
 //! - [`dataplane`]: the eBPF programs and maps — load/adopt, attach, apply rules, counters.
-//! - [`model`]: clusters, peerings' remote side, decisions.
-//! - [`policy`]: the WASM policy host (wasmtime) and decision validation.
-//! - [`plan`]: the plan compiler (decision -> rules, routes, allowed-ips, exports).
+//! - [`model`], [`plan`] (re-exported from the `remapd-model` crate, which also holds
+//!   decision validation and the rule types): the pure model and plan compiler.
+//! - [`policy`]: the WASM policy host (wasmtime) and its registry.
 //! - [`net`]: routes (rtnetlink) and WireGuard tunnels, behind traits with fakes.
 #![deny(missing_docs)]
+
+pub use remapd_model::{model, plan};
 
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod model;
 pub mod net;
-pub mod plan;
 pub mod policy;
 pub mod reconcile;
 pub mod server;

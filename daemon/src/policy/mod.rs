@@ -6,7 +6,7 @@
 //!
 //! Every answer goes through [`validate::validate`] before anyone else sees it.
 
-pub mod validate;
+pub use remapd_model::validate;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
