@@ -61,7 +61,7 @@ pub struct PeeringSpec {
 }
 
 fn default_policy() -> String {
-    crate::policy::builtin::DEFAULT.to_owned()
+    crate::model::DEFAULT_POLICY.to_owned()
 }
 
 impl PeeringSpec {

@@ -169,3 +169,6 @@ pub struct PolicyInput {
     /// Free-form settings of the peering.
     pub settings: BTreeMap<String, String>,
 }
+
+/// The policy a peering uses when it names none (the built-in `auto`).
+pub const DEFAULT_POLICY: &str = "auto";

@@ -541,7 +541,7 @@ pub mod builtin {
     /// `auto` (default): none, both-on-local or split, as the clusters allow.
     pub const AUTO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy-auto.wasm"));
     /// Name of the default policy.
-    pub const DEFAULT: &str = "auto";
+    pub const DEFAULT: &str = crate::model::DEFAULT_POLICY;
     /// All built-ins by name.
     pub const ALL: [(&str, &[u8]); 3] =
         [("split", SPLIT), ("both-on-2", BOTH_ON_2), ("auto", AUTO)];
