@@ -13,10 +13,11 @@ use crate::api::{AppState, router};
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::dataplane::DataplaneConfig;
+use crate::dataplane::KernelDataplane;
 use crate::net::routes::NetlinkRoutes;
 use crate::net::wireguard::{WireGuardConfig, WireGuardTunnels};
 use crate::policy::{PolicyEngine, PolicyRegistry};
-use crate::reconcile::{KernelDataplane, Reconciler};
+use crate::reconcile::Reconciler;
 use crate::store::Store;
 
 /// How often the daemon re-applies its state without being asked.

@@ -13,6 +13,7 @@
 //! `links/nl-<ifindex>-<dir>-<ifname>`. The `v2` component is the map schema version;
 //! a daemon that finds an older layout detaches and removes it when it loads its own.
 
+pub mod applier;
 pub mod hooks;
 pub mod interfaces;
 pub mod kctx;
@@ -38,6 +39,7 @@ use remapd_common::{
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+pub use applier::{DataplaneApplier, DataplaneStatusReader, FakeDataplane, KernelDataplane};
 pub use hooks::IngressBorder;
 use hooks::ResolvedBorder;
 pub use interfaces::Framing;

@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use remapd::dataplane::{
-    ApplyReport, AttachMode, DataplaneConfig, DataplaneError, DesiredDataplane, IngressBorder,
+    ApplyReport, AttachMode, DataplaneApplier, DataplaneConfig, DataplaneError,
+    DataplaneStatusReader, DesiredDataplane, IngressBorder, KernelDataplane,
 };
 use remapd::model::{Capabilities, LocalCluster, RemoteCluster};
 use remapd::net::fake::{FakeRoutes, FakeTunnels};
 use remapd::policy::{PolicyEngine, PolicyLimits, PolicyRegistry};
-use remapd::reconcile::{
-    DataplaneApplier, DataplaneStatusReader, KernelDataplane, Keys, Reconciler,
-};
+use remapd::reconcile::{Keys, Reconciler};
 use remapd::store::{DesiredState, PeeringSpec, TunnelConfig};
 
 fn rss_mib() -> f64 {
