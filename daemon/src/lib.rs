@@ -6,16 +6,17 @@
 //! - [`model`], [`plan`] (re-exported from the `remapd-model` crate, which also holds
 //!   decision validation and the rule types): the pure model and plan compiler.
 //! - [`policy`]: the WASM policy host (wasmtime) and its registry.
-//! - [`net`]: routes (rtnetlink) and WireGuard tunnels, behind traits with fakes.
+//! - [`net`] (the `remapd-net` crate): routes (rtnetlink) and WireGuard tunnels, behind
+//!   traits with fakes.
 #![deny(missing_docs)]
 
 pub use remapd_model::{model, plan};
+pub use remapd_net as net;
 
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod net;
 pub mod policy;
 pub mod reconcile;
 pub mod server;

@@ -5,6 +5,7 @@
 //! Each applier takes a full desired set and makes the system match it, touching only
 //! what remapd owns, and is safe to call again and again. Each sits behind a trait so
 //! the reconciler is tested with fakes (`fake`).
+#![deny(missing_docs)]
 
 pub mod fake;
 pub mod routes;
