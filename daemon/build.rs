@@ -1,46 +1,15 @@
 //! Builds the eBPF programs (`ebpf/remapd-ebpf`) with the nightly toolchain and
 //! bpf-linker via aya-build, and leaves the object in `OUT_DIR/remapd-ebpf` for
-//! `include_bytes_aligned!`; and the built-in policies into components. With `AYA_BUILD_SKIP=1` (clippy, `cargo check` on a machine
-//! without bpf-linker) an empty object is left instead and the daemon reports it at run time.
+//! `include_bytes_aligned!`. With `AYA_BUILD_SKIP=1` (clippy, `cargo check` on a machine
+//! without bpf-linker) an empty object is left instead and the daemon reports it at run
+//! time. The built-in policies are built by the policy host's crate (`daemon/policy`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    build_policies()?;
     build_ebpf()
-}
-
-/// Builds the built-in policies (`policies/*`) into components in `OUT_DIR`. With
-/// `REMAPD_POLICY_BUILD_SKIP=1` empty placeholders are written instead.
-fn build_policies() -> anyhow::Result<()> {
-    let out_dir =
-        PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
-    println!("cargo:rerun-if-env-changed=REMAPD_POLICY_BUILD_SKIP");
-    let skip = std::env::var("REMAPD_POLICY_BUILD_SKIP").is_ok_and(|v| v == "1");
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for name in ["split", "both-on-2", "auto"] {
-        let out = out_dir.join(format!("policy-{name}.wasm"));
-        if skip {
-            std::fs::write(&out, [])?;
-            continue;
-        }
-        let dir = workspace.join("policies").join(name);
-        println!("cargo:rerun-if-changed={}", dir.join("src").display());
-        let component = remapd_policy_build::build_policy(&dir, &out_dir.join("policy-target"))
-            .with_context(|| format!("building built-in policy {name}"))?;
-        std::fs::write(&out, component)?;
-    }
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("policy-sdk/src").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("policy-sdk/wit").display()
-    );
-    Ok(())
 }
 
 fn build_ebpf() -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 //! network, and NaNs canonicalised.
 //!
 //! Every answer goes through [`validate::validate`] before anyone else sees it.
+#![deny(missing_docs)]
 
 pub use remapd_model::validate;
 
@@ -20,11 +21,11 @@ use tracing::{debug, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
-use crate::model::{Decision, Mapping, PolicyInput, Strategy};
+use remapd_model::model::{Decision, Mapping, PolicyInput, Strategy};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../policy-sdk/wit",
+        path: "../../policy-sdk/wit",
         world: "policy",
     });
 }
@@ -541,7 +542,7 @@ pub mod builtin {
     /// `auto` (default): none, both-on-local or split, as the clusters allow.
     pub const AUTO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy-auto.wasm"));
     /// Name of the default policy.
-    pub const DEFAULT: &str = crate::model::DEFAULT_POLICY;
+    pub const DEFAULT: &str = remapd_model::model::DEFAULT_POLICY;
     /// All built-ins by name.
     pub const ALL: [(&str, &[u8]); 3] =
         [("split", SPLIT), ("both-on-2", BOTH_ON_2), ("auto", AUTO)];
