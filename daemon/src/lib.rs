@@ -2,7 +2,7 @@
 //! stateless prefix translation in eBPF on the tunnel device, after routing.
 //!
 //! Modules, by concern:
-//! - [`dataplane`]: the eBPF programs and maps — load/adopt, attach, apply rules, counters.
+//! - [`dataplane`] (the `remapd-dataplane` crate): the eBPF programs and maps — load/adopt, attach, apply rules, counters.
 //! - [`model`], [`plan`] (re-exported from the `remapd-model` crate, which also holds
 //!   decision validation and the rule types): the pure model and plan compiler.
 //! - [`policy`] (the `remapd-policy-host` crate): the WASM policy host (wasmtime) and its
@@ -11,6 +11,7 @@
 //!   traits with fakes.
 #![deny(missing_docs)]
 
+pub use remapd_dataplane as dataplane;
 pub use remapd_model::{model, plan};
 pub use remapd_net as net;
 pub use remapd_policy_host as policy;
@@ -18,7 +19,6 @@ pub use remapd_policy_host as policy;
 pub mod api;
 pub mod config;
 pub mod daemon;
-pub mod dataplane;
 pub mod reconcile;
 pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@
 //! (TCX links), and for the netlink fallback empty marker directories
 //! `links/nl-<ifindex>-<dir>-<ifname>`. The `v2` component is the map schema version;
 //! a daemon that finds an older layout detaches and removes it when it loads its own.
+#![deny(missing_docs)]
 
 pub mod applier;
 pub mod hooks;

@@ -172,7 +172,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::rules::Target;
+    use crate::rules::Target;
 
     fn n(s: &str) -> Ipv4Net {
         s.parse().unwrap()

@@ -2,7 +2,7 @@
 //! bpf-linker via aya-build, and leaves the object in `OUT_DIR/remapd-ebpf` for
 //! `include_bytes_aligned!`. With `AYA_BUILD_SKIP=1` (clippy, `cargo check` on a machine
 //! without bpf-linker) an empty object is left instead and the daemon reports it at run
-//! time. The built-in policies are built by the policy host's crate (`daemon/policy`).
+//! time.
 
 use std::path::PathBuf;
 
