@@ -307,7 +307,7 @@ impl Daemon {
         let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();
         self.locked(guard, move |state, r, publisher| {
-            let keys = keys_for(&store, state, &mut Vec::new())?;
+            let keys = keys_for(&store, state, &mut Vec::new(), &r.committed_keys(), &[])?;
             let report = r.reconcile(state, &keys);
             publisher.publish(
                 state.clone(),
@@ -448,20 +448,36 @@ fn dry_run_result(
 }
 
 /// Private keys of `state`'s peerings, generating missing ones; the names generated are
-/// added to `created` (removed again if the change is refused).
+/// added to `created` (removed again if the change is refused). A key file that cannot
+/// be read (corrupt, unreadable) hurts only its own peering: it keeps the key its tunnel
+/// runs with (`running`, by interface), and without one it gets no tunnel. A change that
+/// targets such a peering is refused, naming the file.
 fn keys_for(
     store: &Store,
     state: &DesiredState,
     created: &mut Vec<String>,
+    running: &BTreeMap<String, String>,
+    targets: &[String],
 ) -> Result<Keys, EngineError> {
     let mut keys = Keys::new();
-    for name in state.peerings.keys() {
-        let error = |e| EngineError::Internal(format!("peering {name:?}: {e}"));
-        let key = match store.existing_key(name).map_err(error)? {
-            Some(key) => key,
-            None => {
+    for (name, spec) in &state.peerings {
+        let key = match store.existing_key(name) {
+            Ok(Some(key)) => key,
+            Ok(None) => {
                 created.push(name.clone());
-                store.private_key(name).map_err(error)?
+                store
+                    .private_key(name)
+                    .map_err(|e| EngineError::Internal(format!("peering {name:?}: {e}")))?
+            }
+            Err(e) if targets.contains(name) => {
+                return Err(EngineError::Internal(format!("peering {name:?}: {e}")));
+            }
+            Err(e) => {
+                warn!(peering = %name, error = %e, "key file unusable; the tunnel keeps the key it runs with");
+                match running.get(&spec.interface(name)) {
+                    Some(key) => key.clone(),
+                    None => continue,
+                }
             }
         };
         keys.insert(name.clone(), key);
@@ -542,7 +558,7 @@ fn plan_apply_save(
     if !next.peerings.is_empty() && next.cluster.is_none() {
         return Err(EngineError::NoCluster);
     }
-    let keys = keys_for(store, next, created)?;
+    let keys = keys_for(store, next, created, &r.committed_keys(), targets)?;
     let system: DesiredSystem = r.plan(next, &keys);
     // Refused: a target without a plan, or a peering that had one (or is new) and would
     // lose it. A peering that was already failing does not block others.

@@ -279,6 +279,16 @@ impl Reconciler {
         &self.outcomes
     }
 
+    /// The private key each tunnel of the committed system runs with, by interface: what
+    /// a peering whose key file became unreadable keeps using.
+    pub fn committed_keys(&self) -> BTreeMap<String, String> {
+        self.committed
+            .tunnels
+            .iter()
+            .map(|t| (t.interface.clone(), t.private_key.clone()))
+            .collect()
+    }
+
     /// Readers of dataplane and tunnel state that do not need the reconciler.
     pub fn status_readers(&self) -> StatusReaders {
         StatusReaders {

@@ -681,3 +681,64 @@ async fn a_change_whose_client_goes_away_finishes_as_one() {
         serde_json::from_slice(&std::fs::read(app.dir.join("state.json")).unwrap()).unwrap();
     assert_eq!(state["peerings"].as_object().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn a_corrupt_key_file_hurts_only_its_own_peering() {
+    let app = app("corrupt-key");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let a = call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let running_key = app.tunnels.tunnels.lock().unwrap()["rmd-a"]
+        .private_key
+        .clone();
+    std::fs::write(app.dir.join("keys/a.key"), "not a key\n").unwrap();
+
+    // Another peering's change goes through, and every read still answers.
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/b",
+        Some(peering(51821)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let list = call(&app, "GET", "/v1/peerings", None, None).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    assert_eq!(list.body.as_array().unwrap().len(), 2);
+    let shown = call(&app, "GET", "/v1/peerings/a", None, None).await;
+    assert_eq!(shown.body["public_key"], a.body["public_key"]);
+    // a's tunnel keeps running with the key it had, through changes and resyncs.
+    app.daemon.reconcile().await.unwrap();
+    assert_eq!(
+        app.tunnels.tunnels.lock().unwrap()["rmd-a"].private_key,
+        running_key
+    );
+    assert!(app.tunnels.tunnels.lock().unwrap().contains_key("rmd-b"));
+
+    // A change to a itself is refused, naming the file; nothing changes.
+    let before = world(&app).await;
+    let mut changed = peering(51820);
+    changed["tunnel"]["keepalive"] = json!(9);
+    let r = call(&app, "PUT", "/v1/peerings/a", Some(changed), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    assert_eq!(r.content_type, "application/problem+json");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("a.key"),
+        "{}",
+        r.body
+    );
+    assert_eq!(world(&app).await, before);
+    // Deleting it works and removes the file.
+    let r = call(&app, "DELETE", "/v1/peerings/a", None, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(!app.dir.join("keys/a.key").exists());
+    assert!(!app.tunnels.tunnels.lock().unwrap().contains_key("rmd-a"));
+}

@@ -197,13 +197,15 @@ async fn status_of(
 ) -> Result<PeeringStatus, Problem> {
     let interface = spec.interface(name);
     // The key was made by the change that created the peering; a read never writes one.
+    // An unusable key file hurts only this peering's status, not the whole list.
     let public_key = match outcome.public_key.clone() {
         Some(key) => Some(key),
         None => state
             .daemon
             .store()
             .existing_key(name)
-            .map_err(|e| Problem::internal(e.to_string()))?
+            .ok()
+            .flatten()
             .and_then(|k| crate::store::public_key(&k)),
     };
     let rules: Vec<InstalledRule> = state
