@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::netns::{ChildGuard, Netns, PinDir, WG_SOCKET_DIR, wait_for};
+use crate::netns::{ChildGuard, LOAD_TIMEOUT, Netns, PinDir, WG_SOCKET_DIR, wait_for};
 
 /// The API token every test daemon uses.
 pub const TOKEN: &str = "remapd-test-token-0123456789";
@@ -91,7 +91,7 @@ impl Daemon {
         let child = cmd.spawn().expect("spawn remapd");
         self.process = Some(ChildGuard::from_child("remapd", child));
         let probe = ns.name().to_owned();
-        wait_for("remapd to answer /healthz", Duration::from_secs(30), || {
+        wait_for("remapd to answer /healthz", LOAD_TIMEOUT, || {
             if let Some(p) = self.process.as_mut() {
                 assert!(
                     p.is_running(),

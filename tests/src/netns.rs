@@ -203,6 +203,13 @@ impl Drop for ChildGuard {
     }
 }
 
+/// How long a process that loads the eBPF programs may take to come up. Loading is
+/// bounded by the kernel verifier, whose speed depends on the CPU and its mitigations
+/// (about 2 s for the four programs on an Intel session, several times that on an AMD
+/// EPYC with SRSO mitigations, where a 10 s bound once failed in CI). This is a liveness
+/// bound, not a performance check: start-up time is measured by the benchmarks.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use remapd_tests::netns::{ChildGuard, parse_ping, wait_for};
+use remapd_tests::netns::{ChildGuard, LOAD_TIMEOUT, parse_ping, wait_for};
 use remapd_tests::topology::{Topology, seed_cluster, seed_split};
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ fn start_agent(t: &Topology, gateway: u8, rules: &Path, status: &Path) -> ChildG
     cmd.arg(&pins).arg(rules).arg(status);
     let log = t.scratch_file(&format!("agent{gateway}.log"));
     let mut agent = ChildGuard::spawn("dataplane-agent", &mut cmd, Some(&log));
-    wait_for("the agent's status file", Duration::from_secs(10), || {
+    wait_for("the agent's status file", LOAD_TIMEOUT, || {
         assert!(
             agent.is_running(),
             "agent exited: {}",

@@ -430,6 +430,7 @@ impl Dataplane {
     /// complete set is there, otherwise loads the embedded object (reusing any pinned
     /// maps, so rules and counters survive) and pins what it loaded.
     pub fn open(config: &DataplaneConfig) -> Result<Self, DataplaneError> {
+        let started = std::time::Instant::now();
         let layout = PinLayout::new(&config.pin_dir);
         let adopted = layout.is_complete();
         if !adopted {
@@ -440,6 +441,8 @@ impl Dataplane {
         info!(
             pin_dir = %config.pin_dir.display(),
             adopted,
+            // Loading is bounded by the kernel verifier: seconds, varying with the CPU.
+            took = ?started.elapsed(),
             mode = ?dataplane.mode,
             "dataplane open"
         );
