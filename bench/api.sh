@@ -19,7 +19,7 @@ cleanup
 mkdir -p "$DIR"
 ip netns add $NS
 ip -n $NS link set lo up
-head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DIR/token"
+(umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DIR/token")
 TOKEN=$(cat "$DIR/token")
 nsenter --net=/run/netns/$NS "$REMAPD" --state-dir "$DIR/state" --pin-dir /sys/fs/bpf/rmb-api \
   --run-dir "$DIR/run" --token-file "$DIR/token" --log warn >"$DIR/log" 2>&1 &

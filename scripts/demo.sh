@@ -115,7 +115,7 @@ ip -n "$NS-gw2" addr add 198.18.0.2/30 dev under
 ip -n "$NS-gw1" link set under up
 ip -n "$NS-gw2" link set under up
 mkdir -p "$DEMO"
-head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DEMO/token"
+(umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DEMO/token")
 TOKEN=$(cat "$DEMO/token")
 echo "  namespaces $NS-{pod1,gw1,gw2,pod2}; pods 40.0.0.1 behind gateways 40.0.0.2"
 

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub wireguard: WireGuardSection,
     /// Policy sandbox limits.
     pub policy: PolicySection,
+    /// API server limits.
+    pub api: ApiSection,
 }
 
 impl Default for FileConfig {
@@ -51,6 +53,7 @@ impl Default for FileConfig {
             advertise: None,
             wireguard: WireGuardSection::default(),
             policy: PolicySection::default(),
+            api: ApiSection::default(),
         }
     }
 }
@@ -100,12 +103,81 @@ impl Default for PolicySection {
     }
 }
 
+/// `[api]`: limits of the API server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// A client must send a whole request head within this long of connecting or of its
+    /// previous response (also the keep-alive idle timeout), milliseconds.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this long, milliseconds (else 408).
+    pub body_timeout_ms: u64,
+    /// Connections open at once (lowered to fit the open-files limit).
+    pub max_connections: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        let d = crate::http::HttpLimits::default();
+        Self {
+            header_timeout_ms: d.header_timeout.as_millis() as u64,
+            body_timeout_ms: crate::api::DEFAULT_BODY_TIMEOUT.as_millis() as u64,
+            max_connections: d.max_connections,
+        }
+    }
+}
+
+impl ApiSection {
+    /// The connection limits.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
+
+    /// The body deadline.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_timeout_ms)
+    }
+}
+
+/// Creates `path` (and its directory, 0700) holding a new random token, mode 0600.
+fn write_new_token(path: &Path) -> Result<(), ConfigError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let write_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write_error)?;
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(write_error)?;
+    file.write_all(token.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(write_error)
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// File settings after flags.
     pub file: FileConfig,
-    /// The token, read from `token_file`.
+    /// The token, read from `token_file`; `None` until [`Config::ensure_token`] when
+    /// none is configured.
     pub token: Option<String>,
 }
 
@@ -152,20 +224,7 @@ impl FileConfig {
     /// Checks the settings and reads the token.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let token = match &self.token_file {
-            Some(path) => {
-                let t = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let t = t.trim().to_owned();
-                if t.len() < 16 {
-                    return Err(ConfigError::Invalid(format!(
-                        "{}: the token must be at least 16 characters",
-                        path.display()
-                    )));
-                }
-                Some(t)
-            }
+            Some(path) => Some(read_token(path)?),
             None => None,
         };
         if !self.listen.ip().is_loopback() && token.is_none() {
@@ -191,11 +250,70 @@ impl FileConfig {
                 "policy limits must be above zero".into(),
             ));
         }
+        if self.api.header_timeout_ms == 0
+            || self.api.body_timeout_ms == 0
+            || self.api.max_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[api] limits must be above zero".into(),
+            ));
+        }
         Ok(Config { file: self, token })
     }
 }
 
+/// Name of the token file remapd generates in the state directory when no
+/// `token_file` is configured.
+pub const GENERATED_TOKEN_FILE: &str = "api-token";
+
+/// Reads a token file: it must be readable by its owner only (the token opens every
+/// mutating call) and hold at least 16 characters.
+pub fn read_token(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(read_error)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{}: the token file is readable or writable by group or others (mode {:04o}); run chmod 600 on it",
+            path.display(),
+            mode & 0o7777
+        )));
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(read_error)?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        return Err(ConfigError::Invalid(format!(
+            "{}: the token must be at least 16 characters",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
 impl Config {
+    /// With no `token_file` configured, uses the token in `state_dir/api-token`,
+    /// generating it (32 random bytes, hex, mode 0600) the first time, so mutating calls
+    /// always need a token. Returns the file's path when it is the generated one.
+    pub fn ensure_token(&mut self) -> Result<Option<PathBuf>, ConfigError> {
+        if self.token.is_some() {
+            return Ok(None);
+        }
+        let path = self.file.state_dir.join(GENERATED_TOKEN_FILE);
+        if !path.exists() {
+            write_new_token(&path)?;
+        }
+        self.token = Some(read_token(&path)?);
+        Ok(Some(path))
+    }
+
     /// The policy limits.
     pub fn policy_limits(&self) -> crate::policy::PolicyLimits {
         crate::policy::PolicyLimits {
@@ -221,6 +339,51 @@ mod tests {
         assert_eq!(parsed.wireguard.run_dir, d.wireguard.run_dir);
         assert_eq!(parsed.policy.timeout_ms, d.policy.timeout_ms);
         parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn a_token_is_required_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("remapd-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = FileConfig {
+            state_dir: dir.join("state"),
+            ..FileConfig::default()
+        }
+        .validate()
+        .unwrap();
+        assert!(config.token.is_none());
+        let path = config.ensure_token().unwrap().expect("a generated token");
+        let token = config.token.clone().unwrap();
+        assert_eq!(token.len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The next start uses the same token.
+        let mut again = FileConfig {
+            state_dir: dir.join("state"),
+            ..FileConfig::default()
+        }
+        .validate()
+        .unwrap();
+        again.ensure_token().unwrap();
+        assert_eq!(again.token, Some(token));
+        // A token file others can read is refused, configured or generated.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = again.clone();
+        let mut err = Config { token: None, ..err };
+        assert!(
+            err.ensure_token()
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
+        let c = FileConfig {
+            token_file: Some(path.clone()),
+            ..FileConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("mode 0644"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

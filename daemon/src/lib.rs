@@ -9,6 +9,7 @@
 //!   registry.
 //! - [`net`] (the `remapd-net` crate): routes (rtnetlink) and WireGuard tunnels, behind
 //!   traits with fakes.
+//! - [`api`] (routes, problems) served by [`http`] (connection limits and timeouts).
 #![deny(missing_docs)]
 
 pub use remapd_dataplane as dataplane;
@@ -19,6 +20,7 @@ pub use remapd_policy_host as policy;
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod reconcile;
 pub mod server;
 pub mod store;

@@ -148,7 +148,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let config = match config(&cli) {
+    let mut config = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("remapd: bad configuration: {e}");
@@ -176,9 +176,24 @@ fn main() -> ExitCode {
                 Err(errors.join("; "))
             }
         }),
-        Command::Run | Command::ExampleConfig | Command::Openapi => runtime
-            .block_on(remapd::server::serve(config, shutdown_signal()))
-            .map_err(|e| e.to_string()),
+        Command::Run | Command::ExampleConfig | Command::Openapi => {
+            // Secure by default: with no token configured, mutating calls need the one
+            // remapd keeps (and generates once) in the state directory.
+            match config.ensure_token() {
+                Ok(Some(path)) => tracing::info!(
+                    token_file = %path.display(),
+                    "no token_file configured: mutating calls need the token in this file"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("remapd: bad configuration: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
+            runtime
+                .block_on(remapd::server::serve(config, shutdown_signal()))
+                .map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

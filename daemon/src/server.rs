@@ -4,9 +4,6 @@
 
 use std::sync::Arc;
 
-use std::future::IntoFuture;
-
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::api::{AppState, router};
@@ -14,6 +11,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::dataplane::DataplaneConfig;
 use crate::dataplane::KernelDataplane;
+use crate::http::serve_http;
 use crate::net::routes::NetlinkRoutes;
 use crate::net::wireguard::{WireGuardConfig, WireGuardTunnels};
 use crate::policy::{PolicyEngine, PolicyRegistry};
@@ -82,9 +80,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let daemon = build(&config)?;
-    let listener = TcpListener::bind(config.file.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
+    let listener =
+        crate::http::listen(config.file.listen).map_err(|source| ServeError::Listen {
             addr: config.file.listen,
             source,
         })?;
@@ -110,21 +107,33 @@ pub async fn serve(
             }
         })
     };
+    let mut limits = config.file.api.limits();
+    match crate::http::raise_open_files_limit() {
+        Ok(open_files) => {
+            let cap = crate::http::connection_cap(limits.max_connections, open_files);
+            if cap < limits.max_connections {
+                warn!(
+                    open_files,
+                    max_connections = cap,
+                    "the open-files limit is too low for [api] max_connections; lowered"
+                );
+            }
+            limits.max_connections = cap;
+        }
+        Err(e) => warn!(error = %e, "raising the open-files limit failed"),
+    }
     let state = AppState {
         daemon: daemon.clone(),
         token: config.token.as_deref().map(Arc::from),
         token_for_reads: !config.file.listen.ip().is_loopback(),
         advertise: config.file.advertise,
+        body_timeout: config.file.api.body_timeout(),
     };
-    info!(listen = %config.file.listen, "remapd API listening");
+    info!(listen = %config.file.listen, ?limits, body_timeout = ?config.file.api.body_timeout(), "remapd API listening");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(serve_http(listener, router(state), limits, async {
+        let _ = stopped.await;
+    }));
     tokio::pin!(shutdown);
     let served = tokio::select! {
         served = &mut server => Some(served),

@@ -52,6 +52,12 @@ impl Daemon {
         std::fs::create_dir_all(&base).expect("daemon dir");
         let token_file = base.join("token");
         std::fs::write(&token_file, TOKEN).expect("token file");
+        // remapd refuses a token file others can read.
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("token file mode");
         let mut d = Self {
             ns_name: ns.name().to_owned(),
             state_dir: base.join("state"),

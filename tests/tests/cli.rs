@@ -2,6 +2,7 @@
 //! message and exit status 64 before anything is touched; the example config is valid.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use remapd_tests::daemons::remapd_binary;
@@ -43,9 +44,34 @@ fn bad_configuration_exits_64_with_a_reason() {
 
     let short = dir.join("token");
     std::fs::write(&short, "short").unwrap();
+    std::fs::set_permissions(&short, PermissionsExt::from_mode(0o600)).unwrap();
     let (code, text) = run(&["--token-file", short.to_str().unwrap(), "check-config"]);
     assert_eq!(code, 64, "{text}");
     assert!(text.contains("at least 16"), "{text}");
+
+    // A token others can read is refused, with the way out.
+    let open = dir.join("open-token");
+    std::fs::write(&open, "0123456789abcdef0123").unwrap();
+    std::fs::set_permissions(&open, PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, text) = run(&["--token-file", open.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(
+        text.contains("mode 0644") && text.contains("chmod 600"),
+        "{text}"
+    );
+    // Also when it is the one remapd generated and someone opened it up: the daemon
+    // refuses to start (before touching anything).
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let generated = state.join("api-token");
+    std::fs::write(&generated, "0123456789abcdef0123").unwrap();
+    std::fs::set_permissions(&generated, PermissionsExt::from_mode(0o640)).unwrap();
+    let (code, text) = run(&["--state-dir", state.to_str().unwrap(), "run"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(
+        text.contains("api-token") && text.contains("mode 0640"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

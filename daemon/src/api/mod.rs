@@ -15,6 +15,7 @@ pub mod problem;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -31,6 +32,13 @@ use problem::Problem;
 /// limit plus slack); JSON bodies are further limited to 1 MiB.
 pub const MAX_BODY: usize = 17 << 20;
 
+/// How long a request body may take to arrive by default (`[api] body_timeout_ms`).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest request target (path and query) accepted; longer ones get a 414 problem.
+/// (Beyond 64 KiB hyper itself answers 414, with no body, before any of this runs.)
+pub const MAX_URI: usize = 8 << 10;
+
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
@@ -42,6 +50,8 @@ pub struct AppState {
     pub token_for_reads: bool,
     /// Underlay address other gateways reach this one at, for exports.
     pub advertise: Option<IpAddr>,
+    /// A request body must arrive completely within this long (else 408).
+    pub body_timeout: Duration,
 }
 
 /// The OpenAPI document's fixed parts.
@@ -71,6 +81,68 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The responses the server itself may give on any operation, whatever the handler
+/// does: 401 (every operation but the probes; reads only off loopback), 414 for a
+/// long request target, and for operations with a body 400, 408, 413 and 415.
+/// Documented on every operation so a spec-driven client knows them all; an
+/// operation's own description of the same status is kept.
+struct ServerResponses;
+
+impl utoipa::Modify for ServerResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let probe = path == "/healthz" || path == "/readyz";
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                };
+                if !probe {
+                    add(
+                        "401",
+                        "Missing or wrong token (mutating calls; every call on a non-loopback listener)",
+                    );
+                }
+                add("414", "The request target is over 8 KiB");
+                if operation.request_body.is_some() {
+                    add("400", "The body could not be read or parsed");
+                    add(
+                        "408",
+                        "The body did not arrive within `[api] body_timeout_ms`",
+                    );
+                    add("413", "The body is over the size limit");
+                    add(
+                        "415",
+                        "The content type is not the one this operation takes",
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// All routes with their OpenAPI entries.
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -83,13 +155,22 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 /// The generated OpenAPI document (what `/openapi.json` serves and
 /// `openapi/openapi.json` must equal).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = api_router().split_for_parts();
+    let (_, api) = split();
     api
+}
+
+/// The routes and their document, with the server's own responses added to every
+/// operation (after the routes are merged: `modifiers` run before that).
+fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::Modify as _;
+    let (router, mut api) = api_router().split_for_parts();
+    ServerResponses.modify(&mut api);
+    (router, api)
 }
 
 /// The complete service.
 pub fn router(state: AppState) -> Router {
-    let (router, api) = api_router().split_for_parts();
+    let (router, api) = split();
     let spec = Arc::new(api);
     router
         .route(
@@ -103,7 +184,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Problem::not_found("no such endpoint; see /openapi.json or /docs") })
         // Room for the largest policy component (checked precisely in the handler).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(limit_uri))
+        .layer(middleware::from_fn(problem_for_every_error))
         // One span per request (method and path), so what a change logs, down to each
         // policy decision and apply step, says which request it belongs to.
         .layer(
@@ -136,6 +220,94 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         }
     }
     next.run(req).await
+}
+
+/// Reads the whole body before the handler runs, within [`AppState::body_timeout`] and
+/// [`MAX_BODY`]: a client that trickles its body gets a 408, one that sends too much a
+/// 413, and neither holds a handler (or the state lock) while it does. Runs after the
+/// token check, so nobody unauthenticated makes the daemon buffer anything.
+async fn read_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large().into_response();
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => Problem::timeout(format!(
+            "the request body did not arrive within {:?}",
+            state.body_timeout
+        ))
+        .into_response(),
+        Ok(Err(e)) if is_length_limit(&e) => too_large().into_response(),
+        Ok(Err(e)) => Problem::bad_request(format!("reading the body: {e}")).into_response(),
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+    }
+}
+
+fn too_large() -> Problem {
+    Problem::too_large(format!("the body is over {MAX_BODY} bytes"))
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// 414 for a request target over [`MAX_URI`].
+async fn limit_uri(req: Request, next: Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > MAX_URI {
+        return Problem::uri_too_long(format!(
+            "the request target is {len} bytes; at most {MAX_URI} are accepted"
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Every error the server produces is `application/problem+json`: errors that axum's
+/// extractors and routing produce as text or empty bodies (405, a bad query string,
+/// ...) are rewritten, keeping their status, their text as the detail, and the headers
+/// that belong to them (`Allow`, `WWW-Authenticate`, `Retry-After`).
+async fn problem_for_every_error(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || problem::is_problem(&response) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let detail = text.unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    });
+    let mut rewritten = Problem::from_status(status, detail).into_response();
+    for name in [header::ALLOW, header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

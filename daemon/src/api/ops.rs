@@ -95,7 +95,7 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, Problem> 
 /// Prometheus metrics: per-rule and per-peering packets/bytes from the eBPF counters,
 /// policy decisions and errors, reconcile duration.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "OpenMetrics text format (Prometheus scrapes it)", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
     let desired = state.daemon.state();
     let by_interface: std::collections::BTreeMap<String, String> = desired

@@ -116,6 +116,34 @@ impl Problem {
         )
     }
 
+    /// 408: the request body did not arrive in time.
+    pub fn timeout(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            detail,
+        )
+    }
+
+    /// 414.
+    pub fn uri_too_long(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            "URI too long",
+            detail,
+        )
+    }
+
+    /// Any error status, its problem type named after its reason phrase
+    /// (`method-not-allowed`, ...): for errors produced outside the handlers.
+    pub fn from_status(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error");
+        let kind = title.to_ascii_lowercase().replace([' ', '\''], "-");
+        Self::new(status, &kind, title, detail)
+    }
+
     /// 500: the daemon failed (never caused by input).
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(
@@ -185,6 +213,23 @@ impl IntoResponse for Problem {
     }
 }
 
+/// Whether `response` already is a problem document.
+pub fn is_problem(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/problem+json")
+}
+
+/// Whether a content type is JSON: exactly `application/json`, in any case, with any
+/// parameters (`; charset=utf-8`). `application/jsonp` and `text/json` are not.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// A JSON body; rejects with a 400 problem naming the field (by JSON pointer) on bad
 /// JSON, a wrong type, an unknown field or an invalid CIDR.
 pub struct JsonBody<T>(pub T);
@@ -200,15 +245,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v.starts_with("application/json"));
+            .is_none_or(is_json_media_type);
         if !is_json {
             return Err(Problem::unsupported_media(
                 "expected content-type application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| Problem::bad_request(format!("reading the body: {e}")))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            Problem::from_status(status, format!("reading the body: {}", e.body_text()))
+        })?;
         if bytes.len() > MAX_JSON_BODY {
             return Err(Problem::too_large(format!(
                 "body over {MAX_JSON_BODY} bytes"
@@ -218,11 +264,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         serde_path_to_error::deserialize(de)
             .map(JsonBody)
             .map_err(|e| {
-                let pointer = pointer_of(e.path());
+                let mut pointer = pointer_of(e.path());
+                // serde reports a duplicate key at the object holding it; point at the key.
+                if let Some(key) = duplicate_key(&e.inner().to_string()) {
+                    if pointer == "/" {
+                        pointer.clear();
+                    }
+                    pointer.push('/');
+                    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                }
                 Problem::bad_request(format!("invalid JSON at {pointer}: {}", e.inner()))
                     .at(pointer)
             })
     }
+}
+
+/// The key of serde's "duplicate field `name`" error.
+fn duplicate_key(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("duplicate field `")?;
+    rest.split_once('`').map(|(key, _)| key)
 }
 
 /// A JSON pointer for a serde path (`remote.pod_cidrs[0]` -> `/remote/pod_cidrs/0`).

@@ -44,6 +44,10 @@ impl Drop for App {
 }
 
 pub fn app_in(dir: PathBuf) -> App {
+    app_with_body_timeout(dir, remapd::api::DEFAULT_BODY_TIMEOUT)
+}
+
+pub fn app_with_body_timeout(dir: PathBuf, body_timeout: std::time::Duration) -> App {
     let registry = Arc::new(PolicyRegistry::with_builtins(engine()).unwrap());
     let dataplane = FakeDataplane::default();
     let routes = FakeRoutes::default();
@@ -60,6 +64,7 @@ pub fn app_in(dir: PathBuf) -> App {
         token: Some(Arc::from(TOKEN)),
         token_for_reads: false,
         advertise: Some("198.18.0.1".parse().unwrap()),
+        body_timeout,
     };
     App {
         router: router(state),
@@ -72,11 +77,16 @@ pub fn app_in(dir: PathBuf) -> App {
 }
 
 pub fn app(name: &str) -> App {
+    app_in(fresh_dir(name))
+}
+
+/// An empty directory of its own under the temporary directory.
+pub fn fresh_dir(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("remapd-api-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    app_in(dir)
+    dir
 }
 
 pub struct Reply {
