@@ -11,7 +11,7 @@ pub use remapd_model::validate;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -174,7 +174,10 @@ pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<HostState>,
     limits: PolicyLimits,
-    cache: RwLock<BTreeMap<String, Arc<CompiledPolicy>>>,
+    /// Compilations by SHA-256 of their bytes, held weakly: one stays while a name in
+    /// the registry, a kept previous version or a running call holds it, and its code
+    /// is freed with the last of those (an upload that is deleted leaves nothing).
+    cache: RwLock<BTreeMap<String, Weak<CompiledPolicy>>>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -243,7 +246,12 @@ impl PolicyEngine {
             return Err(PolicyError::CoreModule);
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
-        if let Some(hit) = self.cache.read().ok().and_then(|c| c.get(&sha256).cloned()) {
+        if let Some(hit) = self
+            .cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(&sha256).and_then(Weak::upgrade))
+        {
             return Ok(hit);
         }
         let component = Component::new(&self.engine, bytes).map_err(PolicyError::Compile)?;
@@ -264,9 +272,18 @@ impl PolicyEngine {
             pre,
         });
         if let Ok(mut cache) = self.cache.write() {
-            cache.insert(sha256, compiled.clone());
+            cache.retain(|_, weak| weak.strong_count() > 0);
+            cache.insert(sha256, Arc::downgrade(&compiled));
         }
         Ok(compiled)
+    }
+
+    /// How many compilations are alive (held by a name, a kept version or a call).
+    pub fn compiled_alive(&self) -> usize {
+        self.cache
+            .read()
+            .map(|c| c.values().filter(|w| w.strong_count() > 0).count())
+            .unwrap_or(0)
     }
 
     /// Asks `policy` for a decision and validates it. Bounded in fuel, time and memory;
