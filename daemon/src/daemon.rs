@@ -22,8 +22,8 @@ use crate::net::TunnelStatus;
 use crate::plan::GatewayPlan;
 use crate::policy::{Evaluation, NamedPolicy, PolicyRegistry};
 use crate::reconcile::{
-    ApplyMode, ApplyStep, DesiredSystem, FailureKind, Keys, PeeringOutcome, ReconcileCounters,
-    ReconcileReport, Reconciler, StatusReaders,
+    ApplyMode, ApplyStep, DesiredSystem, FailureKind, Keys, PeeringOutcome, ProtectedCheck,
+    ReconcileCounters, ReconcileReport, Reconciler, StatusReaders,
 };
 use crate::store::{DesiredState, Store};
 
@@ -57,6 +57,20 @@ pub enum EngineError {
         message: String,
         /// Errors while re-applying the previous system (empty when it is back).
         rollback_errors: Vec<String>,
+    },
+    /// A route the change adds would cover an address the gateway must keep reaching
+    /// (its own, a peer's endpoint, the next hop towards one): nothing was applied.
+    #[error("{0}; refused, nothing changed")]
+    Protected(crate::reconcile::ProtectedRoute),
+    /// A new tunnel's UDP port is bound by another process: nothing was applied.
+    #[error(
+        "peering {peering:?}: UDP port {port} is already bound by another process on this gateway; pick another listen_port"
+    )]
+    PortInUse {
+        /// The peering.
+        peering: String,
+        /// The port.
+        port: u16,
     },
     /// The state could not be saved; the previous system was applied again.
     #[error("saving the state failed (the change was rolled back): {0}")]
@@ -574,6 +588,20 @@ fn plan_apply_save(
             message: failure.message.clone(),
         });
     }
+    // Checked before anything is applied: what would hurt the gateway or cannot work.
+    let refused = |e: ProtectedCheck, step: ApplyStep| match e {
+        ProtectedCheck::Covered(hit) => EngineError::Protected(hit),
+        ProtectedCheck::PortInUse { peering, port } => EngineError::PortInUse { peering, port },
+        ProtectedCheck::Unreadable(message) => EngineError::Apply {
+            step,
+            message,
+            rollback_errors: Vec::new(),
+        },
+    };
+    r.check_protected(&system, next)
+        .map_err(|e| refused(e, ApplyStep::Routes))?;
+    r.check_ports(&system, next)
+        .map_err(|e| refused(e, ApplyStep::Tunnels))?;
     let report = r.apply(&system, ApplyMode::StopAtFirstError);
     if let Some(step) = report.failed_steps.first() {
         let rollback = r.roll_back();

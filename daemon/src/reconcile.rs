@@ -247,6 +247,73 @@ pub fn subtract(set: &[Ipv4Net], hole: Ipv4Net) -> Vec<Ipv4Net> {
     out
 }
 
+/// A new tunnel route that would cover an address this gateway must keep reaching
+/// outside the tunnels.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "peering {peering:?} would route {prefix} into {interface}, which covers {address} ({what}); the gateway would lose it"
+)]
+pub struct ProtectedRoute {
+    /// The peering whose route it is.
+    pub peering: String,
+    /// The route's prefix.
+    pub prefix: Ipv4Net,
+    /// Its tunnel.
+    pub interface: String,
+    /// The covered address.
+    pub address: std::net::Ipv4Addr,
+    /// What that address is.
+    pub what: String,
+}
+
+/// The first of `routes` that covers one of `protected`, with the peering it belongs to
+/// (by interface, from `state`).
+pub fn first_protected_route(
+    routes: &[&crate::net::RouteSpec],
+    protected: &[crate::net::ProtectedAddress],
+    state: &DesiredState,
+) -> Option<ProtectedRoute> {
+    routes.iter().find_map(|route| {
+        let hit = protected
+            .iter()
+            .find(|p| route.prefix.contains(&p.address))?;
+        let peering = state
+            .peerings
+            .iter()
+            .find(|(name, spec)| spec.interface(name) == route.interface)
+            .map(|(name, _)| name.clone())
+            .unwrap_or_default();
+        Some(ProtectedRoute {
+            peering,
+            prefix: route.prefix,
+            interface: route.interface.clone(),
+            address: hit.address,
+            what: hit.what.clone(),
+        })
+    })
+}
+
+/// Why [`Reconciler::check_protected`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtectedCheck {
+    /// A new route covers a protected address.
+    #[error(transparent)]
+    Covered(ProtectedRoute),
+    /// A new tunnel's UDP port is bound by another process.
+    #[error(
+        "peering {peering:?}: UDP port {port} is already bound by another process on this gateway"
+    )]
+    PortInUse {
+        /// The peering.
+        peering: String,
+        /// The port.
+        port: u16,
+    },
+    /// The gateway's addresses, routes or ports could not be read.
+    #[error("reading this gateway's addresses, routes or ports: {0}")]
+    Unreadable(String),
+}
+
 /// Private keys by peering name, given to the reconciler for one pass.
 pub type Keys = BTreeMap<String, String>;
 
@@ -267,6 +334,85 @@ impl Reconciler {
             committed: DesiredSystem::default(),
             counters: ReconcileCounters::default(),
         }
+    }
+
+    /// Refuses `system` if a route it adds (one the committed system does not have)
+    /// covers this gateway's own address, a peer's WireGuard endpoint, or the next hop
+    /// towards one. Routes already in force are not re-checked, so an address added
+    /// later never blocks changes to other peerings.
+    pub fn check_protected(
+        &self,
+        system: &DesiredSystem,
+        state: &DesiredState,
+    ) -> Result<(), ProtectedCheck> {
+        let new: Vec<&crate::net::RouteSpec> = system
+            .routes
+            .iter()
+            .filter(|r| !self.committed.routes.contains(r))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let endpoints: Vec<(String, std::net::Ipv4Addr)> = state
+            .peerings
+            .iter()
+            .filter_map(|(name, p)| match p.tunnel.endpoint?.ip() {
+                std::net::IpAddr::V4(a) => Some((name.clone(), a)),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        let addresses: Vec<std::net::Ipv4Addr> = endpoints.iter().map(|(_, a)| *a).collect();
+        let mut protected = self
+            .routes
+            .protected_addresses(&addresses)
+            .map_err(|e| ProtectedCheck::Unreadable(e.to_string()))?;
+        protected.extend(endpoints.into_iter().map(|(name, address)| {
+            crate::net::ProtectedAddress {
+                address,
+                what: format!("the WireGuard endpoint of peering {name:?}"),
+            }
+        }));
+        match first_protected_route(&new, &protected, state) {
+            Some(hit) => Err(ProtectedCheck::Covered(hit)),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses `system` if a tunnel it starts or moves to another port would listen on
+    /// a UDP port something else holds. Ports remapd's committed tunnels hold are not
+    /// probed (peerings never share one; the API checks that).
+    pub fn check_ports(
+        &self,
+        system: &DesiredSystem,
+        state: &DesiredState,
+    ) -> Result<(), ProtectedCheck> {
+        for tunnel in &system.tunnels {
+            let ours = self
+                .committed
+                .tunnels
+                .iter()
+                .any(|c| c.listen_port == tunnel.listen_port);
+            if ours {
+                continue;
+            }
+            let free = self
+                .tunnels
+                .port_available(tunnel.listen_port)
+                .map_err(|e| ProtectedCheck::Unreadable(e.to_string()))?;
+            if !free {
+                let peering = state
+                    .peerings
+                    .iter()
+                    .find(|(name, spec)| spec.interface(name) == tunnel.interface)
+                    .map(|(name, _)| name.clone())
+                    .unwrap_or_default();
+                return Err(ProtectedCheck::PortInUse {
+                    peering,
+                    port: tunnel.listen_port,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The policy registry.

@@ -275,3 +275,74 @@ fn sigkill_and_restart_of_a_daemon() {
         assert!(*a > b, "counters kept counting: {a} <= {b}");
     }
 }
+
+/// Issue 11: a peering whose remote CIDRs would cover the underlay, the peer's endpoint
+/// or half the address space is refused before anything is applied; the gateway keeps
+/// routing its tunnel packets on the underlay and the existing tunnel keeps working.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn peerings_that_would_hijack_the_gateway_are_refused() {
+    let p = pair("split");
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7400,
+    );
+    let route_to_peer = |ns: &Netns| {
+        String::from_utf8_lossy(&ns.ip(&["route", "get", UNDERLAY_GW2]).stdout).into_owned()
+    };
+    let before = route_to_peer(&p.net.gw1);
+    let names = |d: &Daemon| -> Vec<Value> {
+        d.expect("GET", "/v1/peerings", None, 200)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| json!([p["name"], p["spec"], p["plan"]]))
+            .collect()
+    };
+    let peerings_before = names(&p.d1);
+    for (remote_pods, what) in [
+        (json!(["198.18.0.0/30"]), "the underlay"),
+        (json!([format!("{UNDERLAY_GW2}/32")]), "the peer's endpoint"),
+        (json!(["192.0.0.0/3"]), "an eighth of the address space"),
+    ] {
+        let hijack = json!({
+            "policy": "auto",
+            "remote": {"name": "cluster-3", "pod_cidrs": remote_pods, "capabilities": {"nat_dataplane": true}},
+            "tunnel": {"listen_port": 51830, "endpoint": "203.0.113.9:51820", "remote_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}
+        });
+        let (status, problem) = p.d1.call("PUT", "/v1/peerings/hijack", Some(&hijack));
+        assert_eq!(status, 409, "{what}: {problem}");
+        assert_eq!(
+            problem["type"], "https://remapd.dev/problems/protected-address",
+            "{what}: {problem}"
+        );
+        assert_eq!(
+            route_to_peer(&p.net.gw1),
+            before,
+            "{what}: the underlay route changed"
+        );
+        assert!(!before.contains("rmd-"), "{before}");
+    }
+    assert_eq!(names(&p.d1), peerings_before);
+    // The tunnel still carries traffic both ways.
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7410,
+    );
+    reachable(
+        &p.net.pod2,
+        &p.net.pod1,
+        "60.0.0.1",
+        "40.0.0.1",
+        "30.0.0.1",
+        7420,
+    );
+}

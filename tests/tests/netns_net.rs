@@ -638,3 +638,47 @@ fn invalid_keys_are_refused_before_anything_starts() {
     assert!(!run_dir.exists(), "nothing may have been started");
     assert!(!socket(&interface).exists() && !socket(&broken).exists());
 }
+
+/// What no tunnel route may cover, read from the kernel: the gateway's addresses on
+/// its own interfaces (not on remapd's tunnels, not loopback) and the next hop of the
+/// main-table route towards each endpoint.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn protected_addresses_are_read_from_the_kernel() {
+    let p = unique_prefix();
+    let ns = Netns::new(&format!("{p}-pa"));
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ip(&[
+        "link", "add", "rmd-x", "type", "veth", "peer", "name", "rmd-xp",
+    ]);
+    for dev in ["eth0", "eth0p", "rmd-x", "rmd-xp"] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"]);
+    ns.ip(&["addr", "add", "100.64.0.1/24", "dev", "rmd-x"]);
+    ns.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.254"]);
+    let endpoints: Vec<Ipv4Addr> = vec![
+        "198.51.100.7".parse().unwrap(),
+        "203.0.113.9".parse().unwrap(),
+        "192.0.2.77".parse().unwrap(),
+    ];
+    let protected = ns
+        .in_ns(move || NetlinkRoutes::new(TABLE, PRIORITY).protected_addresses(&endpoints))
+        .unwrap();
+    let addresses: BTreeSet<String> = protected
+        .iter()
+        .map(|p| format!("{} {}", p.address, p.what))
+        .collect();
+    let want: BTreeSet<String> = [
+        "192.0.2.10 this gateway's address on eth0",
+        "192.0.2.1 the next hop (via eth0) towards the WireGuard endpoint 198.51.100.7",
+        "192.0.2.254 the next hop (via eth0) towards the WireGuard endpoint 203.0.113.9",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(addresses, want);
+}

@@ -5,6 +5,32 @@ use ipnet::Ipv4Net;
 
 use crate::model::{Decision, PolicyInput, Strategy};
 
+/// Address space that is never a cluster's and never routed into a tunnel: a CIDR
+/// (pod, service, pool, view) that overlaps one of these is refused. `0.0.0.0/0`
+/// overlaps them all.
+pub const SPECIAL_PURPOSE: [(Ipv4Net, &str); 5] = [
+    (net(0, 0, 0, 0, 8), "\"this network\" (0.0.0.0/8)"),
+    (net(127, 0, 0, 0, 8), "loopback (127.0.0.0/8)"),
+    (net(169, 254, 0, 0, 16), "link-local (169.254.0.0/16)"),
+    (net(224, 0, 0, 0, 4), "multicast (224.0.0.0/4)"),
+    (net(240, 0, 0, 0, 4), "reserved and broadcast (240.0.0.0/4)"),
+];
+
+const fn net(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {
+    match Ipv4Net::new(std::net::Ipv4Addr::new(a, b, c, d), len) {
+        Ok(n) => n,
+        Err(_) => panic!("a valid prefix length"),
+    }
+}
+
+/// The special-purpose range `cidr` overlaps, if any, and what it is.
+pub fn special_purpose_overlap(cidr: &Ipv4Net) -> Option<&'static str> {
+    SPECIAL_PURPOSE
+        .iter()
+        .find(|(special, _)| special.contains(cidr) || cidr.contains(special))
+        .map(|(_, what)| *what)
+}
+
 /// Most mappings a decision may carry.
 pub const MAX_MAPPINGS: usize = 1024;
 

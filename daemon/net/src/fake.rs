@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    NetError, RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec,
-    TunnelStatus, TunnelStatusReader,
+    NetError, ProtectedAddress, RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport,
+    TunnelSpec, TunnelStatus, TunnelStatusReader,
 };
 
 /// Shared view of a fake's state, kept by the test.
@@ -21,6 +21,20 @@ pub struct FakeRoutes {
     pub applies: Shared<usize>,
     /// When set, `apply` fails with this reason and changes nothing.
     pub fail: Shared<Option<String>>,
+    /// What `protected_addresses` answers (the gateway's own addresses and next hops).
+    pub protected: Shared<Vec<ProtectedAddress>>,
+}
+
+impl FakeRoutes {
+    /// Makes `address` one of the gateway's protected addresses.
+    pub fn protect(&self, address: std::net::Ipv4Addr, what: &str) {
+        if let Ok(mut p) = self.protected.lock() {
+            p.push(ProtectedAddress {
+                address,
+                what: what.to_owned(),
+            });
+        }
+    }
 }
 
 /// The error a fake returns when told to fail.
@@ -32,6 +46,13 @@ fn injected(reason: &str) -> NetError {
 }
 
 impl RouteApplier for FakeRoutes {
+    fn protected_addresses(
+        &self,
+        _endpoints: &[std::net::Ipv4Addr],
+    ) -> Result<Vec<ProtectedAddress>, NetError> {
+        Ok(self.protected.lock().map_err(|_| poisoned())?.clone())
+    }
+
     fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError> {
         if let Some(reason) = self.fail.lock().map_err(|_| poisoned())?.as_deref() {
             return Err(injected(reason));
@@ -66,6 +87,8 @@ pub struct FakeTunnels {
     pub created: Shared<BTreeMap<String, usize>>,
     /// When set, `ensure` fails with this reason and changes nothing.
     pub fail: Shared<Option<String>>,
+    /// Ports some other process has bound.
+    pub busy_ports: Shared<std::collections::BTreeSet<u16>>,
 }
 
 fn poisoned() -> NetError {
@@ -76,6 +99,21 @@ fn poisoned() -> NetError {
 }
 
 impl TunnelApplier for FakeTunnels {
+    fn port_available(&self, port: u16) -> Result<bool, NetError> {
+        let ours = self
+            .tunnels
+            .lock()
+            .map_err(|_| poisoned())?
+            .values()
+            .any(|t| t.listen_port == port);
+        let busy = self
+            .busy_ports
+            .lock()
+            .map_err(|_| poisoned())?
+            .contains(&port);
+        Ok(!ours && !busy)
+    }
+
     fn ensure(&mut self, tunnels: &[TunnelSpec]) -> Result<TunnelReport, NetError> {
         if let Some(reason) = self.fail.lock().map_err(|_| poisoned())?.as_deref() {
             return Err(injected(reason));

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod fake;
+pub mod gateway;
 pub mod routes;
 pub mod wireguard;
 
@@ -129,8 +130,23 @@ pub enum NetError {
     },
 }
 
+/// An address remapd must never route into a tunnel, and what it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProtectedAddress {
+    /// The address.
+    pub address: std::net::Ipv4Addr,
+    /// What it is ("this gateway's address on eth0", ...).
+    pub what: String,
+}
+
 /// Routes into the tunnels, in remapd's table, reached through one policy rule.
 pub trait RouteApplier: Send {
+    /// This gateway's own addresses (on interfaces other than remapd's tunnels) and the
+    /// next hops of its routes towards `endpoints`: what no tunnel route may cover.
+    fn protected_addresses(
+        &self,
+        endpoints: &[std::net::Ipv4Addr],
+    ) -> Result<Vec<ProtectedAddress>, NetError>;
     /// Makes remapd's table hold exactly `routes` and ensures the rule that sends
     /// lookups to it exists. Never touches other tables or rules.
     fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError>;
@@ -143,6 +159,9 @@ pub trait TunnelApplier: Send {
     /// Creates missing tunnels (starting a userspace implementation where needed, or
     /// adopting one that already runs) and updates changed ones. Removes nothing.
     fn ensure(&mut self, tunnels: &[TunnelSpec]) -> Result<TunnelReport, NetError>;
+    /// Whether UDP `port` is free for a new tunnel to listen on (nothing else, remapd's
+    /// own running tunnels included, has it bound).
+    fn port_available(&self, port: u16) -> Result<bool, NetError>;
     /// Removes managed tunnels whose interface is not in `keep`.
     fn prune(&mut self, keep: &[String]) -> Result<TunnelReport, NetError>;
     /// Live state of one tunnel, if it exists.

@@ -23,7 +23,7 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 use tracing::{debug, info};
 
-use super::{NetError, RouteApplier, RouteReport, RouteSpec};
+use super::{NetError, ProtectedAddress, RouteApplier, RouteReport, RouteSpec};
 
 /// `RT_TABLE_COMPAT`: what the header's 8-bit table field holds when the real id,
 /// carried in an attribute, does not fit.
@@ -108,6 +108,16 @@ impl RouteApplier for NetlinkRoutes {
             }
             Ok(report)
         })
+    }
+
+    fn protected_addresses(
+        &self,
+        endpoints: &[Ipv4Addr],
+    ) -> Result<Vec<ProtectedAddress>, NetError> {
+        with_netlink(
+            "reading this gateway's addresses and routes",
+            |handle| async move { super::gateway::protected_addresses(&handle, endpoints).await },
+        )
     }
 
     fn teardown(&mut self) -> Result<(), NetError> {

@@ -506,6 +506,23 @@ impl TunnelStatusReader for WireGuardStatusReader {
 }
 
 impl TunnelApplier for WireGuardTunnels {
+    fn port_available(&self, port: u16) -> Result<bool, NetError> {
+        // Bind and release at once, on both families (wireguard-go binds both).
+        let free = |addr: std::net::SocketAddr| match std::net::UdpSocket::bind(addr) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(false),
+            // No IPv6 in this namespace: nothing can hold the port there.
+            Err(e) if addr.is_ipv6() && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(true),
+            Err(e) if addr.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Ok(true),
+            Err(e) => Err(NetError::Netlink {
+                what: format!("checking whether UDP port {port} is free"),
+                reason: e.to_string(),
+            }),
+        };
+        Ok(free((std::net::Ipv4Addr::UNSPECIFIED, port).into())?
+            && free((std::net::Ipv6Addr::UNSPECIFIED, port).into())?)
+    }
+
     fn status_reader(&self) -> std::sync::Arc<dyn TunnelStatusReader> {
         std::sync::Arc::new(WireGuardStatusReader(std::sync::Mutex::new(
             WireGuardTunnels::new(self.config.clone()),

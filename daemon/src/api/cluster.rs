@@ -6,7 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
-use super::{AppState, check_cidrs, check_disjoint, check_name};
+use super::{AppState, check_cidrs, check_disjoint, check_name, check_routable};
 use crate::model::LocalCluster;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -39,6 +39,9 @@ pub fn validate_cluster(c: &LocalCluster) -> Result<(), Problem> {
     check_cidrs(&c.service_cidrs, "/service_cidrs")?;
     check_cidrs(&c.reserved_cidrs, "/reserved_cidrs")?;
     check_cidrs(&c.remap_pool, "/remap_pool")?;
+    check_routable(&c.pod_cidrs, "/pod_cidrs")?;
+    check_routable(&c.service_cidrs, "/service_cidrs")?;
+    check_routable(&c.remap_pool, "/remap_pool")?;
     check_disjoint(&[
         ("/pod_cidrs", &c.pod_cidrs),
         ("/service_cidrs", &c.service_cidrs),

@@ -338,15 +338,41 @@ pub fn check_name(name: &str, pointer: &str) -> Result<(), Problem> {
 /// Checks prefixes for host bits (serde accepts `10.1.0.1/16`; remapd does not).
 pub fn check_cidrs(list: &[ipnet::Ipv4Net], pointer: &str) -> Result<(), Problem> {
     for (i, net) in list.iter().enumerate() {
-        if net.trunc() != *net {
-            return Err(Problem::bad_request(format!(
-                "{net} has host bits set; did you mean {}?",
-                net.trunc()
-            ))
-            .at(format!("{pointer}/{i}")));
-        }
+        check_cidr(net, &format!("{pointer}/{i}"))?;
     }
     Ok(())
+}
+
+/// Checks one prefix for host bits; `pointer` points at it.
+pub fn check_cidr(net: &ipnet::Ipv4Net, pointer: &str) -> Result<(), Problem> {
+    if net.trunc() != *net {
+        return Err(Problem::bad_request(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ))
+        .at(pointer));
+    }
+    Ok(())
+}
+
+/// Checks that no prefix overlaps special-purpose space (loopback, link-local,
+/// multicast, `0.0.0.0/8`, `240.0.0.0/4`; `0.0.0.0/0` overlaps them all).
+pub fn check_routable(list: &[ipnet::Ipv4Net], pointer: &str) -> Result<(), Problem> {
+    for (i, net) in list.iter().enumerate() {
+        check_routable_one(net, &format!("{pointer}/{i}"))?;
+    }
+    Ok(())
+}
+
+/// [`check_routable`] for one prefix; `pointer` points at it.
+pub fn check_routable_one(net: &ipnet::Ipv4Net, pointer: &str) -> Result<(), Problem> {
+    match remapd_model::validate::special_purpose_overlap(net) {
+        Some(what) => Err(Problem::bad_request(format!(
+            "{net} overlaps {what}, which is never a cluster's and never routed into a tunnel"
+        ))
+        .at(pointer)),
+        None => Ok(()),
+    }
 }
 
 /// Checks that no two prefixes in `lists` overlap.

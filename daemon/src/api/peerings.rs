@@ -12,7 +12,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
-use super::{AppState, check_cidrs, check_disjoint, check_name};
+use super::{
+    AppState, check_cidr, check_cidrs, check_disjoint, check_name, check_routable,
+    check_routable_one,
+};
 use crate::dataplane::InstalledRule;
 use crate::model::{Decision, RemoteCluster};
 use crate::plan::GatewayPlan;
@@ -92,6 +95,8 @@ pub fn validate_remote(r: &RemoteCluster) -> Result<(), Problem> {
     }
     check_cidrs(&r.pod_cidrs, "/remote/pod_cidrs")?;
     check_cidrs(&r.service_cidrs, "/remote/service_cidrs")?;
+    check_routable(&r.pod_cidrs, "/remote/pod_cidrs")?;
+    check_routable(&r.service_cidrs, "/remote/service_cidrs")?;
     check_disjoint(&[
         ("/remote/pod_cidrs", &r.pod_cidrs),
         ("/remote/service_cidrs", &r.service_cidrs),
@@ -105,11 +110,9 @@ pub fn validate_remote(r: &RemoteCluster) -> Result<(), Problem> {
                 ))
                 .at(format!("/remote/view_of_local/{i}/remapped")));
             }
-            check_cidrs(&[m.real], &format!("/remote/view_of_local/{i}/real"))?;
-            check_cidrs(
-                &[m.remapped],
-                &format!("/remote/view_of_local/{i}/remapped"),
-            )?;
+            check_cidr(&m.real, &format!("/remote/view_of_local/{i}/real"))?;
+            check_cidr(&m.remapped, &format!("/remote/view_of_local/{i}/remapped"))?;
+            check_routable_one(&m.remapped, &format!("/remote/view_of_local/{i}/remapped"))?;
         }
     }
     Ok(())
@@ -128,16 +131,41 @@ fn validate_spec(
         );
     }
     validate_remote(&spec.remote)?;
-    let key_ok = spec
-        .tunnel
-        .remote_public_key
-        .as_deref()
-        .is_none_or(|k| wireguard_control::Key::from_base64(k).is_ok());
-    if !key_ok {
-        return Err(
-            Problem::bad_request("not a WireGuard public key (32 bytes, base64)")
-                .at("/tunnel/remote_public_key"),
-        );
+    if let Some(k) = spec.tunnel.remote_public_key.as_deref() {
+        match wireguard_control::Key::from_base64(k) {
+            Err(_) => {
+                return Err(
+                    Problem::bad_request("not a WireGuard public key (32 bytes, base64)")
+                        .at("/tunnel/remote_public_key"),
+                );
+            }
+            // The all-zero key is what an unset key looks like; no handshake uses it.
+            Ok(key) if key.as_bytes().iter().all(|b| *b == 0) => {
+                return Err(Problem::bad_request(
+                    "the all-zero key is not a WireGuard public key; paste the remote daemon's exports",
+                )
+                .at("/tunnel/remote_public_key"));
+            }
+            Ok(_) => {}
+        }
+    }
+    if let Some(endpoint) = spec.tunnel.endpoint {
+        let ip = endpoint.ip();
+        let unusable = ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if endpoint.port() == 0 {
+            return Err(
+                Problem::bad_request("the endpoint's port must be 1-65535").at("/tunnel/endpoint")
+            );
+        }
+        if unusable {
+            return Err(Problem::bad_request(format!(
+                "{ip} cannot be a remote gateway's address (unspecified, loopback, multicast or broadcast)"
+            ))
+            .at("/tunnel/endpoint"));
+        }
     }
     if spec.tunnel.listen_port == 0 {
         return Err(Problem::bad_request("listen_port must be 1-65535").at("/tunnel/listen_port"));

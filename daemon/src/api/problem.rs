@@ -189,6 +189,21 @@ impl From<EngineError> for Problem {
                 p.step = Some(step.to_string());
                 p
             }
+            EngineError::Protected(hit) => {
+                let mut p = Self::new(
+                    StatusCode::CONFLICT,
+                    "protected-address",
+                    "The change would route the gateway's own traffic into a tunnel",
+                    detail,
+                );
+                p.peering = Some(hit.peering);
+                p
+            }
+            EngineError::PortInUse { peering, .. } => {
+                let mut p = Self::conflict(detail).at("/tunnel/listen_port");
+                p.peering = Some(peering);
+                p
+            }
             EngineError::Persist(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "persist-failed",

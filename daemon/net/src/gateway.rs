@@ -1,0 +1,188 @@
+//! What this gateway must keep reaching outside the tunnels: its own addresses and the
+//! next hops towards the peers' WireGuard endpoints. A tunnel route that covered one of
+//! them would send the gateway's own traffic — the encrypted tunnel packets included —
+//! into a tunnel, and every tunnel behind it would go dark.
+//!
+//! Read with rtnetlink (address and main-table route dumps); the lookup of the route
+//! towards an endpoint is a longest-prefix match over the main table, done here so it
+//! is pure and tested without root.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::Handle;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+
+use super::routes::{links, netlink_error};
+use super::{NetError, ProtectedAddress};
+
+/// `RT_TABLE_MAIN`.
+const MAIN_TABLE: u32 = 254;
+
+/// One unicast route of the main table, as far as the lookup needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MainRoute {
+    /// Destination.
+    pub destination: Ipv4Net,
+    /// Next hop, if the route has one (else the destination is on the link).
+    pub gateway: Option<Ipv4Addr>,
+    /// Output interface name.
+    pub interface: String,
+}
+
+/// The next hop towards `address`: the gateway of the longest matching main-table
+/// route that has one, else `None` (on-link, or no route).
+pub fn next_hop(routes: &[MainRoute], address: Ipv4Addr) -> Option<&MainRoute> {
+    routes
+        .iter()
+        .filter(|r| r.destination.contains(&address))
+        .max_by_key(|r| r.destination.prefix_len())
+        .filter(|r| r.gateway.is_some())
+}
+
+/// This gateway's addresses on interfaces other than remapd's tunnels (`rmd-*`), and the
+/// next hops of the main-table routes towards `endpoints`.
+pub(crate) async fn protected_addresses(
+    handle: &Handle,
+    endpoints: &[Ipv4Addr],
+) -> Result<Vec<ProtectedAddress>, NetError> {
+    let names: BTreeMap<u32, String> = links(handle)
+        .await?
+        .into_iter()
+        .map(|(name, link)| (link.index, name))
+        .collect();
+    let mut out = Vec::new();
+    let mut addresses = handle.address().get().execute();
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .map_err(|e| netlink_error("dumping addresses", &e))?
+    {
+        if message.header.family != AddressFamily::Inet {
+            continue;
+        }
+        let interface = names
+            .get(&message.header.index)
+            .cloned()
+            .unwrap_or_default();
+        if interface.starts_with("rmd-") {
+            continue;
+        }
+        for attribute in &message.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(a))
+            | AddressAttribute::Address(IpAddr::V4(a)) = attribute
+            {
+                if a.is_loopback() {
+                    continue;
+                }
+                let what = format!("this gateway's address on {interface}");
+                if !out
+                    .iter()
+                    .any(|p: &ProtectedAddress| p.address == *a && p.what == what)
+                {
+                    out.push(ProtectedAddress { address: *a, what });
+                }
+            }
+        }
+    }
+    let routes = main_routes(handle, &names).await?;
+    for endpoint in endpoints {
+        if let Some(route) = next_hop(&routes, *endpoint)
+            && let Some(gateway) = route.gateway
+        {
+            out.push(ProtectedAddress {
+                address: gateway,
+                what: format!(
+                    "the next hop (via {}) towards the WireGuard endpoint {endpoint}",
+                    route.interface
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn main_routes(
+    handle: &Handle,
+    names: &BTreeMap<u32, String>,
+) -> Result<Vec<MainRoute>, NetError> {
+    let mut request = RouteMessage::default();
+    request.header.address_family = AddressFamily::Inet;
+    let all: Vec<RouteMessage> = handle
+        .route()
+        .get(request)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| netlink_error("dumping the main routing table", &e))?;
+    Ok(all
+        .iter()
+        .filter(|m| {
+            m.header.address_family == AddressFamily::Inet
+                && m.header.kind == RouteType::Unicast
+                && table_of(m) == MAIN_TABLE
+        })
+        .filter_map(|m| {
+            let mut destination = Ipv4Addr::UNSPECIFIED;
+            let mut gateway = None;
+            let mut oif = None;
+            for attribute in &m.attributes {
+                match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => destination = *a,
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let destination = Ipv4Net::new(destination, m.header.destination_prefix_length).ok()?;
+            Some(MainRoute {
+                destination,
+                gateway,
+                interface: oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
+fn table_of(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(dst: &str, gateway: Option<&str>, dev: &str) -> MainRoute {
+        MainRoute {
+            destination: dst.parse().unwrap(),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            interface: dev.into(),
+        }
+    }
+
+    #[test]
+    fn the_longest_match_with_a_gateway_is_the_next_hop() {
+        let routes = [
+            route("0.0.0.0/0", Some("192.0.2.1"), "eth0"),
+            route("192.0.2.0/24", None, "eth0"),
+            route("203.0.113.0/24", Some("192.0.2.254"), "eth0"),
+        ];
+        let hop = |a: &str| next_hop(&routes, a.parse().unwrap()).and_then(|r| r.gateway);
+        assert_eq!(hop("198.51.100.7"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(hop("203.0.113.9"), Some("192.0.2.254".parse().unwrap()));
+        // On-link: no next hop to protect (the address itself is).
+        assert_eq!(hop("192.0.2.77"), None);
+        assert_eq!(next_hop(&routes[1..2], "10.0.0.1".parse().unwrap()), None);
+    }
+}
