@@ -179,6 +179,10 @@ pub struct Config {
     /// The token, read from `token_file`; `None` until [`Config::ensure_token`] when
     /// none is configured.
     pub token: Option<String>,
+    /// `--adopt-and-clear`: start with an empty state even though the state file is
+    /// gone while a previous remapd's dataplane or tunnels are still in place (they are
+    /// then removed). A one-off flag, never in the file.
+    pub adopt_and_clear: bool,
 }
 
 /// Why the configuration is unusable (the daemon exits 64).
@@ -258,7 +262,11 @@ impl FileConfig {
                 "[api] limits must be above zero".into(),
             ));
         }
-        Ok(Config { file: self, token })
+        Ok(Config {
+            file: self,
+            token,
+            adopt_and_clear: false,
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use crate::plan::GatewayPlan;
 use crate::policy::{Evaluation, NamedPolicy, PolicyRegistry};
 use crate::reconcile::{
     ApplyMode, ApplyStep, DesiredSystem, FailureKind, Keys, PeeringOutcome, ProtectedCheck,
-    ReconcileCounters, ReconcileReport, Reconciler, StatusReaders,
+    ReconcileCounters, ReconcileReport, Reconciler, StatusReaders, mark_key_errors,
 };
 use crate::store::{DesiredState, Store};
 
@@ -75,6 +75,14 @@ pub enum EngineError {
     /// The state could not be saved; the previous system was applied again.
     #[error("saving the state failed (the change was rolled back): {0}")]
     Persist(String),
+    /// A peering the change targets has no usable key file; nothing was applied.
+    #[error("peering {peering:?}: {message}")]
+    Key {
+        /// The peering.
+        peering: String,
+        /// What is wrong and the way out.
+        message: String,
+    },
     /// The daemon itself failed (a task, a lock, a key file).
     #[error("{0}")]
     Internal(String),
@@ -321,8 +329,18 @@ impl Daemon {
         let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();
         self.locked(guard, move |state, r, publisher| {
-            let keys = keys_for(&store, state, &mut Vec::new(), &r.committed_keys(), &[])?;
-            let report = r.reconcile(state, &keys);
+            let (keys, key_errors) = keys_for(
+                &store,
+                state,
+                state,
+                &mut Vec::new(),
+                &r.committed_keys(),
+                &[],
+            )?;
+            let mut system = r.plan(state, &keys);
+            mark_key_errors(&mut system, &key_errors);
+            let report = r.apply(&system, ApplyMode::BestEffort);
+            r.commit(system);
             publisher.publish(
                 state.clone(),
                 (r.outcomes().clone(), report.clone(), r.counters.clone()),
@@ -461,42 +479,63 @@ fn dry_run_result(
     }
 }
 
-/// Private keys of `state`'s peerings, generating missing ones; the names generated are
-/// added to `created` (removed again if the change is refused). A key file that cannot
-/// be read (corrupt, unreadable) hurts only its own peering: it keeps the key its tunnel
-/// runs with (`running`, by interface), and without one it gets no tunnel. A change that
-/// targets such a peering is refused, naming the file.
+/// Private keys of `state`'s peerings, and why some have none. A key is generated only
+/// for a peering that is new (not in `previous`); its name is added to `created`
+/// (removed again if the change is refused). An existing peering whose key file is
+/// missing or unusable never gets a new key silently (its peer would stop accepting
+/// handshakes with no error anywhere): it keeps the key its tunnel runs with
+/// (`running`, by interface) or gets no tunnel, and the reason is returned for its
+/// status. A change that targets such a peering is refused, naming the file.
 fn keys_for(
     store: &Store,
+    previous: &DesiredState,
     state: &DesiredState,
     created: &mut Vec<String>,
     running: &BTreeMap<String, String>,
     targets: &[String],
-) -> Result<Keys, EngineError> {
+) -> Result<(Keys, BTreeMap<String, String>), EngineError> {
     let mut keys = Keys::new();
+    let mut errors = BTreeMap::new();
     for (name, spec) in &state.peerings {
-        let key = match store.existing_key(name) {
-            Ok(Some(key)) => key,
-            Ok(None) => {
+        let problem = match store.existing_key(name) {
+            Ok(Some(key)) => {
+                keys.insert(name.clone(), key);
+                continue;
+            }
+            Ok(None) if !previous.peerings.contains_key(name) => {
                 created.push(name.clone());
-                store
+                let key = store
                     .private_key(name)
-                    .map_err(|e| EngineError::Internal(format!("peering {name:?}: {e}")))?
+                    .map_err(|e| EngineError::Internal(format!("peering {name:?}: {e}")))?;
+                keys.insert(name.clone(), key);
+                continue;
             }
-            Err(e) if targets.contains(name) => {
-                return Err(EngineError::Internal(format!("peering {name:?}: {e}")));
-            }
-            Err(e) => {
-                warn!(peering = %name, error = %e, "key file unusable; the tunnel keeps the key it runs with");
-                match running.get(&spec.interface(name)) {
-                    Some(key) => key.clone(),
-                    None => continue,
-                }
-            }
+            Ok(None) => format!(
+                "its WireGuard key file {} is missing; remapd does not make a new key for an existing peering (its peer would stop accepting handshakes): restore the file, or delete and re-create the peering and give the peer the new exports",
+                store.key_path(name).display()
+            ),
+            Err(e) => format!(
+                "{e}; restore the key file, or delete and re-create the peering and give the peer the new exports"
+            ),
         };
-        keys.insert(name.clone(), key);
+        if targets.contains(name) {
+            return Err(EngineError::Key {
+                peering: name.clone(),
+                message: problem,
+            });
+        }
+        match running.get(&spec.interface(name)) {
+            Some(key) => {
+                warn!(peering = %name, problem = %problem, "key file unusable; the tunnel keeps the key it runs with");
+                keys.insert(name.clone(), key.clone());
+            }
+            None => {
+                warn!(peering = %name, problem = %problem, "key file unusable; the peering has no tunnel")
+            }
+        }
+        errors.insert(name.clone(), problem);
     }
-    Ok(keys)
+    Ok((keys, errors))
 }
 
 /// One change, on the reconciler's thread: see the module docs.
@@ -529,7 +568,7 @@ fn transact(
     };
     let policy_changed = undo_policy.is_some();
     let mut created = Vec::new();
-    let result = plan_apply_save(r, store, next, targets, &mut created);
+    let result = plan_apply_save(r, store, previous, next, targets, &mut created);
     if result.is_err() {
         for name in &created {
             if let Err(e) = store.remove_key(name) {
@@ -565,6 +604,7 @@ fn transact(
 fn plan_apply_save(
     r: &mut Reconciler,
     store: &Store,
+    previous: &DesiredState,
     next: &DesiredState,
     targets: &[String],
     created: &mut Vec<String>,
@@ -572,8 +612,10 @@ fn plan_apply_save(
     if !next.peerings.is_empty() && next.cluster.is_none() {
         return Err(EngineError::NoCluster);
     }
-    let keys = keys_for(store, next, created, &r.committed_keys(), targets)?;
-    let system: DesiredSystem = r.plan(next, &keys);
+    let (keys, key_errors) =
+        keys_for(store, previous, next, created, &r.committed_keys(), targets)?;
+    let mut system: DesiredSystem = r.plan(next, &keys);
+    mark_key_errors(&mut system, &key_errors);
     // Refused: a target without a plan, or a peering that had one (or is new) and would
     // lose it. A peering that was already failing does not block others.
     if let Some((name, failure)) = system.failures.iter().find(|(name, _)| {

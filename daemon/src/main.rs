@@ -43,6 +43,10 @@ struct Cli {
     /// Userspace WireGuard program (overrides `wireguard.userspace_program`).
     #[arg(long)]
     wireguard_program: Option<PathBuf>,
+    /// Start even though the state file is gone while a previous remapd's dataplane or
+    /// tunnels are still in place: start empty and remove them (once, on purpose).
+    #[arg(long)]
+    adopt_and_clear: bool,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(
         long,
@@ -99,7 +103,9 @@ fn config(cli: &Cli) -> Result<Config, String> {
     if let Some(v) = &cli.wireguard_program {
         file.wireguard.userspace_program = v.clone();
     }
-    file.validate().map_err(|e| e.to_string())
+    let mut config = file.validate().map_err(|e| e.to_string())?;
+    config.adopt_and_clear = cli.adopt_and_clear;
+    Ok(config)
 }
 
 async fn shutdown_signal() {

@@ -46,6 +46,11 @@ pub struct PeeringOutcome {
     pub policy_log: Vec<String>,
     /// The latest error, if the latest attempt failed.
     pub last_error: Option<String>,
+    /// Why the peering has no usable WireGuard key file (then it has no tunnel unless
+    /// one still runs with its key); remapd never makes a new key for an existing
+    /// peering on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_error: Option<String>,
     /// Tunnel interface.
     pub interface: String,
     /// Local WireGuard public key.
@@ -316,6 +321,14 @@ pub enum ProtectedCheck {
 
 /// Private keys by peering name, given to the reconciler for one pass.
 pub type Keys = BTreeMap<String, String>;
+
+/// Records on each outcome why its peering has no usable key file (clearing it where
+/// the key is fine again).
+pub fn mark_key_errors(system: &mut DesiredSystem, errors: &BTreeMap<String, String>) {
+    for (name, outcome) in system.outcomes.iter_mut() {
+        outcome.key_error = errors.get(name).cloned();
+    }
+}
 
 impl Reconciler {
     /// A reconciler over these appliers.

@@ -31,6 +31,18 @@ pub enum ServeError {
     /// Setting up failed.
     #[error("{0}")]
     Setup(String),
+    /// The state file is gone but a previous remapd's dataplane or tunnels are not.
+    #[error(
+        "{} does not exist, but a previous remapd left {} in place; starting now would remove it all. Restore the state file (from a backup of the state directory), or run `remapd teardown` to remove what is left, or start once with --adopt-and-clear to start empty and remove it",
+        state_file.display(),
+        found.join(" and ")
+    )]
+    LostState {
+        /// The missing state file.
+        state_file: std::path::PathBuf,
+        /// What was found.
+        found: Vec<String>,
+    },
     /// The listener failed.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -39,6 +51,67 @@ pub enum ServeError {
         /// Cause.
         source: std::io::Error,
     },
+}
+
+/// What a previous remapd left in place, from the files it keeps: a non-empty pin
+/// directory (its dataplane) and pid files in the run directory (its tunnels).
+pub fn leftovers(config: &Config) -> Vec<String> {
+    let f = &config.file;
+    let mut out = Vec::new();
+    let entries = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if !entries(&f.pin_dir).is_empty() {
+        out.push(format!("its pinned dataplane in {}", f.pin_dir.display()));
+    }
+    let tunnels: Vec<String> = entries(&f.wireguard.run_dir)
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".pid").map(str::to_owned))
+        .collect();
+    if !tunnels.is_empty() {
+        out.push(format!(
+            "its tunnels {} (pid files in {})",
+            tunnels.join(", "),
+            f.wireguard.run_dir.display()
+        ));
+    }
+    out
+}
+
+/// Refuses to start on a lost state: with no state file, a daemon starts empty and its
+/// first reconcile removes every tunnel, route and rule. That is right on a fresh
+/// gateway and wrong when the file was deleted or the state directory reset while a
+/// previous remapd's dataplane or tunnels are in place, unless the operator says so
+/// (`--adopt-and-clear`). On a fresh start the (empty) state file is written at once,
+/// so its absence later always means it was lost.
+pub fn guard_lost_state(config: &Config) -> Result<(), ServeError> {
+    let store =
+        Store::open(&config.file.state_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
+    if store.has_state() {
+        return Ok(());
+    }
+    let found = leftovers(config);
+    if !found.is_empty() {
+        if !config.adopt_and_clear {
+            return Err(ServeError::LostState {
+                state_file: config.file.state_dir.join("state.json"),
+                found,
+            });
+        }
+        warn!(
+            ?found,
+            "--adopt-and-clear: starting with an empty state; what a previous remapd left is removed"
+        );
+    }
+    store
+        .save(&crate::store::DesiredState::default())
+        .map_err(|e| ServeError::Setup(e.to_string()))
 }
 
 /// The reconciler with the real appliers of `config`.
@@ -79,6 +152,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    guard_lost_state(&config)?;
     let daemon = build(&config)?;
     let listener =
         crate::http::listen(config.file.listen).map_err(|source| ServeError::Listen {

@@ -166,6 +166,12 @@ impl Store {
         self.dir.join("state.json")
     }
 
+    /// Whether a state file exists (written at the first start, so its absence later
+    /// means it was lost).
+    pub fn has_state(&self) -> bool {
+        self.state_path().exists()
+    }
+
     /// Reads the saved state (empty if none was saved yet).
     pub fn load(&self) -> Result<DesiredState, StoreError> {
         let path = self.state_path();
@@ -220,9 +226,14 @@ impl Store {
         Ok(())
     }
 
+    /// Where peering `name`'s private key is kept.
+    pub fn key_path(&self, name: &str) -> PathBuf {
+        self.dir.join("keys").join(format!("{name}.key"))
+    }
+
     /// The private key of peering `name`, generated (and saved, 0600) on first use.
     pub fn private_key(&self, name: &str) -> Result<String, StoreError> {
-        let path = self.dir.join("keys").join(format!("{name}.key"));
+        let path = self.key_path(name);
         match fs::read_to_string(&path) {
             Ok(s) => {
                 let key = s.trim().to_owned();
@@ -250,7 +261,7 @@ impl Store {
 
     /// Whether peering `name` has a key file.
     pub fn has_key(&self, name: &str) -> bool {
-        self.dir.join("keys").join(format!("{name}.key")).exists()
+        self.key_path(name).exists()
     }
 
     /// Removes key files of peerings `state` does not hold (left by a crash between a

@@ -728,8 +728,9 @@ async fn a_corrupt_key_file_hurts_only_its_own_peering() {
     let mut changed = peering(51820);
     changed["tunnel"]["keepalive"] = json!(9);
     let r = call(&app, "PUT", "/v1/peerings/a", Some(changed), Some(TOKEN)).await;
-    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert_eq!(r.content_type, "application/problem+json");
+    assert_eq!(r.body["type"], "https://remapd.dev/problems/key-unusable");
     assert!(
         r.body["detail"].as_str().unwrap().contains("a.key"),
         "{}",
@@ -741,4 +742,114 @@ async fn a_corrupt_key_file_hurts_only_its_own_peering() {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert!(!app.dir.join("keys/a.key").exists());
     assert!(!app.tunnels.tunnels.lock().unwrap().contains_key("rmd-a"));
+}
+
+/// Issue 11 item 7: a deleted key file is never silently replaced by a new key (the
+/// peer's handshakes would then fail with no error anywhere). The peering shows why,
+/// in its status and the metrics, keeps its running tunnel's key, has no tunnel after
+/// a restart, and never blocks the others or the reads.
+#[tokio::test]
+async fn a_deleted_key_file_is_not_silently_replaced() {
+    let app = app("missing-key");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    for (name, port) in [("a", 51820), ("b", 51821)] {
+        let r = call(
+            &app,
+            "PUT",
+            &format!("/v1/peerings/{name}"),
+            Some(peering(port)),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let public_a = call(&app, "GET", "/v1/peerings/a", None, None).await.body["public_key"].clone();
+    let running_key = app.tunnels.tunnels.lock().unwrap()["rmd-a"]
+        .private_key
+        .clone();
+    std::fs::remove_file(app.dir.join("keys/a.key")).unwrap();
+
+    // A resync and a change to b: no new key for a, and a says why.
+    app.daemon.reconcile().await.unwrap();
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/c",
+        Some(peering(51822)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(!app.dir.join("keys/a.key").exists(), "a new key was made");
+    let a = call(&app, "GET", "/v1/peerings/a", None, None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.body["key_error"].as_str().unwrap().contains("missing"),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.body["public_key"], public_a, "still the key it runs with");
+    assert_eq!(
+        app.tunnels.tunnels.lock().unwrap()["rmd-a"].private_key,
+        running_key
+    );
+    let b = call(&app, "GET", "/v1/peerings/b", None, None).await;
+    assert!(b.body.get("key_error").is_none(), "{}", b.body);
+    let metrics = call(&app, "GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("remapd_peerings_with_errors 1"),
+        "{}",
+        metrics.body
+    );
+    // A change to a is refused with the way out.
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.body["type"], "https://remapd.dev/problems/key-unusable");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("re-create"),
+        "{}",
+        r.body
+    );
+    assert!(!app.dir.join("keys/a.key").exists());
+
+    // After a restart nothing runs with a's key any more: a has no tunnel, the others
+    // do, and every read answers.
+    let dir = app.dir.clone();
+    let restarted = app_in(dir.clone());
+    restarted.daemon.reconcile().await.unwrap();
+    assert!(
+        !dir.join("keys/a.key").exists(),
+        "a new key was made at restart"
+    );
+    let tunnels = restarted.tunnels.tunnels.lock().unwrap().clone();
+    assert!(!tunnels.contains_key("rmd-a"), "{:?}", tunnels.keys());
+    assert!(tunnels.contains_key("rmd-b") && tunnels.contains_key("rmd-c"));
+    let list = call(&restarted, "GET", "/v1/peerings", None, None).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    // The way out: delete and re-create (a new key, to hand to the peer).
+    let r = call(&restarted, "DELETE", "/v1/peerings/a", None, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = call(
+        &restarted,
+        "PUT",
+        "/v1/peerings/a",
+        Some(peering(51820)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(r.body.get("key_error").is_none(), "{}", r.body);
+    assert_ne!(r.body["public_key"], public_a);
+    std::mem::forget(app); // its directory belongs to `restarted` now
 }

@@ -91,3 +91,63 @@ fn the_example_config_is_valid_and_documented() {
     assert!(text.contains("--token-file"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 11 item 7: with the state file gone while a previous remapd's dataplane and
+/// tunnels are in place, the daemon refuses to start (it would remove them all) and
+/// names the ways out; nothing is written.
+#[test]
+fn a_lost_state_file_is_not_taken_for_a_fresh_start() {
+    let dir = std::env::temp_dir().join(format!("remapd-cli-lost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (state, pins, runs) = (dir.join("state"), dir.join("pins"), dir.join("run"));
+    for d in [&state, &pins, &runs] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(pins.join("rules"), "").unwrap();
+    std::fs::write(runs.join("rmd-x.pid"), "1").unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--pin-dir",
+            pins.to_str().unwrap(),
+            "--run-dir",
+            runs.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:1",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let run_with = |extra: &[&str]| {
+        let a = args(extra);
+        run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (code, text) = run_with(&["run"]);
+    assert_ne!(code, 0, "{text}");
+    for needle in [
+        "state.json",
+        "rmd-x",
+        "pinned dataplane",
+        "--adopt-and-clear",
+        "remapd teardown",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    assert!(
+        !state.join("state.json").exists(),
+        "a state file was written"
+    );
+    // Only the pid file left: still refused.
+    std::fs::remove_file(pins.join("rules")).unwrap();
+    let (code, text) = run_with(&["run"]);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("rmd-x") && !text.contains("pinned dataplane"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

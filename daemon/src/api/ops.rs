@@ -108,7 +108,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
     let peerings_with_errors = snapshot
         .outcomes
         .values()
-        .filter(|o| o.last_error.is_some())
+        .filter(|o| o.last_error.is_some() || o.key_error.is_some())
         .count();
     let status = state.daemon.dataplane_status().await.ok();
     let mut registry = Registry::with_prefix("remapd");
@@ -226,7 +226,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
     errors.set(peerings_with_errors as i64);
     registry.register(
         "peerings_with_errors",
-        "Peerings whose latest decision failed",
+        "Peerings whose latest decision failed or whose key file is unusable",
         errors,
     );
     let mut body = String::new();

@@ -78,6 +78,12 @@ pub struct PeeringStatus {
     pub tunnel: Option<TunnelState>,
     /// The latest error, if the last attempt failed (the previous plan stays in force).
     pub last_error: Option<String>,
+    /// Why the peering's WireGuard key file is unusable (missing, unreadable, not a
+    /// key): the tunnel keeps a key it already runs with, or there is none. Restore the
+    /// file, or delete and re-create the peering (a new key: give the peer the new
+    /// exports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_error: Option<String>,
     /// What the policy logged.
     pub policy_log: Vec<String>,
     /// The JSON to PUT on the remote daemon as its peering with us.
@@ -288,6 +294,7 @@ async fn status_of(
             backend: t.backend.to_owned(),
         }),
         last_error: outcome.last_error,
+        key_error: outcome.key_error,
         policy_log: outcome.policy_log,
         exports,
     })

@@ -204,6 +204,16 @@ impl From<EngineError> for Problem {
                 p.peering = Some(peering);
                 p
             }
+            EngineError::Key { peering, .. } => {
+                let mut p = Self::new(
+                    StatusCode::CONFLICT,
+                    "key-unusable",
+                    "The peering's WireGuard key file is unusable",
+                    detail,
+                );
+                p.peering = Some(peering);
+                p
+            }
             EngineError::Persist(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "persist-failed",
