@@ -271,6 +271,16 @@ pub struct ProtectedRoute {
     pub what: String,
 }
 
+/// The peering whose tunnel is `interface` (empty if none).
+fn peering_of_interface(state: &DesiredState, interface: &str) -> String {
+    state
+        .peerings
+        .iter()
+        .find(|(name, spec)| spec.interface(name) == interface)
+        .map(|(name, _)| name.clone())
+        .unwrap_or_default()
+}
+
 /// The first of `routes` that covers one of `protected`, with the peering it belongs to
 /// (by interface, from `state`).
 pub fn first_protected_route(
@@ -282,12 +292,7 @@ pub fn first_protected_route(
         let hit = protected
             .iter()
             .find(|p| route.prefix.contains(&p.address))?;
-        let peering = state
-            .peerings
-            .iter()
-            .find(|(name, spec)| spec.interface(name) == route.interface)
-            .map(|(name, _)| name.clone())
-            .unwrap_or_default();
+        let peering = peering_of_interface(state, &route.interface);
         Some(ProtectedRoute {
             peering,
             prefix: route.prefix,
@@ -413,12 +418,7 @@ impl Reconciler {
                 .port_available(tunnel.listen_port)
                 .map_err(|e| ProtectedCheck::Unreadable(e.to_string()))?;
             if !free {
-                let peering = state
-                    .peerings
-                    .iter()
-                    .find(|(name, spec)| spec.interface(name) == tunnel.interface)
-                    .map(|(name, _)| name.clone())
-                    .unwrap_or_default();
+                let peering = peering_of_interface(state, &tunnel.interface);
                 return Err(ProtectedCheck::PortInUse {
                     peering,
                     port: tunnel.listen_port,

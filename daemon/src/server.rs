@@ -53,27 +53,39 @@ pub enum ServeError {
     },
 }
 
-/// What a previous remapd left in place, from the files it keeps: a non-empty pin
-/// directory (its dataplane) and pid files in the run directory (its tunnels).
+/// What a previous remapd left in place that starting empty would remove: translation
+/// rules in its pinned dataplane, and tunnels it started (pid files in the run
+/// directory). A pinned dataplane without rules (every peering was deleted) is nothing
+/// to lose.
 pub fn leftovers(config: &Config) -> Vec<String> {
     let f = &config.file;
     let mut out = Vec::new();
-    let entries = |dir: &std::path::Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    if !entries(&f.pin_dir).is_empty() {
-        out.push(format!("its pinned dataplane in {}", f.pin_dir.display()));
+    let pinned = crate::dataplane::Dataplane::open_existing(&DataplaneConfig {
+        pin_dir: f.pin_dir.clone(),
+        attach_mode: f.attach_mode,
+    })
+    .and_then(|d| d.status());
+    if let Ok(status) = pinned
+        && !status.rules.is_empty()
+    {
+        out.push(format!(
+            "its pinned dataplane in {} ({} translation rules)",
+            f.pin_dir.display(),
+            status.rules.len()
+        ));
     }
-    let tunnels: Vec<String> = entries(&f.wireguard.run_dir)
-        .into_iter()
-        .filter_map(|n| n.strip_suffix(".pid").map(str::to_owned))
-        .collect();
+    let tunnels: Vec<String> = std::fs::read_dir(&f.wireguard.run_dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".pid")
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     if !tunnels.is_empty() {
         out.push(format!(
             "its tunnels {} (pid files in {})",

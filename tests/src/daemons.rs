@@ -74,6 +74,22 @@ impl Daemon {
 
     /// (Re)starts the process.
     pub fn spawn(&mut self, ns: &Netns) {
+        self.spawn_with(ns, &[]);
+    }
+
+    /// Runs the daemon with `extra` flags expecting it to refuse to start: its exit
+    /// status and what it printed.
+    pub fn run_refused(&self, ns: &Netns, extra: &[&str]) -> (std::process::ExitStatus, String) {
+        let out = self.command(ns).args(extra).output().expect("run remapd");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status, text)
+    }
+
+    fn command(&self, ns: &Netns) -> Command {
         let mut cmd = ns.command(remapd_binary());
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
@@ -88,6 +104,13 @@ impl Daemon {
             .arg("--listen")
             .arg("127.0.0.1:7878")
             .env("REMAPD_LOG", "info,netlink_packet_route=error");
+        cmd
+    }
+
+    /// (Re)starts the process with `extra` flags.
+    pub fn spawn_with(&mut self, ns: &Netns, extra: &[&str]) {
+        let mut cmd = self.command(ns);
+        cmd.args(extra);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

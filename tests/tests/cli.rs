@@ -103,7 +103,9 @@ fn a_lost_state_file_is_not_taken_for_a_fresh_start() {
     for d in [&state, &pins, &runs] {
         std::fs::create_dir_all(d).unwrap();
     }
-    std::fs::write(pins.join("rules"), "").unwrap();
+    // Files in the pin directory that are no pinned dataplane are nothing to lose; the
+    // pinned-dataplane case (rules in its maps) is a netns test of netns_daemons.rs.
+    std::fs::write(pins.join("stray"), "").unwrap();
     std::fs::write(runs.join("rmd-x.pid"), "1").unwrap();
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
@@ -131,23 +133,15 @@ fn a_lost_state_file_is_not_taken_for_a_fresh_start() {
     for needle in [
         "state.json",
         "rmd-x",
-        "pinned dataplane",
         "--adopt-and-clear",
         "remapd teardown",
     ] {
         assert!(text.contains(needle), "{needle:?} not in {text}");
     }
+    assert!(!text.contains("pinned dataplane"), "{text}");
     assert!(
         !state.join("state.json").exists(),
         "a state file was written"
-    );
-    // Only the pid file left: still refused.
-    std::fs::remove_file(pins.join("rules")).unwrap();
-    let (code, text) = run_with(&["run"]);
-    assert_ne!(code, 0, "{text}");
-    assert!(
-        text.contains("rmd-x") && !text.contains("pinned dataplane"),
-        "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

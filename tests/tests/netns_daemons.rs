@@ -346,3 +346,52 @@ fn peerings_that_would_hijack_the_gateway_are_refused() {
         7420,
     );
 }
+
+/// Issue 11 item 7: the state file deleted while the daemon is down must not make the
+/// next start remove the running translation and tunnel. It refuses, naming what it
+/// found; forwarding goes on; `--adopt-and-clear` then starts empty and removes them.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn a_lost_state_file_is_refused_until_adopt_and_clear() {
+    let mut p = pair("split");
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7500,
+    );
+    p.d1.kill();
+    std::fs::remove_file(p.d1.state_dir.join("state.json")).unwrap();
+    let gw1 = Netns::new_handle(p.net.gw1.name());
+    let (status, text) = p.d1.run_refused(&gw1, &[]);
+    assert!(!status.success(), "{text}");
+    for needle in [
+        "pinned dataplane",
+        "translation rules",
+        "rmd-",
+        "--adopt-and-clear",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    assert!(!p.d1.state_dir.join("state.json").exists());
+    // Nothing was removed: the pods still talk through the translation.
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7510,
+    );
+    // On purpose: start empty and clear what was left.
+    p.d1.spawn_with(&gw1, &["--adopt-and-clear"]);
+    assert_eq!(p.d1.expect("GET", "/v1/peerings", None, 200), json!([]));
+    let status = p.d1.expect("GET", "/v1/status", None, 200);
+    let report = &status["last_reconcile"];
+    assert_eq!(report["dataplane"]["removed"], 2, "{report}");
+    assert_eq!(report["tunnels"]["removed"], 1, "{report}");
+    assert!(p.d1.wireguard_pids().is_empty(), "tunnels were not removed");
+    assert!(p.d1.state_dir.join("state.json").exists());
+}

@@ -17,7 +17,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 
-use super::routes::{links, netlink_error};
+use super::routes::{links, netlink_error, table_of_route};
 use super::{NetError, ProtectedAddress};
 
 /// `RT_TABLE_MAIN`.
@@ -124,7 +124,7 @@ async fn main_routes(
         .filter(|m| {
             m.header.address_family == AddressFamily::Inet
                 && m.header.kind == RouteType::Unicast
-                && table_of(m) == MAIN_TABLE
+                && table_of_route(m) == MAIN_TABLE
         })
         .filter_map(|m| {
             let mut destination = Ipv4Addr::UNSPECIFIED;
@@ -146,17 +146,6 @@ async fn main_routes(
             })
         })
         .collect())
-}
-
-fn table_of(message: &RouteMessage) -> u32 {
-    message
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(message.header.table))
 }
 
 #[cfg(test)]

@@ -229,7 +229,8 @@ fn describe(message: &RouteMessage, names: &HashMap<u32, &str>) -> String {
     format!("{dst}/{}{out}", message.header.destination_prefix_length)
 }
 
-fn table_of_route(message: &RouteMessage) -> u32 {
+/// The table a route is in (its attribute, else the header's 8-bit field).
+pub(crate) fn table_of_route(message: &RouteMessage) -> u32 {
     message
         .attributes
         .iter()
