@@ -22,8 +22,8 @@ use crate::net::TunnelStatus;
 use crate::plan::GatewayPlan;
 use crate::policy::{Evaluation, NamedPolicy, PolicyRegistry};
 use crate::reconcile::{
-    ApplyMode, ApplyStep, DesiredSystem, FailureKind, Keys, PeeringOutcome, ProtectedCheck,
-    ReconcileCounters, ReconcileReport, Reconciler, StatusReaders, mark_key_errors,
+    ApplyMode, ApplyStep, DesiredSystem, FailureKind, Keys, PeeringOutcome, PlanFailure,
+    ProtectedCheck, ReconcileCounters, ReconcileReport, Reconciler, StatusReaders, mark_key_errors,
 };
 use crate::store::{DesiredState, Store};
 
@@ -355,12 +355,25 @@ impl Daemon {
     /// `targets` are the peerings the change is about: a failed decision for one of
     /// them refuses the change even if it had failed before. Returns `change`'s value and
     /// the snapshot this change published (later changes may already have replaced it).
-    #[tracing::instrument(name = "change", skip_all, fields(peerings = ?targets, policy = policy.as_ref().map(|p| p.name.as_str())))]
     pub async fn update<T, E: From<EngineError>>(
         &self,
         change: impl FnOnce(&mut DesiredState) -> Result<T, E>,
         targets: Vec<String>,
         policy: Option<PolicyChange>,
+    ) -> Result<(T, Arc<Snapshot>), E> {
+        self.update_or_force(change, targets, policy, false).await
+    }
+
+    /// [`Daemon::update`], and with `force` a change that would leave peerings other
+    /// than `targets` undecidable is applied anyway: those lose their plan (as after a
+    /// restart) and keep `last_error`. A failing target always refuses the change.
+    #[tracing::instrument(name = "change", skip_all, fields(peerings = ?targets, policy = policy.as_ref().map(|p| p.name.as_str()), force))]
+    pub async fn update_or_force<T, E: From<EngineError>>(
+        &self,
+        change: impl FnOnce(&mut DesiredState) -> Result<T, E>,
+        targets: Vec<String>,
+        policy: Option<PolicyChange>,
+        force: bool,
     ) -> Result<(T, Arc<Snapshot>), E> {
         let guard = self.state.clone().lock_owned().await;
         let mut next = guard.clone();
@@ -369,7 +382,7 @@ impl Daemon {
         let registry = self.registry.clone();
         let committed = self
             .locked(guard, move |state, r, publisher| {
-                let result = transact(r, &store, &registry, state, &next, &targets, policy);
+                let result = transact(r, &store, &registry, state, &next, &targets, policy, force);
                 let counters = r.counters.clone();
                 match result {
                     Ok((outcomes, report)) => {
@@ -539,6 +552,7 @@ fn keys_for(
 }
 
 /// One change, on the reconciler's thread: see the module docs.
+#[allow(clippy::too_many_arguments)]
 fn transact(
     r: &mut Reconciler,
     store: &Store,
@@ -547,6 +561,7 @@ fn transact(
     next: &DesiredState,
     targets: &[String],
     policy: Option<PolicyChange>,
+    force: bool,
 ) -> Result<(BTreeMap<String, PeeringOutcome>, ReconcileReport), EngineError> {
     // The registry change goes in first, so the plan decides with it; undone on refusal.
     let undo_policy = match policy {
@@ -568,7 +583,7 @@ fn transact(
     };
     let policy_changed = undo_policy.is_some();
     let mut created = Vec::new();
-    let result = plan_apply_save(r, store, previous, next, targets, &mut created);
+    let result = plan_apply_save(r, store, previous, next, targets, force, &mut created);
     if result.is_err() {
         for name in &created {
             if let Err(e) = store.remove_key(name) {
@@ -601,12 +616,14 @@ fn transact(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_apply_save(
     r: &mut Reconciler,
     store: &Store,
     previous: &DesiredState,
     next: &DesiredState,
     targets: &[String],
+    force: bool,
     created: &mut Vec<String>,
 ) -> Result<(BTreeMap<String, PeeringOutcome>, ReconcileReport), EngineError> {
     if !next.peerings.is_empty() && next.cluster.is_none() {
@@ -617,18 +634,52 @@ fn plan_apply_save(
     let mut system: DesiredSystem = r.plan(next, &keys);
     mark_key_errors(&mut system, &key_errors);
     // Refused: a target without a plan, or a peering that had one (or is new) and would
-    // lose it. A peering that was already failing does not block others.
-    if let Some((name, failure)) = system.failures.iter().find(|(name, _)| {
-        targets.contains(name)
-            || r.outcomes()
-                .get(*name)
-                .is_none_or(|o| o.last_error.is_none())
-    }) {
+    // lose it. A peering that was already failing does not block others. A caller may
+    // force a change that leaves other peerings undecidable: they then lose their plan
+    // at once, as a restart would have them.
+    let blocking: Vec<(&String, &PlanFailure)> = system
+        .failures
+        .iter()
+        .filter(|(name, _)| {
+            targets.contains(name)
+                || r.outcomes()
+                    .get(*name)
+                    .is_none_or(|o| o.last_error.is_none())
+        })
+        .collect();
+    let target_failure = blocking.iter().find(|(name, _)| targets.contains(name));
+    if let Some((name, failure)) = target_failure.or(if force { None } else { blocking.first() }) {
+        let others: Vec<&str> = blocking
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| *n != name.as_str())
+            .collect();
+        let mut message = failure.message.clone();
+        if !others.is_empty() {
+            message.push_str(&format!(
+                "; the change would also leave peering(s) {} without a plan",
+                others.join(", ")
+            ));
+        }
+        if target_failure.is_none() {
+            message.push_str(
+                "; add ?force=true to apply it anyway (those peerings then lose their translation until they can be decided again)",
+            );
+        }
         return Err(EngineError::Decision {
-            peering: name.clone(),
+            peering: (*name).clone(),
             kind: failure.kind,
-            message: failure.message.clone(),
+            message,
         });
+    }
+    if !system.failures.is_empty() {
+        // Forced (or only peerings that were already failing): the failed ones run
+        // without a plan, exactly as after a restart.
+        if force {
+            warn!(peerings = ?system.failures.keys().collect::<Vec<_>>(), "forced: these peerings lose their plan");
+            system = r.without_failed(system, next, &keys);
+            mark_key_errors(&mut system, &key_errors);
+        }
     }
     // Checked before anything is applied: what would hurt the gateway or cannot work.
     let refused = |e: ProtectedCheck, step: ApplyStep| match e {

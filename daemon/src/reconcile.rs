@@ -324,6 +324,50 @@ pub enum ProtectedCheck {
     Unreadable(String),
 }
 
+/// The tunnels, routes and dataplane of every outcome that has a plan (and a key).
+fn assemble(
+    outcomes: BTreeMap<String, PeeringOutcome>,
+    failures: BTreeMap<String, PlanFailure>,
+    state: &DesiredState,
+    keys: &Keys,
+) -> DesiredSystem {
+    let mut system = DesiredSystem {
+        failures,
+        ..DesiredSystem::default()
+    };
+    for (name, outcome) in &outcomes {
+        let (Some(plan), Some(peering), Some(key)) =
+            (&outcome.plan, state.peerings.get(name), keys.get(name))
+        else {
+            continue;
+        };
+        system.tunnels.push(TunnelSpec {
+            interface: outcome.interface.clone(),
+            private_key: key.clone(),
+            listen_port: peering.tunnel.listen_port,
+            // Empty while bootstrapping: the interface comes up without a peer.
+            peer_public_key: peering.tunnel.remote_public_key.clone().unwrap_or_default(),
+            endpoint: peering.tunnel.endpoint,
+            allowed_ips: plan.allowed_ips.clone(),
+            keepalive: (peering.tunnel.keepalive > 0).then_some(peering.tunnel.keepalive),
+        });
+        system
+            .routes
+            .extend(plan.routes.iter().map(|prefix| RouteSpec {
+                prefix: *prefix,
+                interface: outcome.interface.clone(),
+            }));
+        system.dataplane.rules.extend(plan.rules.iter().cloned());
+        system.dataplane.borders.push(IngressBorder {
+            interface: outcome.interface.clone(),
+            sources: plan.border.sources.clone(),
+            destinations: plan.border.destinations.clone(),
+        });
+    }
+    system.outcomes = outcomes;
+    system
+}
+
 /// Private keys by peering name, given to the reconciler for one pass.
 pub type Keys = BTreeMap<String, String>;
 
@@ -583,41 +627,32 @@ impl Reconciler {
             outcomes.clear();
         }
 
-        let mut system = DesiredSystem {
+        assemble(outcomes, failures, state, keys)
+    }
+
+    /// `system` without the plans of its failed peerings: what a restart would run
+    /// (deciding again, they would have none). For a change the caller forces through
+    /// although it leaves other peerings undecidable; they keep `last_error`.
+    pub fn without_failed(
+        &self,
+        system: DesiredSystem,
+        state: &DesiredState,
+        keys: &Keys,
+    ) -> DesiredSystem {
+        let DesiredSystem {
+            mut outcomes,
             failures,
-            ..DesiredSystem::default()
-        };
-        for (name, outcome) in &outcomes {
-            let (Some(plan), Some(peering), Some(key)) =
-                (&outcome.plan, state.peerings.get(name), keys.get(name))
-            else {
-                continue;
-            };
-            system.tunnels.push(TunnelSpec {
-                interface: outcome.interface.clone(),
-                private_key: key.clone(),
-                listen_port: peering.tunnel.listen_port,
-                // Empty while bootstrapping: the interface comes up without a peer.
-                peer_public_key: peering.tunnel.remote_public_key.clone().unwrap_or_default(),
-                endpoint: peering.tunnel.endpoint,
-                allowed_ips: plan.allowed_ips.clone(),
-                keepalive: (peering.tunnel.keepalive > 0).then_some(peering.tunnel.keepalive),
-            });
-            system
-                .routes
-                .extend(plan.routes.iter().map(|prefix| RouteSpec {
-                    prefix: *prefix,
-                    interface: outcome.interface.clone(),
-                }));
-            system.dataplane.rules.extend(plan.rules.iter().cloned());
-            system.dataplane.borders.push(IngressBorder {
-                interface: outcome.interface.clone(),
-                sources: plan.border.sources.clone(),
-                destinations: plan.border.destinations.clone(),
-            });
+            ..
+        } = system;
+        for name in failures.keys() {
+            if let Some(o) = outcomes.get_mut(name) {
+                o.decision = None;
+                o.plan = None;
+                o.decided_from = None;
+                o.policy_log.clear();
+            }
         }
-        system.outcomes = outcomes;
-        system
+        assemble(outcomes, failures, state, keys)
     }
 
     /// Applies `system` in make-before-break order: tunnels created or updated, routes,

@@ -281,6 +281,23 @@ async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
     // And a restart decides with the old policy too.
     app.daemon.reconcile().await.unwrap();
     assert_eq!(world(&app).await, before);
+    // Forced, the replacement goes in and the peering it refuses loses its plan.
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine?force=true",
+        "application/wasm",
+        builtin::SPLIT.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let a = call(&app, "GET", "/v1/peerings/a", None, None).await;
+    assert!(
+        a.body["plan"].is_null() && a.body["last_error"].is_string(),
+        "{}",
+        a.body
+    );
+    assert!(app.tunnels.tunnels.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -852,4 +869,78 @@ async fn a_deleted_key_file_is_not_silently_replaced() {
     assert!(r.body.get("key_error").is_none(), "{}", r.body);
     assert_ne!(r.body["public_key"], public_a);
     std::mem::forget(app); // its directory belongs to `restarted` now
+}
+
+/// Issue 11 item 4: a cluster change that leaves peerings undecidable is refused naming
+/// all of them, unless forced; forced, they lose their plan at once, and a restart
+/// ends in the same place.
+#[tokio::test]
+async fn a_forced_cluster_change_drops_the_peerings_it_leaves_undecidable() {
+    let app = app("cluster-forced");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    for (name, port) in [("a", 51820), ("b", 51821)] {
+        let r = call(
+            &app,
+            "PUT",
+            &format!("/v1/peerings/{name}"),
+            Some(peering(port)),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let mut small = cluster();
+    small["remap_pool"] = json!(["30.0.0.0/25"]);
+    let r = call(&app, "PUT", "/v1/cluster", Some(small.clone()), Some(TOKEN)).await;
+    assert!(r.status.is_client_error(), "{}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("peering(s) b") && detail.contains("force=true"),
+        "{detail}"
+    );
+
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/cluster?force=true",
+        Some(small.clone()),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for name in ["a", "b"] {
+        let p = call(&app, "GET", &format!("/v1/peerings/{name}"), None, None).await;
+        assert!(p.body["last_error"].is_string(), "{}", p.body);
+        assert!(p.body["plan"].is_null(), "{}", p.body);
+    }
+    assert!(app.routes.routes.lock().unwrap().is_empty());
+    assert!(app.tunnels.tunnels.lock().unwrap().is_empty());
+    assert!(app.dataplane.state.lock().unwrap().rules.is_empty());
+    let after = world(&app).await;
+    // A restart ends in the same place.
+    let dir = app.dir.clone();
+    let restarted = app_in(dir);
+    restarted.daemon.reconcile().await.unwrap();
+    assert!(restarted.routes.routes.lock().unwrap().is_empty());
+    assert!(restarted.tunnels.tunnels.lock().unwrap().is_empty());
+    assert!(restarted.dataplane.state.lock().unwrap().rules.is_empty());
+    assert_eq!(
+        call(&restarted, "GET", "/v1/cluster", None, None)
+            .await
+            .body,
+        small
+    );
+    assert_eq!(world(&restarted).await, after, "the same after a restart");
+    std::mem::forget(app);
+    // A pool that fits again brings them back.
+    let r = call(
+        &restarted,
+        "PUT",
+        "/v1/cluster",
+        Some(cluster()),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(restarted.tunnels.tunnels.lock().unwrap().len(), 2);
 }

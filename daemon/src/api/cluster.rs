@@ -1,12 +1,12 @@
 //! `/v1/cluster`: the local cluster this gateway belongs to.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
-use super::{AppState, check_cidrs, check_disjoint, check_name, check_routable};
+use super::{AppState, ForceQuery, check_cidrs, check_disjoint, check_name, check_routable};
 use crate::model::LocalCluster;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -70,31 +70,34 @@ pub fn validate_cluster(c: &LocalCluster) -> Result<(), Problem> {
     put,
     path = "/v1/cluster",
     tag = "cluster",
+    params(ForceQuery),
     request_body = LocalCluster,
     responses(
         (status = 200, description = "Applied and saved (every peering re-decided where its inputs changed)", body = LocalCluster),
         (status = 400, description = "Bad JSON or CIDR", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A peering's views would collide (`peering` names it)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A peering that had a plan would get none, e.g. the pool no longer fits it (`peering` names it); nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A peering that had a plan would get none, e.g. the pool no longer fits it (`peering` names the first, the detail all); nothing changed. `?force=true` applies it anyway", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Applying (`apply-failed`, with the failed `step`) or saving (`persist-failed`) failed; the previous configuration was re-applied and nothing was saved", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn put_cluster(
     State(state): State<AppState>,
+    Query(force): Query<ForceQuery>,
     JsonBody(cluster): JsonBody<LocalCluster>,
 ) -> Result<Json<LocalCluster>, Problem> {
     validate_cluster(&cluster)?;
     let saved = cluster.clone();
     state
         .daemon
-        .update(
+        .update_or_force(
             move |s| {
                 s.cluster = Some(cluster);
                 Ok::<_, Problem>(())
             },
             vec![],
             None,
+            force.force,
         )
         .await?;
     Ok(Json(saved))

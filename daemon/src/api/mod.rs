@@ -54,6 +54,18 @@ pub struct AppState {
     pub body_timeout: Duration,
 }
 
+/// `?force=true` on a change to the cluster or a policy.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ForceQuery {
+    /// Apply the change even though it leaves other peerings without a plan (their
+    /// policy refuses them, the pool no longer fits them): they lose their translation,
+    /// as they would at the next restart, and show `last_error`. Without it such a
+    /// change is refused, naming them.
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// The OpenAPI document's fixed parts.
 #[derive(OpenApi)]
 #[openapi(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
-use super::{AppState, check_name};
+use super::{AppState, ForceQuery, check_name};
 use crate::daemon::PolicyChange;
 use crate::model::{Decision, RemoteCluster};
 use crate::plan::GatewayPlan;
@@ -100,7 +100,7 @@ async fn get_policy(
 /// (`content-type: application/wasm`) implementing `remap:policy@0.1.0`. It is checked
 /// and compiled before it replaces anything; peerings using it are re-decided.
 #[utoipa::path(put, path = "/v1/policies/{name}", tag = "policies",
-    params(("name" = String, Path, description = "Policy name")),
+    params(("name" = String, Path, description = "Policy name"), ForceQuery),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
     responses(
         (status = 200, description = "Replaced", body = PolicyInfo),
@@ -108,7 +108,7 @@ async fn get_policy(
         (status = 400, description = "Not a component implementing the contract, or a bad name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A built-in policy of that name, or the new policy's decision collides for a peering using it", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The new policy refuses a peering that uses it (`peering` names it); the old policy stays", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The new policy refuses a peering that uses it (`peering` names the first, the detail all); the old policy stays. `?force=true` replaces it anyway", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/wasm", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Applying (`apply-failed`, with the failed `step`) or saving (`persist-failed`) failed; the previous configuration was re-applied and nothing was saved", body = Problem, content_type = "application/problem+json"),
@@ -116,6 +116,7 @@ async fn get_policy(
 async fn put_policy(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(force): Query<ForceQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PolicyInfo>), Problem> {
@@ -165,7 +166,7 @@ async fn put_policy(
     // policy, or a failed apply, puts the old policy back and changes nothing.
     let (existed, _) = state
         .daemon
-        .update(
+        .update_or_force(
             move |s| {
                 Ok::<_, Problem>(
                     s.policies
@@ -178,6 +179,7 @@ async fn put_policy(
                 name: name.clone(),
                 install: Some((named.clone(), bytes)),
             }),
+            force.force,
         )
         .await?;
     let desired = state.daemon.state();
