@@ -6,7 +6,7 @@ set -euo pipefail
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 APT_PACKAGES=(iproute2 nftables iptables iperf3 wireguard-go wireguard-tools tcpdump
-              socat curl jq python3 wrk procps psmisc iputils-ping traceroute util-linux gcc libc6-dev)
+              socat curl jq python3 python3-venv wrk procps psmisc iputils-ping traceroute util-linux gcc libc6-dev)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -43,6 +43,16 @@ done
 if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q '0\.10\.0'; then
   log "cargo install bpf-linker@0.10.0"
   cargo install bpf-linker@0.10.0 --locked
+fi
+
+# Schemathesis for the API contract test, in a venv of its own under target/ (so no
+# system Python is touched).
+SCHEMATHESIS_VERSION=4.32.5
+ST_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/py/schemathesis"
+if ! "$ST_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  log "schemathesis $SCHEMATHESIS_VERSION into $ST_VENV"
+  python3 -m venv "$ST_VENV"
+  "$ST_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # bpffs for pinned maps and links.

@@ -21,22 +21,30 @@ use crate::model::{LocalCluster, RemoteCluster};
 #[serde(deny_unknown_fields)]
 pub struct TunnelConfig {
     /// Local UDP port WireGuard listens on.
+    #[schema(minimum = 1, maximum = 65535, example = 51820)]
     pub listen_port: u16,
     /// The remote gateway's WireGuard endpoint (`ip:port`); optional for a side that
     /// only answers.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "198.18.0.2:51820")]
+    #[schema(
+        value_type = Option<String>,
+        example = "198.18.0.2:51820",
+        pattern = "^([0-9.]+|\\[[0-9a-fA-F:.]+\\]):[0-9]{1,5}$"
+    )]
     pub endpoint: Option<SocketAddr>,
     /// The remote gateway's WireGuard public key (base64). May be left out while
     /// bootstrapping: the peering is decided and its exports (with this gateway's key)
     /// can be given to the remote, whose exports then complete this side.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
     pub remote_public_key: Option<String>,
     /// Persistent keepalive in seconds (default 25; 0 disables).
     #[serde(default = "default_keepalive")]
+    #[schema(minimum = 0, maximum = 65535)]
     pub keepalive: u16,
     /// Interface name; default `rmd-<peering>` cut to 15 bytes.
     #[serde(default)]
+    #[schema(pattern = "^rmd-[A-Za-z0-9_-]{1,11}$")]
     pub interface: Option<String>,
 }
 
@@ -50,6 +58,7 @@ fn default_keepalive() -> u16 {
 pub struct PeeringSpec {
     /// Policy deciding the strategy (default `auto`).
     #[serde(default = "default_policy")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "auto")]
     pub policy: String,
     /// The remote cluster (paste the remote daemon's `exports.remote` here).
     pub remote: RemoteCluster,

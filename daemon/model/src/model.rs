@@ -8,26 +8,52 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// The pattern of a resource name (cluster, peering, policy): 1-63 of `a-z`, `0-9`,
+/// `-`, not starting with `-`.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+
+/// The pattern of an IPv4 prefix in CIDR notation (the schema's `Ipv4Cidr`).
+pub const IPV4_CIDR_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])$";
+
+/// An IPv4 prefix in CIDR notation, as the OpenAPI schema describes it (the Rust side
+/// is `ipnet::Ipv4Net`). Host bits must be zero, which a pattern cannot say.
+pub struct Ipv4Cidr;
+
+impl utoipa::PartialSchema for Ipv4Cidr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(IPV4_CIDR_PATTERN))
+            .description(Some("An IPv4 prefix, host bits zero"))
+            .examples([serde_json::json!("10.1.0.0/16")])
+            .into()
+    }
+}
+
+impl ToSchema for Ipv4Cidr {}
+
 /// The cluster this gateway belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalCluster {
     /// Cluster name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "cluster-1")]
     pub name: String,
     /// Real pod CIDRs.
-    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
+    #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub pod_cidrs: Vec<Ipv4Net>,
     /// Real service CIDRs.
     #[serde(default)]
-    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
+    #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub service_cidrs: Vec<Ipv4Net>,
     /// Address space never to be used for remapped CIDRs (node networks, etc.).
     #[serde(default)]
-    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
+    #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub reserved_cidrs: Vec<Ipv4Net>,
     /// Where remapped CIDRs are allocated from.
     #[serde(default)]
-    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
+    #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub remap_pool: Vec<Ipv4Net>,
 }
 
@@ -58,10 +84,10 @@ pub struct Capabilities {
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     /// Real prefix.
-    #[schema(value_type = String, example = "10.1.0.0/16")]
+    #[schema(value_type = Ipv4Cidr)]
     pub real: Ipv4Net,
     /// How it is seen.
-    #[schema(value_type = String, example = "10.1.0.0/16")]
+    #[schema(value_type = Ipv4Cidr)]
     pub remapped: Ipv4Net,
 }
 
@@ -81,13 +107,14 @@ impl Mapping {
 #[serde(deny_unknown_fields)]
 pub struct RemoteCluster {
     /// Remote cluster name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "cluster-2")]
     pub name: String,
     /// Its real pod CIDRs.
-    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
+    #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub pod_cidrs: Vec<Ipv4Net>,
     /// Its real service CIDRs.
     #[serde(default)]
-    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
+    #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub service_cidrs: Vec<Ipv4Net>,
     /// What its gateway can do.
     #[serde(default)]
@@ -162,7 +189,7 @@ pub struct PolicyInput {
     /// What this gateway can do.
     pub local_capabilities: Capabilities,
     /// Remapped CIDRs held by other peerings of this gateway.
-    #[schema(value_type = Vec<String>, example = json!(["10.1.0.0/16"]))]
+    #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub allocated: Vec<Ipv4Net>,
     /// The peer.
     pub remote: RemoteCluster,

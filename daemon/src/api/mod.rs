@@ -116,15 +116,21 @@ impl utoipa::Modify for ServerResponses {
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let probe = path == "/healthz" || path == "/readyz";
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for (operation, is_read) in [
+                (&mut item.get, true),
+                (&mut item.put, false),
+                (&mut item.post, false),
+                (&mut item.delete, false),
+            ] {
+                let Some(operation) = operation else { continue };
+                // Reads need the token only off loopback: say it is optional there.
+                if !probe && is_read {
+                    use utoipa::openapi::security::SecurityRequirement;
+                    operation.security = Some(vec![
+                        SecurityRequirement::default(),
+                        SecurityRequirement::new("bearer", Vec::<String>::new()),
+                    ]);
+                }
                 let responses = &mut operation.responses.responses;
                 let mut add = |status: &str, description: &str| {
                     responses

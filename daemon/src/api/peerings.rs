@@ -316,7 +316,7 @@ async fn list_peerings(State(state): State<AppState>) -> Result<Json<Vec<Peering
 /// Shows a peering: decision, plan, applied rules with counters, tunnel state, the
 /// last error, and the exports to give the remote daemon.
 #[utoipa::path(get, path = "/v1/peerings/{name}", tag = "peerings",
-    params(("name" = String, Path, description = "Peering name")),
+    params(("name" = String, Path, description = "Peering name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 200, description = "The peering", body = PeeringStatus),
         (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
@@ -337,7 +337,7 @@ async fn get_peering(
 
 /// The exact JSON to PUT on the remote daemon as its peering with this cluster.
 #[utoipa::path(get, path = "/v1/peerings/{name}/exports", tag = "peerings",
-    params(("name" = String, Path, description = "Peering name")),
+    params(("name" = String, Path, description = "Peering name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 200, description = "A peering spec for the remote side", body = PeeringSpec),
         (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
@@ -366,7 +366,7 @@ async fn get_exports(
 /// Creates or replaces a peering (idempotent). The policy decides and the plan is
 /// compiled before anything is saved: a refused or rejected decision changes nothing.
 #[utoipa::path(put, path = "/v1/peerings/{name}", tag = "peerings",
-    params(("name" = String, Path, description = "Peering name")),
+    params(("name" = String, Path, description = "Peering name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     request_body = PeeringSpec,
     responses(
         (status = 200, description = "Replaced and applied", body = PeeringStatus),
@@ -422,7 +422,7 @@ async fn put_peering(
 
 /// Deletes a peering and exactly what it created (rules, routes, tunnel, key).
 #[utoipa::path(delete, path = "/v1/peerings/{name}", tag = "peerings",
-    params(("name" = String, Path, description = "Peering name")),
+    params(("name" = String, Path, description = "Peering name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),

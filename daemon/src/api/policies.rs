@@ -78,7 +78,7 @@ async fn list_policies(State(state): State<AppState>) -> Json<Vec<PolicyInfo>> {
 
 /// Shows one policy.
 #[utoipa::path(get, path = "/v1/policies/{name}", tag = "policies",
-    params(("name" = String, Path, description = "Policy name")),
+    params(("name" = String, Path, description = "Policy name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 200, description = "The policy", body = PolicyInfo),
         (status = 404, description = "No such policy", body = Problem, content_type = "application/problem+json"),
@@ -100,8 +100,8 @@ async fn get_policy(
 /// (`content-type: application/wasm`) implementing `remap:policy@0.1.0`. It is checked
 /// and compiled before it replaces anything; peerings using it are re-decided.
 #[utoipa::path(put, path = "/v1/policies/{name}", tag = "policies",
-    params(("name" = String, Path, description = "Policy name"), ForceQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
+    params(("name" = String, Path, description = "Policy name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"), ForceQuery),
+    request_body(content = WasmComponent, content_type = "application/wasm", description = "The component"),
     responses(
         (status = 200, description = "Replaced", body = PolicyInfo),
         (status = 201, description = "Created", body = PolicyInfo),
@@ -193,7 +193,7 @@ async fn put_policy(
 
 /// Deletes an uploaded policy; refused while a peering uses it, and for built-ins.
 #[utoipa::path(delete, path = "/v1/policies/{name}", tag = "policies",
-    params(("name" = String, Path, description = "Policy name")),
+    params(("name" = String, Path, description = "Policy name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
@@ -239,6 +239,22 @@ async fn delete_policy(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A WebAssembly component implementing `remap:policy@0.1.0`: the raw bytes.
+pub struct WasmComponent;
+
+impl utoipa::PartialSchema for WasmComponent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .description(Some("The component's bytes"))
+            .into()
+    }
+}
+
+impl ToSchema for WasmComponent {}
+
 /// A hypothetical peering to evaluate a policy against.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -266,7 +282,7 @@ pub struct EvaluateResponse {
 /// Dry run: what this policy would decide and what would be applied for a hypothetical
 /// peering. Nothing is applied or saved.
 #[utoipa::path(post, path = "/v1/policies/{name}/evaluate", tag = "policies",
-    params(("name" = String, Path, description = "Policy name")),
+    params(("name" = String, Path, description = "Policy name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     request_body = EvaluateRequest,
     responses(
         (status = 200, description = "Decision and plan", body = EvaluateResponse),
