@@ -196,6 +196,16 @@ impl Daemon {
                 .put(name, &bytes)
                 .map_err(|e| format!("restoring policy {name}: {e}"))?;
         }
+        match store.gc_temp_files() {
+            Ok(removed) if !removed.is_empty() => {
+                info!(
+                    ?removed,
+                    "removed the temporary files of writes a crash interrupted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cleaning up temporary files"),
+        }
         match store.gc_keys(&state) {
             Ok(removed) if !removed.is_empty() => {
                 info!(peerings = ?removed, "removed key files of peerings that no longer exist")
@@ -696,6 +706,21 @@ fn plan_apply_save(
     r.check_ports(&system, next)
         .map_err(|e| refused(e, ApplyStep::Tunnels))?;
     let report = r.apply(&system, ApplyMode::StopAtFirstError);
+    // One peering's tunnel failing refuses the change only if the change is to blame.
+    let blamed = r.failed_tunnels_of_change(&system, &report, next, targets);
+    if !blamed.is_empty() {
+        let rollback = r.roll_back();
+        warn!(tunnels = ?blamed, rollback_errors = ?rollback.errors, "change refused: its tunnels failed; previous system re-applied");
+        return Err(EngineError::Apply {
+            step: ApplyStep::Tunnels,
+            message: blamed
+                .iter()
+                .map(|(i, e)| format!("{i}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            rollback_errors: rollback.errors,
+        });
+    }
     if let Some(step) = report.failed_steps.first() {
         let rollback = r.roll_back();
         warn!(%step, errors = ?report.errors, rollback_errors = ?rollback.errors, "change refused: applying failed; previous system re-applied");

@@ -440,6 +440,35 @@ impl Reconciler {
         }
     }
 
+    /// The tunnels of `report` that failed and that this change is to blame for: a
+    /// target's, or one whose desired configuration differs from the committed one. A
+    /// tunnel that fails with an unchanged configuration (its process died and cannot
+    /// start again, say) is that peering's own trouble and does not refuse the change.
+    pub fn failed_tunnels_of_change(
+        &self,
+        system: &DesiredSystem,
+        report: &ReconcileReport,
+        state: &DesiredState,
+        targets: &[String],
+    ) -> Vec<(String, String)> {
+        report
+            .tunnels
+            .failed
+            .iter()
+            .filter(|(interface, _)| {
+                let target = targets.contains(&peering_of_interface(state, interface));
+                let desired = system.tunnels.iter().find(|t| &t.interface == *interface);
+                let committed = self
+                    .committed
+                    .tunnels
+                    .iter()
+                    .find(|t| &t.interface == *interface);
+                target || desired != committed
+            })
+            .map(|(i, e)| (i.clone(), e.clone()))
+            .collect()
+    }
+
     /// Refuses `system` if a tunnel it starts or moves to another port would listen on
     /// a UDP port something else holds. Ports remapd's committed tunnels hold are not
     /// probed (peerings never share one; the API checks that).
@@ -670,14 +699,43 @@ impl Reconciler {
             Ok(r) => report.tunnels = r,
             Err(e) => report.fail(ApplyStep::Tunnels, e.to_string()),
         }
+        // A peering whose tunnel could not be brought to its desired configuration
+        // carries nothing: its routes, rules and border are left out (fail closed), and
+        // every other peering is applied as usual.
+        let failed = &report.tunnels.failed;
+        for (interface, error) in failed {
+            report.errors.push(format!("tunnels: {interface}: {error}"));
+        }
+        let routes: Vec<RouteSpec> = system
+            .routes
+            .iter()
+            .filter(|r| !failed.contains_key(&r.interface))
+            .cloned()
+            .collect();
+        let dataplane = DesiredDataplane {
+            rules: system
+                .dataplane
+                .rules
+                .iter()
+                .filter(|r| !failed.contains_key(&r.interface))
+                .cloned()
+                .collect(),
+            borders: system
+                .dataplane
+                .borders
+                .iter()
+                .filter(|b| !failed.contains_key(&b.interface))
+                .cloned()
+                .collect(),
+        };
         if !stop(&report) {
-            match step(ApplyStep::Routes).in_scope(|| self.routes.apply(&system.routes)) {
+            match step(ApplyStep::Routes).in_scope(|| self.routes.apply(&routes)) {
                 Ok(r) => report.routes = r,
                 Err(e) => report.fail(ApplyStep::Routes, e.to_string()),
             }
         }
         if !stop(&report) {
-            match step(ApplyStep::Dataplane).in_scope(|| self.dataplane.apply(&system.dataplane)) {
+            match step(ApplyStep::Dataplane).in_scope(|| self.dataplane.apply(&dataplane)) {
                 Ok(r) => report.dataplane = r,
                 Err(e) => report.fail(ApplyStep::Dataplane, e.to_string()),
             }

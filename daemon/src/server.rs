@@ -106,7 +106,13 @@ pub fn guard_lost_state(config: &Config) -> Result<(), ServeError> {
     let store =
         Store::open(&config.file.state_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
     if store.has_state() {
-        return Ok(());
+        return match store.load() {
+            Ok(_) => Ok(()),
+            Err(e @ crate::store::StoreError::Corrupt { .. }) => Err(ServeError::Setup(format!(
+                "{e}. Restore it from a backup of the state directory; or, to start empty, move it away and start once with --adopt-and-clear (which removes what a previous remapd left)"
+            ))),
+            Err(e) => Err(ServeError::Setup(e.to_string())),
+        };
     }
     let found = leftovers(config);
     if !found.is_empty() {

@@ -293,6 +293,28 @@ impl Store {
         Ok(removed)
     }
 
+    /// Removes the temporary files of writes a crash interrupted (`.<name>.tmp`, never
+    /// renamed into place) in the state, key and policy directories. Call at start,
+    /// before anything writes. Returns the paths removed.
+    pub fn gc_temp_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut removed = Vec::new();
+        for dir in [
+            self.dir.clone(),
+            self.dir.join("keys"),
+            self.dir.join("policies"),
+        ] {
+            for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+                let entry = entry.map_err(io(&dir))?;
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with('.') && file.ends_with(".tmp") {
+                    fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+                    removed.push(entry.path());
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes the key of a removed peering.
     pub fn remove_key(&self, name: &str) -> Result<(), StoreError> {
         let path = self.dir.join("keys").join(format!("{name}.key"));
@@ -385,5 +407,28 @@ mod tests {
     fn interface_names_fit() {
         assert_eq!(default_interface("c2"), "rmd-c2");
         assert_eq!(default_interface("a-very-long-peering-name").len(), 15);
+    }
+
+    #[test]
+    fn interrupted_writes_leave_nothing_after_a_start() {
+        let dir = std::env::temp_dir().join(format!("remapd-store-tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        store.private_key("p1").unwrap();
+        for stale in [
+            ".p2.key.tmp",
+            "../.state.json.tmp",
+            "../policies/.abc.wasm.tmp",
+        ] {
+            fs::write(dir.join("keys").join(stale), "partial").unwrap();
+        }
+        let removed = store.gc_temp_files().unwrap();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        let keys: Vec<String> = fs::read_dir(dir.join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(keys, vec!["p1.key".to_owned()]);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

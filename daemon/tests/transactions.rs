@@ -944,3 +944,101 @@ async fn a_forced_cluster_change_drops_the_peerings_it_leaves_undecidable() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(restarted.tunnels.tunnels.lock().unwrap().len(), 2);
 }
+
+/// Issue 11 item 3: while one peering's tunnel cannot come up, changes to the other
+/// peerings are applied; the broken one carries nothing, shows why, is retried by the
+/// resync, and a change to it is refused naming its tunnel.
+#[tokio::test]
+async fn a_broken_tunnel_holds_back_only_its_own_peering() {
+    let app = app("broken-tunnel");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    for (name, port) in [("a", 51820), ("b", 51821)] {
+        let r = call(
+            &app,
+            "PUT",
+            &format!("/v1/peerings/{name}"),
+            Some(peering(port)),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    // a's tunnel process died and cannot start again.
+    app.tunnels.tunnels.lock().unwrap().remove("rmd-a");
+    app.tunnels
+        .fail_interfaces
+        .lock()
+        .unwrap()
+        .insert("rmd-a".into(), "UDP port 51820 is in use".into());
+    app.daemon.reconcile().await.unwrap();
+    let routes_of = |app: &App, interface: &str| {
+        app.routes
+            .routes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.interface == interface)
+            .count()
+    };
+    assert_eq!(routes_of(&app, "rmd-a"), 0, "a carries nothing");
+    assert!(routes_of(&app, "rmd-b") > 0);
+
+    // A new peering and a change to b both land.
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/c",
+        Some(peering(51822)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let mut changed = peering(51821);
+    changed["tunnel"]["keepalive"] = json!(7);
+    let r = call(&app, "PUT", "/v1/peerings/b", Some(changed), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        app.tunnels.tunnels.lock().unwrap()["rmd-b"].keepalive,
+        Some(7)
+    );
+    assert!(routes_of(&app, "rmd-c") > 0);
+    let rules = app.dataplane.state.lock().unwrap().clone();
+    assert!(rules.rules.iter().all(|r| r.interface != "rmd-a"));
+    assert!(rules.borders.iter().all(|b| b.interface != "rmd-a"));
+    // a says why; the metric counts it.
+    let a = call(&app, "GET", "/v1/peerings/a", None, None).await;
+    assert!(
+        a.body["tunnel_error"].as_str().unwrap().contains("in use"),
+        "{}",
+        a.body
+    );
+    let metrics = call(&app, "GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("remapd_peerings_with_errors 1"),
+        "{}",
+        metrics.body
+    );
+    // A change to a is refused, naming its tunnel; nothing else moves.
+    let before = world(&app).await;
+    let mut changed = peering(51820);
+    changed["tunnel"]["keepalive"] = json!(9);
+    let r = call(&app, "PUT", "/v1/peerings/a", Some(changed), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    assert_eq!(r.body["step"], "tunnels", "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("rmd-a"),
+        "{}",
+        r.body
+    );
+    assert_eq!(world(&app).await, before);
+    // Fixed: the resync brings it back.
+    app.tunnels.fail_interfaces.lock().unwrap().clear();
+    app.daemon.reconcile().await.unwrap();
+    assert!(routes_of(&app, "rmd-a") > 0);
+    let a = call(&app, "GET", "/v1/peerings/a", None, None).await;
+    assert!(a.body.get("tunnel_error").is_none(), "{}", a.body);
+}

@@ -143,5 +143,14 @@ fn a_lost_state_file_is_not_taken_for_a_fresh_start() {
         !state.join("state.json").exists(),
         "a state file was written"
     );
+    // An emptied state file is refused too, with the ways out.
+    std::fs::write(state.join("state.json"), "").unwrap();
+    let (code, text) = run_with(&["run"]);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("not a valid remapd state file") && text.contains("--adopt-and-clear"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(state.join("state.json")).unwrap(), b"");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -415,6 +415,7 @@ fn report(created: usize, updated: usize, unchanged: usize, removed: usize) -> T
         updated,
         unchanged,
         removed,
+        failed: Default::default(),
     }
 }
 
@@ -552,8 +553,9 @@ fn userspace_tunnels_are_started_adopted_updated_and_pruned() {
     let wgb2 = wgb.clone();
     assert_eq!(call(&a, &mut ta, move |t| t.status(&wgb2)).unwrap(), None);
     let stolen = spec_b.clone();
-    let err = call(&a, &mut ta, move |t| t.ensure(&[stolen])).unwrap_err();
-    assert!(matches!(err, NetError::WireGuard { .. }), "{err:?}");
+    let refused = call(&a, &mut ta, move |t| t.ensure(&[stolen])).unwrap();
+    assert_eq!(refused.created + refused.updated + refused.unchanged, 0);
+    assert!(refused.failed.contains_key(&wgb), "{refused:?}");
     assert!(!run_a.join(format!("{wgb}.pid")).exists());
     assert_eq!(pid_of(&run_b, &wgb), pid_b);
 

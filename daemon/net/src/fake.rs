@@ -89,6 +89,8 @@ pub struct FakeTunnels {
     pub fail: Shared<Option<String>>,
     /// Ports some other process has bound.
     pub busy_ports: Shared<std::collections::BTreeSet<u16>>,
+    /// Interfaces that fail to come up, and why (the others still do).
+    pub fail_interfaces: Shared<BTreeMap<String, String>>,
 }
 
 fn poisoned() -> NetError {
@@ -119,8 +121,13 @@ impl TunnelApplier for FakeTunnels {
             return Err(injected(reason));
         }
         let mut current = self.tunnels.lock().map_err(|_| poisoned())?;
+        let failing = self.fail_interfaces.lock().map_err(|_| poisoned())?.clone();
         let mut report = TunnelReport::default();
         for t in tunnels {
+            if let Some(reason) = failing.get(&t.interface) {
+                report.failed.insert(t.interface.clone(), reason.clone());
+                continue;
+            }
             match current.get(&t.interface) {
                 None => {
                     report.created += 1;

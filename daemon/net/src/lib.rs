@@ -88,6 +88,11 @@ pub struct TunnelReport {
     pub unchanged: usize,
     /// Interfaces removed.
     pub removed: usize,
+    /// Tunnels that could not be created or updated, by interface, and why. The
+    /// others were still brought up: one peering's broken tunnel does not hold back
+    /// another's.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failed: std::collections::BTreeMap<String, String>,
 }
 
 /// Errors of the network appliers.
@@ -157,7 +162,9 @@ pub trait RouteApplier: Send {
 /// WireGuard tunnels, one interface per peering.
 pub trait TunnelApplier: Send {
     /// Creates missing tunnels (starting a userspace implementation where needed, or
-    /// adopting one that already runs) and updates changed ones. Removes nothing.
+    /// adopting one that already runs) and updates changed ones. Removes nothing. A
+    /// tunnel that fails is listed in the report's `failed` and the others are still
+    /// done; an error means nothing could be done (bad input, a broken run directory).
     fn ensure(&mut self, tunnels: &[TunnelSpec]) -> Result<TunnelReport, NetError>;
     /// Whether UDP `port` is free for a new tunnel to listen on (nothing else, remapd's
     /// own running tunnels included, has it bound).

@@ -396,6 +396,11 @@ impl WireGuardTunnels {
                 debug!(interface = %interface, pid, "process already gone");
             } else if self.runs_wireguard_for(pid, interface) {
                 self.stop(interface, pid)?;
+                // A process we did not start is seen gone when its leader is a zombie,
+                // while its other threads may still hold the TUN device for a moment.
+                if !wait_link_gone(interface, LINK_GONE_WAIT) {
+                    warn!(interface = %interface, "the tunnel device outlived its process");
+                }
                 info!(interface = %interface, pid, "stopped userspace wireguard");
             } else {
                 warn!(interface = %interface, pid,
@@ -545,10 +550,16 @@ impl TunnelApplier for WireGuardTunnels {
         self.reap();
         let mut report = TunnelReport::default();
         for want in &desired {
-            match self.ensure_one(want)? {
-                Outcome::Created => report.created += 1,
-                Outcome::Updated => report.updated += 1,
-                Outcome::Unchanged => report.unchanged += 1,
+            match self.ensure_one(want) {
+                Ok(Outcome::Created) => report.created += 1,
+                Ok(Outcome::Updated) => report.updated += 1,
+                Ok(Outcome::Unchanged) => report.unchanged += 1,
+                Err(e) => {
+                    warn!(interface = %want.spec.interface, error = %e, "tunnel failed; the others go on");
+                    report
+                        .failed
+                        .insert(want.spec.interface.clone(), e.to_string());
+                }
             }
         }
         Ok(report)
@@ -740,6 +751,25 @@ fn plan_update(
 
 /// Sets the tunnel's link up (rtnetlink, in the calling thread's namespace); true when
 /// it was down.
+/// How long `remove` waits for a stopped tunnel's device to go.
+const LINK_GONE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until `interface` no longer exists (true), or `timeout` passes (false).
+fn wait_link_gone(interface: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let name = interface.to_owned();
+        let present = with_netlink("looking for a tunnel device", move |handle| async move {
+            Ok(links(&handle).await?.contains_key(&name))
+        });
+        match present {
+            Ok(false) => return true,
+            Err(_) | Ok(true) if Instant::now() >= deadline => return false,
+            _ => std::thread::sleep(POLL),
+        }
+    }
+}
+
 fn bring_up(interface: &str) -> Result<bool, NetError> {
     let name = interface.to_owned();
     with_netlink("setting a tunnel up", move |handle| async move {

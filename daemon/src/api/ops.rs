@@ -105,10 +105,19 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
         .collect();
     let snapshot = state.daemon.snapshot();
     let counters = &snapshot.counters;
+    let failed_tunnels = snapshot
+        .last_report
+        .as_ref()
+        .map(|r| r.tunnels.failed.clone())
+        .unwrap_or_default();
     let peerings_with_errors = snapshot
         .outcomes
         .values()
-        .filter(|o| o.last_error.is_some() || o.key_error.is_some())
+        .filter(|o| {
+            o.last_error.is_some()
+                || o.key_error.is_some()
+                || failed_tunnels.contains_key(&o.interface)
+        })
         .count();
     let status = state.daemon.dataplane_status().await.ok();
     let mut registry = Registry::with_prefix("remapd");
@@ -226,7 +235,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
     errors.set(peerings_with_errors as i64);
     registry.register(
         "peerings_with_errors",
-        "Peerings whose latest decision failed or whose key file is unusable",
+        "Peerings whose latest decision failed, whose key file is unusable or whose tunnel failed",
         errors,
     );
     let mut body = String::new();

@@ -84,6 +84,10 @@ pub struct PeeringStatus {
     /// exports).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_error: Option<String>,
+    /// Why the last apply could not bring the peering's tunnel up or update it (it then
+    /// carries nothing: no routes, rules or border); the periodic resync retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_error: Option<String>,
     /// What the policy logged.
     pub policy_log: Vec<String>,
     /// The JSON to PUT on the remote daemon as its peering with us.
@@ -254,6 +258,10 @@ async fn status_of(
         })
         .unwrap_or_default();
     let tunnel = state.daemon.tunnel_status(&interface).await.ok().flatten();
+    let tunnel_error = state
+        .daemon
+        .last_report()
+        .and_then(|r| r.tunnels.failed.get(&interface).cloned());
     let exports = outcome.plan.as_ref().map(|plan| PeeringSpec {
         policy: spec.policy.clone(),
         remote: plan.exports.remote.clone(),
@@ -295,6 +303,7 @@ async fn status_of(
         }),
         last_error: outcome.last_error,
         key_error: outcome.key_error,
+        tunnel_error,
         policy_log: outcome.policy_log,
         exports,
     })
