@@ -415,6 +415,32 @@ impl Reconciler {
         if new.is_empty() {
             return Ok(());
         }
+        // The operator's own never-touch ranges (the cluster's `reserved_cidrs`: node
+        // and management networks) are never routed into a tunnel either.
+        let reserved = state
+            .cluster
+            .as_ref()
+            .map(|c| c.reserved_cidrs.as_slice())
+            .unwrap_or_default();
+        for route in &new {
+            if let Some(r) = reserved
+                .iter()
+                .find(|r| r.contains(&route.prefix) || route.prefix.contains(*r))
+            {
+                let address = if route.prefix.contains(r) {
+                    r.network()
+                } else {
+                    route.prefix.network()
+                };
+                return Err(ProtectedCheck::Covered(ProtectedRoute {
+                    peering: peering_of_interface(state, &route.interface),
+                    prefix: route.prefix,
+                    interface: route.interface.clone(),
+                    address,
+                    what: format!("in the cluster's reserved range {r}"),
+                }));
+            }
+        }
         let endpoints: Vec<(String, std::net::Ipv4Addr)> = state
             .peerings
             .iter()

@@ -270,3 +270,63 @@ async fn nothing_may_hijack_the_gateway_or_fail_later() {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
+
+/// The operator's own never-touch ranges (the cluster's `reserved_cidrs`: node and
+/// management networks) are never routed into a tunnel, whatever a peer exports: a
+/// remote there is remapped, also when the range is reserved after the fact. (The
+/// decision validation refuses `none` over them, and the route check refuses any
+/// route that would cover them, as defence in depth.)
+#[tokio::test]
+async fn reserved_ranges_are_never_routed_into_a_tunnel() {
+    let app = app("reserved");
+    let mut c = cluster();
+    c["reserved_cidrs"] = json!(["50.0.0.0/16"]);
+    let r = call(&app, "PUT", "/v1/cluster", Some(c.clone()), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let no_route_into = |app: &App, reserved: &[&str]| {
+        let routes = app.routes.routes.lock().unwrap().clone();
+        for r in &routes {
+            for res in reserved {
+                let res: ipnet::Ipv4Net = res.parse().unwrap();
+                assert!(
+                    !r.prefix.contains(&res) && !res.contains(&r.prefix),
+                    "{r:?} touches the reserved {res}"
+                );
+            }
+        }
+        assert!(!routes.is_empty());
+    };
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/inside",
+        Some(peering_to(&["50.0.7.0/24"], "198.51.100.9:51820", 51821)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["decision"]["strategy"], "split", "{}", r.body);
+    no_route_into(&app, &["50.0.0.0/16"]);
+    // Routed as itself while nothing reserved it...
+    let r = call(
+        &app,
+        "PUT",
+        "/v1/peerings/beside",
+        Some(peering_to(&["51.0.0.0/24"], "198.51.100.10:51820", 51822)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["decision"]["strategy"], "none", "{}", r.body);
+    // ...and remapped once the operator reserves its range.
+    c["reserved_cidrs"] = json!(["50.0.0.0/16", "51.0.0.0/16"]);
+    let r = call(&app, "PUT", "/v1/cluster", Some(c), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let beside = call(&app, "GET", "/v1/peerings/beside", None, None).await;
+    assert_eq!(
+        beside.body["decision"]["strategy"], "split",
+        "{}",
+        beside.body
+    );
+    no_route_into(&app, &["50.0.0.0/16", "51.0.0.0/16"]);
+}

@@ -769,17 +769,7 @@ async fn a_corrupt_key_file_hurts_only_its_own_peering() {
 async fn a_deleted_key_file_is_not_silently_replaced() {
     let app = app("missing-key");
     call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
-    for (name, port) in [("a", 51820), ("b", 51821)] {
-        let r = call(
-            &app,
-            "PUT",
-            &format!("/v1/peerings/{name}"),
-            Some(peering(port)),
-            Some(TOKEN),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    }
+    add_peerings(&app, &[("a", 51820), ("b", 51821)]).await;
     let public_a = call(&app, "GET", "/v1/peerings/a", None, None).await.body["public_key"].clone();
     let running_key = app.tunnels.tunnels.lock().unwrap()["rmd-a"]
         .private_key
@@ -878,17 +868,7 @@ async fn a_deleted_key_file_is_not_silently_replaced() {
 async fn a_forced_cluster_change_drops_the_peerings_it_leaves_undecidable() {
     let app = app("cluster-forced");
     call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
-    for (name, port) in [("a", 51820), ("b", 51821)] {
-        let r = call(
-            &app,
-            "PUT",
-            &format!("/v1/peerings/{name}"),
-            Some(peering(port)),
-            Some(TOKEN),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    }
+    add_peerings(&app, &[("a", 51820), ("b", 51821)]).await;
     let mut small = cluster();
     small["remap_pool"] = json!(["30.0.0.0/25"]);
     let r = call(&app, "PUT", "/v1/cluster", Some(small.clone()), Some(TOKEN)).await;
@@ -952,17 +932,7 @@ async fn a_forced_cluster_change_drops_the_peerings_it_leaves_undecidable() {
 async fn a_broken_tunnel_holds_back_only_its_own_peering() {
     let app = app("broken-tunnel");
     call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
-    for (name, port) in [("a", 51820), ("b", 51821)] {
-        let r = call(
-            &app,
-            "PUT",
-            &format!("/v1/peerings/{name}"),
-            Some(peering(port)),
-            Some(TOKEN),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    }
+    add_peerings(&app, &[("a", 51820), ("b", 51821)]).await;
     // a's tunnel process died and cannot start again.
     app.tunnels.tunnels.lock().unwrap().remove("rmd-a");
     app.tunnels

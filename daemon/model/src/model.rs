@@ -47,7 +47,8 @@ pub struct LocalCluster {
     #[serde(default)]
     #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub service_cidrs: Vec<Ipv4Net>,
-    /// Address space never to be used for remapped CIDRs (node networks, etc.).
+    /// Address space never to be used for remapped CIDRs and never routed into a tunnel
+    /// (node and management networks, etc.).
     #[serde(default)]
     #[schema(value_type = Vec<Ipv4Cidr>, example = json!(["10.1.0.0/16"]))]
     pub reserved_cidrs: Vec<Ipv4Net>,

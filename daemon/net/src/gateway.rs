@@ -15,9 +15,9 @@ use ipnet::Ipv4Net;
 use rtnetlink::Handle;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 
-use super::routes::{links, netlink_error, table_of_route};
+use super::routes::{links, netlink_error, table_routes};
 use super::{NetError, ProtectedAddress};
 
 /// `RT_TABLE_MAIN`.
@@ -110,22 +110,10 @@ async fn main_routes(
     handle: &Handle,
     names: &BTreeMap<u32, String>,
 ) -> Result<Vec<MainRoute>, NetError> {
-    let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet;
-    let all: Vec<RouteMessage> = handle
-        .route()
-        .get(request)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| netlink_error("dumping the main routing table", &e))?;
+    let all = table_routes(handle, MAIN_TABLE).await?;
     Ok(all
         .iter()
-        .filter(|m| {
-            m.header.address_family == AddressFamily::Inet
-                && m.header.kind == RouteType::Unicast
-                && table_of_route(m) == MAIN_TABLE
-        })
+        .filter(|m| m.header.kind == RouteType::Unicast)
         .filter_map(|m| {
             let mut destination = Ipv4Addr::UNSPECIFIED;
             let mut gateway = None;

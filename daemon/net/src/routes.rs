@@ -243,7 +243,11 @@ pub(crate) fn table_of_route(message: &RouteMessage) -> u32 {
 
 /// Every IPv4 route in `table`. The kernel dumps all tables (no strict checking on
 /// this socket), so the table is filtered here.
-async fn table_routes(handle: &Handle, table: u32) -> Result<Vec<RouteMessage>, NetError> {
+/// The IPv4 routes of routing table `table`.
+pub(crate) async fn table_routes(
+    handle: &Handle,
+    table: u32,
+) -> Result<Vec<RouteMessage>, NetError> {
     let mut request = RouteMessage::default();
     request.header.address_family = AddressFamily::Inet;
     let all: Vec<RouteMessage> = handle

@@ -187,3 +187,18 @@ pub fn peering(port: u16) -> Value {
         "tunnel": {"listen_port": port, "endpoint": "198.18.0.2:51820", "remote_public_key": key()}
     })
 }
+
+/// Creates peerings `(name, listen port)` with [`peering`], each answered 201.
+pub async fn add_peerings(app: &App, peerings: &[(&str, u16)]) {
+    for (name, port) in peerings {
+        let r = call(
+            app,
+            "PUT",
+            &format!("/v1/peerings/{name}"),
+            Some(peering(*port)),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.body);
+    }
+}
