@@ -39,6 +39,14 @@ use wireguard_control::{
     Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder, PeerInfo,
 };
 
+mod diff;
+mod process;
+mod uapi;
+
+use diff::{Current, Desired, parse, parse_name, plan_update};
+use process::{log_tail, process_alive, remove_if_exists, same_netns, signal, write_pid_file};
+use uapi::{LINK_GONE_WAIT, Socket, bring_up, probe, wait_link_gone};
+
 use super::routes::{links, set_link_up, with_netlink};
 use super::{NetError, TunnelApplier, TunnelReport, TunnelSpec, TunnelStatus, TunnelStatusReader};
 
@@ -88,33 +96,11 @@ pub struct WireGuardTunnels {
     children: HashMap<String, Child>,
 }
 
-/// A spec with its keys and names parsed, checked before anything is touched.
-struct Desired<'a> {
-    spec: &'a TunnelSpec,
-    name: InterfaceName,
-    private_key: Key,
-    /// `None` while bootstrapping (no peer key known yet): the interface runs without
-    /// a peer.
-    peer: Option<Key>,
-    allowed_ips: BTreeSet<(IpAddr, u8)>,
-}
-
 /// What became of one tunnel in `ensure`.
 enum Outcome {
     Created,
     Updated,
     Unchanged,
-}
-
-/// A UAPI socket path, as found.
-enum Socket {
-    Missing,
-    /// The file exists but nothing accepts on it (a crashed process).
-    Dead,
-    /// Something answers; the pid of its server when the kernel says.
-    Live {
-        pid: Option<u32>,
-    },
 }
 
 impl WireGuardTunnels {
@@ -622,273 +608,6 @@ impl TunnelApplier for WireGuardTunnels {
 
     fn teardown(&mut self) -> Result<(), NetError> {
         self.prune(&[]).map(|_| ())
-    }
-}
-
-fn parse_name(interface: &str) -> Result<InterfaceName, NetError> {
-    interface.parse().map_err(|e| NetError::WireGuard {
-        interface: interface.to_owned(),
-        reason: format!("invalid interface name: {e}"),
-    })
-}
-
-fn parse(spec: &TunnelSpec) -> Result<Desired<'_>, NetError> {
-    let bad_key = || NetError::BadKey {
-        interface: spec.interface.clone(),
-    };
-    Ok(Desired {
-        spec,
-        name: parse_name(&spec.interface)?,
-        private_key: Key::from_base64(spec.private_key.trim()).map_err(|_| bad_key())?,
-        peer: match spec.peer_public_key.trim() {
-            "" => None,
-            key => Some(Key::from_base64(key).map_err(|_| bad_key())?),
-        },
-        // WireGuard stores allowed-ips masked; compare like with like.
-        allowed_ips: spec
-            .allowed_ips
-            .iter()
-            .map(|n| {
-                let n = n.trunc();
-                (IpAddr::V4(n.network()), n.prefix_len())
-            })
-            .collect(),
-    })
-}
-
-/// What a device is configured with, as far as remapd cares.
-struct Current<'a> {
-    private_key: Option<&'a Key>,
-    listen_port: Option<u16>,
-    peers: &'a [PeerInfo],
-}
-
-impl<'a> From<&'a Device> for Current<'a> {
-    fn from(device: &'a Device) -> Self {
-        Self {
-            private_key: device.private_key.as_ref(),
-            listen_port: device.listen_port,
-            peers: &device.peers,
-        }
-    }
-}
-
-/// The update that makes `device` match `want`, with what it changes (for logs; never
-/// key material), or `None` when it already does. Only differing fields are sent: the
-/// desired peer is updated in place rather than re-created, which keeps its session.
-fn plan_update(
-    device: &Current<'_>,
-    want: &Desired<'_>,
-) -> Option<(DeviceUpdate, Vec<&'static str>)> {
-    let mut update = DeviceUpdate::new();
-    let mut what = Vec::new();
-    if device.private_key != Some(&want.private_key) {
-        update = update.set_private_key(want.private_key.clone());
-        what.push("private key");
-    }
-    // Port 0 asks for a random port: any port then satisfies it.
-    if want.spec.listen_port != 0 && device.listen_port != Some(want.spec.listen_port) {
-        update = update.set_listen_port(want.spec.listen_port);
-        what.push("listen port");
-    }
-    let mut others = false;
-    for peer in device.peers {
-        if Some(&peer.config.public_key) != want.peer.as_ref() {
-            update = update.remove_peer_by_key(&peer.config.public_key);
-            others = true;
-        }
-    }
-    if others {
-        what.push("other peers");
-    }
-    let Some(want_peer) = want.peer.as_ref() else {
-        return if what.is_empty() {
-            None
-        } else {
-            Some((update, what))
-        };
-    };
-    let keepalive = want.spec.keepalive.unwrap_or(0);
-    let current = device
-        .peers
-        .iter()
-        .find(|p| &p.config.public_key == want_peer);
-    let peer_ok = current.is_some_and(|p| {
-        let allowed: BTreeSet<(IpAddr, u8)> = p
-            .config
-            .allowed_ips
-            .iter()
-            .map(|a| (a.address, a.cidr))
-            .collect();
-        allowed == want.allowed_ips
-            // No endpoint wanted: keep whatever the peer roamed to.
-            && want.spec.endpoint.is_none_or(|e| p.config.endpoint == Some(e))
-            && p.config.persistent_keepalive_interval.unwrap_or(0) == keepalive
-    });
-    if !peer_ok {
-        let mut peer = PeerConfigBuilder::new(want_peer)
-            .replace_allowed_ips()
-            .set_persistent_keepalive_interval(keepalive);
-        if let Some(endpoint) = want.spec.endpoint {
-            peer = peer.set_endpoint(endpoint);
-        }
-        for (address, cidr) in &want.allowed_ips {
-            peer = peer.add_allowed_ip(*address, *cidr);
-        }
-        update = update.add_peer(peer);
-        what.push(if current.is_some() {
-            "peer"
-        } else {
-            "new peer"
-        });
-    }
-    if what.is_empty() {
-        None
-    } else {
-        Some((update, what))
-    }
-}
-
-/// Sets the tunnel's link up (rtnetlink, in the calling thread's namespace); true when
-/// it was down.
-/// How long `remove` waits for a stopped tunnel's device to go.
-const LINK_GONE_WAIT: Duration = Duration::from_secs(3);
-
-/// Waits until `interface` no longer exists (true), or `timeout` passes (false).
-fn wait_link_gone(interface: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let name = interface.to_owned();
-        let present = with_netlink("looking for a tunnel device", move |handle| async move {
-            Ok(links(&handle).await?.contains_key(&name))
-        });
-        match present {
-            Ok(false) => return true,
-            Err(_) | Ok(true) if Instant::now() >= deadline => return false,
-            _ => std::thread::sleep(POLL),
-        }
-    }
-}
-
-fn bring_up(interface: &str) -> Result<bool, NetError> {
-    let name = interface.to_owned();
-    with_netlink("setting a tunnel up", move |handle| async move {
-        let links = links(&handle).await?;
-        let Some(link) = links.get(&name) else {
-            return Err(NetError::WireGuard {
-                interface: name,
-                reason: "no such interface in this network namespace".into(),
-            });
-        };
-        if link.up {
-            return Ok(false);
-        }
-        set_link_up(&handle, link.index, &name).await?;
-        Ok(true)
-    })
-}
-
-fn probe(path: &Path) -> Socket {
-    match UnixStream::connect(path) {
-        Ok(stream) => Socket::Live {
-            pid: getsockopt(&stream, PeerCredentials)
-                .ok()
-                .and_then(|c| u32::try_from(c.pid()).ok())
-                .filter(|p| *p != 0),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Socket::Missing,
-        Err(_) => Socket::Dead,
-    }
-}
-
-/// Whether `pid` is in the calling thread's network namespace (threads can differ, so
-/// `thread-self`); `None` when either cannot be read.
-fn same_netns(pid: u32) -> Option<bool> {
-    let ours = fs::metadata("/proc/thread-self/ns/net").ok()?;
-    let theirs = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
-    Some(ours.dev() == theirs.dev() && ours.ino() == theirs.ino())
-}
-
-/// Whether `pid` runs (a zombie does not). A zombie child of this process named like
-/// `program` whose `Child` another owner dropped is reaped here, and counts as running
-/// until it can be: a multi-threaded process's leader shows `Z` while its other threads
-/// still exit, and a zombie given up on then would stay in the process table for good.
-/// Any other zombie is left to its owner.
-fn process_alive(pid: u32, program: &Path) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The command name may contain anything, including ") "; the state follows the last.
-    let mut fields = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace();
-    let state = fields.next();
-    let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-    match state {
-        Some("Z" | "X") | None => {
-            if ppid == Some(std::process::id())
-                && comm_matches(pid, program)
-                && let Ok(raw) = i32::try_from(pid)
-            {
-                // `StillAlive`: the thread group has not finished exiting; poll again.
-                return matches!(
-                    waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)),
-                    Ok(WaitStatus::StillAlive)
-                );
-            }
-            false
-        }
-        Some(_) => true,
-    }
-}
-
-/// `/proc/<pid>/comm` (kept by zombies, unlike the command line) against the program's
-/// file name, which the kernel truncates to 15 bytes.
-fn comm_matches(pid: u32, program: &Path) -> bool {
-    let Some(name) = program.file_name() else {
-        return false;
-    };
-    let name = name.as_bytes();
-    let name = &name[..name.len().min(15)];
-    fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.strip_suffix(b"\n").unwrap_or(&c) == name)
-}
-
-fn signal(pid: u32, signal: Signal) {
-    if let Ok(raw) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(raw), signal);
-    }
-}
-
-fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
-    // Written aside and renamed, so a reader never sees half a pid.
-    let tmp = path.with_extension("pid.tmp");
-    fs::write(&tmp, format!("{pid}\n"))?;
-    fs::rename(&tmp, path)
-}
-
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// The end of a log, for error messages.
-fn log_tail(path: &Path) -> String {
-    const TAIL: u64 = 400;
-    let read = || -> io::Result<String> {
-        let mut f = fs::File::open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).trim().to_owned())
-    };
-    match read() {
-        Ok(s) if s.is_empty() => format!("{} is empty", path.display()),
-        Ok(s) => s,
-        Err(e) => format!("reading {}: {e}", path.display()),
     }
 }
 

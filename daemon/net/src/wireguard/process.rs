@@ -1,0 +1,100 @@
+//! Process supervision for userspace WireGuard: is a pid alive (and ours to reap), is it
+//! the program we started, signals, pid files and log tails.
+
+#![allow(clippy::wildcard_imports)]
+
+use super::*;
+
+/// Whether `pid` is in the calling thread's network namespace (threads can differ, so
+/// `thread-self`); `None` when either cannot be read.
+pub(super) fn same_netns(pid: u32) -> Option<bool> {
+    let ours = fs::metadata("/proc/thread-self/ns/net").ok()?;
+    let theirs = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    Some(ours.dev() == theirs.dev() && ours.ino() == theirs.ino())
+}
+
+/// Whether `pid` runs (a zombie does not). A zombie child of this process named like
+/// `program` whose `Child` another owner dropped is reaped here, and counts as running
+/// until it can be: a multi-threaded process's leader shows `Z` while its other threads
+/// still exit, and a zombie given up on then would stay in the process table for good.
+/// Any other zombie is left to its owner.
+pub(super) fn process_alive(pid: u32, program: &Path) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name may contain anything, including ") "; the state follows the last.
+    let mut fields = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace();
+    let state = fields.next();
+    let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+    match state {
+        Some("Z" | "X") | None => {
+            if ppid == Some(std::process::id())
+                && comm_matches(pid, program)
+                && let Ok(raw) = i32::try_from(pid)
+            {
+                // `StillAlive`: the thread group has not finished exiting; poll again.
+                return matches!(
+                    waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)),
+                    Ok(WaitStatus::StillAlive)
+                );
+            }
+            false
+        }
+        Some(_) => true,
+    }
+}
+
+/// `/proc/<pid>/comm` (kept by zombies, unlike the command line) against the program's
+/// file name, which the kernel truncates to 15 bytes.
+pub(super) fn comm_matches(pid: u32, program: &Path) -> bool {
+    let Some(name) = program.file_name() else {
+        return false;
+    };
+    let name = name.as_bytes();
+    let name = &name[..name.len().min(15)];
+    fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.strip_suffix(b"\n").unwrap_or(&c) == name)
+}
+
+/// Sends `signal` to `pid`, if it still exists.
+pub(super) fn signal(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), signal);
+    }
+}
+
+/// Writes a pid file atomically.
+pub(super) fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    // Written aside and renamed, so a reader never sees half a pid.
+    let tmp = path.with_extension("pid.tmp");
+    fs::write(&tmp, format!("{pid}\n"))?;
+    fs::rename(&tmp, path)
+}
+
+/// Removes a file; a missing one is fine.
+pub(super) fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The end of a log, for error messages.
+pub(super) fn log_tail(path: &Path) -> String {
+    const TAIL: u64 = 400;
+    let read = || -> io::Result<String> {
+        let mut f = fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).trim().to_owned())
+    };
+    match read() {
+        Ok(s) if s.is_empty() => format!("{} is empty", path.display()),
+        Ok(s) => s,
+        Err(e) => format!("reading {}: {e}", path.display()),
+    }
+}
