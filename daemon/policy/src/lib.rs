@@ -5,6 +5,9 @@
 //! network, and NaNs canonicalised.
 //!
 //! Every answer goes through [`validate::validate`] before anyone else sees it.
+//!
+//! This file is the engine (compile, sandbox, decide); `convert.rs` maps the model to
+//! and from the WIT contract; `registry.rs` binds names to compiled components.
 #![deny(missing_docs)]
 
 pub use remapd_model::validate;
@@ -14,14 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
-use remapd_model::model::{Decision, Mapping, PolicyInput, Strategy};
+use remapd_model::model::{Decision, PolicyInput};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -31,6 +33,12 @@ mod bindings {
 }
 
 use bindings::remap::policy::types as wit;
+
+mod convert;
+mod registry;
+
+use convert::{from_wit, to_wit};
+pub use registry::{NamedPolicy, PolicyRegistry, RegistryError};
 
 /// The contract version this host speaks.
 pub const CONTRACT: &str = "remap:policy@0.1.0";
@@ -468,88 +476,6 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), PolicyEr
     Ok(())
 }
 
-fn cidr_out(n: &Ipv4Net) -> wit::Cidr {
-    wit::Cidr {
-        addr: u32::from(n.network()),
-        prefix_len: n.prefix_len(),
-    }
-}
-
-fn cidrs_out(v: &[Ipv4Net]) -> Vec<wit::Cidr> {
-    v.iter().map(cidr_out).collect()
-}
-
-fn to_wit(input: &PolicyInput) -> wit::DecisionInput {
-    wit::DecisionInput {
-        local: wit::LocalCluster {
-            name: input.local.name.clone(),
-            pod_cidrs: cidrs_out(&input.local.pod_cidrs),
-            service_cidrs: cidrs_out(&input.local.service_cidrs),
-            reserved_cidrs: cidrs_out(&input.local.reserved_cidrs),
-            remap_pool: cidrs_out(&input.local.remap_pool),
-            allocated: cidrs_out(&input.allocated),
-            capabilities: wit::Capabilities {
-                nat_dataplane: input.local_capabilities.nat_dataplane,
-            },
-        },
-        remote: wit::RemoteCluster {
-            name: input.remote.name.clone(),
-            pod_cidrs: cidrs_out(&input.remote.pod_cidrs),
-            service_cidrs: cidrs_out(&input.remote.service_cidrs),
-            capabilities: wit::Capabilities {
-                nat_dataplane: input.remote.capabilities.nat_dataplane,
-            },
-            view_of_local: input.remote.view_of_local.as_ref().map(|v| {
-                v.iter()
-                    .map(|m| wit::Mapping {
-                        real: cidr_out(&m.real),
-                        remapped: cidr_out(&m.remapped),
-                    })
-                    .collect()
-            }),
-        },
-        settings: input
-            .settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    }
-}
-
-fn cidr_in(c: &wit::Cidr) -> Result<Ipv4Net, String> {
-    Ipv4Net::new(c.addr.into(), c.prefix_len)
-        .map_err(|_| format!("prefix length {} is not valid for IPv4", c.prefix_len))
-}
-
-fn from_wit(d: wit::Decision) -> Result<Decision, String> {
-    if d.mappings.len() > validate::MAX_MAPPINGS {
-        return Err(format!(
-            "{} mappings, more than the {} allowed",
-            d.mappings.len(),
-            validate::MAX_MAPPINGS
-        ));
-    }
-    let mappings = d
-        .mappings
-        .iter()
-        .map(|m| {
-            Ok(Mapping {
-                real: cidr_in(&m.real)?,
-                remapped: cidr_in(&m.remapped)?,
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(Decision {
-        strategy: match d.strategy {
-            wit::Strategy::None => Strategy::None,
-            wit::Strategy::Split => Strategy::Split,
-            wit::Strategy::BothOnLocal => Strategy::BothOnLocal,
-            wit::Strategy::BothOnRemote => Strategy::BothOnRemote,
-        },
-        mappings,
-    })
-}
-
 /// The policies remapd ships, as components built from `policies/` by `build.rs`.
 pub mod builtin {
     /// `split`: always split.
@@ -563,171 +489,4 @@ pub mod builtin {
     /// All built-ins by name.
     pub const ALL: [(&str, &[u8]); 3] =
         [("split", SPLIT), ("both-on-2", BOTH_ON_2), ("auto", AUTO)];
-}
-
-/// A named policy in the registry.
-#[derive(Clone, Debug)]
-pub struct NamedPolicy {
-    /// Name.
-    pub name: String,
-    /// Shipped with remapd (cannot be replaced or deleted).
-    pub builtin: bool,
-    /// The compiled component.
-    pub compiled: Arc<CompiledPolicy>,
-}
-
-/// Registry errors.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// The component did not load.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    /// Built-ins are fixed.
-    #[error("policy {0:?} is built in and cannot be replaced or deleted")]
-    Builtin(String),
-    /// No such policy.
-    #[error("no policy named {0:?}")]
-    NotFound(String),
-    /// Bad name.
-    #[error("policy name {0:?} is not valid: use 1-63 characters of a-z, 0-9 and '-'")]
-    BadName(String),
-    /// The built-ins were not built into this binary.
-    #[error(
-        "built-in policy {0:?} is missing from this binary (built with REMAPD_POLICY_BUILD_SKIP)"
-    )]
-    BuiltinMissing(String),
-}
-
-/// Named policies. Replacing one is atomic: a call holds an `Arc` to the policy it
-/// started with and finishes on it, while new calls see the replacement.
-pub struct PolicyRegistry {
-    engine: Arc<PolicyEngine>,
-    policies: RwLock<BTreeMap<String, NamedPolicy>>,
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-}
-
-impl PolicyRegistry {
-    /// A registry holding the built-in policies.
-    pub fn with_builtins(engine: Arc<PolicyEngine>) -> Result<Self, RegistryError> {
-        let mut policies = BTreeMap::new();
-        for (name, bytes) in builtin::ALL {
-            if bytes.is_empty() {
-                return Err(RegistryError::BuiltinMissing(name.into()));
-            }
-            let compiled = engine.compile(bytes)?;
-            policies.insert(
-                name.to_owned(),
-                NamedPolicy {
-                    name: name.to_owned(),
-                    builtin: true,
-                    compiled,
-                },
-            );
-        }
-        Ok(Self {
-            engine,
-            policies: RwLock::new(policies),
-        })
-    }
-
-    /// The engine.
-    pub fn engine(&self) -> &Arc<PolicyEngine> {
-        &self.engine
-    }
-
-    /// Compiles `bytes` and, only if that succeeds, installs them under `name`.
-    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<NamedPolicy, RegistryError> {
-        if !valid_name(name) {
-            return Err(RegistryError::BadName(name.into()));
-        }
-        if self.get(name).is_some_and(|p| p.builtin) {
-            return Err(RegistryError::Builtin(name.into()));
-        }
-        let compiled = self.engine.compile(bytes)?;
-        let named = NamedPolicy {
-            name: name.to_owned(),
-            builtin: false,
-            compiled,
-        };
-        self.install(named.clone())?;
-        Ok(named)
-    }
-
-    /// Installs an already compiled uploaded policy under its name, returning the one it
-    /// replaces (to give back to [`PolicyRegistry::restore`] if the change is refused).
-    pub fn install(&self, named: NamedPolicy) -> Result<Option<NamedPolicy>, RegistryError> {
-        if !valid_name(&named.name) {
-            return Err(RegistryError::BadName(named.name));
-        }
-        let mut map = self.write();
-        if map.get(&named.name).is_some_and(|p| p.builtin) {
-            return Err(RegistryError::Builtin(named.name));
-        }
-        Ok(map.insert(named.name.clone(), named))
-    }
-
-    /// Puts back what held `name` before an install or removal: `previous`, or nothing.
-    /// Built-ins are never touched.
-    pub fn restore(&self, name: &str, previous: Option<NamedPolicy>) {
-        let mut map = self.write();
-        if map.get(name).is_some_and(|p| p.builtin) {
-            return;
-        }
-        match previous {
-            Some(p) => map.insert(name.to_owned(), p),
-            None => map.remove(name),
-        };
-    }
-
-    // A panic while the lock was held cannot leave the map half-changed (every change
-    // is one insert or remove), so a poisoned lock is used as it is.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NamedPolicy>> {
-        self.policies
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, NamedPolicy>> {
-        self.policies
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The policy called `name`.
-    pub fn get(&self, name: &str) -> Option<NamedPolicy> {
-        self.read().get(name).cloned()
-    }
-
-    /// All policies, by name.
-    pub fn list(&self) -> Vec<NamedPolicy> {
-        self.read().values().cloned().collect()
-    }
-
-    /// Removes an uploaded policy, returning it.
-    pub fn remove(&self, name: &str) -> Result<NamedPolicy, RegistryError> {
-        let mut map = self.write();
-        match map.get(name) {
-            None => Err(RegistryError::NotFound(name.into())),
-            Some(p) if p.builtin => Err(RegistryError::Builtin(name.into())),
-            Some(_) => map
-                .remove(name)
-                .ok_or_else(|| RegistryError::NotFound(name.into())),
-        }
-    }
-
-    /// Runs the policy called `name` on `input`.
-    pub fn decide(&self, name: &str, input: &PolicyInput) -> Result<Evaluation, RegistryError> {
-        let policy = self
-            .get(name)
-            .ok_or_else(|| RegistryError::NotFound(name.into()))?;
-        Ok(self.engine.decide(&policy.compiled, input)?)
-    }
 }
