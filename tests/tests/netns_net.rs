@@ -684,3 +684,51 @@ fn protected_addresses_are_read_from_the_kernel() {
     .collect();
     assert_eq!(addresses, want);
 }
+
+/// A userspace WireGuard for an `rmd-*` interface that no pid file records (its remapd
+/// was SIGKILLed between spawning it and writing the file: seen once in the crash test)
+/// is adopted and pruned like any other; one in another namespace is left alone.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn an_orphan_without_a_pid_file_is_adopted_and_pruned() {
+    use std::os::unix::process::CommandExt as _;
+    let p = unique_prefix();
+    let ns = Netns::new(&format!("{p}-or"));
+    let other = Netns::new(&format!("{p}-ot"));
+    let scratch = std::env::temp_dir().join(format!("{p}-orphan"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let spawn = |ns: &Netns, name: &str| {
+        ns.command("wireguard-go")
+            .args(["-f", name])
+            .env("LOG_LEVEL", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("wireguard-go")
+    };
+    let orphan_name = format!("rmd-{p}o");
+    let foreign_name = format!("rmd-{p}x");
+    let mut orphan = spawn(&ns, &orphan_name);
+    let mut foreign = spawn(&other, &foreign_name);
+    wait_for("the orphan's socket", Duration::from_secs(10), || {
+        socket(&orphan_name).exists() && socket(&foreign_name).exists()
+    });
+    let mut tunnels = WireGuardTunnels::new(config(scratch.join("run")));
+    let report = call(&ns, &mut tunnels, |t| t.prune(&[])).unwrap();
+    // Reaped by the applier (it runs in this process, whose child the orphan is) or
+    // exited: either way gone.
+    let gone = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        orphan.try_wait().map_or(true, |s| s.is_some())
+    });
+    let foreign_alive = foreign.try_wait().is_ok_and(|s| s.is_none());
+    let _ = orphan.kill();
+    let _ = foreign.kill();
+    let _ = orphan.wait();
+    let _ = foreign.wait();
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert_eq!(report.removed, 1, "{report:?}");
+    assert!(gone, "the orphan was not stopped");
+    assert!(foreign_alive, "a process of another namespace was touched");
+}

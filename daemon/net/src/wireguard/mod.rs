@@ -44,7 +44,9 @@ mod process;
 mod uapi;
 
 use diff::{Current, Desired, parse, parse_name, plan_update};
-use process::{log_tail, process_alive, remove_if_exists, same_netns, signal, write_pid_file};
+use process::{
+    log_tail, orphans, process_alive, remove_if_exists, same_netns, signal, write_pid_file,
+};
 use uapi::{LINK_GONE_WAIT, Socket, bring_up, probe, wait_link_gone};
 
 use super::routes::{links, set_link_up, with_netlink};
@@ -417,8 +419,27 @@ impl WireGuardTunnels {
         Ok(())
     }
 
-    /// Interfaces with a pid file in `run_dir`.
+    /// Interfaces with a pid file in `run_dir`, after adopting orphans: a userspace
+    /// WireGuard for an `rmd-*` interface in this network namespace that no live pid
+    /// file records (its remapd was killed between spawning it and writing the file)
+    /// gets its pid file now, so it is managed (adopted or pruned) like the others.
     fn managed(&self) -> Result<Vec<String>, NetError> {
+        for (interface, pid) in orphans(&self.config.userspace_program) {
+            let recorded = self.read_pid(&interface);
+            if recorded == Some(pid)
+                || recorded.is_some_and(|r| process_alive(r, &self.config.userspace_program))
+                || same_netns(pid) != Some(true)
+            {
+                continue;
+            }
+            warn!(interface = %interface, pid, "adopting a userspace wireguard no pid file recorded");
+            fs::create_dir_all(&self.config.run_dir)
+                .and_then(|()| write_pid_file(&self.pid_path(&interface), pid))
+                .map_err(|e| NetError::WireGuard {
+                    interface: interface.clone(),
+                    reason: format!("recording the orphan's pid: {e}"),
+                })?;
+        }
         let entries = match fs::read_dir(&self.config.run_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -58,6 +58,41 @@ pub(super) fn comm_matches(pid: u32, program: &Path) -> bool {
     fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.strip_suffix(b"\n").unwrap_or(&c) == name)
 }
 
+/// Running `<program> -f rmd-…` processes (any namespace), by interface and pid: what
+/// remapd starts, found by their command line.
+pub(super) fn orphans(program: &Path) -> Vec<(String, u32)> {
+    let Some(want) = program.file_name() else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if let [argv0, flag, interface, ..] = args.as_slice()
+            && Path::new(OsStr::from_bytes(argv0)).file_name() == Some(want)
+            && *flag == b"-f"
+            && interface.starts_with(b"rmd-")
+            && let Ok(interface) = std::str::from_utf8(interface)
+            && process_alive(pid, program)
+        {
+            out.push((interface.to_owned(), pid));
+        }
+    }
+    out
+}
+
 /// Sends `signal` to `pid`, if it still exists.
 pub(super) fn signal(pid: u32, signal: Signal) {
     if let Ok(raw) = i32::try_from(pid) {
