@@ -5,6 +5,7 @@
 //! state is in place before old state goes (make-before-break), and a peering whose
 //! policy fails keeps the plan it last had: a rejected decision changes nothing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -732,28 +733,40 @@ impl Reconciler {
         for (interface, error) in failed {
             report.errors.push(format!("tunnels: {interface}: {error}"));
         }
-        let routes: Vec<RouteSpec> = system
-            .routes
-            .iter()
-            .filter(|r| !failed.contains_key(&r.interface))
-            .cloned()
-            .collect();
-        let dataplane = DesiredDataplane {
-            rules: system
-                .dataplane
-                .rules
-                .iter()
-                .filter(|r| !failed.contains_key(&r.interface))
-                .cloned()
-                .collect(),
-            borders: system
-                .dataplane
-                .borders
-                .iter()
-                .filter(|b| !failed.contains_key(&b.interface))
-                .cloned()
-                .collect(),
-        };
+        // Borrowed as planned in the usual case: no copy of every rule on each apply.
+        let (routes, dataplane): (Cow<'_, [RouteSpec]>, Cow<'_, DesiredDataplane>) =
+            if failed.is_empty() {
+                (
+                    Cow::Borrowed(&system.routes),
+                    Cow::Borrowed(&system.dataplane),
+                )
+            } else {
+                let carries = |interface: &String| !failed.contains_key(interface);
+                (
+                    system
+                        .routes
+                        .iter()
+                        .filter(|r| carries(&r.interface))
+                        .cloned()
+                        .collect(),
+                    Cow::Owned(DesiredDataplane {
+                        rules: system
+                            .dataplane
+                            .rules
+                            .iter()
+                            .filter(|r| carries(&r.interface))
+                            .cloned()
+                            .collect(),
+                        borders: system
+                            .dataplane
+                            .borders
+                            .iter()
+                            .filter(|b| carries(&b.interface))
+                            .cloned()
+                            .collect(),
+                    }),
+                )
+            };
         if !stop(&report) {
             match step(ApplyStep::Routes).in_scope(|| self.routes.apply(&routes)) {
                 Ok(r) => report.routes = r,

@@ -317,7 +317,7 @@ impl Store {
 
     /// Deletes the key of a removed peering.
     pub fn remove_key(&self, name: &str) -> Result<(), StoreError> {
-        let path = self.dir.join("keys").join(format!("{name}.key"));
+        let path = self.key_path(name);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
