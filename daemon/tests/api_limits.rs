@@ -1,7 +1,8 @@
 //! The API server's own limits and error envelope (issue 11, item 5): every error the
 //! server can produce is problem+json, oversized bodies are 413, only JSON is JSON, a
-//! duplicate key points at itself, and connections that send nothing, trickle their
-//! headers or their body, or come beyond the connection limit are closed.
+//! duplicate key points at itself, what the HTTP parser refuses is problem+json too, and
+//! connections that send nothing, trickle their headers or their body, or come beyond
+//! the connection limit are closed (the last told why).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -259,6 +260,122 @@ async fn healthz_answers_with_many_idle_connections_open() {
         let answer = healthz(addr);
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         drop(idle);
+    })
+    .await
+    .unwrap();
+}
+
+/// Blocking: sends `request` on a new connection and returns everything the server sent
+/// before closing (at most 10 s).
+fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    // The server may answer and close before it has read everything: a failed write
+    // of the rest is expected then.
+    let _ = s.write_all(request);
+    closed_within(&mut s, Duration::from_secs(10)).expect("the server answered and closed")
+}
+
+/// Asserts `answer` is a complete problem+json response with `status`.
+fn assert_raw_problem(answer: &str, status: u16) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response head");
+    assert!(
+        head.starts_with(&format!("HTTP/1.1 {status} ")),
+        "not a {status}: {head}"
+    );
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "not problem+json: {head}"
+    );
+    assert!(
+        lower.contains(&format!("content-length: {}", body.len())),
+        "length does not match the body: {head}"
+    );
+    let problem: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(problem["status"], status, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://remapd.dev/problems/"),
+        "{problem}"
+    );
+    assert!(!problem["detail"].as_str().unwrap().is_empty(), "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_hyper_refuses_get_problems_too() {
+    // Requests refused while the head is parsed, before any handler or middleware
+    // runs: hyper answers those itself with an empty body.
+    let limits = HttpLimits {
+        header_timeout: Duration::from_secs(10),
+        max_connections: 2,
+    };
+    let server = Server::start(limits, Duration::from_secs(10)).await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        // A request target the API refuses (over 8 KiB), and one over hyper's 64 KiB.
+        let target = format!("/v1/peerings/{}", "a".repeat(60_000));
+        let answer = exchange(
+            addr,
+            format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_raw_problem(&answer, 414);
+        let target = format!("/v1/peerings/{}", "a".repeat(70_000));
+        let answer = exchange(
+            addr,
+            format!("GET {target} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
+        );
+        assert_raw_problem(&answer, 414);
+        // A head larger than the read buffer.
+        let big = format!(
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+            "b".repeat(600_000)
+        );
+        assert_raw_problem(&exchange(addr, big.as_bytes()), 431);
+        // More header fields than the parser takes.
+        let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
+        for i in 0..200 {
+            many.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_raw_problem(&exchange(addr, many.as_bytes()), 431);
+        // A head that parses but whose header is malformed, not HTTP at all, and a request target with a control character.
+        assert_raw_problem(
+            &exchange(addr, b"GET / HTTP/1.1\r\nbad header\r\n\r\n"),
+            400,
+        );
+        assert_raw_problem(
+            &exchange(
+                addr,
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+            ),
+            400,
+        );
+        assert_raw_problem(
+            &exchange(addr, b"GET /a\x01b HTTP/1.1\r\nhost: x\r\n\r\n"),
+            400,
+        );
+        // The second request on a keep-alive connection too, after a normal answer.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 512];
+        let n = s.read(&mut first).unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+        let _ = s.write_all(format!("GET {target} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
+        let answer = closed_within(&mut s, Duration::from_secs(10)).unwrap();
+        assert_raw_problem(&answer, 414);
+        // A connection beyond the limit is told why before it is closed.
+        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert_raw_problem(&answer, 503);
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: "),
+            "{answer}"
+        );
+        drop(held);
     })
     .await
     .unwrap();

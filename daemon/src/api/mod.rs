@@ -36,7 +36,8 @@ pub const MAX_BODY: usize = 17 << 20;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest request target (path and query) accepted; longer ones get a 414 problem.
-/// (Beyond 64 KiB hyper itself answers 414, with no body, before any of this runs.)
+/// (Beyond 64 KiB hyper itself answers 414 before any of this runs; `http::refusals`
+/// makes that answer problem+json too.)
 pub const MAX_URI: usize = 8 << 10;
 
 /// What every handler gets.
@@ -94,8 +95,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The responses the server itself may give on any operation, whatever the handler
-/// does: 401 (every operation but the probes; reads only off loopback), 414 for a
-/// long request target, and for operations with a body 400, 408, 413 and 415.
+/// does: 401 (every operation but the probes; reads only off loopback), 400 for a
+/// malformed head, 414 for a long request target, 431 for a large head, 503 at the
+/// connection limit, and for operations with a body 408, 413 and 415.
 /// Documented on every operation so a spec-driven client knows them all; an
 /// operation's own description of the same status is kept.
 struct ServerResponses;
@@ -144,6 +146,14 @@ impl utoipa::Modify for ServerResponses {
                     );
                 }
                 add("414", "The request target is over 8 KiB");
+                add(
+                    "431",
+                    "The request head is over 64 KiB or has over 100 header fields",
+                );
+                add(
+                    "503",
+                    "The API is at its connection limit (`retry-after` says when to retry)",
+                );
                 if operation.request_body.is_some() {
                     add("400", "The body could not be read or parsed");
                     add(
@@ -156,6 +166,7 @@ impl utoipa::Modify for ServerResponses {
                         "The content type is not the one this operation takes",
                     );
                 }
+                add("400", "The request line or a header field is malformed");
             }
         }
     }

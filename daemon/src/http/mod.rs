@@ -6,7 +6,11 @@
 //!
 //! `axum::serve` has none of these knobs (it runs hyper without a timer), so this is
 //! the accept loop of axum's `serve-with-hyper` example with hyper's own
-//! `header_read_timeout` and hyper-util's `GracefulShutdown`.
+//! `header_read_timeout` and hyper-util's `GracefulShutdown`. What hyper itself answers
+//! (heads it cannot parse) and connections beyond the limit get problem+json too: see
+//! [`refusals`].
+
+pub mod refusals;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +24,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
+
+use refusals::{MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINGERING_REFUSALS, ProblemTransport};
 
 /// Connection limits of the API server (`[api]` in the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,11 +97,16 @@ pub async fn serve_http(
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
     let at_limit = AtomicBool::new(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Bounds what a connection that never finishes its head can make the server
+        // hold (hyper's default is ~400 KiB each).
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
         .keep_alive(true);
     tokio::pin!(stop);
     loop {
@@ -121,14 +132,15 @@ pub async fn serve_http(
                 );
             }
             debug!(%peer, "connection refused: at the connection limit");
-            drop(stream);
+            refusals::refuse(stream, lingering.clone().try_acquire_owned().ok());
             continue;
         };
         if at_limit.swap(false, Ordering::Relaxed) {
             info!("below the connection limit again");
         }
         let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful
+            .watch(builder.serve_connection(TokioIo::new(ProblemTransport::new(stream)), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(%peer, error = %e, "connection closed");
