@@ -2,6 +2,21 @@
 //! CIDRs would route the gateway's own traffic into a tunnel, special-purpose space,
 //! and tunnel settings that cannot work are refused with a problem naming the field,
 //! and nothing changes: state, routes, tunnels, rules.
+//!
+//! Where each finding of issue 11 is held (this file has the table for 1 and 2; the
+//! others need a clock, races, a restart or a real socket, so they live with those):
+//!
+//! | finding | tests |
+//! |---|---|
+//! | 1 routes that hijack the gateway | `nothing_may_hijack_the_gateway_or_fail_later`, `reserved_ranges_are_never_routed_into_a_tunnel`; kernel: `netns_net::protected_addresses_are_read_from_the_kernel`, `netns_daemons::peerings_that_would_hijack_the_gateway_are_refused` (tunnels keep carrying traffic) |
+//! | 2 accepted but broken (busy port, zero key, bad endpoint) | `nothing_may_hijack_the_gateway_or_fail_later`; `netns_net::invalid_keys_are_refused_before_anything_starts` |
+//! | 3 one broken peering blocks the others | `transactions::a_broken_tunnel_holds_back_only_its_own_peering`, `transactions::a_corrupt_key_file_hurts_only_its_own_peering`, `transactions::a_failed_apply_answers_a_problem_and_changes_nothing` |
+//! | 4 changes that silently break peerings, races | `transactions::a_policy_replacement_its_peerings_refuse_changes_nothing`, `…a_cluster_change_that_leaves_a_peering_without_a_plan_is_refused`, `…a_forced_cluster_change_drops_the_peerings_it_leaves_undecidable`, `…deleting_a_policy_racing_a_put_that_uses_it_leaves_no_dangling_name`, `…uploads_racing_deletes_never_lose_an_acknowledged_component` |
+//! | 5 API server limits and envelope | `api_limits::*` (idle, trickling and excess connections, 408/413/414/415/431/503, parser refusals, duplicate key); `bench/slow_clients.sh` for 2,000 held connections |
+//! | 6 auth defaults | `cli::bad_configuration_exits_64_with_a_reason` (generated 0600 token, group-readable token refused with 64), `api::cluster_round_trip_and_bad_input` (401 without it) |
+//! | 7 state and key files | `cli::a_lost_state_file_is_not_taken_for_a_fresh_start`, `netns_daemons::a_lost_state_file_is_refused_until_adopt_and_clear`, `transactions::a_deleted_key_file_is_not_silently_replaced`, `…a_corrupt_key_file_hurts_only_its_own_peering` |
+//! | 8 spec vs behaviour | `api_contract::every_operation_matches_the_spec_under_generated_requests` (Schemathesis), `api::committed_openapi_matches_the_code` |
+//! | 9 memory of deleted policies | `policy_memory::deleted_uploads_free_their_compiled_code` |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
