@@ -28,7 +28,7 @@ lint: setup
 
 ## Unit tests only (no root needed, no eBPF build).
 unit:
-	AYA_BUILD_SKIP=1 REMAPD_POLICY_BUILD_SKIP=1 $(CARGO) test -p remapd -p remapd-model -p remapd-net -p remapd-policy-host -p remapd-dataplane -p remapd-common -p remapd-policy-sdk -p remapd-policy-split -p remapd-policy-both-on-2 -p remapd-policy-auto --lib
+	AYA_BUILD_SKIP=1 REMAPD_POLICY_BUILD_SKIP=1 $(CARGO) test -p remapd -p remapd-engine -p remapd-api -p remapd-model -p remapd-net -p remapd-policy-host -p remapd-dataplane -p remapd-common -p remapd-policy-sdk -p remapd-policy-split -p remapd-policy-both-on-2 -p remapd-policy-auto --lib
 
 ## Benchmarks; rewrites BENCHMARKS.md.
 bench: setup

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{LocalCluster, RemoteCluster};
+use remapd_model::model::{LocalCluster, RemoteCluster};
 
 /// The tunnel side of a peering.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -70,7 +70,7 @@ pub struct PeeringSpec {
 }
 
 fn default_policy() -> String {
-    crate::model::DEFAULT_POLICY.to_owned()
+    remapd_model::model::DEFAULT_POLICY.to_owned()
 }
 
 impl PeeringSpec {

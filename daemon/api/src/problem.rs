@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::daemon::EngineError;
-use crate::reconcile::FailureKind;
+use remapd_engine::daemon::EngineError;
+use remapd_engine::reconcile::FailureKind;
 
 /// An RFC 7807 problem.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

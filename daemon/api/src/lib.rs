@@ -6,8 +6,10 @@
 // A problem is built once per refused request and returned straight to the client;
 // boxing it would only add an allocation to the error path.
 #![allow(clippy::result_large_err)]
+#![deny(missing_docs)]
 
 pub mod cluster;
+pub mod http;
 pub mod ops;
 pub mod peerings;
 pub mod policies;
@@ -25,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::daemon::Daemon;
 use problem::Problem;
+use remapd_engine::daemon::Daemon;
 
 /// Largest request body accepted at all (a policy component of the default 16 MiB
 /// limit plus slack); JSON bodies are further limited to 1 MiB.

@@ -7,7 +7,7 @@ use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
 use super::{AppState, ForceQuery, check_cidrs, check_disjoint, check_name, check_routable};
-use crate::model::LocalCluster;
+use remapd_model::model::LocalCluster;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_cluster, put_cluster))

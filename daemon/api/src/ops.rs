@@ -36,14 +36,14 @@ pub struct DaemonStatus {
     /// The last reconcile applied everything.
     pub ready: bool,
     /// What the last reconcile did (a restart that adopts everything shows no changes).
-    pub last_reconcile: Option<crate::reconcile::ReconcileReport>,
+    pub last_reconcile: Option<remapd_engine::reconcile::ReconcileReport>,
     /// The dataplane was adopted from pinned objects rather than loaded.
     pub dataplane_adopted: bool,
     /// Kernel program ids of the dataplane.
     pub program_ids: std::collections::BTreeMap<String, u32>,
     /// Program attachments.
     #[schema(value_type = Vec<Object>)]
-    pub attachments: Vec<crate::dataplane::Attachment>,
+    pub attachments: Vec<remapd_dataplane::Attachment>,
     /// Packets dropped by the dataplane, by reason, summed over every hook (reasons
     /// with no drops are left out).
     pub dropped_packets: std::collections::BTreeMap<String, u64>,
@@ -300,7 +300,7 @@ async fn translate(
                         meaning: format!("how this cluster reaches {addr} of {}", spec.remote.name),
                     });
                 }
-                let back = crate::model::Mapping {
+                let back = remapd_model::model::Mapping {
                     real: m.remapped,
                     remapped: m.real,
                 };

@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::api::problem::Problem;
+use crate::problem::Problem;
 
 /// Longest request head hyper reads (its read buffer), stated in the 431 answer.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;

@@ -16,11 +16,11 @@ use super::{
     AppState, check_cidr, check_cidrs, check_disjoint, check_name, check_routable,
     check_routable_one,
 };
-use crate::dataplane::InstalledRule;
-use crate::model::{Decision, RemoteCluster};
-use crate::plan::GatewayPlan;
-use crate::reconcile::PeeringOutcome;
-use crate::store::{DesiredState, PeeringSpec, TunnelConfig};
+use remapd_dataplane::InstalledRule;
+use remapd_engine::reconcile::PeeringOutcome;
+use remapd_engine::store::{DesiredState, PeeringSpec, TunnelConfig};
+use remapd_model::model::{Decision, RemoteCluster};
+use remapd_model::plan::GatewayPlan;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -244,7 +244,7 @@ async fn status_of(
             .existing_key(name)
             .ok()
             .flatten()
-            .and_then(|k| crate::store::public_key(&k)),
+            .and_then(|k| remapd_engine::store::public_key(&k)),
     };
     let rules: Vec<InstalledRule> = state
         .daemon

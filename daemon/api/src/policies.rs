@@ -13,11 +13,11 @@ use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
 use super::{AppState, ForceQuery, check_name};
-use crate::daemon::PolicyChange;
-use crate::model::{Decision, RemoteCluster};
-use crate::plan::GatewayPlan;
-use crate::policy::NamedPolicy;
-use crate::store::{PeeringSpec, StoredPolicy, TunnelConfig};
+use remapd_engine::daemon::PolicyChange;
+use remapd_engine::store::{PeeringSpec, StoredPolicy, TunnelConfig};
+use remapd_model::model::{Decision, RemoteCluster};
+use remapd_model::plan::GatewayPlan;
+use remapd_policy_host::NamedPolicy;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -51,7 +51,7 @@ fn info(p: &NamedPolicy, used_by: Vec<String>) -> PolicyInfo {
     }
 }
 
-fn users(state: &crate::store::DesiredState, name: &str) -> Vec<String> {
+fn users(state: &remapd_engine::store::DesiredState, name: &str) -> Vec<String> {
     state
         .peerings
         .iter()
