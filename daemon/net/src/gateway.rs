@@ -17,7 +17,8 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 
-use super::routes::{links, netlink_error, table_routes};
+use super::netlink::{links, netlink_error};
+use super::routes::kernel::table_routes;
 use super::{NetError, ProtectedAddress};
 
 /// `RT_TABLE_MAIN`.

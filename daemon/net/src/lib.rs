@@ -9,6 +9,7 @@
 
 pub mod fake;
 pub mod gateway;
+pub mod netlink;
 pub mod routes;
 pub mod wireguard;
 

@@ -49,7 +49,7 @@ use process::{
 };
 use uapi::{LINK_GONE_WAIT, Socket, bring_up, probe, wait_link_gone};
 
-use super::routes::{links, set_link_up, with_netlink};
+use super::netlink::{NetlinkSession, links, set_link_up};
 use super::{NetError, TunnelApplier, TunnelReport, TunnelSpec, TunnelStatus, TunnelStatusReader};
 
 /// How long a freshly started process gets to open its UAPI socket.
@@ -96,6 +96,8 @@ pub struct WireGuardTunnels {
     /// Processes this instance started, kept to reap them. Never killed on drop: the
     /// tunnels must outlive the daemon.
     children: HashMap<String, Child>,
+    /// Opened on the first call, in that thread's namespace.
+    netlink: NetlinkSession,
 }
 
 /// What became of one tunnel in `ensure`.
@@ -111,6 +113,7 @@ impl WireGuardTunnels {
         Self {
             config,
             children: HashMap::new(),
+            netlink: NetlinkSession::new(),
         }
     }
 
@@ -199,7 +202,7 @@ impl WireGuardTunnels {
             }
             changed = true;
         }
-        if bring_up(interface)? {
+        if bring_up(&self.netlink, interface)? {
             if !created {
                 info!(interface = %interface, "set tunnel link up");
             }
@@ -386,7 +389,7 @@ impl WireGuardTunnels {
                 self.stop(interface, pid)?;
                 // A process we did not start is seen gone when its leader is a zombie,
                 // while its other threads may still hold the TUN device for a moment.
-                if !wait_link_gone(interface, LINK_GONE_WAIT) {
+                if !wait_link_gone(&self.netlink, interface, LINK_GONE_WAIT) {
                     warn!(interface = %interface, "the tunnel device outlived its process");
                 }
                 info!(interface = %interface, pid, "stopped userspace wireguard");

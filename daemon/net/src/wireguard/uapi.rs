@@ -1,5 +1,5 @@
 //! Talking to a tunnel device: its UAPI socket (is something there, and who), and its
-//! link (up, gone) through rtnetlink in the calling thread's namespace.
+//! link (up, gone) through the applier's rtnetlink session.
 
 #![allow(clippy::wildcard_imports)]
 
@@ -20,11 +20,11 @@ pub(super) enum Socket {
 pub(super) const LINK_GONE_WAIT: Duration = Duration::from_secs(3);
 
 /// Waits until `interface` no longer exists (true), or `timeout` passes (false).
-pub(super) fn wait_link_gone(interface: &str, timeout: Duration) -> bool {
+pub(super) fn wait_link_gone(netlink: &NetlinkSession, interface: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let name = interface.to_owned();
-        let present = with_netlink("looking for a tunnel device", move |handle| async move {
+        let present = netlink.run("looking for a tunnel device", move |handle| async move {
             Ok(links(&handle).await?.contains_key(&name))
         });
         match present {
@@ -37,9 +37,9 @@ pub(super) fn wait_link_gone(interface: &str, timeout: Duration) -> bool {
 
 /// Sets the tunnel's link up (rtnetlink, in the calling thread's namespace); true when
 /// it was down.
-pub(super) fn bring_up(interface: &str) -> Result<bool, NetError> {
+pub(super) fn bring_up(netlink: &NetlinkSession, interface: &str) -> Result<bool, NetError> {
     let name = interface.to_owned();
-    with_netlink("setting a tunnel up", move |handle| async move {
+    netlink.run("setting a tunnel up", move |handle| async move {
         let links = links(&handle).await?;
         let Some(link) = links.get(&name) else {
             return Err(NetError::WireGuard {

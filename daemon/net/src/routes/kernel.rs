@@ -1,181 +1,136 @@
-//! Routes into the tunnels, with rtnetlink. remapd owns one routing table outright
-//! (every IPv4 route in it is remapd's, so anything it did not ask for is removed) and
-//! exactly one policy rule, `from all lookup <table> priority <priority>`, that sends
-//! lookups there. Routes in other tables and all other rules are never touched.
-//!
-//! The appliers are synchronous and may run on a thread that has `setns`-ed into
-//! another network namespace, so every call opens its own netlink socket on the
-//! calling thread, driven by a current-thread runtime that lives for that call only.
-//! The same helpers bring tunnel links up for [`super::wireguard`].
+//! The kernel side of remapd's routes: [`RoutingKernel`], the few operations the
+//! convergence in `mod.rs` is written against, and [`Rtnetlink`], which does them with
+//! rtnetlink messages — deciding which dumped routes have exactly the shape remapd
+//! installs and which rules are exactly remapd's.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
-use tracing::{debug, info};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
-use super::{NetError, ProtectedAddress, RouteApplier, RouteReport, RouteSpec};
+use super::Wanted;
+use crate::NetError;
+use crate::netlink::{Link, errno, links, netlink_error};
 
 /// `RT_TABLE_COMPAT`: what the header's 8-bit table field holds when the real id,
 /// carried in an attribute, does not fit.
 const RT_TABLE_COMPAT: u8 = 252;
 
-/// Routes in one remapd-owned table plus the rule that reaches it, via rtnetlink.
+/// A route found in remapd's table.
 #[derive(Clone, Debug)]
-pub struct NetlinkRoutes {
-    table: u32,
-    rule_priority: u32,
+pub(crate) struct Dumped<R> {
+    /// What the kernel needs to delete it.
+    pub(crate) route: R,
+    /// The route, if it has exactly the shape remapd installs.
+    pub(crate) wanted: Option<Wanted>,
+    /// `prefix dev name` (or `via ...`), for logs and errors.
+    pub(crate) shown: String,
 }
 
-impl NetlinkRoutes {
-    /// An applier for routing table `table`, reached through a rule at `rule_priority`.
-    pub fn new(table: u32, rule_priority: u32) -> Self {
-        Self {
-            table,
-            rule_priority,
-        }
-    }
-
-    /// The routing table remapd owns.
-    pub fn table(&self) -> u32 {
-        self.table
-    }
-
-    /// The priority of the rule that sends lookups to the table.
-    pub fn rule_priority(&self) -> u32 {
-        self.rule_priority
-    }
-}
-
-/// A route as remapd states it: the (normalized) prefix into an interface index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Wanted {
-    prefix: Ipv4Net,
-    oif: u32,
-}
-
-impl RouteApplier for NetlinkRoutes {
-    fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError> {
-        let table = self.table;
-        let priority = self.rule_priority;
-        let routes = routes.to_vec();
-        with_netlink("applying routes", move |handle| async move {
-            let links = links(&handle).await?;
-            let wanted = resolve(&routes, &links)?;
-            // The rule first: when it conflicts with another rule, nothing changes.
-            ensure_rule(&handle, table, priority).await?;
-            let names: HashMap<u32, &str> = links
-                .iter()
-                .map(|(name, link)| (link.index, name.as_str()))
-                .collect();
-
-            let mut report = RouteReport::default();
-            let mut present = BTreeSet::new();
-            let mut extra = Vec::new();
-            for message in table_routes(&handle, table).await? {
-                match as_wanted(&message) {
-                    Some(w) if wanted.contains_key(&w) && present.insert(w) => {
-                        report.unchanged += 1;
-                    }
-                    _ => extra.push(message),
-                }
-            }
-            // Deletions first: a prefix moving to another interface would otherwise
-            // collide with its old route.
-            for message in extra {
-                let shown = describe(&message, &names);
-                if delete_route(&handle, message, &shown).await? {
-                    info!(route = %shown, table, "removed route");
-                    report.removed += 1;
-                }
-            }
-            for (w, interface) in &wanted {
-                if present.contains(w) {
-                    continue;
-                }
-                add_route(&handle, table, *w, interface).await?;
-                info!(prefix = %w.prefix, interface = %interface, table, "added route");
-                report.added += 1;
-            }
-            Ok(report)
-        })
-    }
-
-    fn protected_addresses(
+/// What the route convergence asks of the kernel. Each mutating call is one netlink
+/// request; the order they come in is the convergence's (table-tested with the
+/// recording kernel, without root).
+pub(crate) trait RoutingKernel {
+    /// A dumped route, as the kernel needs it back to delete it.
+    type Route;
+    /// A dumped rule, likewise.
+    type Rule;
+    /// The interfaces, by name.
+    async fn links(&self) -> Result<BTreeMap<String, Link>, NetError>;
+    /// The IPv4 routes of `table`.
+    async fn table_routes(
         &self,
-        endpoints: &[Ipv4Addr],
-    ) -> Result<Vec<ProtectedAddress>, NetError> {
-        with_netlink(
-            "reading this gateway's addresses and routes",
-            |handle| async move { super::gateway::protected_addresses(&handle, endpoints).await },
-        )
-    }
-
-    fn teardown(&mut self) -> Result<(), NetError> {
-        let table = self.table;
-        let priority = self.rule_priority;
-        with_netlink("tearing down routes", move |handle| async move {
-            let links = links(&handle).await?;
-            let names: HashMap<u32, &str> = links
-                .iter()
-                .map(|(name, link)| (link.index, name.as_str()))
-                .collect();
-            for message in table_routes(&handle, table).await? {
-                let shown = describe(&message, &names);
-                if delete_route(&handle, message, &shown).await? {
-                    info!(route = %shown, table, "removed route");
-                }
-            }
-            for (rule, deletable) in our_rules(&handle, table, priority).await? {
-                delete_rule(&handle, rule, deletable, table, priority).await?;
-            }
-            Ok(())
-        })
-    }
+        table: u32,
+        links: &BTreeMap<String, Link>,
+    ) -> Result<Vec<Dumped<Self::Route>>, NetError>;
+    /// Adds `prefix dev <oif> scope link proto static table <table>`.
+    async fn add_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError>;
+    /// Deletes a dumped route; `false` when it was already gone.
+    async fn delete_route(&self, route: Self::Route, shown: &str) -> Result<bool, NetError>;
+    /// remapd's rules (`from all lookup <table> priority <priority>`), in kernel order,
+    /// each with whether deleting it is unambiguous (see [`Rtnetlink`]).
+    async fn our_rules(
+        &self,
+        table: u32,
+        priority: u32,
+    ) -> Result<Vec<(Self::Rule, bool)>, NetError>;
+    /// Adds remapd's rule.
+    async fn add_rule(&self, table: u32, priority: u32) -> Result<(), NetError>;
+    /// Deletes one of remapd's rules (already gone is fine).
+    async fn delete_rule(
+        &self,
+        rule: Self::Rule,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), NetError>;
 }
 
-/// Maps the specs to interface indexes (failing before anything changes when an
-/// interface is missing), normalizing prefixes and refusing a prefix sent two ways.
-fn resolve(
-    routes: &[RouteSpec],
-    links: &BTreeMap<String, Link>,
-) -> Result<BTreeMap<Wanted, String>, NetError> {
-    let mut by_prefix: BTreeMap<Ipv4Net, &str> = BTreeMap::new();
-    let mut wanted = BTreeMap::new();
-    for spec in routes {
-        let link = links
-            .get(&spec.interface)
-            .ok_or_else(|| NetError::InterfaceNotFound(spec.interface.clone()))?;
-        let prefix = spec.prefix.trunc();
-        if let Some(other) = by_prefix.insert(prefix, &spec.interface)
-            && other != spec.interface
-        {
-            return Err(NetError::Netlink {
-                what: "checking the route set".into(),
-                reason: format!(
-                    "{prefix} is routed both to {other} and to {}",
-                    spec.interface
-                ),
-            });
-        }
-        wanted.insert(
-            Wanted {
-                prefix,
-                oif: link.index,
-            },
-            spec.interface.clone(),
-        );
+/// [`RoutingKernel`] over an rtnetlink connection.
+pub(crate) struct Rtnetlink<'a>(pub(crate) &'a Handle);
+
+impl RoutingKernel for Rtnetlink<'_> {
+    type Route = RouteMessage;
+    type Rule = RuleMessage;
+
+    async fn links(&self) -> Result<BTreeMap<String, Link>, NetError> {
+        links(self.0).await
     }
-    Ok(wanted)
+
+    async fn table_routes(
+        &self,
+        table: u32,
+        links: &BTreeMap<String, Link>,
+    ) -> Result<Vec<Dumped<RouteMessage>>, NetError> {
+        let names: HashMap<u32, &str> = links
+            .iter()
+            .map(|(name, link)| (link.index, name.as_str()))
+            .collect();
+        Ok(table_routes(self.0, table)
+            .await?
+            .into_iter()
+            .map(|route| Dumped {
+                wanted: as_wanted(&route),
+                shown: describe(&route, &names),
+                route,
+            })
+            .collect())
+    }
+
+    async fn add_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError> {
+        add_route(self.0, table, w, interface).await
+    }
+
+    async fn delete_route(&self, route: RouteMessage, shown: &str) -> Result<bool, NetError> {
+        delete_route(self.0, route, shown).await
+    }
+
+    async fn our_rules(
+        &self,
+        table: u32,
+        priority: u32,
+    ) -> Result<Vec<(RuleMessage, bool)>, NetError> {
+        our_rules(self.0, table, priority).await
+    }
+
+    async fn add_rule(&self, table: u32, priority: u32) -> Result<(), NetError> {
+        add_rule(self.0, table, priority).await
+    }
+
+    async fn delete_rule(
+        &self,
+        rule: RuleMessage,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), NetError> {
+        delete_rule(self.0, rule, table, priority).await
+    }
 }
 
 /// The route if it has exactly the shape remapd installs; `None` for anything else
@@ -410,16 +365,7 @@ fn priority_of_rule(rule: &RuleMessage) -> Option<u32> {
     })
 }
 
-async fn ensure_rule(handle: &Handle, table: u32, priority: u32) -> Result<(), NetError> {
-    let mut rules = our_rules(handle, table, priority).await?.into_iter();
-    if rules.next().is_some() {
-        // Older kernels accepted exact duplicates; keep one.
-        for (duplicate, deletable) in rules {
-            delete_rule(handle, duplicate, deletable, table, priority).await?;
-        }
-        debug!(table, priority, "rule already present");
-        return Ok(());
-    }
+async fn add_rule(handle: &Handle, table: u32, priority: u32) -> Result<(), NetError> {
     handle
         .rule()
         .add()
@@ -444,128 +390,22 @@ async fn ensure_rule(handle: &Handle, table: u32, priority: u32) -> Result<(), N
             } else {
                 netlink_error(what, &e)
             }
-        })?;
-    info!(table, priority, "added rule");
-    Ok(())
+        })
 }
 
 async fn delete_rule(
     handle: &Handle,
     rule: RuleMessage,
-    deletable: bool,
     table: u32,
     priority: u32,
 ) -> Result<(), NetError> {
-    if !deletable {
-        return Err(NetError::Netlink {
-            what: format!("deleting rule from all lookup {table} priority {priority}"),
-            reason: "another rule with the same priority and table comes first, and the \
-                     kernel would delete that one instead"
-                .into(),
-        });
-    }
     match handle.rule().del(rule).execute().await {
-        Ok(()) => {
-            info!(table, priority, "removed rule");
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(netlink_error(
             format!("deleting rule from all lookup {table} priority {priority}"),
             &e,
         )),
-    }
-}
-
-/// A network interface of the calling thread's namespace.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Link {
-    /// Interface index.
-    pub(crate) index: u32,
-    /// Administratively up.
-    pub(crate) up: bool,
-}
-
-/// The interfaces of the calling thread's namespace, by name.
-pub(crate) async fn links(handle: &Handle) -> Result<BTreeMap<String, Link>, NetError> {
-    let mut stream = handle.link().get().execute();
-    let mut out = BTreeMap::new();
-    while let Some(message) = stream
-        .try_next()
-        .await
-        .map_err(|e| netlink_error("dumping links", &e))?
-    {
-        let name = message.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        if let Some(name) = name {
-            out.insert(
-                name,
-                Link {
-                    index: message.header.index,
-                    up: message.header.flags.contains(LinkFlags::Up),
-                },
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// Sets a link administratively up.
-pub(crate) async fn set_link_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(|e| netlink_error(format!("setting {name} up"), &e))
-}
-
-/// Runs `f` with a netlink connection opened on the calling thread (so in that
-/// thread's network namespace), on a runtime private to this call.
-pub(crate) fn with_netlink<T, F, Fut>(what: &str, f: F) -> Result<T, NetError>
-where
-    F: FnOnce(Handle) -> Fut,
-    Fut: Future<Output = Result<T, NetError>>,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| NetError::Netlink {
-            what: format!("{what}: starting a runtime"),
-            reason: e.to_string(),
-        })?;
-    runtime.block_on(async {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|e| NetError::Netlink {
-                what: format!("{what}: opening a netlink socket"),
-                reason: e.to_string(),
-            })?;
-        let driver = tokio::spawn(connection);
-        let out = f(handle).await;
-        driver.abort();
-        out
-    })
-}
-
-/// The errno of a netlink error reply, if it is one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
-        _ => None,
-    }
-}
-
-/// A netlink failure while doing `what`, with the errno's text when the kernel sent one.
-pub(crate) fn netlink_error(what: impl Into<String>, e: &rtnetlink::Error) -> NetError {
-    let reason = match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-        other => other.to_string(),
-    };
-    NetError::Netlink {
-        what: what.into(),
-        reason,
     }
 }
 
@@ -585,22 +425,6 @@ mod tests {
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
         m.attributes.extend(attrs);
         m
-    }
-
-    /// The daemon calls the appliers from blocking tasks of its runtime; the per-call
-    /// runtime must work there.
-    #[tokio::test]
-    async fn netlink_works_from_a_blocking_task() {
-        let links = tokio::task::spawn_blocking(|| {
-            with_netlink(
-                "listing links",
-                |handle| async move { links(&handle).await },
-            )
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        assert!(links.contains_key("lo"), "{links:?}");
     }
 
     #[test]
@@ -632,34 +456,6 @@ mod tests {
         let mut universe = ours.clone();
         universe.header.scope = RouteScope::Universe;
         assert_eq!(as_wanted(&universe), None);
-    }
-
-    #[test]
-    fn resolve_normalizes_and_rejects_conflicts() {
-        let mut links = BTreeMap::new();
-        links.insert("a".to_owned(), Link { index: 1, up: true });
-        links.insert("b".to_owned(), Link { index: 2, up: true });
-        let spec = |p: &str, i: &str| RouteSpec {
-            prefix: p.parse().unwrap(),
-            interface: i.into(),
-        };
-        let w = resolve(
-            &[spec("10.1.2.3/16", "a"), spec("10.1.0.0/16", "a")],
-            &links,
-        )
-        .unwrap();
-        assert_eq!(w.len(), 1);
-        assert!(matches!(
-            resolve(
-                &[spec("10.1.0.0/16", "a"), spec("10.1.0.0/16", "b")],
-                &links
-            ),
-            Err(NetError::Netlink { .. })
-        ));
-        assert!(matches!(
-            resolve(&[spec("10.1.0.0/16", "zz")], &links),
-            Err(NetError::InterfaceNotFound(i)) if i == "zz"
-        ));
     }
 
     #[test]

@@ -1,0 +1,227 @@
+//! A routing kernel in memory that records every mutating request in order, with the
+//! kernel's answers where remapd's convergence depends on them: adding a route whose
+//! prefix is already in the table is `EEXIST`, adding a rule when any rule looks up the
+//! same table at the same priority is `EEXIST`, a rule shadowed by another with the same
+//! priority and table is reported as not safely deletable.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use ipnet::Ipv4Net;
+
+use super::Wanted;
+use super::kernel::{Dumped, RoutingKernel};
+use crate::NetError;
+use crate::netlink::Link;
+
+/// One mutating request, as sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    AddRule {
+        table: u32,
+        priority: u32,
+    },
+    DeleteRule {
+        table: u32,
+        priority: u32,
+    },
+    AddRoute {
+        table: u32,
+        prefix: Ipv4Net,
+        dev: String,
+    },
+    DeleteRoute(String),
+}
+
+/// A route in the fake kernel.
+#[derive(Clone, Debug)]
+pub(crate) struct KernelRoute {
+    pub(crate) table: u32,
+    pub(crate) prefix: Ipv4Net,
+    pub(crate) oif: u32,
+    /// Something remapd does not install (a gateway, a metric): shown with it.
+    pub(crate) extra: Option<&'static str>,
+}
+
+/// A rule in the fake kernel; `selector` set for rules with more than remapd's.
+#[derive(Clone, Debug)]
+pub(crate) struct KernelRule {
+    pub(crate) table: u32,
+    pub(crate) priority: u32,
+    pub(crate) selector: Option<&'static str>,
+}
+
+#[derive(Default)]
+pub(crate) struct RecordingKernel {
+    pub(crate) links: BTreeMap<String, Link>,
+    pub(crate) routes: Mutex<Vec<KernelRoute>>,
+    /// In kernel order; a deleted rule leaves `None` so dumped indexes stay valid.
+    pub(crate) rules: Mutex<Vec<Option<KernelRule>>>,
+    pub(crate) ops: Mutex<Vec<Op>>,
+    /// Adding a route for this prefix fails (a link gone down, say).
+    pub(crate) fail_add: Option<Ipv4Net>,
+}
+
+fn kernel_error(what: String, reason: &str) -> NetError {
+    NetError::Netlink {
+        what,
+        reason: reason.into(),
+    }
+}
+
+impl RecordingKernel {
+    fn name_of(&self, oif: u32) -> String {
+        self.links
+            .iter()
+            .find(|(_, l)| l.index == oif)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| format!("#{oif}"))
+    }
+
+    fn shown(&self, r: &KernelRoute) -> String {
+        let extra = r.extra.map(|e| format!(" {e}")).unwrap_or_default();
+        format!("{} dev {}{extra}", r.prefix, self.name_of(r.oif))
+    }
+
+    fn record(&self, op: Op) {
+        if let Ok(mut ops) = self.ops.lock() {
+            ops.push(op);
+        }
+    }
+
+    pub(crate) fn ops(&self) -> Vec<Op> {
+        self.ops.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// `prefix dev name` of every route in `table`, sorted.
+    pub(crate) fn table(&self, table: u32) -> Vec<String> {
+        let routes = self.routes.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut out: Vec<String> = routes
+            .iter()
+            .filter(|r| r.table == table)
+            .map(|r| self.shown(r))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+fn poisoned() -> NetError {
+    kernel_error("recording kernel".into(), "lock poisoned")
+}
+
+impl RoutingKernel for RecordingKernel {
+    type Route = String;
+    type Rule = usize;
+
+    async fn links(&self) -> Result<BTreeMap<String, Link>, NetError> {
+        Ok(self.links.clone())
+    }
+
+    async fn table_routes(
+        &self,
+        table: u32,
+        _links: &BTreeMap<String, Link>,
+    ) -> Result<Vec<Dumped<String>>, NetError> {
+        let routes = self.routes.lock().map_err(|_| poisoned())?;
+        Ok(routes
+            .iter()
+            .filter(|r| r.table == table)
+            .map(|r| Dumped {
+                route: self.shown(r),
+                wanted: r.extra.is_none().then_some(Wanted {
+                    prefix: r.prefix,
+                    oif: r.oif,
+                }),
+                shown: self.shown(r),
+            })
+            .collect())
+    }
+
+    async fn add_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError> {
+        self.record(Op::AddRoute {
+            table,
+            prefix: w.prefix,
+            dev: interface.to_owned(),
+        });
+        let what = format!("adding route {} dev {interface} table {table}", w.prefix);
+        if self.fail_add == Some(w.prefix) {
+            return Err(kernel_error(what, "Network is down (os error 100)"));
+        }
+        let mut routes = self.routes.lock().map_err(|_| poisoned())?;
+        if routes
+            .iter()
+            .any(|r| r.table == table && r.prefix == w.prefix)
+        {
+            return Err(kernel_error(what, "File exists (os error 17)"));
+        }
+        routes.push(KernelRoute {
+            table,
+            prefix: w.prefix,
+            oif: w.oif,
+            extra: None,
+        });
+        Ok(())
+    }
+
+    async fn delete_route(&self, route: String, _shown: &str) -> Result<bool, NetError> {
+        self.record(Op::DeleteRoute(route.clone()));
+        let mut routes = self.routes.lock().map_err(|_| poisoned())?;
+        let before = routes.len();
+        let shown: Vec<String> = routes.iter().map(|r| self.shown(r)).collect();
+        let mut i = 0;
+        routes.retain(|_| {
+            i += 1;
+            shown[i - 1] != route
+        });
+        Ok(routes.len() < before)
+    }
+
+    async fn our_rules(&self, table: u32, priority: u32) -> Result<Vec<(usize, bool)>, NetError> {
+        let rules = self.rules.lock().map_err(|_| poisoned())?;
+        let mut shadowed = false;
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let Some(r) = r else { continue };
+            if r.table != table || r.priority != priority {
+                continue;
+            }
+            if r.selector.is_none() {
+                out.push((i, !shadowed));
+            } else {
+                shadowed = true;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_rule(&self, table: u32, priority: u32) -> Result<(), NetError> {
+        self.record(Op::AddRule { table, priority });
+        let mut rules = self.rules.lock().map_err(|_| poisoned())?;
+        if rules
+            .iter()
+            .flatten()
+            .any(|r| r.table == table && r.priority == priority)
+        {
+            return Err(kernel_error(
+                format!("adding rule from all lookup {table} priority {priority}"),
+                "File exists (os error 17)",
+            ));
+        }
+        rules.push(Some(KernelRule {
+            table,
+            priority,
+            selector: None,
+        }));
+        Ok(())
+    }
+
+    async fn delete_rule(&self, rule: usize, table: u32, priority: u32) -> Result<(), NetError> {
+        self.record(Op::DeleteRule { table, priority });
+        let mut rules = self.rules.lock().map_err(|_| poisoned())?;
+        if let Some(slot) = rules.get_mut(rule) {
+            *slot = None;
+        }
+        Ok(())
+    }
+}
