@@ -1,0 +1,185 @@
+//! Loading and pinning: the pin layout under `<pin_dir>/<version>/`, loading the
+//! embedded object (with the kfunc patch where the kernel has it) and pinning its maps
+//! and programs, retiring older layouts, and the unpinned and benchmark loads for tests.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::programs::SchedClassifier;
+use tracing::{debug, info, warn};
+
+use crate::*;
+
+/// Paths of the pinned objects.
+#[derive(Clone, Debug)]
+pub(crate) struct PinLayout {
+    pub(crate) root: PathBuf,
+    pub(crate) maps: PathBuf,
+    pub(crate) progs: PathBuf,
+    pub(crate) links: PathBuf,
+}
+
+impl PinLayout {
+    pub(crate) fn new(pin_dir: &Path) -> Self {
+        let root = pin_dir.join(PIN_LAYOUT_VERSION);
+        Self {
+            maps: root.join("maps"),
+            progs: root.join("progs"),
+            links: root.join("links"),
+            root,
+        }
+    }
+
+    pub(crate) fn map(&self, name: &str) -> PathBuf {
+        self.maps.join(name)
+    }
+
+    pub(crate) fn prog(&self, name: &str) -> PathBuf {
+        self.progs.join(name)
+    }
+
+    pub(crate) fn tcx_link(&self, ifindex: u32, direction: Direction) -> PathBuf {
+        self.links.join(format!("{ifindex}-{direction}"))
+    }
+
+    pub(crate) fn netlink_marker(
+        &self,
+        ifindex: u32,
+        direction: Direction,
+        ifname: &str,
+    ) -> PathBuf {
+        self.links
+            .join(format!("nl-{ifindex}-{direction}-{ifname}"))
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        MAPS.iter().all(|m| self.map(m).exists())
+            && ATTACHABLE.iter().all(|(_, _, p)| self.prog(p).exists())
+    }
+}
+
+pub(crate) fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DataplaneError::Link {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Whether this binary carries its eBPF object (not built with `AYA_BUILD_SKIP`).
+pub fn object_embedded() -> bool {
+    !EBPF_OBJECT.is_empty()
+}
+
+/// Loads the embedded object, reusing pinned maps when present, and pins the programs.
+pub(crate) fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(DataplaneError::ObjectMissing);
+    }
+    for dir in [&layout.maps, &layout.progs, &layout.links] {
+        std::fs::create_dir_all(dir).map_err(pin_dir_err(dir))?;
+    }
+    let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, layout.map(m))).collect();
+    let mut ebpf = load_production(&pins)?;
+    for (_, _, name) in ATTACHABLE {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| not_loaded(name))?
+            .try_into()
+            .map_err(prog_err(name))?;
+        program.load().map_err(prog_err(name))?;
+        let pin = layout.prog(name);
+        remove_pin(&pin)?;
+        program.pin(&pin).map_err(|e| DataplaneError::Link {
+            path: pin.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes the pins of older layout versions under the same pin directory: unpinning
+/// their TCX links detaches their programs (this version's are attached by then), and
+/// their maps go with the last reference. Failures are logged, never fatal.
+pub(crate) fn retire_older_layouts(layout: &PinLayout) {
+    let Some(pin_dir) = layout.root.parent() else {
+        return;
+    };
+    for old in OLDER_PIN_LAYOUTS {
+        let root = pin_dir.join(old);
+        if !root.exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(&root) {
+            Ok(()) => info!(path = %root.display(), "retired an older dataplane layout"),
+            Err(e) => {
+                warn!(path = %root.display(), error = %e, "could not retire an older dataplane layout")
+            }
+        }
+    }
+}
+
+/// Loads the benchmark-only object (no-op, one helper call, reference rewrite).
+pub fn load_bench_object() -> Result<aya::Ebpf, DataplaneError> {
+    if BENCH_OBJECT.is_empty() {
+        return Err(DataplaneError::ObjectMissing);
+    }
+    aya::Ebpf::load(BENCH_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))
+}
+
+/// Loads the production object with `loader`, its kfunc marker calls patched for the
+/// running kernel (see [`kctx`]): with the kernel's BTF the programs write transport
+/// checksums directly where the skb's checksum state allows it; without, they use the
+/// checksum helper for every packet.
+pub(crate) fn load_production(pins: &[(&str, PathBuf)]) -> Result<aya::Ebpf, DataplaneError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(DataplaneError::ObjectMissing);
+    }
+    let ctx = match kctx::probe() {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            warn!(error = %e, "transport checksums go through the kernel helper for every packet");
+            None
+        }
+    };
+    match load_patched(pins, ctx.as_ref()) {
+        Err(e) if ctx.is_some() => {
+            // Never lose the dataplane over the fast path: without the kfunc the programs
+            // are the same, with the helper for every checksum.
+            warn!(error = %e, "loading with direct checksum writes failed; loading without");
+            load_patched(pins, None)
+        }
+        other => other,
+    }
+}
+
+/// Loads the production object with its marker calls patched for `ctx` (see [`kctx`]).
+pub(crate) fn load_patched(
+    pins: &[(&str, PathBuf)],
+    ctx: Option<&kctx::KernelCtx>,
+) -> Result<aya::Ebpf, DataplaneError> {
+    let (object, patched) = kctx::patch_object(EBPF_OBJECT, ctx)
+        .map_err(|e| DataplaneError::BadObject(e.to_string()))?;
+    let ready = u32::from(ctx.is_some() && patched > 0);
+    let (offset, shift) = ctx.map_or((0, 0), |c| (c.ip_summed_offset, c.ip_summed_shift));
+    debug!(patched, ready, offset, shift, "kfunc calls prepared");
+    let mut loader = aya::EbpfLoader::new();
+    for (name, pin) in pins {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    loader
+        .override_global(kctx::globals::READY, &ready, true)
+        .override_global(kctx::globals::IP_SUMMED_OFFSET, &offset, true)
+        .override_global(kctx::globals::IP_SUMMED_SHIFT, &shift, true)
+        .load(kctx::words_as_bytes(&object)[..EBPF_OBJECT.len()].as_ref())
+        .map_err(|e| DataplaneError::Load(Box::new(e)))
+}
+
+/// Loads the embedded object without pinning anything, for packet tests and benchmarks
+/// (`BPF_PROG_TEST_RUN`). The returned object owns private maps.
+pub fn load_unpinned() -> Result<aya::Ebpf, DataplaneError> {
+    load_production(&[])
+}
