@@ -1012,3 +1012,43 @@ async fn a_broken_tunnel_holds_back_only_its_own_peering() {
     let a = call(&app, "GET", "/v1/peerings/a", None, None).await;
     assert!(a.body.get("tunnel_error").is_none(), "{}", a.body);
 }
+
+/// A new tunnel carries nothing before its border is in place: while the dataplane step
+/// of the change that creates it runs, its peer may use no source address (empty
+/// allowed-ips, so WireGuard drops whatever the peer sends); afterwards it has the
+/// planned allowed-ips. A tunnel that already has its border keeps its allowed-ips
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_tunnel_accepts_nothing_until_its_border_is_in_place() {
+    let (app, writer, release) = put_b_blocked_in_the_dataplane("border-window").await;
+    let tunnel = |name: &str| app.tunnels.tunnels.lock().unwrap().get(name).cloned();
+    let b = tunnel("rmd-b").expect("b's tunnel is up before the dataplane step");
+    assert!(
+        b.allowed_ips.is_empty(),
+        "b's peer may send before b's border exists: {:?}",
+        b.allowed_ips
+    );
+    let a_before = tunnel("rmd-a").unwrap();
+    assert!(!a_before.allowed_ips.is_empty());
+    release.send(()).unwrap();
+    let r = writer.await.unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let planned: Vec<String> = serde_json::from_value(r.body["plan"]["allowed_ips"].clone())
+        .expect("the plan's allowed-ips");
+    let b = tunnel("rmd-b").unwrap();
+    assert!(!planned.is_empty());
+    assert_eq!(
+        b.allowed_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        planned
+    );
+    assert_eq!(tunnel("rmd-a").unwrap(), a_before);
+    // The border was in the dataplane before the tunnel opened.
+    let borders = app.dataplane.state.lock().unwrap().borders.clone();
+    assert!(
+        borders.iter().any(|x| x.interface == "rmd-b"),
+        "{borders:?}"
+    );
+}

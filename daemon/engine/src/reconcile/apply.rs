@@ -1,19 +1,23 @@
 //! Applying one [`DesiredSystem`] through the appliers, make-before-break.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use tracing::{info, warn};
 
 use remapd_dataplane::DesiredDataplane;
-use remapd_net::RouteSpec;
+use remapd_net::{RouteSpec, TunnelSpec};
 
 use super::{ApplyMode, ApplyStep, DesiredSystem, ReconcileReport, Reconciler};
 
 impl Reconciler {
     /// Applies `system` in make-before-break order: tunnels created or updated, routes,
-    /// dataplane rules and borders, then tunnels no longer wanted removed. In
-    /// [`ApplyMode::StopAtFirstError`] nothing runs after a failed step.
+    /// dataplane rules and borders, then tunnels no longer wanted removed. A tunnel that
+    /// does not exist yet is created closed (its peer may use no source address) and
+    /// opened only once its rules and border are in place, so nothing the peer sends
+    /// crosses before the border that judges it. In [`ApplyMode::StopAtFirstError`]
+    /// nothing runs after a failed step.
     pub fn apply(&mut self, system: &DesiredSystem, mode: ApplyMode) -> ReconcileReport {
         let started = Instant::now();
         let mut report = ReconcileReport::default();
@@ -22,7 +26,23 @@ impl Reconciler {
             mode == ApplyMode::StopAtFirstError && !report.failed_steps.is_empty()
         };
         let step = |step: ApplyStep| tracing::info_span!("apply", %step);
-        match step(ApplyStep::Tunnels).in_scope(|| self.tunnels.ensure(&system.tunnels)) {
+        let new = self.new_tunnels(&system.tunnels);
+        let closed: Cow<'_, [TunnelSpec]> = if new.is_empty() {
+            Cow::Borrowed(&system.tunnels)
+        } else {
+            system
+                .tunnels
+                .iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    if new.contains(&t.interface) {
+                        t.allowed_ips.clear();
+                    }
+                    t
+                })
+                .collect()
+        };
+        match step(ApplyStep::Tunnels).in_scope(|| self.tunnels.ensure(&closed)) {
             Ok(r) => report.tunnels = r,
             Err(e) => report.fail(ApplyStep::Tunnels, e.to_string()),
         }
@@ -79,6 +99,27 @@ impl Reconciler {
                 Err(e) => report.fail(ApplyStep::Dataplane, e.to_string()),
             }
         }
+        // New tunnels open now that their borders are in the dataplane; if that step
+        // failed they stay closed.
+        let dataplane_done = !report.failed_steps.contains(&ApplyStep::Dataplane);
+        if !new.is_empty() && dataplane_done && !stop(&report) {
+            let open: Vec<TunnelSpec> = system
+                .tunnels
+                .iter()
+                .filter(|t| new.contains(&t.interface))
+                .filter(|t| !report.tunnels.failed.contains_key(&t.interface))
+                .cloned()
+                .collect();
+            match step(ApplyStep::Tunnels).in_scope(|| self.tunnels.ensure(&open)) {
+                Ok(r) => {
+                    for (interface, error) in r.failed {
+                        report.errors.push(format!("tunnels: {interface}: {error}"));
+                        report.tunnels.failed.insert(interface, error);
+                    }
+                }
+                Err(e) => report.fail(ApplyStep::Tunnels, e.to_string()),
+            }
+        }
         if !stop(&report) {
             match step(ApplyStep::Prune).in_scope(|| self.tunnels.prune(&keep)) {
                 Ok(r) => report.tunnels.removed = r.removed,
@@ -96,5 +137,22 @@ impl Reconciler {
             warn!(errors = ?report.errors, "applied with errors");
         }
         report
+    }
+
+    /// The interfaces of `tunnels` that do not exist yet: not in the committed system
+    /// and not found live (an unreadable status counts as new: closed first is safe).
+    fn new_tunnels(&self, tunnels: &[TunnelSpec]) -> BTreeSet<String> {
+        tunnels
+            .iter()
+            .filter(|t| {
+                !self
+                    .committed
+                    .tunnels
+                    .iter()
+                    .any(|c| c.interface == t.interface)
+            })
+            .filter(|t| !matches!(self.tunnels.status(&t.interface), Ok(Some(_))))
+            .map(|t| t.interface.clone())
+            .collect()
     }
 }
