@@ -553,6 +553,65 @@ fn icmp_time_exceeded_from_a_remote_router_crosses_the_border() {
 
 #[test]
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn icmp_errors_about_connections_that_are_not_the_peers_are_dropped() {
+    // An allowed peer source (a router in cluster 2) sends errors to pod1 that quote
+    // packets this peering never carried: they would let the peer cut or shrink (PMTU)
+    // connections of other peerings or of the node. Only quotes from an exported local
+    // address to an address the peer may use pass.
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1_with_border(&mut h);
+        let error_about = |quote: &[u8]| {
+            Ipv4::new("40.0.0.254", "40.0.0.1", 1).with_payload(&icmp(3, 4, [0, 0, 5, 0], quote))
+        };
+        let cases = [
+            (
+                "pod1's connection to the internet",
+                tcp_packet("40.0.0.1", "8.8.8.8", b"q"),
+            ),
+            (
+                "pod1's connection to another peering's view",
+                udp_packet("40.0.0.1", "50.0.0.9", b"q", true),
+            ),
+            (
+                "the node's connection to the peer",
+                tcp_packet("10.0.0.5", "40.0.0.1", b"q"),
+            ),
+        ];
+        for (what, quote) in &cases {
+            expect_drop(
+                &mut h,
+                framing,
+                Direction::Ingress,
+                &framing.frame(&error_about(quote)),
+                what,
+            );
+        }
+        assert_eq!(
+            h.dropped(Direction::Ingress)[drop_reason::QUOTE_NOT_ALLOWED],
+            cases.len() as u64
+        );
+        // The error about pod1's own connection to pod2 passes, translated.
+        let quote = tcp_packet("40.0.0.1", "40.0.0.1", b"q");
+        let translated = tcp_packet("40.0.0.1", "30.0.0.1", b"q");
+        let expected = Ipv4::new("30.0.0.254", "40.0.0.1", 1).with_payload(&icmp(
+            3,
+            4,
+            [0, 0, 5, 0],
+            &translated,
+        ));
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &error_about(&quote),
+            &expected,
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn redirects_and_source_quench_do_not_cross_a_border() {
     // They quote a packet like other ICMP errors but have no business crossing between
     // clusters: a redirect would steer this gateway's routing.

@@ -135,13 +135,15 @@ pub fn plan(
             ),
         ] {
             let prefixes = Ipv4Net::aggregate(prefixes);
+            // Every allow-list is in the trie, where the program checks ICMP error
+            // quotes; short ones are also inline, for the per-packet check.
+            out.allow.extend(
+                prefixes
+                    .iter()
+                    .map(|p| MapKey::ipv4(border.ifindex, Direction::Ingress, field, *p)),
+            );
             if prefixes.len() > INLINE_ALLOW {
                 config.flags |= trie;
-                out.allow.extend(
-                    prefixes
-                        .iter()
-                        .map(|p| MapKey::ipv4(border.ifindex, Direction::Ingress, field, *p)),
-                );
                 continue;
             }
             let (list, n) = if field == AddressField::Source {
@@ -258,6 +260,8 @@ mod tests {
         assert_eq!(config.allow_src[0], prefix4(n("30.0.0.0/24")));
         assert_eq!(config.n_allow_dst, 2);
         assert!(!plan.configs.contains_key(&(7, Direction::Egress)));
+        // The trie holds them too (where ICMP error quotes are checked).
+        assert_eq!(plan.allow.len(), 3);
     }
 
     #[test]
@@ -274,12 +278,15 @@ mod tests {
         let config = &plan.configs[&(7, Direction::Ingress)];
         assert_eq!(config.flags, HOOK_ENFORCE | HOOK_ALLOW_SRC_TRIE);
         assert_eq!(config.n_allow_dst, 1);
-        assert_eq!(plan.allow.len(), sources.len());
-        assert!(
+        assert_eq!(plan.allow.len(), sources.len() + 1);
+        let in_trie = |field| {
             plan.allow
                 .iter()
-                .all(|k| AddressField::from_wire(k.data.field) == Some(AddressField::Source))
-        );
+                .filter(|k| AddressField::from_wire(k.data.field) == Some(field))
+                .count()
+        };
+        assert_eq!(in_trie(AddressField::Source), sources.len());
+        assert_eq!(in_trie(AddressField::Destination), 1);
     }
 
     #[test]

@@ -166,7 +166,12 @@ pub mod drop_reason {
     /// Border: an IPv4 packet with IP options (source routing could steer it past the
     /// allow-list; nothing between pods needs options).
     pub const IP_OPTIONS: usize = 6;
-    /// Number of reason slots (the last ones reserved).
+    /// Border: an ICMP error whose quoted packet (after translation) is not one this
+    /// peering could have carried — from an exported local address to an address the
+    /// peer may use — so the peer would be steering connections it has no part in
+    /// (path MTU, unreachable, time exceeded of another peering's or the node's traffic).
+    pub const QUOTE_NOT_ALLOWED: usize = 7;
+    /// Number of reason slots.
     pub const COUNT: usize = 8;
     /// Label values, by index (reserved slots are empty).
     pub const NAMES: [&str; COUNT] = [
@@ -177,7 +182,7 @@ pub mod drop_reason {
         "unsupported",
         "helper_failed",
         "ip_options",
-        "",
+        "quote_not_allowed",
     ];
 }
 

@@ -14,7 +14,7 @@ use remapd_common::{
     FIELD_DESTINATION, FIELD_SOURCE, HookConfig, csum_replace2, csum_replace4, drop_reason,
 };
 
-use crate::lookup::{Rewrite, lookup};
+use crate::lookup::{Rewrite, allowed_by_trie, lookup};
 use crate::{IPPROTO_DCCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, Ipv4Header};
 
 const ICMP_HLEN: usize = 8;
@@ -102,6 +102,19 @@ pub(crate) fn quoted_rewrite(
     let inner_dst = u32::from_be(inner.dst);
     let src = lookup(config, ifindex, direction, FIELD_DESTINATION, inner_src);
     let dst = lookup(config, ifindex, direction, FIELD_SOURCE, inner_dst);
+    // On a border the quote must be a packet this peering could have carried out: from
+    // an address this cluster exported to one the peer may use (both after
+    // translation, the quote's fields swapped against the outer packet's). Anything
+    // else would let the peer act on connections that are not its own.
+    if border {
+        let quoted_src = if src.hit() { src.to } else { inner_src };
+        let quoted_dst = if dst.hit() { dst.to } else { inner_dst };
+        if !allowed_by_trie(ifindex, FIELD_DESTINATION, quoted_src)
+            || !allowed_by_trie(ifindex, FIELD_SOURCE, quoted_dst)
+        {
+            return Err(drop_reason::QUOTE_NOT_ALLOWED);
+        }
+    }
     if !src.hit() && !dst.hit() {
         return Ok(QuotedRewrite::NONE);
     }

@@ -148,3 +148,13 @@ pub(crate) fn allowed(config: &HookConfig, ifindex: u32, field: u8, addr: u32) -
     }
     false
 }
+
+/// Whether `addr` (host order, after translation) is in the border's allow-list for
+/// `field`, looked up in the trie, which holds every border's allow-lists whether or
+/// not they also fit inline. One helper call and no loop: for the rare paths (ICMP
+/// error quotes) where the verifier cannot afford another inline scan.
+#[inline(always)]
+pub(crate) fn allowed_by_trie(ifindex: u32, field: u8, addr: u32) -> bool {
+    let key = trie_key(ifindex, remapd_common::DIRECTION_INGRESS, field, addr);
+    ALLOW.get(&key).is_some()
+}
