@@ -25,4 +25,5 @@ pub use remapd_net as net;
 pub use remapd_policy_host as policy;
 
 pub mod config;
+pub mod policy_cli;
 pub mod server;

@@ -70,6 +70,9 @@ enum Command {
     CheckConfig,
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Tools for policy authors (no daemon needed): check, run, test, bench.
+    #[command(subcommand)]
+    Policy(remapd::policy_cli::PolicyCommand),
 }
 
 const EX_USAGE: u8 = 64;
@@ -138,6 +141,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if let Some(Command::Policy(command)) = cli.command {
+        return remapd::policy_cli::run(command);
+    }
     if matches!(cli.command, Some(Command::ExampleConfig)) {
         print!("{}", remapd::config::EXAMPLE);
         return ExitCode::SUCCESS;
@@ -182,7 +188,7 @@ fn main() -> ExitCode {
                 Err(errors.join("; "))
             }
         }),
-        Command::Run | Command::ExampleConfig | Command::Openapi => {
+        Command::Run | Command::ExampleConfig | Command::Openapi | Command::Policy(_) => {
             // Secure by default: with no token configured, mutating calls need the one
             // remapd keeps (and generates once) in the state directory.
             match config.ensure_token() {

@@ -154,3 +154,109 @@ fn a_lost_state_file_is_not_taken_for_a_fresh_start() {
     assert_eq!(std::fs::read(state.join("state.json")).unwrap(), b"");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `remapd policy`: the authors' tools, run as a user would, with no daemon.
+#[test]
+fn policy_tools_check_run_test_and_bench_without_a_daemon() {
+    let dir = std::env::temp_dir().join(format!("remapd-policy-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let cluster = file(
+        "cluster.json",
+        r#"{"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/16"]}"#,
+    );
+    let peer = file(
+        "peer.json",
+        r#"{"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}}}"#,
+    );
+    let json = |text: &str| -> serde_json::Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+
+    // check: what the component is, read from it.
+    let (code, out) = run(&["policy", "check", "split"]);
+    assert_eq!(code, 0, "{out}");
+    let report = json(&out);
+    assert_eq!(report["contract"], "remap:policy@0.1.0");
+    assert_eq!(report["exports"], serde_json::json!(["decide"]));
+    assert_eq!(report["sha256"].as_str().unwrap().len(), 64);
+    let garbage = file("garbage.wasm", "not wasm at all");
+    let (code, out) = run(&["policy", "check", &garbage]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not a WebAssembly binary"), "{out}");
+    let (code, out) = run(&["policy", "check", "no-such-policy"]);
+    assert_eq!(code, 64, "{out}");
+
+    // run: decision, validation, plan, log, fuel and time.
+    let (code, out) = run(&["policy", "run", "auto", "--cluster", &cluster, &peer]);
+    assert_eq!(code, 0, "{out}");
+    let report = json(&out);
+    assert_eq!(report["decision"]["strategy"], "split");
+    assert_eq!(report["validation"], "ok");
+    assert_eq!(
+        report["plan"]["allowed_ips"],
+        serde_json::json!(["40.0.0.0/24"])
+    );
+    assert!(report["fuel_used"].as_u64().unwrap() > 0);
+    assert!(!report["log"].as_array().unwrap().is_empty());
+    // A refusal is exit 1 and says why; bad input is 64 and points at the field.
+    let no_nat = file(
+        "no-nat.json",
+        r#"{"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"]}}"#,
+    );
+    let (code, out) = run(&["policy", "run", "split", "--cluster", &cluster, &no_nat]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the policy refused"), "{out}");
+    let bad = file(
+        "bad.json",
+        r#"{"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/33"]}}"#,
+    );
+    let (code, out) = run(&["policy", "run", "auto", "--cluster", &cluster, &bad]);
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("remote.pod_cidrs[0]"), "{out}");
+
+    // test: the committed cases pass; a wrong expectation fails with a diff.
+    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/policy-cases/auto");
+    let (code, out) = run(&["policy", "test", "auto", cases]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 passed, 0 failed"), "{out}");
+    let wrong = dir.join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    std::fs::write(
+        wrong.join("expects-both-on-2.json"),
+        format!(
+            r#"{{"cluster": {}, "input": {}, "expect": {{"decision": {{"strategy": "both-on-2", "mappings": [{{"real": "40.0.0.0/24", "remapped": "30.0.0.0/24"}}]}}}}}}"#,
+            std::fs::read_to_string(&cluster).unwrap(),
+            std::fs::read_to_string(&peer).unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run(&["policy", "test", "auto", wrong.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL expects-both-on-2"), "{out}");
+    assert!(out.contains("-  \"strategy\": \"both-on-2\""), "{out}");
+    assert!(out.contains("+  \"strategy\": \"split\""), "{out}");
+
+    // bench: warm latency over the calls asked for.
+    let (code, out) = run(&[
+        "policy",
+        "bench",
+        "auto",
+        "--cluster",
+        &cluster,
+        &peer,
+        "--calls",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("20 warm decisions") && out.contains("median"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

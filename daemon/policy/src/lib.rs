@@ -177,6 +177,19 @@ pub struct Evaluation {
     pub elapsed: Duration,
 }
 
+/// One call of a policy, before validation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Call {
+    /// The decision as the policy returned it (not validated).
+    pub decision: Decision,
+    /// Log lines.
+    pub log: Vec<String>,
+    /// How long the call took (fresh store, instantiation and the call).
+    pub elapsed: Duration,
+    /// Fuel the call used (roughly, wasm instructions).
+    pub fuel_used: u64,
+}
+
 /// The engine and the compile cache.
 pub struct PolicyEngine {
     engine: Engine,
@@ -301,6 +314,33 @@ impl PolicyEngine {
         policy: &CompiledPolicy,
         input: &PolicyInput,
     ) -> Result<Evaluation, PolicyError> {
+        let call = self.call(policy, input)?;
+        validate::validate(input, &call.decision)?;
+        debug!(strategy = %call.decision.strategy, elapsed = ?call.elapsed, "policy decided");
+        Ok(Evaluation {
+            decision: call.decision,
+            log: call.log,
+            elapsed: call.elapsed,
+        })
+    }
+
+    /// What `policy` imports and exports, by name (for authors' tools).
+    pub fn interface(&self, policy: &CompiledPolicy) -> (Vec<String>, Vec<String>) {
+        let ty = policy.pre.instance_pre().component().component_type();
+        (
+            ty.imports(&self.engine)
+                .map(|(name, _)| name.to_owned())
+                .collect(),
+            ty.exports(&self.engine)
+                .map(|(name, _)| name.to_owned())
+                .collect(),
+        )
+    }
+
+    /// Calls `policy` under the same limits as [`PolicyEngine::decide`] and returns its
+    /// decision *unvalidated*, with what it logged and the fuel it used: for authors'
+    /// tools that show a decision next to the reason it is rejected.
+    pub fn call(&self, policy: &CompiledPolicy, input: &PolicyInput) -> Result<Call, PolicyError> {
         let started = Instant::now();
         let mut store = Store::new(
             &self.engine,
@@ -365,12 +405,15 @@ impl PolicyEngine {
                 return Err(PolicyError::Refused(message));
             }
         };
-        validate::validate(input, &decision)?;
-        debug!(strategy = %decision.strategy, ?elapsed, "policy decided");
-        Ok(Evaluation {
+        let fuel_used = self
+            .limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(0));
+        Ok(Call {
             decision,
             log,
             elapsed,
+            fuel_used,
         })
     }
 }
