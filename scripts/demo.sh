@@ -194,7 +194,15 @@ step "Bring your own policy: build a component, upload it, dry-run it"
 if [[ ${SKIP_POLICY:-0} != 1 ]]; then
   # POLICY_BUILD: the remapd-policy-build command (the test suite passes its binary).
   ${POLICY_BUILD:-cargo run -q --release -p remapd-policy-build --} policies/split -o "$DEMO/my-policy.wasm" 2>&1 | tail -n 1
-  gw1 curl -sS -X PUT -H "$AUTH" -H 'content-type: application/wasm' --data-binary @"$DEMO/my-policy.wasm" $API/v1/policies/my-policy | jq -c '{name, sha256, size}'
+  # The upload carries its RFC 9530 digest: remapd refuses bytes that do not match it.
+  upload_my_policy() {
+    gw1 curl -sS -X PUT -H "$AUTH" -H 'content-type: application/wasm' \
+      -H "content-digest: sha-256=:$(openssl dgst -sha256 -binary "$DEMO/my-policy.wasm" | base64):" \
+      --data-binary @"$DEMO/my-policy.wasm" $API/v1/policies/my-policy |
+      jq -c '{name, sha256, size, contract, language}'
+  }
+  check "upload with its Content-Digest: stored, contract and language shown" \
+    '"contract":"remap:policy@0.1.0","language":"Rust"' upload_my_policy
   check "dry run of the uploaded policy decides split" split \
     gw1 curl -sS -X POST -H "$AUTH" -H "$JSON" $API/v1/policies/my-policy/evaluate -d '{"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}}}'
 fi

@@ -6,7 +6,7 @@ set -euo pipefail
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 APT_PACKAGES=(iproute2 nftables iptables iperf3 wireguard-go wireguard-tools tcpdump
-              socat curl jq python3 python3-venv wrk procps psmisc iputils-ping traceroute util-linux gcc libc6-dev)
+              socat curl jq python3 python3-venv wrk procps psmisc iputils-ping traceroute util-linux gcc libc6-dev openssl)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do

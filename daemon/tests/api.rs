@@ -774,3 +774,85 @@ async fn policies_are_told_the_nat_capability_the_dataplane_has() {
         r.body
     );
 }
+
+/// An upload may carry an RFC 9530 `Content-Digest`; a mismatch (an altered or truncated
+/// upload) is a 400 that changes nothing. Every policy says the contract it implements
+/// and the language its toolchain recorded.
+#[tokio::test]
+async fn uploads_are_checked_against_their_content_digest() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let app = app("content-digest");
+    let upload = |name: &str, digest: &str, bytes: &[u8]| {
+        let req = axum::http::Request::builder()
+            .method("PUT")
+            .uri(format!("/v1/policies/{name}"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/wasm")
+            .header("content-digest", digest)
+            .body(axum::body::Body::from(bytes.to_vec()))
+            .unwrap();
+        send(&app, req)
+    };
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let bytes = builtin::SPLIT;
+    let sha256 = format!("sha-256=:{}:", b64(&sha2::Sha256::digest(bytes)));
+    let sha512 = format!("sha-512=:{}:", b64(&sha2::Sha512::digest(bytes)));
+    let other = format!(
+        "sha-256=:{}:",
+        b64(&sha2::Sha256::digest(b"something else"))
+    );
+
+    for (what, digest, detail) in [
+        (
+            "a digest of other bytes",
+            other.as_str(),
+            "does not match the body",
+        ),
+        (
+            "a right sha-512 with a wrong sha-256",
+            &format!("{sha512}, {other}"),
+            "sha-256 does not match",
+        ),
+        (
+            "only algorithms remapd does not check",
+            "md5=:AAAA:",
+            "names no algorithm",
+        ),
+        (
+            "not a structured field",
+            "sha-256=abc def",
+            "not a structured-field dictionary",
+        ),
+        (
+            "not a byte sequence",
+            "sha-256=\"abc\"",
+            "not a byte sequence",
+        ),
+    ] {
+        let r = upload("checked", digest, bytes).await;
+        assert_problem(
+            &r,
+            StatusCode::BAD_REQUEST,
+            detail,
+            Some("/headers/content-digest"),
+        );
+        let r = call(&app, "GET", "/v1/policies/checked", None, None).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{what}: nothing was stored"
+        );
+    }
+    let r = upload("checked", &sha256, bytes).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = upload("checked", &format!("{sha256}, {sha512}"), bytes).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Contract and language, for uploads and built-ins alike.
+    let list = call(&app, "GET", "/v1/policies", None, None).await.body;
+    for p in list.as_array().unwrap() {
+        assert_eq!(p["contract"], "remap:policy@0.1.0", "{p}");
+        assert_eq!(p["language"], "Rust", "{p}");
+    }
+}

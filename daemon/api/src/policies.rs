@@ -37,6 +37,11 @@ pub struct PolicyInfo {
     pub sha256: String,
     /// Size in bytes.
     pub size: usize,
+    /// The contract version the component implements (`remap:policy@0.1.0`).
+    pub contract: String,
+    /// The source language its toolchain recorded in the component, if it says (a hint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
     /// Peerings using it.
     pub used_by: Vec<String>,
 }
@@ -47,6 +52,8 @@ fn info(p: &NamedPolicy, used_by: Vec<String>) -> PolicyInfo {
         builtin: p.builtin,
         sha256: p.compiled.sha256.clone(),
         size: p.compiled.size,
+        contract: p.compiled.contract.to_owned(),
+        language: p.compiled.language.clone(),
         used_by,
     }
 }
@@ -100,12 +107,16 @@ async fn get_policy(
 /// (`content-type: application/wasm`) implementing `remap:policy@0.1.0`. It is checked
 /// and compiled before it replaces anything; peerings using it are re-decided.
 #[utoipa::path(put, path = "/v1/policies/{name}", tag = "policies",
-    params(("name" = String, Path, description = "Policy name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"), ForceQuery),
+    params(
+        ("name" = String, Path, description = "Policy name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"),
+        ("Content-Digest" = Option<String>, Header, description = "RFC 9530 digest of the body (`sha-256=:<base64>:` and/or `sha-512=...`); a mismatch is a 400 and changes nothing"),
+        ForceQuery,
+    ),
     request_body(content = WasmComponent, content_type = "application/wasm", description = "The component"),
     responses(
         (status = 200, description = "Replaced", body = PolicyInfo),
         (status = 201, description = "Created", body = PolicyInfo),
-        (status = 400, description = "Not a component implementing the contract, or a bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not a component implementing the contract, a bad name, or a `Content-Digest` that does not match the body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A built-in policy of that name, or the new policy's decision collides for a peering using it", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The new policy refuses a peering that uses it (`peering` names the first, the detail all); the old policy stays. `?force=true` replaces it anyway", body = Problem, content_type = "application/problem+json"),
@@ -130,6 +141,7 @@ async fn put_policy(
             "upload the component with content-type application/wasm",
         ));
     }
+    check_content_digest(&headers, &body)?;
     let max = state.daemon.registry().engine().limits().component_bytes;
     if body.len() > max {
         return Err(Problem::too_large(format!(
@@ -189,6 +201,55 @@ async fn put_policy(
         StatusCode::CREATED
     };
     Ok((status, Json(info(&named, users(&desired, &name)))))
+}
+
+/// Checks an RFC 9530 `Content-Digest` (when the client sent one) against `body`: every
+/// `sha-256` and `sha-512` member must match, and at least one must be there.
+fn check_content_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), Problem> {
+    use sha2::Digest;
+    let Some(value) = headers.get("content-digest") else {
+        return Ok(());
+    };
+    let at = "/headers/content-digest";
+    let bad = |detail: String| Problem::bad_request(detail).at(at);
+    let text = value
+        .to_str()
+        .map_err(|_| bad("Content-Digest is not ASCII".into()))?;
+    let members: sfv::Dictionary = sfv::Parser::new(text).parse().map_err(|e| {
+        bad(format!(
+            "Content-Digest is not a structured-field dictionary (RFC 9530, e.g. sha-256=:<base64>:): {e}"
+        ))
+    })?;
+    let mut checked = 0;
+    for (algorithm, member) in &members {
+        let actual = match algorithm.as_str() {
+            "sha-256" => sha2::Sha256::digest(body).to_vec(),
+            "sha-512" => sha2::Sha512::digest(body).to_vec(),
+            _ => continue,
+        };
+        let sfv::ListEntry::Item(item) = member else {
+            return Err(bad(format!(
+                "Content-Digest {algorithm} is not a byte sequence"
+            )));
+        };
+        let Some(expected) = item.bare_item.as_byte_sequence() else {
+            return Err(bad(format!(
+                "Content-Digest {algorithm} is not a byte sequence (:<base64>:)"
+            )));
+        };
+        if expected != actual.as_slice() {
+            return Err(bad(format!(
+                "Content-Digest {algorithm} does not match the body: the upload was altered or truncated; nothing changed"
+            )));
+        }
+        checked += 1;
+    }
+    if checked == 0 {
+        return Err(bad(
+            "Content-Digest names no algorithm remapd checks (sha-256, sha-512)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes an uploaded policy; refused while a peering uses it, and for built-ins.

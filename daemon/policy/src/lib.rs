@@ -163,6 +163,11 @@ pub struct CompiledPolicy {
     pub sha256: String,
     /// Size of the component in bytes.
     pub size: usize,
+    /// The contract version it implements (checked when it was compiled).
+    pub contract: &'static str,
+    /// The source language its toolchain recorded (the `producers` custom section:
+    /// `Rust`, `Python`, `JavaScript`...), if it says; a hint, not checked.
+    pub language: Option<String>,
     pre: bindings::PolicyPre<HostState>,
 }
 
@@ -175,6 +180,31 @@ pub struct Evaluation {
     pub log: Vec<String>,
     /// How long the call took.
     pub elapsed: Duration,
+}
+
+/// The languages a component's `producers` sections name (its own and its modules'),
+/// joined with `, `; `None` when none does.
+fn source_language(bytes: &[u8]) -> Option<String> {
+    let mut languages: Vec<String> = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(wasmparser::Payload::CustomSection(section)) = payload else {
+            continue;
+        };
+        let wasmparser::KnownCustom::Producers(producers) = section.as_known() else {
+            continue;
+        };
+        for field in producers.into_iter().flatten() {
+            if field.name != "language" {
+                continue;
+            }
+            for value in field.values.into_iter().flatten() {
+                if !languages.iter().any(|l| l == value.name) {
+                    languages.push(value.name.to_owned());
+                }
+            }
+        }
+    }
+    (!languages.is_empty()).then(|| languages.join(", "))
 }
 
 /// One call of a policy, before validation.
@@ -290,6 +320,8 @@ impl PolicyEngine {
         let compiled = Arc::new(CompiledPolicy {
             sha256: sha256.clone(),
             size: bytes.len(),
+            contract: CONTRACT,
+            language: source_language(bytes),
             pre,
         });
         if let Ok(mut cache) = self.cache.write() {
