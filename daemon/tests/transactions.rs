@@ -1052,3 +1052,112 @@ async fn a_new_tunnel_accepts_nothing_until_its_border_is_in_place() {
         "{borders:?}"
     );
 }
+
+/// `GET /v1/decisions{query}`, answered 200.
+async fn decision_log(app: &App, query: &str) -> Vec<Value> {
+    let r = call(app, "GET", &format!("/v1/decisions{query}"), None, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body.as_array().unwrap().clone()
+}
+
+async fn put_peering(app: &App, name: &str, body: Value) -> Reply {
+    call(
+        app,
+        "PUT",
+        &format!("/v1/peerings/{name}"),
+        Some(body),
+        Some(TOKEN),
+    )
+    .await
+}
+
+/// Every decision is logged with what became of it — applied, not applied (and why),
+/// dry run, rejected, policy error — queryable by peering, and the log survives a
+/// restart; decision durations are a histogram in `/metrics`.
+#[tokio::test]
+async fn every_decision_is_logged_with_what_became_of_it() {
+    let dir = fresh_dir("decision-log");
+    let app = app_in(dir.clone());
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    // Applied.
+    let r = put_peering(&app, "a", peering(51820)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let auto_sha = call(&app, "GET", "/v1/policies/auto", None, None)
+        .await
+        .body["sha256"]
+        .clone();
+    let a = &decision_log(&app, "?peering=a").await[0];
+    assert_eq!(a["outcome"], "applied", "{a}");
+    assert_eq!(a["policy"], "auto");
+    assert_eq!(a["policy_sha256"], auto_sha);
+    assert_eq!(a["input_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(a["strategy"], r.body["decision"]["strategy"]);
+    assert_eq!(a["mappings"], r.body["decision"]["mappings"]);
+    assert!(a["fuel_used"].as_u64().unwrap() > 0 && a["duration_us"].as_u64().unwrap() > 0);
+
+    // A policy error: split refuses a peer that cannot translate.
+    let mut refused = peering(51821);
+    refused["policy"] = json!("split");
+    refused["remote"] = remote("cluster-3", false);
+    let r = put_peering(&app, "b", refused).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let b = &decision_log(&app, "?peering=b").await[0];
+    assert_eq!(b["outcome"], "policy-error", "{b}");
+    assert!(b["reason"].as_str().unwrap().contains("refused"), "{b}");
+
+    // Rejected: auto decides both-on-local for a peer without NAT, which cannot be
+    // compiled without the peer's exports.
+    let mut no_exports = peering(51822);
+    no_exports["remote"] = remote("cluster-4", false);
+    let r = put_peering(&app, "c", no_exports).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let c = &decision_log(&app, "?peering=c").await[0];
+    assert_eq!(c["outcome"], "rejected", "{c}");
+    assert_eq!(c["strategy"], "both-on-local", "{c}");
+    assert!(
+        c["reason"].as_str().unwrap().contains("view_of_local"),
+        "{c}"
+    );
+
+    // Not applied: a valid decision whose change failed to apply.
+    inject(&app, Step::Dataplane, Some("injected"));
+    let r = put_peering(&app, "d", peering(51823)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    inject(&app, Step::Dataplane, None);
+    let d = &decision_log(&app, "?peering=d").await[0];
+    assert_eq!(d["outcome"], "not-applied", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("injected"), "{d}");
+
+    // Dry run.
+    let r = call(
+        &app,
+        "POST",
+        "/v1/policies/auto/evaluate",
+        Some(json!({"remote": remote("cluster-5", true)})),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let dry = &decision_log(&app, "?peering=-dry-run").await[0];
+    assert_eq!(dry["outcome"], "dry-run", "{dry}");
+
+    // Newest first, bounded, and bad queries are problems.
+    let all = decision_log(&app, "").await;
+    assert_eq!(all[0], *dry);
+    assert_eq!(decision_log(&app, "?limit=2").await.len(), 2);
+    for bad in ["?limit=0", "?limit=5000", "?peering=Not_A_Name", "?bogus=1"] {
+        let r = call(&app, "GET", &format!("/v1/decisions{bad}"), None, None).await;
+        assert_problem(&r, StatusCode::BAD_REQUEST, "", None);
+    }
+    let m = metrics(&app).await;
+    assert!(
+        m.contains("remapd_policy_decision_duration_seconds_count"),
+        "{m}"
+    );
+
+    // The file survives a restart (the first daemon is forgotten, not dropped: dropping
+    // an App removes its directory).
+    std::mem::forget(app);
+    let again = app_in(dir);
+    assert_eq!(decision_log(&again, "").await.len(), all.len());
+}

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod decisions;
 pub mod http;
 pub mod ops;
 pub mod peerings;
@@ -181,6 +182,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(policies::router())
         .merge(peerings::router())
         .merge(ops::router())
+        .merge(decisions::router())
 }
 
 /// The generated OpenAPI document (what `/openapi.json` serves and

@@ -211,6 +211,11 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
             ])
             .inc_by(*n);
     }
+    registry.register(
+        "policy_decision_duration_seconds",
+        "Time each policy decision took (a fresh sandbox, the call and validation)",
+        DecisionDurations(state.daemon.decisions().durations()),
+    );
     let reconciles = Counter::<u64>::default();
     reconciles.inc_by(counters.reconciles);
     registry.register("reconciles", "Reconciles run", reconciles);
@@ -352,4 +357,29 @@ async fn teardown(
 /// A small self-contained page that renders `/openapi.json` and lets you send requests.
 pub async fn docs_page() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+/// The decision log's duration histogram, as counted by the engine.
+#[derive(Debug)]
+struct DecisionDurations(remapd_engine::decision_log::DurationHistogram);
+
+impl prometheus_client::encoding::EncodeMetric for DecisionDurations {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use remapd_engine::decision_log::DURATION_BUCKETS;
+        let bounds = DURATION_BUCKETS.iter().copied().chain([f64::MAX]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(self.0.buckets.iter().copied()).collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum,
+            self.0.count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }

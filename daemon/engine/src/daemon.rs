@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tracing::{info, warn};
 
+use crate::decision_log::{DecisionLog, DecisionOutcome, DecisionRecord};
 pub use crate::error::EngineError;
 use crate::reconcile::{
     ApplyMode, Keys, PeeringOutcome, ReconcileCounters, ReconcileReport, Reconciler, StatusReaders,
@@ -69,6 +70,7 @@ pub struct Daemon {
     reconciler: Arc<StdMutex<Reconciler>>,
     registry: Arc<PolicyRegistry>,
     readers: StatusReaders,
+    decisions: Arc<DecisionLog>,
 }
 
 /// Publishes what reads see. Used from the blocking task that runs a change, so a
@@ -147,7 +149,9 @@ impl Daemon {
             state: state.clone(),
             ..Snapshot::default()
         }));
+        let decisions = Arc::new(DecisionLog::open(&store.dir().join(DECISION_LOG)));
         Ok(Self {
+            decisions,
             store,
             state: Arc::new(Mutex::new(state)),
             publisher: Arc::new(Publisher {
@@ -163,6 +167,11 @@ impl Daemon {
     /// The policy registry.
     pub fn registry(&self) -> &Arc<PolicyRegistry> {
         &self.registry
+    }
+
+    /// The decision log.
+    pub fn decisions(&self) -> &Arc<DecisionLog> {
+        &self.decisions
     }
 
     /// What reads see (never waits for a change in progress).
@@ -268,6 +277,7 @@ impl Daemon {
     pub async fn reconcile(&self) -> Result<ReconcileReport, EngineError> {
         let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();
+        let decisions = self.decisions.clone();
         self.locked(guard, move |state, r, publisher| {
             let (keys, key_errors) = keys_for(
                 &store,
@@ -281,6 +291,8 @@ impl Daemon {
             mark_key_errors(&mut system, &key_errors);
             let report = r.apply(&system, ApplyMode::BestEffort);
             r.commit(system);
+            // Best effort: what was decided is in force, whatever else failed.
+            decisions.append(r.take_decisions());
             publisher.publish(
                 state.clone(),
                 (r.outcomes().clone(), report.clone(), r.counters.clone()),
@@ -320,9 +332,15 @@ impl Daemon {
         let value = change(&mut next)?;
         let store = self.store.clone();
         let registry = self.registry.clone();
+        let decisions = self.decisions.clone();
         let committed = self
             .locked(guard, move |state, r, publisher| {
                 let result = transact(r, &store, &registry, state, &next, &targets, policy, force);
+                let mut made = r.take_decisions();
+                if let Err(e) = &result {
+                    settle(&mut made, DecisionOutcome::NotApplied, Some(e.to_string()));
+                }
+                decisions.append(made);
                 let counters = r.counters.clone();
                 match result {
                     Ok((outcomes, report)) => {
@@ -354,9 +372,13 @@ impl Daemon {
             return Err(EngineError::NoCluster);
         }
         let name = name.to_owned();
+        let decisions = self.decisions.clone();
         let (result, counters) = self
             .with_reconciler(move |r| {
                 let system = r.plan(&state, &Keys::new());
+                let mut made = r.take_decisions();
+                settle(&mut made, DecisionOutcome::DryRun, None);
+                decisions.append(made);
                 (dry_run_result(system, name), r.counters.clone())
             })
             .await?;
@@ -400,5 +422,20 @@ impl Daemon {
             Ok(errors)
         })
         .await?
+    }
+}
+
+/// The decision log's file in the state directory.
+pub const DECISION_LOG: &str = "decisions.jsonl";
+
+/// Valid decisions (provisionally [`DecisionOutcome::Applied`]) become `outcome`, with
+/// `reason`; rejected and failed ones keep theirs.
+fn settle(records: &mut [DecisionRecord], outcome: DecisionOutcome, reason: Option<String>) {
+    for r in records
+        .iter_mut()
+        .filter(|r| r.outcome == DecisionOutcome::Applied)
+    {
+        r.outcome = outcome;
+        r.reason.clone_from(&reason);
     }
 }

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod daemon;
+pub mod decision_log;
 mod error;
 pub mod reconcile;
 pub mod store;

@@ -38,6 +38,7 @@ pub(crate) fn dry_run_result(
                 decision: decision.clone(),
                 log: outcome.policy_log.clone(),
                 elapsed: outcome.elapsed,
+                fuel_used: outcome.fuel_used,
             },
             plan.clone(),
         )),

@@ -180,6 +180,8 @@ pub struct Evaluation {
     pub log: Vec<String>,
     /// How long the call took.
     pub elapsed: Duration,
+    /// Fuel the call used.
+    pub fuel_used: u64,
 }
 
 /// The languages a component's `producers` sections name (its own and its modules'),
@@ -353,6 +355,7 @@ impl PolicyEngine {
             decision: call.decision,
             log: call.log,
             elapsed: call.elapsed,
+            fuel_used: call.fuel_used,
         })
     }
 

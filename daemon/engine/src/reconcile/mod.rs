@@ -17,6 +17,7 @@ use remapd_dataplane::{DataplaneApplier, DataplaneStatusReader};
 use remapd_net::{RouteApplier, TunnelApplier};
 use remapd_policy_host::PolicyRegistry;
 
+use crate::decision_log::DecisionRecord;
 use crate::store::DesiredState;
 
 mod apply;
@@ -60,6 +61,8 @@ pub struct Reconciler {
     tunnels: Box<dyn TunnelApplier>,
     outcomes: BTreeMap<String, PeeringOutcome>,
     committed: DesiredSystem,
+    /// Decisions made since they were last taken (see [`Reconciler::take_decisions`]).
+    decisions: Vec<DecisionRecord>,
     /// Counters for metrics.
     pub counters: ReconcileCounters,
 }
@@ -79,8 +82,15 @@ impl Reconciler {
             tunnels,
             outcomes: BTreeMap::new(),
             committed: DesiredSystem::default(),
+            decisions: Vec::new(),
             counters: ReconcileCounters::default(),
         }
+    }
+
+    /// The decisions [`Reconciler::plan`] made since the last call, oldest first; valid
+    /// ones say [`crate::decision_log::DecisionOutcome::Applied`] until the caller knows better.
+    pub fn take_decisions(&mut self) -> Vec<DecisionRecord> {
+        std::mem::take(&mut self.decisions)
     }
 
     /// The policy registry.

@@ -8,11 +8,13 @@ use ipnet::Ipv4Net;
 
 use remapd_model::model::{Capabilities, PolicyInput};
 use remapd_model::plan::compile;
+use remapd_policy_host::{Evaluation, PolicyError, RegistryError};
 use tracing::warn;
 
 use super::protected::subtract;
 use super::system::assemble;
 use super::{DesiredSystem, FailureKind, Keys, PeeringOutcome, PlanFailure, Reconciler};
+use crate::decision_log::{DecisionOutcome, DecisionRecord};
 use crate::store::{DesiredState, public_key};
 
 /// Every view held by a peering, aggregated. Identity views count: two peerings seeing
@@ -100,9 +102,10 @@ impl Reconciler {
                 let _decide =
                     tracing::info_span!("decide", peering = %name, policy = %peering.policy)
                         .entered();
-                let attempt = self
-                    .registry
-                    .decide(&peering.policy, &input)
+                let decided = self.registry.decide(&peering.policy, &input);
+                self.decisions
+                    .push(record(name, &peering.policy, &sha, &input, &decided));
+                let attempt = decided
                     .map_err(|e| PlanFailure::from_registry(&e))
                     .and_then(|eval| {
                         compile(
@@ -132,10 +135,18 @@ impl Reconciler {
                         outcome.plan = Some(plan);
                         outcome.policy_log = eval.log;
                         outcome.elapsed = eval.elapsed;
+                        outcome.fuel_used = eval.fuel_used;
                         outcome.last_error = None;
                         "ok"
                     }
                     Err(failure) => {
+                        // A valid decision whose plan does not compile is rejected too.
+                        if let Some(r) = self.decisions.last_mut()
+                            && r.outcome == DecisionOutcome::Applied
+                        {
+                            r.outcome = DecisionOutcome::Rejected;
+                            r.reason = Some(failure.message.clone());
+                        }
                         warn!(peering = %name, error = %failure.message, "no new plan; keeping the last good one");
                         outcome.last_error = Some(failure.message.clone());
                         failures.insert(name.clone(), failure);
@@ -179,4 +190,53 @@ impl Reconciler {
         }
         assemble(outcomes, failures, state, keys)
     }
+}
+
+/// The log record of one decision (valid ones as applied, until the change says
+/// otherwise); a decision whose plan then fails to compile is marked in `plan`.
+fn record(
+    peering: &str,
+    policy: &str,
+    policy_sha256: &str,
+    input: &PolicyInput,
+    decided: &Result<Evaluation, RegistryError>,
+) -> DecisionRecord {
+    use sha2::Digest;
+    let input_sha256 = serde_json::to_vec(input)
+        .map(|bytes| hex::encode(sha2::Sha256::digest(bytes)))
+        .unwrap_or_default();
+    let mut r = DecisionRecord {
+        time: DecisionRecord::now(),
+        peering: peering.to_owned(),
+        policy: policy.to_owned(),
+        policy_sha256: policy_sha256.to_owned(),
+        input_sha256,
+        strategy: None,
+        mappings: Vec::new(),
+        outcome: DecisionOutcome::Applied,
+        reason: None,
+        duration_us: 0,
+        fuel_used: 0,
+    };
+    match decided {
+        Ok(eval) => {
+            r.strategy = Some(eval.decision.strategy);
+            r.mappings = eval.decision.mappings.clone();
+            r.duration_us = eval.elapsed.as_micros() as u64;
+            r.fuel_used = eval.fuel_used;
+        }
+        Err(e) => {
+            let rejected = matches!(
+                e,
+                RegistryError::Policy(PolicyError::Rejected(_) | PolicyError::Malformed(_))
+            );
+            r.outcome = if rejected {
+                DecisionOutcome::Rejected
+            } else {
+                DecisionOutcome::PolicyError
+            };
+            r.reason = Some(e.to_string());
+        }
+    }
+    r
 }

@@ -45,6 +45,9 @@ pub struct PeeringOutcome {
     /// How long the policy took for the decision in force.
     #[serde(skip)]
     pub elapsed: Duration,
+    /// Fuel the policy used for the decision in force.
+    #[serde(skip)]
+    pub fuel_used: u64,
 }
 
 /// What one reconcile did.
