@@ -1161,3 +1161,121 @@ async fn every_decision_is_logged_with_what_became_of_it() {
     let again = app_in(dir);
     assert_eq!(decision_log(&again, "").await.len(), all.len());
 }
+
+/// `PUT /v1/policies/{name}?dry_run=true` answers, per peering that uses the policy,
+/// the decision in force and the new component's, with the rules, routes and
+/// allowed-ips the replacement would add and remove — and changes nothing: not the
+/// stored policy, not the state, not the kernel (fakes), not reads in the meantime.
+#[tokio::test]
+async fn a_policy_replacement_can_be_previewed_without_changing_anything() {
+    let app = app("policy-preview");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine",
+        "application/wasm",
+        builtin::AUTO.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let auto_sha = r.body["sha256"].clone();
+    // a: a peer without NAT (auto remaps both ways here; split refuses it).
+    let mut a = peering(51820);
+    a["policy"] = json!("mine");
+    a["remote"] = remote("cluster-2", false);
+    a["remote"]["view_of_local"] = json!([
+        {"real": "40.0.0.0/24", "remapped": "60.0.0.0/24"},
+        {"real": "10.96.0.0/16", "remapped": "61.96.0.0/16"}
+    ]);
+    assert_eq!(put_peering(&app, "a", a).await.status, StatusCode::CREATED);
+    // b: a peer with NAT (auto and split both split); c: another policy.
+    let mut b = peering(51821);
+    b["policy"] = json!("mine");
+    b["remote"] = remote("cluster-3", true);
+    assert_eq!(put_peering(&app, "b", b).await.status, StatusCode::CREATED);
+    assert_eq!(
+        put_peering(&app, "c", peering(51822)).await.status,
+        StatusCode::CREATED
+    );
+    let before = world(&app).await;
+
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine?dry_run=true",
+        "application/wasm",
+        builtin::SPLIT.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let preview = &r.body;
+    assert_eq!(preview["dry_run"], true);
+    assert_eq!(preview["sha256"].as_str().unwrap().len(), 64);
+    assert_ne!(preview["sha256"], auto_sha);
+    let peerings = preview["peerings"].as_array().unwrap();
+    let names: Vec<&str> = peerings
+        .iter()
+        .map(|p| p["peering"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"], "only the peerings that use it");
+    // a: split refuses it — the real replacement would be refused; its whole plan goes.
+    let pa = &peerings[0];
+    assert_eq!(pa["old"]["strategy"], "both-on-local", "{pa}");
+    assert!(pa["new"].is_null(), "{pa}");
+    assert!(pa["error"].as_str().unwrap().contains("refused"), "{pa}");
+    let a_now = call(&app, "GET", "/v1/peerings/a", None, None).await.body;
+    let a_rules = a_now["plan"]["rules"].as_array().unwrap().len();
+    assert_eq!(
+        pa["rules"]["removed"].as_array().unwrap().len(),
+        a_rules,
+        "{pa}"
+    );
+    assert!(pa["rules"]["added"].as_array().unwrap().is_empty(), "{pa}");
+    assert_eq!(
+        pa["allowed_ips"]["removed"], a_now["plan"]["allowed_ips"],
+        "{pa}"
+    );
+    // b: split decides as auto did: nothing would change.
+    let pb = &peerings[1];
+    assert_eq!(pb["old"], pb["new"], "{pb}");
+    assert!(pb["error"].is_null(), "{pb}");
+    for field in ["rules", "routes", "allowed_ips"] {
+        assert_eq!(
+            pb[field],
+            json!({"added": [], "removed": []}),
+            "{field}: {pb}"
+        );
+    }
+
+    // Nothing changed, and the preview's decisions are logged as dry runs.
+    assert_eq!(
+        call(&app, "GET", "/v1/policies/mine", None, None)
+            .await
+            .body["sha256"],
+        auto_sha
+    );
+    assert_eq!(world(&app).await, before);
+    let logged = decision_log(&app, "?peering=a").await;
+    assert_eq!(logged[0]["outcome"], "policy-error", "{}", logged[0]);
+    assert_eq!(logged[0]["policy_sha256"], preview["sha256"]);
+    let logged = decision_log(&app, "?peering=b").await;
+    assert_eq!(logged[0]["outcome"], "dry-run", "{}", logged[0]);
+
+    // A preview of a component that is no component is the upload's usual 400.
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/mine?dry_run=true",
+        "application/wasm",
+        b"garbage".to_vec(),
+    )
+    .await;
+    assert_problem(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "not a WebAssembly binary",
+        Some("/body"),
+    );
+    assert_eq!(world(&app).await, before);
+}

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::problem::{JsonBody, Problem};
-use super::{AppState, ForceQuery, check_name};
+use super::{AppState, check_name};
 use remapd_engine::daemon::PolicyChange;
 use remapd_engine::store::{PeeringSpec, StoredPolicy, TunnelConfig};
 use remapd_model::model::{Decision, RemoteCluster};
@@ -67,6 +67,48 @@ fn users(state: &remapd_engine::store::DesiredState, name: &str) -> Vec<String> 
         .collect()
 }
 
+/// `PUT /v1/policies/{name}`'s query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PutPolicyQuery {
+    /// Replace it even though peerings that use it get no plan from the new component
+    /// (they lose their translation and show `last_error`); see `ForceQuery`.
+    #[serde(default)]
+    pub force: bool,
+    /// Change nothing: answer, for every peering that uses the policy, the decision in
+    /// force and the new component's, and the rules, routes and allowed-ips the
+    /// replacement would add and remove.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a replacement would do (`?dry_run=true`); nothing was changed.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PolicyPreview {
+    /// Always true: nothing was installed, applied or saved.
+    pub dry_run: bool,
+    /// The policy's name.
+    pub name: String,
+    /// sha256 of the new component.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: usize,
+    /// Per peering using the policy: old and new decision, and the plan's difference.
+    pub peerings: Vec<remapd_engine::preview::PolicyImpact>,
+}
+
+/// The answer to `PUT /v1/policies/{name}`: the stored policy, or with `?dry_run=true`
+/// the preview.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PutPolicyAnswer {
+    /// Stored.
+    Stored(PolicyInfo),
+    /// Previewed; nothing changed.
+    Preview(PolicyPreview),
+}
+
 /// Lists every policy, built-ins included.
 #[utoipa::path(get, path = "/v1/policies", tag = "policies",
     responses((status = 200, description = "All policies", body = Vec<PolicyInfo>)))]
@@ -110,11 +152,11 @@ async fn get_policy(
     params(
         ("name" = String, Path, description = "Policy name", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"),
         ("Content-Digest" = Option<String>, Header, description = "RFC 9530 digest of the body (`sha-256=:<base64>:` and/or `sha-512=...`); a mismatch is a 400 and changes nothing"),
-        ForceQuery,
+        PutPolicyQuery,
     ),
     request_body(content = WasmComponent, content_type = "application/wasm", description = "The component"),
     responses(
-        (status = 200, description = "Replaced", body = PolicyInfo),
+        (status = 200, description = "Replaced (`PolicyInfo`), or with `?dry_run=true` what replacing it would do (`PolicyPreview`; nothing changed)", body = PutPolicyAnswer),
         (status = 201, description = "Created", body = PolicyInfo),
         (status = 400, description = "Not a component implementing the contract, a bad name, or a `Content-Digest` that does not match the body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
@@ -127,10 +169,10 @@ async fn get_policy(
 async fn put_policy(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(force): Query<ForceQuery>,
+    Query(query): Query<PutPolicyQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<PolicyInfo>), Problem> {
+) -> Result<(StatusCode, Json<PutPolicyAnswer>), Problem> {
     check_name(&name, "/name")?;
     let ctype = headers
         .get(header::CONTENT_TYPE)
@@ -170,6 +212,19 @@ async fn put_policy(
         builtin: false,
         compiled,
     };
+    if query.dry_run {
+        let peerings = state.daemon.preview_policy(named.clone()).await?;
+        return Ok((
+            StatusCode::OK,
+            Json(PutPolicyAnswer::Preview(PolicyPreview {
+                dry_run: true,
+                name,
+                sha256: named.compiled.sha256.clone(),
+                size: named.compiled.size,
+                peerings,
+            })),
+        ));
+    }
     let sha = named.compiled.sha256.clone();
     let size = named.compiled.size;
     let policy_name = name.clone();
@@ -191,7 +246,7 @@ async fn put_policy(
                 name: name.clone(),
                 install: Some((named.clone(), bytes)),
             }),
-            force.force,
+            query.force,
         )
         .await?;
     let desired = state.daemon.state();
@@ -200,7 +255,13 @@ async fn put_policy(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(info(&named, users(&desired, &name)))))
+    Ok((
+        status,
+        Json(PutPolicyAnswer::Stored(info(
+            &named,
+            users(&desired, &name),
+        ))),
+    ))
 }
 
 /// Checks an RFC 9530 `Content-Digest` (when the client sent one) against `body`: every

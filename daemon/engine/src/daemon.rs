@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::decision_log::{DecisionLog, DecisionOutcome, DecisionRecord};
 pub use crate::error::EngineError;
+use crate::preview::{PolicyImpact, impact};
 use crate::reconcile::{
     ApplyMode, Keys, PeeringOutcome, ReconcileCounters, ReconcileReport, Reconciler, StatusReaders,
     mark_key_errors,
@@ -384,6 +385,39 @@ impl Daemon {
             .await?;
         self.publisher.publish_counters(counters);
         result
+    }
+
+    /// What replacing (or adding) policy `named` would decide for every peering that
+    /// names it, and how their rules, routes and allowed-ips would change. Nothing is
+    /// installed, applied or saved: the new component is decided through an overlay
+    /// registry (the live policy is never swapped, so concurrent reads never see it),
+    /// under the state lock so no change interleaves. The decisions are logged as dry
+    /// runs.
+    #[tracing::instrument(name = "preview_policy", skip_all, fields(policy = %named.name))]
+    pub async fn preview_policy(
+        &self,
+        named: NamedPolicy,
+    ) -> Result<Vec<PolicyImpact>, EngineError> {
+        let guard = self.state.clone().lock_owned().await;
+        let registry = self.registry.clone();
+        let decisions = self.decisions.clone();
+        self.locked(guard, move |state, r, publisher| {
+            let overlay = registry
+                .with_policy(named.clone())
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let system = r.plan_with(&overlay, state, &Keys::new());
+            let mut made = r.take_decisions();
+            settle(&mut made, DecisionOutcome::DryRun, None);
+            decisions.append(made);
+            publisher.publish_counters(r.counters.clone());
+            Ok(state
+                .peerings
+                .iter()
+                .filter(|(_, p)| p.policy == named.name)
+                .map(|(name, _)| impact(name, r.outcomes().get(name), &system))
+                .collect())
+        })
+        .await?
     }
 
     /// Removes every rule, route and tunnel and forgets the peerings (cluster and

@@ -117,6 +117,17 @@ impl PolicyRegistry {
         Ok(map.insert(named.name.clone(), named))
     }
 
+    /// A registry with the same engine and policies plus `named` (replacing its
+    /// namesake), for previewing what `named` would decide; this one is not changed.
+    pub fn with_policy(&self, named: NamedPolicy) -> Result<PolicyRegistry, RegistryError> {
+        let overlay = PolicyRegistry {
+            engine: self.engine.clone(),
+            policies: RwLock::new(self.read().clone()),
+        };
+        overlay.install(named)?;
+        Ok(overlay)
+    }
+
     /// Puts back what held `name` before an install or removal: `previous`, or nothing.
     /// Built-ins are never touched.
     pub fn restore(&self, name: &str, previous: Option<NamedPolicy>) {

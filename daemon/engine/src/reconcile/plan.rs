@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 
 use remapd_model::model::{Capabilities, PolicyInput};
 use remapd_model::plan::compile;
-use remapd_policy_host::{Evaluation, PolicyError, RegistryError};
+use remapd_policy_host::{Evaluation, PolicyError, PolicyRegistry, RegistryError};
 use tracing::warn;
 
 use super::protected::subtract;
@@ -45,6 +45,18 @@ impl Reconciler {
     /// run reports, what [`Reconciler::apply`] applies and what [`Reconciler::commit`]
     /// keeps.
     pub fn plan(&mut self, state: &DesiredState, keys: &Keys) -> DesiredSystem {
+        let registry = self.registry.clone();
+        self.plan_with(&registry, state, keys)
+    }
+
+    /// [`Reconciler::plan`] with the policies of `registry` (e.g. an overlay holding a
+    /// policy not installed yet, to preview its effect) instead of the live ones.
+    pub fn plan_with(
+        &mut self,
+        registry: &PolicyRegistry,
+        state: &DesiredState,
+        keys: &Keys,
+    ) -> DesiredSystem {
         let mut outcomes = self.outcomes.clone();
         outcomes.retain(|name, _| state.peerings.contains_key(name));
         let mut failures = BTreeMap::new();
@@ -66,8 +78,7 @@ impl Reconciler {
                     remote: peering.remote.clone(),
                     settings: peering.settings.clone(),
                 };
-                let sha = self
-                    .registry
+                let sha = registry
                     .get(&peering.policy)
                     .map(|p| p.compiled.sha256.clone())
                     .unwrap_or_default();
@@ -102,7 +113,7 @@ impl Reconciler {
                 let _decide =
                     tracing::info_span!("decide", peering = %name, policy = %peering.policy)
                         .entered();
-                let decided = self.registry.decide(&peering.policy, &input);
+                let decided = registry.decide(&peering.policy, &input);
                 self.decisions
                     .push(record(name, &peering.policy, &sha, &input, &decided));
                 let attempt = decided
