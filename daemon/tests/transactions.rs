@@ -1279,3 +1279,107 @@ async fn a_policy_replacement_can_be_previewed_without_changing_anything() {
     );
     assert_eq!(world(&app).await, before);
 }
+
+/// A peering may pin a policy version (`name@sha256:<hex>`): re-uploading the name
+/// changes the unpinned peerings' decisions, never the pinned one's — also after a
+/// restart and after the name is deleted — and a pin of a version the gateway does not
+/// have is refused, changing nothing.
+#[tokio::test]
+async fn a_pinned_peering_keeps_its_policy_version() {
+    let dir = fresh_dir("pinned");
+    let app = app_in(dir.clone());
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let upload = |bytes: &'static [u8]| {
+        raw(
+            &app,
+            "PUT",
+            "/v1/policies/mine",
+            "application/wasm",
+            bytes.to_vec(),
+        )
+    };
+    let r = upload(builtin::AUTO).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let v1 = r.body["sha256"].as_str().unwrap().to_owned();
+    // Two peers with NAT: auto splits; both-on-2 (uploaded later) does both rewrites here.
+    let mut pinned = peering(51820);
+    pinned["policy"] = json!(format!("mine@sha256:{v1}"));
+    pinned["remote"] = remote("cluster-2", true);
+    let r = put_peering(&app, "pinned", pinned).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let mut floating = peering(51821);
+    floating["policy"] = json!("mine");
+    floating["remote"] = remote("cluster-3", true);
+    assert_eq!(
+        put_peering(&app, "floating", floating).await.status,
+        StatusCode::CREATED
+    );
+    let decision = |name: &'static str| {
+        let app = &app;
+        async move {
+            call(app, "GET", &format!("/v1/peerings/{name}"), None, None)
+                .await
+                .body["decision"]
+                .clone()
+        }
+    };
+    let pinned_before = decision("pinned").await;
+    let floating_before = decision("floating").await;
+    assert_eq!(pinned_before["strategy"], "split");
+
+    // A pin of a version this gateway never had: refused, nothing changed.
+    let before = world(&app).await;
+    let mut unknown = peering(51822);
+    unknown["policy"] = json!(format!("mine@sha256:{}", "0".repeat(64)));
+    let r = put_peering(&app, "unknown", unknown.clone()).await;
+    assert_problem(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "has no version sha256:000",
+        Some("/policy"),
+    );
+    unknown["policy"] = json!("mine@sha256:xyz");
+    let r = put_peering(&app, "unknown", unknown).await;
+    assert_problem(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "not a policy reference",
+        Some("/policy"),
+    );
+    assert_eq!(world(&app).await, before);
+
+    // Re-upload: the floating peering changes, the pinned one does not.
+    let r = upload(builtin::BOTH_ON_2).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_ne!(r.body["sha256"], json!(v1));
+    assert_ne!(
+        decision("floating").await,
+        floating_before,
+        "the re-upload decides again"
+    );
+    assert_eq!(decision("pinned").await, pinned_before, "the pin holds");
+    assert!(
+        app.dir.join("policies").join(format!("{v1}.wasm")).exists(),
+        "the pinned version's component is kept"
+    );
+    // Deleting the name: refused while the floating peering uses it; once it is gone,
+    // the name can go and the pinned version stays.
+    assert_eq!(
+        call(&app, "DELETE", "/v1/peerings/floating", None, Some(TOKEN))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = call(&app, "DELETE", "/v1/policies/mine", None, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    app.daemon.reconcile().await.unwrap();
+    assert_eq!(decision("pinned").await, pinned_before);
+
+    // And after a restart.
+    std::mem::forget(app);
+    let again = app_in(dir);
+    again.daemon.reconcile().await.unwrap();
+    let r = call(&again, "GET", "/v1/peerings/pinned", None, None).await;
+    assert_eq!(r.body["decision"], pinned_before, "{}", r.body);
+    assert!(r.body["last_error"].is_null(), "{}", r.body);
+}

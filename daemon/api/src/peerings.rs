@@ -136,9 +136,17 @@ fn validate_spec(
 ) -> Result<(), Problem> {
     check_name(name, "/name")?;
     if !has_policy {
-        return Err(
-            Problem::bad_request(format!("no policy named {:?}", spec.policy)).at("/policy"),
-        );
+        let detail = match remapd_policy_host::parse_reference(&spec.policy) {
+            None => format!(
+                "{:?} is not a policy reference: use a name, or name@sha256:<64 hex digits> to pin a version",
+                spec.policy
+            ),
+            Some((name, Some(digest))) => format!(
+                "policy {name:?} has no version sha256:{digest} on this gateway: pin its current version (the sha256 GET /v1/policies/{name} shows) or one another peering pins"
+            ),
+            Some(_) => format!("no policy named {:?}", spec.policy),
+        };
+        return Err(Problem::bad_request(detail).at("/policy"));
     }
     validate_remote(&spec.remote)?;
     if let Some(k) = spec.tunnel.remote_public_key.as_deref() {

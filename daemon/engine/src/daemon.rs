@@ -24,7 +24,7 @@ use crate::reconcile::{
     ApplyMode, Keys, PeeringOutcome, ReconcileCounters, ReconcileReport, Reconciler, StatusReaders,
     mark_key_errors,
 };
-use crate::store::{DesiredState, Store};
+use crate::store::{DesiredState, Store, pins};
 use crate::transaction::{dry_run_result, keys_for, transact};
 use remapd_dataplane::DataplaneStatus;
 use remapd_model::plan::GatewayPlan;
@@ -128,6 +128,12 @@ impl Daemon {
             registry
                 .put(name, &bytes)
                 .map_err(|e| format!("restoring policy {name}: {e}"))?;
+        }
+        // Versions peerings pin, from their stored components.
+        for ((name, digest), why) in
+            registry.keep_pinned(&pins(&state), |d| store.policy_bytes(d).ok())
+        {
+            warn!(policy = %name, %digest, reason = %why, "a pinned policy version is not available: peerings pinning it get no plan");
         }
         match store.gc_temp_files() {
             Ok(removed) if !removed.is_empty() => {

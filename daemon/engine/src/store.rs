@@ -56,9 +56,13 @@ fn default_keepalive() -> u16 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeeringSpec {
-    /// Policy deciding the strategy (default `auto`).
+    /// Policy deciding the strategy (default `auto`): a name, or `name@sha256:<hex>` to
+    /// pin one version of it (kept while pinned, whatever is uploaded under the name).
     #[serde(default = "default_policy")]
-    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "auto")]
+    #[schema(
+        pattern = "^[a-z0-9][a-z0-9-]{0,62}(@sha256:[0-9a-f]{64})?$",
+        example = "auto"
+    )]
     pub policy: String,
     /// The remote cluster (paste the remote daemon's `exports.remote` here).
     pub remote: RemoteCluster,
@@ -218,16 +222,20 @@ impl Store {
         fs::read(&path).map_err(io(&path))
     }
 
-    /// Removes stored components no policy refers to.
+    /// Removes stored components no policy and no pinning peering refers to.
     pub fn gc_policies(&self, state: &DesiredState) -> Result<(), StoreError> {
         let dir = self.dir.join("policies");
+        let pinned = pins(state);
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {
             let entry = entry.map_err(io(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let used = state
                 .policies
                 .values()
-                .any(|p| name == format!("{}.wasm", p.sha256));
+                .any(|p| name == format!("{}.wasm", p.sha256))
+                || pinned
+                    .iter()
+                    .any(|(_, digest)| name == format!("{digest}.wasm"));
             if !used {
                 let _ = fs::remove_file(entry.path());
             }
@@ -359,6 +367,21 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> 
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     Ok(())
+}
+
+/// The policy versions `state`'s peerings pin (`name@sha256:<hex>`): (name, digest).
+pub fn pins(state: &DesiredState) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = state
+        .peerings
+        .values()
+        .filter_map(|p| match remapd_policy_host::parse_reference(&p.policy)? {
+            (name, Some(digest)) => Some((name.to_owned(), digest.to_owned())),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::reconcile::{
     ApplyMode, ApplyStep, DesiredSystem, Keys, PeeringOutcome, PlanFailure, ProtectedCheck,
     ReconcileReport, Reconciler, mark_key_errors,
 };
-use crate::store::{DesiredState, Store};
+use crate::store::{DesiredState, Store, pins};
 
 /// The dry run's answer for `name` from a planned system.
 pub(crate) fn dry_run_result(
@@ -117,6 +117,15 @@ pub(crate) fn transact(
     policy: Option<PolicyChange>,
     force: bool,
 ) -> Result<(BTreeMap<String, PeeringOutcome>, ReconcileReport), EngineError> {
+    // Versions that peerings pin (before or after the change) are kept before the
+    // registry changes: a re-upload never takes a pinned version away.
+    let mut all_pins = pins(previous);
+    all_pins.extend(pins(next));
+    all_pins.sort();
+    all_pins.dedup();
+    for ((name, digest), why) in registry.keep_pinned(&all_pins, |d| store.policy_bytes(d).ok()) {
+        warn!(policy = %name, %digest, reason = %why, "pinned policy version not available");
+    }
     // The registry change goes in first, so the plan decides with it; undone on refusal.
     let undo_policy = match policy {
         None => None,

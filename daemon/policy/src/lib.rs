@@ -38,7 +38,7 @@ mod convert;
 mod registry;
 
 use convert::{from_wit, to_wit};
-pub use registry::{NamedPolicy, PolicyRegistry, RegistryError};
+pub use registry::{NamedPolicy, PolicyRegistry, RegistryError, parse_reference};
 
 /// The contract version this host speaks.
 pub const CONTRACT: &str = "remap:policy@0.1.0";

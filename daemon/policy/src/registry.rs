@@ -46,6 +46,25 @@ pub enum RegistryError {
 pub struct PolicyRegistry {
     engine: Arc<PolicyEngine>,
     policies: RwLock<BTreeMap<String, NamedPolicy>>,
+    /// Versions kept for peerings that pin them (`name@sha256:<hex>`), by name and
+    /// digest: they stay when the name is re-uploaded or deleted.
+    pinned: RwLock<BTreeMap<(String, String), Arc<CompiledPolicy>>>,
+}
+
+/// A policy reference split into its name and, when pinned (`name@sha256:<hex>`), the
+/// component's digest. `None` when the pin is malformed.
+pub fn parse_reference(reference: &str) -> Option<(&str, Option<&str>)> {
+    match reference.split_once('@') {
+        None => Some((reference, None)),
+        Some((name, pin)) => {
+            let digest = pin.strip_prefix("sha256:")?;
+            let hex = digest.len() == 64
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            hex.then_some((name, Some(digest)))
+        }
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -78,6 +97,7 @@ impl PolicyRegistry {
         Ok(Self {
             engine,
             policies: RwLock::new(policies),
+            pinned: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -123,6 +143,7 @@ impl PolicyRegistry {
         let overlay = PolicyRegistry {
             engine: self.engine.clone(),
             policies: RwLock::new(self.read().clone()),
+            pinned: RwLock::new(self.pinned.read().map(|p| p.clone()).unwrap_or_default()),
         };
         overlay.install(named)?;
         Ok(overlay)
@@ -157,7 +178,70 @@ impl PolicyRegistry {
 
     /// The policy called `name`.
     pub fn get(&self, name: &str) -> Option<NamedPolicy> {
-        self.read().get(name).cloned()
+        let (base, digest) = parse_reference(name)?;
+        let current = self.read().get(base).cloned();
+        let Some(digest) = digest else {
+            return current;
+        };
+        if let Some(p) = current.filter(|p| p.compiled.sha256 == digest) {
+            return Some(p);
+        }
+        let pinned = self.pinned.read().ok()?;
+        pinned
+            .get(&(base.to_owned(), digest.to_owned()))
+            .map(|compiled| NamedPolicy {
+                name: base.to_owned(),
+                builtin: false,
+                compiled: compiled.clone(),
+            })
+    }
+
+    /// Keeps exactly the versions `pins` (name, digest) name: each is the name's current
+    /// version, one kept already, or compiled from `bytes(digest)` (the stored
+    /// component). Returns the pins that could not be kept, with why.
+    pub fn keep_pinned(
+        &self,
+        pins: &[(String, String)],
+        bytes: impl Fn(&str) -> Option<Vec<u8>>,
+    ) -> Vec<((String, String), String)> {
+        let mut kept = BTreeMap::new();
+        let mut missing = Vec::new();
+        let old = self.pinned.read().map(|p| p.clone()).unwrap_or_default();
+        for (name, digest) in pins {
+            let key = (name.clone(), digest.clone());
+            let current = self
+                .read()
+                .get(name)
+                .filter(|p| p.compiled.sha256 == *digest)
+                .map(|p| p.compiled.clone());
+            let compiled = match current.or_else(|| old.get(&key).cloned()) {
+                Some(c) => Ok(c),
+                None => match bytes(digest) {
+                    None => Err("no stored component with that digest".to_owned()),
+                    Some(b) => self
+                        .engine
+                        .compile(&b)
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| {
+                            if c.sha256 == *digest {
+                                Ok(c)
+                            } else {
+                                Err("the stored component's digest differs".to_owned())
+                            }
+                        }),
+                },
+            };
+            match compiled {
+                Ok(c) => {
+                    kept.insert(key, c);
+                }
+                Err(e) => missing.push((key, e)),
+            }
+        }
+        if let Ok(mut pinned) = self.pinned.write() {
+            *pinned = kept;
+        }
+        missing
     }
 
     /// All policies, by name.
