@@ -221,9 +221,11 @@ async fn the_policy_runs_once_per_change() {
     assert_eq!(world(&app).await, before);
 }
 
-#[tokio::test]
-async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
-    let app = app("policy-refused");
+/// An app with policy `mine` uploaded as `auto` (its sha256 returned) and peering `a`
+/// using it for a remote without a NAT dataplane: `auto` remaps both ways here, and
+/// `split` would refuse it.
+async fn mine_is_auto_and_deciding_a_peer_without_nat(name: &str) -> (App, Value) {
+    let app = app(name);
     call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
     let r = raw(
         &app,
@@ -234,17 +236,21 @@ async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let auto_sha = r.body["sha256"].clone();
-    // A remote without a NAT dataplane: `auto` remaps both ways here, `split` refuses.
-    let mut p = peering(51820);
-    p["policy"] = json!("mine");
-    p["remote"] = remote("cluster-2", false);
-    p["remote"]["view_of_local"] = json!([
+    let mut a = peering(51820);
+    a["policy"] = json!("mine");
+    a["remote"] = remote("cluster-2", false);
+    a["remote"]["view_of_local"] = json!([
         {"real": "40.0.0.0/24", "remapped": "60.0.0.0/24"},
         {"real": "10.96.0.0/16", "remapped": "61.96.0.0/16"}
     ]);
-    let r = call(&app, "PUT", "/v1/peerings/a", Some(p), Some(TOKEN)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let created = call(&app, "PUT", "/v1/peerings/a", Some(a), Some(TOKEN)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    (app, r.body["sha256"].clone())
+}
+
+#[tokio::test]
+async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
+    let (app, auto_sha) = mine_is_auto_and_deciding_a_peer_without_nat("policy-refused").await;
     let before = world(&app).await;
     let policy_files = |app: &App| -> BTreeSet<String> {
         std::fs::read_dir(app.dir.join("policies"))
@@ -1168,27 +1174,7 @@ async fn every_decision_is_logged_with_what_became_of_it() {
 /// stored policy, not the state, not the kernel (fakes), not reads in the meantime.
 #[tokio::test]
 async fn a_policy_replacement_can_be_previewed_without_changing_anything() {
-    let app = app("policy-preview");
-    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
-    let r = raw(
-        &app,
-        "PUT",
-        "/v1/policies/mine",
-        "application/wasm",
-        builtin::AUTO.to_vec(),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let auto_sha = r.body["sha256"].clone();
-    // a: a peer without NAT (auto remaps both ways here; split refuses it).
-    let mut a = peering(51820);
-    a["policy"] = json!("mine");
-    a["remote"] = remote("cluster-2", false);
-    a["remote"]["view_of_local"] = json!([
-        {"real": "40.0.0.0/24", "remapped": "60.0.0.0/24"},
-        {"real": "10.96.0.0/16", "remapped": "61.96.0.0/16"}
-    ]);
-    assert_eq!(put_peering(&app, "a", a).await.status, StatusCode::CREATED);
+    let (app, auto_sha) = mine_is_auto_and_deciding_a_peer_without_nat("policy-preview").await;
     // b: a peer with NAT (auto and split both split); c: another policy.
     let mut b = peering(51821);
     b["policy"] = json!("mine");
