@@ -15,7 +15,7 @@ use remapd::dataplane::hooks::{self, ResolvedBorder};
 use remapd::dataplane::rules::{MapKey, Target};
 use remapd::dataplane::{AddressField, Direction};
 use remapd_common::{
-    HookConfig, HookCounters, RuleCounters, RuleKey, RuleValue, bench_programs, hook_slot, programs,
+    HookConfig, HookCounters, RuleCounters, RuleKey, RuleValue, bench_programs, programs,
 };
 
 /// Loopback's ifindex, where test runs happen.
@@ -35,6 +35,8 @@ pub struct BpfHarness {
     /// Rule entries of the hooks under test (what hook configurations describe).
     entries: BTreeMap<MapKey, RuleValue>,
     borders: Vec<ResolvedBorder>,
+    /// Where each hook's configuration lives, assigned as the daemon assigns them.
+    slots: BTreeMap<(u32, Direction), u32>,
 }
 
 /// Result of one run.
@@ -90,6 +92,7 @@ impl BpfHarness {
             next_rule_id: 0,
             entries: BTreeMap::new(),
             borders: Vec::new(),
+            slots: BTreeMap::new(),
         }
     }
 
@@ -188,8 +191,10 @@ impl BpfHarness {
                     .expect("insert allow entry");
             }
         }
-        for ((ifindex, direction), config) in &plan.configs {
-            let slot = hook_slot(*ifindex, direction.wire());
+        let wanted = plan.configs.keys().copied().collect();
+        self.slots = hooks::assign_slots(&wanted, &self.slots).expect("hook slots");
+        for (hook, config) in &plan.configs {
+            let slot = self.slots[hook];
             let mut configs: Array<&mut MapData, HookConfig> = Array::try_from(
                 self.ebpf
                     .map_mut(remapd_common::HOOK_CONFIG_MAP)
@@ -286,7 +291,7 @@ impl BpfHarness {
                 .expect("hook counters map"),
         )
         .expect("hook counters map type");
-        let slot = hook_slot(TEST_RUN_IFINDEX, direction.wire());
+        let slot = self.slots[&(TEST_RUN_IFINDEX, direction)];
         let values = map.get(&slot, 0).expect("read hook counters");
         let mut sum = HookCounters::default();
         for c in values.iter() {

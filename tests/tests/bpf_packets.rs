@@ -496,6 +496,42 @@ fn a_rule_only_fires_on_its_own_interface() {
 
 #[test]
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn hooks_sharing_a_home_slot_each_run_their_own_rules() {
+    // Interface indexes 2048 apart share a home slot: the interface configured first
+    // keeps it, the test interface's hook takes the next slot, and each hook runs only
+    // its own rules (interface and direction checked).
+    let mut h = BpfHarness::new();
+    let wrap = remapd_common::HOOK_SLOTS / 2;
+    let collider = h.add_rule_on(
+        remapd_tests::bpf::TEST_RUN_IFINDEX + wrap,
+        Direction::Egress,
+        AddressField::Destination,
+        "30.0.0.0/24",
+        "50.0.0.0/24",
+    );
+    let input = tcp_packet("40.0.0.1", "30.0.0.1", b"collide");
+    for framing in BOTH {
+        expect_untouched(&mut h, framing, Direction::Egress, &framing.frame(&input));
+    }
+    let ours = h.add_rule(
+        Direction::Egress,
+        AddressField::Destination,
+        "30.0.0.0/24",
+        "40.0.0.0/24",
+    );
+    let run = h.run(programs::L3_EGRESS, &input);
+    assert_eq!(
+        packet::addresses(&run.packet).1,
+        ip("40.0.0.1"),
+        "our rule, not the collider's"
+    );
+    assert_eq!(h.counters(ours).0, 1);
+    assert_eq!(h.counters(collider), (0, 0));
+    assert_eq!(h.hook_counters(Direction::Egress).translated, 1);
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn checksum_helpers_agree_with_a_full_recompute() {
     // Guard the test's own checksum code: a known header (RFC 1071 example values).
     let hdr = [

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::Ipv4Net;
 use remapd_common::{
     HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_TRIE, HOOK_ENFORCE,
-    HOOK_SRC_RULES, HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW, INLINE_RULES, InlineRule4, Prefix4,
-    RuleValue, hook_slot,
+    HOOK_PROBES, HOOK_SRC_RULES, HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW, INLINE_RULES,
+    InlineRule4, Prefix4, RuleValue, hook_probe,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -61,7 +61,7 @@ fn prefix4(net: Ipv4Net) -> Prefix4 {
 }
 
 /// Builds every hook's configuration from the final rule entries (with their counter
-/// slots) and the resolved borders. Fails when two hooks share a slot.
+/// slots) and the resolved borders.
 pub fn plan(
     rules: &BTreeMap<MapKey, RuleValue>,
     borders: &[ResolvedBorder],
@@ -94,6 +94,7 @@ pub fn plan(
             .entry((ifindex, direction))
             .or_insert_with(|| HookConfig {
                 ifindex,
+                direction: u32::from(direction.wire()),
                 ..HookConfig::default()
             });
         let [mut src, mut dst] = lists;
@@ -123,6 +124,7 @@ pub fn plan(
             .entry((border.ifindex, Direction::Ingress))
             .or_insert_with(|| HookConfig {
                 ifindex: border.ifindex,
+                direction: u32::from(Direction::Ingress.wire()),
                 ..HookConfig::default()
             });
         config.flags |= HOOK_ENFORCE;
@@ -157,16 +159,49 @@ pub fn plan(
             *n = prefixes.len() as u32;
         }
     }
-    let mut slots: BTreeMap<u32, (u32, Direction)> = BTreeMap::new();
-    for &(ifindex, direction) in out.configs.keys() {
-        let slot = hook_slot(ifindex, direction.wire());
-        if let Some(&(other, other_direction)) = slots.get(&slot) {
-            return Err(RuleError::HookSlotCollision {
-                first: format!("ifindex {other} {other_direction}"),
-                second: format!("ifindex {ifindex} {direction}"),
-            });
+    Ok(out)
+}
+
+/// The slot of every hook in `wanted`. A hook keeps the slot it holds now (`live`, when
+/// that is one of its probe slots), so no configuration a packet may be reading ever
+/// moves; a new hook takes the first of its [`HOOK_PROBES`] slots that no other hook
+/// keeps or takes. Fails, before anything is written, when all of a hook's slots are
+/// taken (five hooks whose interface indexes fall on the same few slots).
+pub fn assign_slots(
+    wanted: &BTreeSet<(u32, Direction)>,
+    live: &BTreeMap<(u32, Direction), u32>,
+) -> Result<BTreeMap<(u32, Direction), u32>, RuleError> {
+    let probes = |(ifindex, direction): (u32, Direction)| {
+        (0..HOOK_PROBES).map(move |p| hook_probe(ifindex, direction.wire(), p))
+    };
+    let mut out = BTreeMap::new();
+    let mut taken: BTreeMap<u32, (u32, Direction)> = BTreeMap::new();
+    for &hook in wanted {
+        if let Some(&slot) = live.get(&hook)
+            && probes(hook).any(|p| p == slot)
+            && !taken.contains_key(&slot)
+        {
+            out.insert(hook, slot);
+            taken.insert(slot, hook);
         }
-        slots.insert(slot, (ifindex, direction));
+    }
+    for &hook in wanted {
+        if out.contains_key(&hook) {
+            continue;
+        }
+        let Some(slot) = probes(hook).find(|s| !taken.contains_key(s)) else {
+            let (ifindex, direction) = hook;
+            let holders: Vec<String> = probes(hook)
+                .filter_map(|s| taken.get(&s))
+                .map(|(i, d)| format!("ifindex {i} {d}"))
+                .collect();
+            return Err(RuleError::HookSlotCollision {
+                first: format!("ifindex {ifindex} {direction}"),
+                second: holders.join(", "),
+            });
+        };
+        out.insert(hook, slot);
+        taken.insert(slot, hook);
     }
     Ok(out)
 }
@@ -290,17 +325,37 @@ mod tests {
     }
 
     #[test]
-    fn hooks_sharing_a_slot_are_refused() {
-        use AddressField::*;
+    fn hooks_sharing_a_home_slot_take_the_next_ones_and_never_move() {
         use Direction::*;
-        let slots = remapd_common::HOOK_SLOTS / 2;
-        let rules = entries(&[
-            (1, Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
-            (1 + slots, Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
-        ]);
+        // Interface indexes 2048 apart share a home slot (the direction is the low bit).
+        let wrap = remapd_common::HOOK_SLOTS / 2;
+        let home = hook_probe(7, Egress.wire(), 0);
+        let a = (7, Egress);
+        let b = (7 + wrap, Egress);
+        let c = (7 + 2 * wrap, Egress);
+        let wanted = |hooks: &[(u32, Direction)]| hooks.iter().copied().collect::<BTreeSet<_>>();
+        let first = assign_slots(&wanted(&[a, b]), &BTreeMap::new()).unwrap();
+        assert_eq!((first[&a], first[&b]), (home, home + 1));
+        // b holds its slot when a goes and c comes: c takes a's free home slot.
+        let second = assign_slots(&wanted(&[b, c]), &first).unwrap();
+        assert_eq!((second[&b], second[&c]), (home + 1, home));
+        // Ingress of interface 8 has its home where b sits now, so it probes on: slots
+        // hold either direction, and the configuration says which.
+        let ingress = (8, Ingress);
+        assert_eq!(hook_probe(8, Ingress.wire(), 0), home + 1);
+        let third = assign_slots(&wanted(&[b, c, ingress]), &second).unwrap();
+        assert_eq!(third[&ingress], home + 2);
+        // A hook whose every probe slot is kept by others is refused.
+        let d = (7 + 3 * wrap, Egress);
+        let e = (7 + 4 * wrap, Egress);
+        let full = assign_slots(&wanted(&[b, c, ingress, d]), &third).unwrap();
+        assert_eq!(full[&d], home + 3);
         assert!(matches!(
-            plan(&rules, &[]),
+            assign_slots(&wanted(&[b, c, ingress, d, e]), &full),
             Err(RuleError::HookSlotCollision { .. })
         ));
+        // A live slot outside a hook's probes is not kept.
+        let moved = assign_slots(&wanted(&[a]), &BTreeMap::from([(a, 5)])).unwrap();
+        assert_eq!(moved[&a], home);
     }
 }

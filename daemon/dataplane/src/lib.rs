@@ -8,7 +8,7 @@
 //! counters keep counting, and no packet sees a gap. Applying is idempotent: the same
 //! desired set applied twice writes nothing the second time.
 //!
-//! Pin layout (`<pin_dir>/v2/`): `maps/<MAP>`, `progs/<program>`, `links/<ifindex>-<dir>`
+//! Pin layout (`<pin_dir>/v3/`): `maps/<MAP>`, `progs/<program>`, `links/<ifindex>-<dir>`
 //! (TCX links), and for the netlink fallback empty marker directories
 //! `links/nl-<ifindex>-<dir>-<ifname>`. The `v2` component is the map schema version;
 //! a daemon that finds an older layout detaches and removes it when it loads its own.
@@ -42,8 +42,8 @@ use aya::programs::SchedClassifier;
 use ipnet::Ipv4Net;
 use remapd_common::{
     ALLOW_MAP, COUNTERS_MAP, HOOK_CONFIG_MAP, HOOK_COUNTERS_MAP, HOOK_ENFORCE, HOOK_INDEX_MAP,
-    HookConfig, HookCounters, RULES_MAP, RuleCounters, RuleKey, RuleValue, drop_reason, hook_slot,
-    programs,
+    HOOK_PROBES, HookConfig, HookCounters, RULES_MAP, RuleCounters, RuleKey, RuleValue,
+    drop_reason, hook_probe, programs,
 };
 use serde::Serialize;
 use tracing::{debug, info};
@@ -71,10 +71,10 @@ static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/remapd-bench-ebpf"));
 
 /// Map schema version; part of the pin path so an incompatible layout is never adopted.
-pub const PIN_LAYOUT_VERSION: &str = "v2";
+pub const PIN_LAYOUT_VERSION: &str = "v3";
 
 /// Layouts of earlier versions, retired when this version loads.
-const OLDER_PIN_LAYOUTS: [&str; 1] = ["v1"];
+const OLDER_PIN_LAYOUTS: [&str; 2] = ["v1", "v2"];
 
 /// Every map the programs use, pinned under `maps/`.
 const MAPS: [&str; 6] = [
@@ -329,8 +329,26 @@ impl Dataplane {
         for key in &diff.remove {
             final_rules.remove(key);
         }
-        // Slot collisions are refused here, before anything is written.
         let plan = hooks::plan(&final_rules, &borders)?;
+        // Where each hook's configuration lives: hooks that hold a slot keep it; a hook
+        // with no free slot is refused here, before anything is written. Candidates for
+        // a live slot: the wanted hooks, and those with rules or attachments now.
+        let mut candidates: BTreeSet<(u32, Direction)> = plan.configs.keys().copied().collect();
+        for key in current.keys() {
+            if let Some(direction) = Direction::from_wire(key.data.direction) {
+                candidates.insert((key.data.ifindex, direction));
+            }
+        }
+        for (_, attachment) in self.pinned_attachments(&BTreeMap::new())? {
+            candidates.insert((attachment.ifindex, attachment.direction));
+        }
+        let live = self.live_slots(&candidates)?;
+        let first_live: BTreeMap<(u32, Direction), u32> = live
+            .iter()
+            .filter_map(|(hook, slots)| slots.first().map(|s| (*hook, *s)))
+            .collect();
+        let wanted_hooks: BTreeSet<(u32, Direction)> = plan.configs.keys().copied().collect();
+        let slots = hooks::assign_slots(&wanted_hooks, &first_live)?;
         let current_allow = self.read_allow()?;
 
         let mut report = ApplyReport {
@@ -362,8 +380,11 @@ impl Dataplane {
                 .map_err(map_err(ALLOW_MAP))?;
         }
 
-        for ((ifindex, direction), config) in &plan.configs {
-            if self.write_hook(hook_slot(*ifindex, direction.wire()), config)? {
+        for (hook, config) in &plan.configs {
+            let Some(&slot) = slots.get(hook) else {
+                continue;
+            };
+            if self.write_hook(slot, config)? {
                 report.hooks_written += 1;
             }
         }
@@ -381,22 +402,17 @@ impl Dataplane {
             remove_key(&mut self.allow, key, ALLOW_MAP)?;
         }
 
-        // Hooks managed before (attached, or holding rules) and not any more.
-        let wanted_slots: BTreeSet<u32> = plan
-            .configs
-            .keys()
-            .map(|(i, d)| hook_slot(*i, d.wire()))
-            .collect();
-        let mut stale_slots: BTreeSet<u32> = current
-            .keys()
-            .map(|k| hook_slot(k.data.ifindex, k.data.direction))
-            .collect();
-        for (_, attachment) in self.pinned_attachments(&BTreeMap::new())? {
-            stale_slots.insert(hook_slot(attachment.ifindex, attachment.direction.wire()));
-        }
-        for slot in stale_slots.difference(&wanted_slots) {
-            if self.clear_hook(*slot)? {
-                report.hooks_cleared += 1;
+        // Slots held before by hooks not managed any more (or by a second copy): cleared,
+        // unless a wanted hook was just given that slot (its write replaced it).
+        let assigned: BTreeSet<u32> = slots.values().copied().collect();
+        for (hook, held) in &live {
+            for slot in held {
+                if slots.get(hook) == Some(slot) || assigned.contains(slot) {
+                    continue;
+                }
+                if self.clear_hook(*slot)? {
+                    report.hooks_cleared += 1;
+                }
             }
         }
 
@@ -409,6 +425,31 @@ impl Dataplane {
             info!(?report, "dataplane applied");
         }
         Ok(report)
+    }
+
+    /// The slots whose live configuration belongs to each of `hooks` (normally one; none
+    /// for a hook without a configuration).
+    pub(crate) fn live_slots(
+        &self,
+        hooks: &BTreeSet<(u32, Direction)>,
+    ) -> Result<BTreeMap<(u32, Direction), Vec<u32>>, DataplaneError> {
+        let mut out = BTreeMap::new();
+        for &(ifindex, direction) in hooks {
+            let mut held = Vec::new();
+            for probe in 0..HOOK_PROBES {
+                let slot = hook_probe(ifindex, direction.wire(), probe);
+                if let Some((_, config)) = self.live_hook(slot)?
+                    && config.ifindex == ifindex
+                    && config.direction == u32::from(direction.wire())
+                {
+                    held.push(slot);
+                }
+            }
+            if !held.is_empty() {
+                out.insert((ifindex, direction), held);
+            }
+        }
+        Ok(out)
     }
 
     /// The live configuration of a hook slot, if it has one.

@@ -56,7 +56,7 @@ pub enum RuleError {
     },
     /// Two managed hooks fall into the same slot of the hook table.
     #[error(
-        "hooks {first} and {second} share a slot of the dataplane's hook table; recreate one of the interfaces so it gets another index"
+        "hook {first} has no free slot in the dataplane's hook table (its slots are held by {second}); recreate one of the interfaces so it gets another index"
     )]
     HookSlotCollision {
         /// One hook.

@@ -1,7 +1,7 @@
 //! What the dataplane holds right now, read back from the maps and bpffs: programs,
 //! attachments, rules with their counters, and per-hook counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use tracing::warn;
@@ -125,17 +125,26 @@ impl Dataplane {
             .collect();
         let mut hooks = Vec::new();
         for attachment in &attachments {
-            let slot = hook_slot(attachment.ifindex, attachment.direction.wire());
-            let border = match self.live_hook(slot)? {
-                Some((_, config)) if config.ifindex == attachment.ifindex => {
-                    config.flags & HOOK_ENFORCE != 0
-                }
-                _ => false,
+            let hook = (attachment.ifindex, attachment.direction);
+            let held = self.live_slots(&BTreeSet::from([hook]))?;
+            let slot = held.get(&hook).and_then(|s| s.first()).copied();
+            let border = match slot {
+                Some(slot) => self
+                    .live_hook(slot)?
+                    .is_some_and(|(_, config)| config.flags & HOOK_ENFORCE != 0),
+                None => false,
             };
-            let per_cpu = self
-                .hook_counters
-                .get(&slot, 0)
-                .map_err(map_err(HOOK_COUNTERS_MAP))?;
+            // Attached but not configured (yet): nothing counted.
+            let per_cpu = match slot {
+                Some(slot) => self
+                    .hook_counters
+                    .get(&slot, 0)
+                    .map_err(map_err(HOOK_COUNTERS_MAP))?
+                    .iter()
+                    .copied()
+                    .collect(),
+                None => Vec::new(),
+            };
             let mut status = HookStatus {
                 interface: attachment.interface.clone(),
                 ifindex: attachment.ifindex,

@@ -54,15 +54,25 @@ pub const HOOK_COUNTERS_MAP: &str = "REMAPD_HOOK_COUNTERS";
 /// [`HookConfig`]. Keyed like the rules (`field` says source or destination); the value
 /// is unused.
 pub const ALLOW_MAP: &str = "REMAPD_ALLOW";
-/// Number of hook slots. A slot is `(ifindex << 1 | direction) % HOOK_SLOTS`; the
-/// daemon refuses to manage two hooks that fall into the same slot, and the program
-/// checks the configuration's `ifindex`, so a hook never runs another hook's rules.
+/// Number of hook slots. A hook's home slot is `(ifindex << 1 | direction) %
+/// HOOK_SLOTS`; when another hook holds it, the daemon gives the hook the next free
+/// slot among its [`HOOK_PROBES`], and the program tries them in order, checking the
+/// configuration's `ifindex` and `direction`, so a hook never runs another's rules.
 pub const HOOK_SLOTS: u32 = 4096;
 
-/// The hook slot of an interface and direction.
+/// Slots a hook may occupy: its home slot and the ones after it.
+pub const HOOK_PROBES: u32 = 4;
+
+/// The home slot of an interface and direction.
 #[inline(always)]
 pub const fn hook_slot(ifindex: u32, direction: u8) -> u32 {
     ((ifindex << 1) | (direction as u32 & 1)) & (HOOK_SLOTS - 1)
+}
+
+/// The `probe`-th slot (0 = home) a hook may occupy.
+#[inline(always)]
+pub const fn hook_probe(ifindex: u32, direction: u8, probe: u32) -> u32 {
+    (hook_slot(ifindex, direction) + probe) & (HOOK_SLOTS - 1)
 }
 
 /// Rules per field kept inline in a [`HookConfig`]; a hook with more rules for a field
@@ -131,8 +141,11 @@ pub struct HookConfig {
     pub n_allow_src: u32,
     /// Used entries of `allow_dst`.
     pub n_allow_dst: u32,
+    /// The hook's direction (`DIRECTION_*`), checked with `ifindex`: a slot may hold
+    /// another hook's configuration.
+    pub direction: u32,
     /// Always zero.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
     /// Source rules, longest prefix first.
     pub src_rules: [InlineRule4; INLINE_RULES],
     /// Destination rules, longest prefix first.

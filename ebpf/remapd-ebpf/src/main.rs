@@ -34,9 +34,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use remapd_common::{
-    DIRECTION_EGRESS, DIRECTION_INGRESS, FIELD_DESTINATION, FIELD_SOURCE, HOOK_ENFORCE, HOOK_SLOTS,
-    HookConfig, HookCounters, MAX_RULES, RuleCounters, RuleKey, RuleValue, csum_add, csum_replace4,
-    drop_reason, hook_slot,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, FIELD_DESTINATION, FIELD_SOURCE, HOOK_ENFORCE,
+    HOOK_PROBES, HOOK_SLOTS, HookConfig, HookCounters, MAX_RULES, RuleCounters, RuleKey, RuleValue,
+    csum_add, csum_replace4, drop_reason, hook_probe,
 };
 
 use crate::icmp::QuotedRewrite;
@@ -105,14 +105,22 @@ type Drop = usize;
 fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: reading a field of the context the kernel handed us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let slot = hook_slot(ifindex, direction);
-    let Some(config) = hook_config(slot) else {
+    // The hook's slot: its home slot, or one of the next ones when another hook holds
+    // that; another hook's configuration is never ours to apply.
+    let mut found = None;
+    for probe in 0..HOOK_PROBES {
+        let slot = hook_probe(ifindex, direction, probe);
+        if let Some(config) = hook_config(slot)
+            && config.ifindex == ifindex
+            && config.direction == u32::from(direction)
+        {
+            found = Some((slot, config));
+            break;
+        }
+    }
+    let Some((slot, config)) = found else {
         return TC_ACT_UNSPEC;
     };
-    // Another interface's configuration in a shared slot is never ours to apply.
-    if config.ifindex != ifindex {
-        return TC_ACT_UNSPEC;
-    }
     let Some(counters) = HOOK_COUNTERS.get_ptr_mut(slot) else {
         return TC_ACT_UNSPEC;
     };
