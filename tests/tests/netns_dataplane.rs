@@ -279,3 +279,60 @@ fn netlink_clsact_fallback_attaches_and_detaches() {
     );
     assert!(!filters("ingress").contains("remapd"));
 }
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn an_older_layout_is_retired_before_this_one_attaches() {
+    // A gateway upgraded from an older remapd: its pins sit under an older layout
+    // version, its netlink filters at the priority and handle this version uses. The
+    // new dataplane detaches them before attaching its own (the kernel refuses a second
+    // filter there, and two programs on a hook would translate twice).
+    use remapd::dataplane::{AttachMode, PIN_LAYOUT_VERSION};
+    let (plan1, plan2) = seed_split();
+    let t = Topology::build(&seed_cluster(), &seed_cluster(), &plan1, &plan2);
+    t.apply_with(1, &plan1, AttachMode::Netlink);
+    t.apply_with(2, &plan2, AttachMode::Netlink);
+    let pins = t.dataplane_config(1).pin_dir;
+    // What an older version left: the same objects, under its layout directory.
+    std::fs::rename(pins.join(PIN_LAYOUT_VERSION), pins.join("v2")).unwrap();
+    let ids = |dir: &str| {
+        let out = t
+            .gw1
+            .command("tc")
+            .args(["filter", "show", "dev", &t.wg1.name, dir])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "id")
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let old_egress = ids("egress");
+    assert!(!old_egress.is_empty());
+
+    let report = t.apply_with(1, &plan1, AttachMode::Netlink);
+    assert_eq!(report.attached, 2, "{report:?}");
+    assert!(!pins.join("v2").exists(), "the older layout is gone");
+    assert!(pins.join(PIN_LAYOUT_VERSION).exists());
+    let new_egress = ids("egress");
+    assert!(
+        !new_egress.is_empty() && new_egress != old_egress,
+        "{old_egress} -> {new_egress}"
+    );
+    // One filter per hook, and traffic still crosses, translated once.
+    let out = t
+        .gw1
+        .command("tc")
+        .args(["filter", "show", "dev", &t.wg1.name, "egress"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" handle ")).count(),
+        1,
+        "{text}"
+    );
+    assert_reachable(&t, 1, "30.0.0.1", "40.0.0.1", "60.0.0.1", 7501);
+}

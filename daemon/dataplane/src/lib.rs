@@ -389,6 +389,9 @@ impl Dataplane {
             }
         }
 
+        // An older layout's programs go just before this one's attach: never both on a
+        // hook (they would translate twice).
+        retire_older_layouts(&self.layout);
         for ((ifindex, direction), (framing, name)) in &hooks {
             if self.ensure_attached(name, *ifindex, *direction, *framing)? {
                 report.attached += 1;
@@ -418,7 +421,6 @@ impl Dataplane {
 
         let keep: BTreeSet<(u32, Direction)> = hooks.keys().copied().collect();
         report.detached = self.detach_except(&keep)?;
-        retire_older_layouts(&self.layout);
         if report.is_noop() {
             debug!(rules = report.unchanged, "dataplane already as desired");
         } else {

@@ -101,9 +101,12 @@ pub(crate) fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Removes the pins of older layout versions under the same pin directory: unpinning
-/// their TCX links detaches their programs (this version's are attached by then), and
-/// their maps go with the last reference. Failures are logged, never fatal.
+/// Removes the pins of older layout versions under the same pin directory: their
+/// netlink filters are detached (they sit at the priority and handle this version
+/// attaches at, which the kernel would refuse to take twice), unpinning their TCX links
+/// detaches those, and their maps go with the last reference. Called just before this
+/// version attaches, so the old and new programs never both run on a hook (which would
+/// translate twice). Failures are logged, never fatal.
 pub(crate) fn retire_older_layouts(layout: &PinLayout) {
     let Some(pin_dir) = layout.root.parent() else {
         return;
@@ -112,6 +115,25 @@ pub(crate) fn retire_older_layouts(layout: &PinLayout) {
         let root = pin_dir.join(old);
         if !root.exists() {
             continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(root.join("links")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(("netlink", _, direction, Some(ifname))) =
+                    crate::attach::parse_link_name(&name)
+                    && let Ok(link) = aya::programs::tc::SchedClassifierLink::attached(
+                        &ifname,
+                        crate::attach::tc_attach_type(direction),
+                        crate::attach::NETLINK_PRIORITY,
+                        crate::attach::NETLINK_HANDLE,
+                        None,
+                    )
+                {
+                    // Detaches on drop.
+                    drop(link);
+                    info!(interface = %ifname, %direction, layout = old, "detached an older layout's filter");
+                }
+            }
         }
         match std::fs::remove_dir_all(&root) {
             Ok(()) => info!(path = %root.display(), "retired an older dataplane layout"),
