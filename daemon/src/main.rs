@@ -128,7 +128,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { EX_USAGE } else { 0 };
@@ -141,8 +141,22 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
         )
         .init();
-    if let Some(Command::Policy(command)) = cli.command {
-        return remapd::policy_cli::run(command);
+    if matches!(cli.command, Some(Command::Policy(_)))
+        && let Some(Command::Policy(command)) = cli.command.take()
+    {
+        // The daemon's limits when a configuration is given, else the defaults.
+        let limits = if cli.config.is_some() {
+            match config(&cli) {
+                Ok(c) => c.policy_limits(),
+                Err(e) => {
+                    eprintln!("remapd: bad configuration: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
+        } else {
+            remapd::policy::PolicyLimits::default()
+        };
+        return remapd::policy_cli::run(command, limits);
     }
     if matches!(cli.command, Some(Command::ExampleConfig)) {
         print!("{}", remapd::config::EXAMPLE);

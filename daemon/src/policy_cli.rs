@@ -12,6 +12,9 @@
 //! - `bench`: warm decision latency, as the daemon pays it (a fresh store and instance
 //!   per decision).
 //!
+//! The sandbox limits are the daemon's: those of the configuration given with
+//! `--config` (or `REMAPD_CONFIG`), else the defaults.
+//!
 //! Exit codes: 0 success; 1 the policy failed (refused, trapped, rejected, a test case
 //! did not match); 64 bad usage or input files (what `sysexits.h` calls `EX_USAGE`).
 
@@ -100,17 +103,18 @@ enum Failure {
     Policy(String),
 }
 
-/// Runs `command`; what it prints goes to standard output, errors to standard error.
-pub fn run(command: PolicyCommand) -> ExitCode {
+/// Runs `command` with `limits` (the daemon's, from its configuration, or the
+/// defaults); what it prints goes to standard output, errors to standard error.
+pub fn run(command: PolicyCommand, limits: PolicyLimits) -> ExitCode {
     let result = match command {
-        PolicyCommand::Check { policy } => check(&policy),
-        PolicyCommand::Run { policy, input } => run_one(&policy, &input),
-        PolicyCommand::Test { policy, dir } => test(&policy, &dir),
+        PolicyCommand::Check { policy } => check(&policy, limits),
+        PolicyCommand::Run { policy, input } => run_one(&policy, &input, limits),
+        PolicyCommand::Test { policy, dir } => test(&policy, &dir, limits),
         PolicyCommand::Bench {
             policy,
             input,
             calls,
-        } => bench(&policy, &input, calls),
+        } => bench(&policy, &input, calls, limits),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,9 +129,9 @@ pub fn run(command: PolicyCommand) -> ExitCode {
     }
 }
 
-/// An engine with the daemon's default limits.
-fn engine() -> Result<Arc<PolicyEngine>, Failure> {
-    PolicyEngine::new(PolicyLimits::default())
+/// An engine with `limits`.
+fn engine(limits: PolicyLimits) -> Result<Arc<PolicyEngine>, Failure> {
+    PolicyEngine::new(limits)
         .map(Arc::new)
         .map_err(|e| Failure::Policy(format!("starting the policy engine: {e}")))
 }
@@ -214,8 +218,8 @@ fn problem_text(p: &remapd_api::problem::Problem) -> String {
     }
 }
 
-fn check(policy: &str) -> Result<(), Failure> {
-    let engine = engine()?;
+fn check(policy: &str, limits: PolicyLimits) -> Result<(), Failure> {
+    let engine = engine(limits)?;
     let (source, compiled) = load(&engine, policy)?;
     let (imports, exports) = engine.interface(&compiled);
     let report = json!({
@@ -270,8 +274,8 @@ fn decide(
     (report, plan.map(|_| ()))
 }
 
-fn run_one(policy: &str, args: &InputArgs) -> Result<(), Failure> {
-    let engine = engine()?;
+fn run_one(policy: &str, args: &InputArgs, limits: PolicyLimits) -> Result<(), Failure> {
+    let engine = engine(limits)?;
     let (source, compiled) = load(&engine, policy)?;
     let (input, local) = policy_input(
         read_json(&args.cluster)?,
@@ -312,8 +316,8 @@ enum Expect {
     Error(String),
 }
 
-fn test(policy: &str, dir: &Path) -> Result<(), Failure> {
-    let engine = engine()?;
+fn test(policy: &str, dir: &Path, limits: PolicyLimits) -> Result<(), Failure> {
+    let engine = engine(limits)?;
     let (source, compiled) = load(&engine, policy)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Failure::Usage(format!("{}: {e}", dir.display())))?
@@ -405,11 +409,11 @@ fn diff(want: &Value, got: &Value) -> String {
     out
 }
 
-fn bench(policy: &str, args: &InputArgs, calls: u32) -> Result<(), Failure> {
+fn bench(policy: &str, args: &InputArgs, calls: u32, limits: PolicyLimits) -> Result<(), Failure> {
     if calls == 0 {
         return Err(Failure::Usage("--calls must be at least 1".into()));
     }
-    let engine = engine()?;
+    let engine = engine(limits)?;
     let (source, compiled) = load(&engine, policy)?;
     let (input, _) = policy_input(
         read_json(&args.cluster)?,

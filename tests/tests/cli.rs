@@ -242,6 +242,22 @@ fn policy_tools_check_run_test_and_bench_without_a_daemon() {
     assert!(out.contains("-  \"strategy\": \"both-on-2\""), "{out}");
     assert!(out.contains("+  \"strategy\": \"split\""), "{out}");
 
+    // The daemon's limits apply when its configuration is given: a fuel budget too
+    // small for the decision fails it, as it would in the daemon.
+    let tight = file("tight.toml", "[policy]\nfuel = 1000\n");
+    let (code, out) = run(&[
+        "--config",
+        &tight,
+        "policy",
+        "run",
+        "auto",
+        "--cluster",
+        &cluster,
+        &peer,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("used up its fuel (1000 units)"), "{out}");
+
     // bench: warm latency over the calls asked for.
     let (code, out) = run(&[
         "policy",
