@@ -246,15 +246,7 @@ fn netlink_clsact_fallback_attaches_and_detaches() {
     assert_reachable(&t, 1, "30.0.0.1", "40.0.0.1", "60.0.0.1", 7500);
     // The filters are classic clsact filters, visible to tc (kernel program names are
     // cut to 15 characters), and marked in the pin dir.
-    let filters = |dir: &str| {
-        let out = t
-            .gw1
-            .command("tc")
-            .args(["filter", "show", "dev", &t.wg1.name, dir])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let filters = |dir: &str| tc_filters(&t, dir);
     assert!(
         filters("egress").contains("remapd_l3_egres"),
         "{}",
@@ -296,14 +288,8 @@ fn an_older_layout_is_retired_before_this_one_attaches() {
     // What an older version left: the same objects, under its layout directory.
     std::fs::rename(pins.join(PIN_LAYOUT_VERSION), pins.join("v2")).unwrap();
     let ids = |dir: &str| {
-        let out = t
-            .gw1
-            .command("tc")
-            .args(["filter", "show", "dev", &t.wg1.name, dir])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.split_whitespace()
+        tc_filters(&t, dir)
+            .split_whitespace()
             .skip_while(|w| *w != "id")
             .nth(1)
             .map(str::to_owned)
@@ -322,17 +308,22 @@ fn an_older_layout_is_retired_before_this_one_attaches() {
         "{old_egress} -> {new_egress}"
     );
     // One filter per hook, and traffic still crosses, translated once.
-    let out = t
-        .gw1
-        .command("tc")
-        .args(["filter", "show", "dev", &t.wg1.name, "egress"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = tc_filters(&t, "egress");
     assert_eq!(
         text.lines().filter(|l| l.contains(" handle ")).count(),
         1,
         "{text}"
     );
     assert_reachable(&t, 1, "30.0.0.1", "40.0.0.1", "60.0.0.1", 7501);
+}
+
+/// What `tc filter show` lists on gateway 1's tunnel in `dir` (`ingress`/`egress`).
+fn tc_filters(t: &Topology, dir: &str) -> String {
+    let out = t
+        .gw1
+        .command("tc")
+        .args(["filter", "show", "dev", &t.wg1.name, dir])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
