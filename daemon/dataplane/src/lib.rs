@@ -180,6 +180,8 @@ pub struct Dataplane {
     mode: AttachMode,
     adopted: bool,
     nr_cpus: usize,
+    /// The slot of every hook this process configured (see `live_slots`).
+    hook_slots: BTreeMap<(u32, Direction), u32>,
 }
 
 impl Dataplane {
@@ -260,6 +262,7 @@ impl Dataplane {
             mode,
             adopted: false,
             nr_cpus,
+            hook_slots: BTreeMap::new(),
         })
     }
 
@@ -408,6 +411,7 @@ impl Dataplane {
         // Slots held before by hooks not managed any more (or by a second copy): cleared,
         // unless a wanted hook was just given that slot (its write replaced it).
         let assigned: BTreeSet<u32> = slots.values().copied().collect();
+        self.hook_slots = slots.clone();
         for (hook, held) in &live {
             for slot in held {
                 if slots.get(hook) == Some(slot) || assigned.contains(slot) {
@@ -430,13 +434,24 @@ impl Dataplane {
     }
 
     /// The slots whose live configuration belongs to each of `hooks` (normally one; none
-    /// for a hook without a configuration).
+    /// for a hook without a configuration). A hook this process configured is checked
+    /// at its slot only: it never wrote a hook to two slots, so there is no other copy
+    /// to find. Others (an adopted pin set, a new hook) are looked for in every probe
+    /// slot, which also finds copies an older process left.
     pub(crate) fn live_slots(
         &self,
         hooks: &BTreeSet<(u32, Direction)>,
     ) -> Result<BTreeMap<(u32, Direction), Vec<u32>>, DataplaneError> {
         let mut out = BTreeMap::new();
         for &(ifindex, direction) in hooks {
+            if let Some(&slot) = self.hook_slots.get(&(ifindex, direction))
+                && let Some((_, config)) = self.live_hook(slot)?
+                && config.ifindex == ifindex
+                && config.direction == u32::from(direction.wire())
+            {
+                out.insert((ifindex, direction), vec![slot]);
+                continue;
+            }
             let mut held = Vec::new();
             for probe in 0..HOOK_PROBES {
                 let slot = hook_probe(ifindex, direction.wire(), probe);

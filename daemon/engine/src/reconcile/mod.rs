@@ -124,9 +124,11 @@ impl Reconciler {
     /// Brings the system to `state` as well as it can (start-up and periodic resync):
     /// plans, applies every step even after one fails, and keeps the plan whatever the
     /// appliers said, so the next resync retries it. Never panics; errors are recorded
-    /// per peering and in the report.
+    /// per peering and in the report. Its decisions are not kept for
+    /// [`Reconciler::take_decisions`] (the daemon logs its own passes).
     pub fn reconcile(&mut self, state: &DesiredState, keys: &Keys) -> ReconcileReport {
         let system = self.plan(state, keys);
+        self.decisions.clear();
         let report = self.apply(&system, ApplyMode::BestEffort);
         self.commit(system);
         report
