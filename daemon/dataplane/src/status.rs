@@ -123,10 +123,15 @@ impl Dataplane {
             .into_iter()
             .map(|(_, a)| a)
             .collect();
+        let held = self.live_slots(
+            &attachments
+                .iter()
+                .map(|a| (a.ifindex, a.direction))
+                .collect::<BTreeSet<_>>(),
+        )?;
         let mut hooks = Vec::new();
         for attachment in &attachments {
             let hook = (attachment.ifindex, attachment.direction);
-            let held = self.live_slots(&BTreeSet::from([hook]))?;
             let slot = held.get(&hook).and_then(|s| s.first()).copied();
             let border = match slot {
                 Some(slot) => self

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tracing::{info, warn};
 
-use crate::decision_log::{DecisionLog, DecisionOutcome, DecisionRecord};
+use crate::decision_log::{DecisionLog, DecisionOutcome};
 pub use crate::error::EngineError;
 use crate::preview::{PolicyImpact, impact};
 use crate::reconcile::{
@@ -299,7 +299,7 @@ impl Daemon {
             let report = r.apply(&system, ApplyMode::BestEffort);
             r.commit(system);
             // Best effort: what was decided is in force, whatever else failed.
-            decisions.append(r.take_decisions());
+            log_decisions(r, &decisions, DecisionOutcome::Applied, None);
             publisher.publish(
                 state.clone(),
                 (r.outcomes().clone(), report.clone(), r.counters.clone()),
@@ -343,11 +343,15 @@ impl Daemon {
         let committed = self
             .locked(guard, move |state, r, publisher| {
                 let result = transact(r, &store, &registry, state, &next, &targets, policy, force);
-                let mut made = r.take_decisions();
-                if let Err(e) = &result {
-                    settle(&mut made, DecisionOutcome::NotApplied, Some(e.to_string()));
+                match &result {
+                    Ok(_) => log_decisions(r, &decisions, DecisionOutcome::Applied, None),
+                    Err(e) => log_decisions(
+                        r,
+                        &decisions,
+                        DecisionOutcome::NotApplied,
+                        Some(e.to_string()),
+                    ),
                 }
-                decisions.append(made);
                 let counters = r.counters.clone();
                 match result {
                     Ok((outcomes, report)) => {
@@ -383,9 +387,7 @@ impl Daemon {
         let (result, counters) = self
             .with_reconciler(move |r| {
                 let system = r.plan(&state, &Keys::new());
-                let mut made = r.take_decisions();
-                settle(&mut made, DecisionOutcome::DryRun, None);
-                decisions.append(made);
+                log_decisions(r, &decisions, DecisionOutcome::DryRun, None);
                 (dry_run_result(system, name), r.counters.clone())
             })
             .await?;
@@ -412,9 +414,7 @@ impl Daemon {
                 .with_policy(named.clone())
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
             let system = r.plan_with(&overlay, state, &Keys::new());
-            let mut made = r.take_decisions();
-            settle(&mut made, DecisionOutcome::DryRun, None);
-            decisions.append(made);
+            log_decisions(r, &decisions, DecisionOutcome::DryRun, None);
             publisher.publish_counters(r.counters.clone());
             Ok(state
                 .peerings
@@ -468,14 +468,22 @@ impl Daemon {
 /// The decision log's file in the state directory.
 pub const DECISION_LOG: &str = "decisions.jsonl";
 
-/// Valid decisions (provisionally [`DecisionOutcome::Applied`]) become `outcome`, with
-/// `reason`; rejected and failed ones keep theirs.
-fn settle(records: &mut [DecisionRecord], outcome: DecisionOutcome, reason: Option<String>) {
-    for r in records
+/// Logs the decisions `r` made since the last call: valid ones (provisionally
+/// [`DecisionOutcome::Applied`]) become `outcome`, with `reason`; rejected and failed
+/// ones keep theirs.
+fn log_decisions(
+    r: &mut Reconciler,
+    log: &DecisionLog,
+    outcome: DecisionOutcome,
+    reason: Option<String>,
+) {
+    let mut made = r.take_decisions();
+    for record in made
         .iter_mut()
-        .filter(|r| r.outcome == DecisionOutcome::Applied)
+        .filter(|record| record.outcome == DecisionOutcome::Applied)
     {
-        r.outcome = outcome;
-        r.reason.clone_from(&reason);
+        record.outcome = outcome;
+        record.reason.clone_from(&reason);
     }
+    log.append(made);
 }

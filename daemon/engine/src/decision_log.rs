@@ -127,10 +127,7 @@ impl DecisionLog {
             let Ok(f) = File::open(&file) else { continue };
             for line in BufReader::new(f).lines().map_while(Result::ok) {
                 if let Ok(record) = serde_json::from_str::<DecisionRecord>(&line) {
-                    if ring.len() == RING {
-                        ring.pop_front();
-                    }
-                    ring.push_back(record);
+                    push_bounded(&mut ring, record);
                 }
             }
         }
@@ -169,10 +166,7 @@ impl DecisionLog {
         }
         if let Ok(mut ring) = self.ring.lock() {
             for record in records {
-                if ring.len() == RING {
-                    ring.pop_front();
-                }
-                ring.push_back(record);
+                push_bounded(&mut ring, record);
             }
         }
     }
@@ -225,6 +219,14 @@ impl DecisionLog {
     pub fn write_errors(&self) -> u64 {
         self.write_errors.load(Ordering::Relaxed)
     }
+}
+
+/// Appends `record`, dropping the oldest beyond [`RING`].
+fn push_bounded(ring: &mut VecDeque<DecisionRecord>, record: DecisionRecord) {
+    if ring.len() == RING {
+        ring.pop_front();
+    }
+    ring.push_back(record);
 }
 
 fn rotated(path: &Path) -> PathBuf {
