@@ -32,9 +32,7 @@ use serde_json::{Value, json};
 use remapd_api::policies::EvaluateRequest;
 use remapd_model::model::{Capabilities, LocalCluster, PolicyInput};
 use remapd_model::plan::compile;
-use remapd_policy_host::{
-    CONTRACT, CompiledPolicy, PolicyEngine, PolicyLimits, PolicyRegistry, validate,
-};
+use remapd_policy_host::{CompiledPolicy, PolicyEngine, PolicyLimits, PolicyRegistry, validate};
 
 /// What `remapd policy` can do.
 #[derive(Subcommand, Debug)]
@@ -225,7 +223,7 @@ fn check(policy: &str, limits: PolicyLimits) -> Result<(), Failure> {
     let report = json!({
         "policy": source,
         "ok": true,
-        "contract": CONTRACT,
+        "contract": compiled.contract,
         "size": compiled.size,
         "sha256": compiled.sha256,
         "imports": imports,

@@ -168,12 +168,7 @@ impl RoutingKernel for RecordingKernel {
         self.record(Op::DeleteRoute(route.clone()));
         let mut routes = self.routes.lock().map_err(|_| poisoned())?;
         let before = routes.len();
-        let shown: Vec<String> = routes.iter().map(|r| self.shown(r)).collect();
-        let mut i = 0;
-        routes.retain(|_| {
-            i += 1;
-            shown[i - 1] != route
-        });
+        routes.retain(|r| self.shown(r) != route);
         Ok(routes.len() < before)
     }
 
