@@ -6,7 +6,7 @@ export CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS := fallback
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all setup build test lint unit bench demo clean
+.PHONY: all setup build policies test lint unit bench demo clean
 
 all: build
 
@@ -16,8 +16,13 @@ setup:
 build: setup
 	$(CARGO) build --release
 
+## The Python and JavaScript policies (componentize-py, componentize-js; toolchains
+## pinned and installed under target/ on first use) -> target/policies/*.wasm.
+policies: setup
+	bash scripts/build-policies.sh
+
 ## Every test: formatting, lints, unit tests, BPF packet tests, network-namespace tests.
-test: setup lint
+test: setup lint policies
 	# Binaries the tests run but cargo test does not build for them.
 	$(CARGO) build -p remapd-policy-build --bins
 	$(CARGO) test --all-targets -- --test-threads=1

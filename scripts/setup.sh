@@ -12,6 +12,9 @@ need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
 done
+# Node.js and npm build the JavaScript policies (scripts/build-policies.sh). Images that
+# ship Node.js from elsewhere (e.g. NodeSource, npm included) keep theirs.
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

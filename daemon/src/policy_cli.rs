@@ -32,7 +32,9 @@ use serde_json::{Value, json};
 use remapd_api::policies::EvaluateRequest;
 use remapd_model::model::{Capabilities, LocalCluster, PolicyInput};
 use remapd_model::plan::compile;
-use remapd_policy_host::{CompiledPolicy, PolicyEngine, PolicyLimits, PolicyRegistry, validate};
+use remapd_policy_host::{
+    CompiledCache, CompiledPolicy, PolicyEngine, PolicyLimits, PolicyRegistry, validate,
+};
 
 /// What `remapd policy` can do.
 #[derive(Subcommand, Debug)]
@@ -127,11 +129,39 @@ pub fn run(command: PolicyCommand, limits: PolicyLimits) -> ExitCode {
     }
 }
 
-/// An engine with `limits`.
+/// An engine with `limits`, keeping compiled components of interpreter size in the
+/// user's cache (see [`compiled_cache_dir`]) so the next call does not compile again.
 fn engine(limits: PolicyLimits) -> Result<Arc<PolicyEngine>, Failure> {
-    PolicyEngine::new(limits)
-        .map(Arc::new)
-        .map_err(|e| Failure::Policy(format!("starting the policy engine: {e}")))
+    let engine = PolicyEngine::new(limits)
+        .map_err(|e| Failure::Policy(format!("starting the policy engine: {e}")))?;
+    let engine = match compiled_cache_dir().map(|dir| (CompiledCache::open(&dir), dir)) {
+        Some((Ok(cache), _)) => engine.with_compiled_cache(cache),
+        Some((Err(e), dir)) => {
+            eprintln!(
+                "remapd policy: not caching compiled policies in {}: {e}",
+                dir.display()
+            );
+            engine
+        }
+        None => engine,
+    };
+    Ok(Arc::new(engine))
+}
+
+/// Where `remapd policy` keeps compiled components: `$REMAPD_POLICY_CACHE`, else
+/// `$XDG_CACHE_HOME/remapd/compiled`, else `~/.cache/remapd/compiled`;
+/// `REMAPD_POLICY_CACHE=off` keeps nothing.
+fn compiled_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    match std::env::var_os("REMAPD_POLICY_CACHE") {
+        Some(v) if v == "off" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|base| base.join("remapd").join("compiled")),
+    }
 }
 
 /// The component named by `policy`: a file if one exists at that path, else a
@@ -226,6 +256,12 @@ fn check(policy: &str, limits: PolicyLimits) -> Result<(), Failure> {
         "contract": compiled.contract,
         "size": compiled.size,
         "sha256": compiled.sha256,
+        "language": compiled.language,
+        "wasi": if compiled.imports_wasi {
+            "imported: granted nothing (no files, environment, network; fixed clock and randomness)"
+        } else {
+            "not imported"
+        },
         "imports": imports,
         "exports": exports,
     });

@@ -14,7 +14,7 @@ use crate::dataplane::KernelDataplane;
 use crate::http::serve_http;
 use crate::net::routes::NetlinkRoutes;
 use crate::net::wireguard::{WireGuardConfig, WireGuardTunnels};
-use crate::policy::{PolicyEngine, PolicyRegistry};
+use crate::policy::{CompiledCache, PolicyEngine, PolicyRegistry};
 use crate::reconcile::Reconciler;
 use crate::store::Store;
 
@@ -152,14 +152,18 @@ pub fn kernel_reconciler(config: &Config, registry: Arc<PolicyRegistry>) -> Reco
 
 /// Builds the daemon core from `config`.
 pub fn build(config: &Config) -> Result<Arc<Daemon>, ServeError> {
-    let engine =
-        PolicyEngine::new(config.policy_limits()).map_err(|e| ServeError::Setup(e.to_string()))?;
+    // The store first: it creates the state directory.
+    let store =
+        Store::open(&config.file.state_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
+    let compiled = CompiledCache::open(&config.file.state_dir.join("compiled"))
+        .map_err(|e| ServeError::Setup(format!("compiled policy cache: {e}")))?;
+    let engine = PolicyEngine::new(config.policy_limits())
+        .map_err(|e| ServeError::Setup(e.to_string()))?
+        .with_compiled_cache(compiled);
     let registry = Arc::new(
         PolicyRegistry::with_builtins(Arc::new(engine))
             .map_err(|e| ServeError::Setup(e.to_string()))?,
     );
-    let store =
-        Store::open(&config.file.state_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
     let reconciler = kernel_reconciler(config, registry.clone());
     let daemon = Daemon::new(store, registry, reconciler).map_err(ServeError::Setup)?;
     Ok(Arc::new(daemon))

@@ -175,6 +175,40 @@ impl Daemon {
         json
     }
 
+    /// Uploads the component at `path` as policy `name` (`PUT /v1/policies/{name}`),
+    /// allowing for compiling an interpreter-sized component; must answer `want`.
+    pub fn upload_policy(&self, name: &str, path: &Path, want: u16) -> Value {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns_name,
+                "curl",
+                "-sS",
+                "-m",
+                "300",
+                "-X",
+                "PUT",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args([
+                "-H",
+                "Content-Type: application/wasm",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", path.display()))
+            .arg(format!("http://127.0.0.1:7878/v1/policies/{name}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let json = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+        assert_eq!(code.trim(), want.to_string(), "upload {name}: {json}");
+        json
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -245,4 +279,19 @@ pub fn curl_raw(ns_name: &str, method: &str, path: &str, body: Option<&str>) -> 
         Some((body, code)) => (code.trim().parse().unwrap_or(0), body.to_owned()),
         None => (text.trim().parse().unwrap_or(0), String::new()),
     }
+}
+
+/// A policy component built from Python or JavaScript by `scripts/build-policies.sh`
+/// (`make policies`, run by `make test`): `target/policies/{name}.wasm`. Panics with
+/// what to run when it is missing: a test that needs it must not pass without it.
+pub fn language_policy(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/policies")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash scripts/build-policies.sh` (make policies; make test runs it)",
+        path.display()
+    );
+    path
 }

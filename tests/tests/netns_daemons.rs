@@ -28,6 +28,11 @@ struct Pair {
 
 /// Two daemons, clusters configured, and the peering set up through exports.
 fn pair(policy: &str) -> Pair {
+    pair_uploading(policy, None)
+}
+
+/// [`pair`], with the component at `upload` uploaded to both daemons as `policy` first.
+fn pair_uploading(policy: &str, upload: Option<&std::path::Path>) -> Pair {
     let net = Network::build(&seed_cluster(), &seed_cluster());
     let d1 = Daemon::start(
         &net.gw1,
@@ -45,6 +50,11 @@ fn pair(policy: &str) -> Pair {
     );
     d1.expect("PUT", "/v1/cluster", Some(&json!({"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/24"]})), 200);
     d2.expect("PUT", "/v1/cluster", Some(&json!({"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["60.0.0.0/24"]})), 200);
+    if let Some(path) = upload {
+        for d in [&d1, &d2] {
+            d.upload_policy(policy, path, 201);
+        }
+    }
     let p1 = format!("{}-c2", net.prefix);
     let p2 = format!("{}-c1", net.prefix);
     // Bootstrap on gateway 1 with what it knows of cluster 2; then pipe exports across.
@@ -90,15 +100,18 @@ fn strategy_of(d: &Daemon, name: &str) -> String {
 }
 
 fn run(policy: &str, expect1: &str, expect2: &str) {
-    let p = pair(policy);
+    run_pair(&pair(policy), expect1, expect2);
+}
+
+fn run_pair(p: &Pair, expect1: &str, expect2: &str) {
     assert_eq!(
-        strategy_of(&p.d1, &peering(&p, 1)),
+        strategy_of(&p.d1, &peering(p, 1)),
         expect1,
         "{}",
         p.d1.log_text()
     );
     assert_eq!(
-        strategy_of(&p.d2, &peering(&p, 2)),
+        strategy_of(&p.d2, &peering(p, 2)),
         expect2,
         "{}",
         p.d2.log_text()
@@ -123,7 +136,7 @@ fn run(policy: &str, expect1: &str, expect2: &str) {
     // The status shows counters and a handshake; metrics carry the rules.
     let st = p.d2.expect(
         "GET",
-        &format!("/v1/peerings/{}", peering(&p, 2)),
+        &format!("/v1/peerings/{}", peering(p, 2)),
         None,
         200,
     );
@@ -157,7 +170,7 @@ fn run(policy: &str, expect1: &str, expect2: &str) {
         assert_eq!(pids.len(), 1, "one tunnel process: {pids:?}");
         d.expect(
             "DELETE",
-            &format!("/v1/peerings/{}", peering(&p, side)),
+            &format!("/v1/peerings/{}", peering(p, side)),
             None,
             204,
         );
@@ -192,6 +205,83 @@ fn two_daemons_split() {
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn two_daemons_both_on_2() {
     run("both-on-2", "both-on-remote", "both-on-local");
+}
+
+/// `split` written in Python (policies/split-py), uploaded to both daemons: the same
+/// decisions as the built-in, traffic both ways, and the policy list says what it is.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn two_daemons_split_in_python() {
+    two_daemons_with_language_policy("split-py", "Python");
+}
+
+/// `split` written in JavaScript (policies/split-js), as above.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn two_daemons_split_in_javascript() {
+    two_daemons_with_language_policy("split-js", "JavaScript");
+}
+
+fn two_daemons_with_language_policy(name: &str, language: &str) {
+    let component = remapd_tests::daemons::language_policy(name);
+    let p = pair_uploading(name, Some(&component));
+    let mut compiled = Vec::new();
+    for (d, side) in [(&p.d1, 1u8), (&p.d2, 2)] {
+        let status = d.expect(
+            "GET",
+            &format!("/v1/peerings/{}", peering(&p, side)),
+            None,
+            200,
+        );
+        assert_eq!(status["spec"]["policy"], name, "{status}");
+        assert_eq!(
+            status["policy_log"][0].as_str().unwrap_or_default(),
+            "split with cluster-2: 1 mapping(s)".replace('2', if side == 1 { "2" } else { "1" }),
+            "the policy's own log line: {status}"
+        );
+        let list = d.expect("GET", "/v1/policies", None, 200);
+        let info = list
+            .as_array()
+            .and_then(|l| l.iter().find(|i| i["name"] == name))
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"));
+        assert!(
+            info["language"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(language),
+            "{info}"
+        );
+        let decisions = d.expect(
+            "GET",
+            &format!("/v1/decisions?peering={}", peering(&p, side)),
+            None,
+            200,
+        );
+        // The decision log names the component by digest and says it was applied.
+        assert!(
+            decisions
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["policy"] == name
+                    && r["policy_sha256"] == info["sha256"]
+                    && r["outcome"] == "applied"),
+            "{decisions}"
+        );
+        // Its compiled form is kept, so a restart does not compile it again.
+        let cwasm = d
+            .state_dir
+            .join("compiled")
+            .join(format!("{}.cwasm", info["sha256"].as_str().unwrap()));
+        assert!(cwasm.exists(), "{} missing", cwasm.display());
+        compiled.push(cwasm);
+    }
+    run_pair(&p, "split", "split");
+    // run_pair deleted the peerings; deleting the policy drops its compiled form too.
+    for (d, cwasm) in [&p.d1, &p.d2].into_iter().zip(&compiled) {
+        d.expect("DELETE", &format!("/v1/policies/{name}"), None, 204);
+        assert!(!cwasm.exists(), "{} left behind", cwasm.display());
+    }
 }
 
 #[test]

@@ -31,9 +31,9 @@ use utoipa_axum::router::OpenApiRouter;
 use problem::Problem;
 use remapd_engine::daemon::Daemon;
 
-/// Largest request body accepted at all (a policy component of the default 16 MiB
+/// Largest request body accepted at all (a policy component of the default 32 MiB
 /// limit plus slack); JSON bodies are further limited to 1 MiB.
-pub const MAX_BODY: usize = 17 << 20;
+pub const MAX_BODY: usize = 33 << 20;
 
 /// How long a request body may take to arrive by default (`[api] body_timeout_ms`).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);

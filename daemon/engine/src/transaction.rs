@@ -175,6 +175,16 @@ pub(crate) fn transact(
         if let Err(e) = store.gc_policies(current) {
             warn!(error = %e, "removing unused policy files");
         }
+        if let Some(compiled) = registry.engine().compiled_cache() {
+            let pinned = pins(current);
+            let keep: Vec<&str> = current
+                .policies
+                .values()
+                .map(|p| p.sha256.as_str())
+                .chain(pinned.iter().map(|(_, digest)| digest.as_str()))
+                .collect();
+            compiled.retain(&keep);
+        }
     }
     result
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
 use remapd_model::model::{Decision, PolicyInput};
 
@@ -32,13 +32,16 @@ mod bindings {
     });
 }
 
-use bindings::remap::policy::types as wit;
-
+mod compiled_cache;
 mod convert;
 mod registry;
+mod sandbox;
+
+pub use compiled_cache::{CompiledCache, MIN_CACHED_BYTES};
 
 use convert::{from_wit, to_wit};
 pub use registry::{NamedPolicy, PolicyRegistry, RegistryError, parse_reference};
+use sandbox::HostState;
 
 /// The contract version this host speaks.
 pub const CONTRACT: &str = "remap:policy@0.1.0";
@@ -65,7 +68,7 @@ impl Default for PolicyLimits {
             timeout: Duration::from_millis(500),
             memory_bytes: 64 << 20,
             log_bytes: 16 << 10,
-            component_bytes: 16 << 20,
+            component_bytes: 32 << 20,
         }
     }
 }
@@ -134,29 +137,6 @@ pub enum PolicyError {
     Rejected(#[from] validate::DecisionError),
 }
 
-/// What the host gives a running policy: its log and limits.
-struct HostState {
-    limits: StoreLimits,
-    log: Vec<String>,
-    log_bytes: usize,
-    log_dropped: usize,
-    max_log_bytes: usize,
-}
-
-impl bindings::PolicyImports for HostState {
-    fn log(&mut self, message: String) {
-        if self.log_bytes + message.len() > self.max_log_bytes {
-            self.log_dropped += 1;
-            return;
-        }
-        self.log_bytes += message.len();
-        self.log.push(message);
-    }
-}
-
-// The `types` interface has no functions; its (empty) host trait is still required.
-impl wit::Host for HostState {}
-
 /// A compiled policy, ready to instantiate.
 pub struct CompiledPolicy {
     /// sha256 of the component bytes, hex.
@@ -168,6 +148,9 @@ pub struct CompiledPolicy {
     /// The source language its toolchain recorded (the `producers` custom section:
     /// `Rust`, `Python`, `JavaScript`...), if it says; a hint, not checked.
     pub language: Option<String>,
+    /// It imports WASI (toolchains for interpreted languages always do): it gets the
+    /// deny-everything WASI of [`sandbox`] and each call runs on a thread of its own.
+    pub imports_wasi: bool,
     pre: bindings::PolicyPre<HostState>,
 }
 
@@ -184,29 +167,52 @@ pub struct Evaluation {
     pub fuel_used: u64,
 }
 
-/// The languages a component's `producers` sections name (its own and its modules'),
-/// joined with `, `; `None` when none does.
+/// The source language of a component, as a hint: what the component's own (outermost)
+/// `producers` section names (componentize-js says `JavaScript`); else `Python` when a
+/// module exports CPython's `Py_Initialize` (componentize-py records no language);
+/// else the languages its modules' sections name (`Rust` for ours), joined with `, `.
 fn source_language(bytes: &[u8]) -> Option<String> {
-    let mut languages: Vec<String> = Vec::new();
+    let mut outer: Vec<String> = Vec::new();
+    let mut nested: Vec<String> = Vec::new();
+    let mut cpython = false;
+    let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let Ok(wasmparser::Payload::CustomSection(section)) = payload else {
-            continue;
-        };
-        let wasmparser::KnownCustom::Producers(producers) = section.as_known() else {
-            continue;
-        };
-        for field in producers.into_iter().flatten() {
-            if field.name != "language" {
-                continue;
+        let Ok(payload) = payload else { break };
+        match payload {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ExportSection(exports) => {
+                cpython |= exports
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e.name == "Py_Initialize");
             }
-            for value in field.values.into_iter().flatten() {
-                if !languages.iter().any(|l| l == value.name) {
-                    languages.push(value.name.to_owned());
+            wasmparser::Payload::CustomSection(section) => {
+                let wasmparser::KnownCustom::Producers(producers) = section.as_known() else {
+                    continue;
+                };
+                let list = if depth <= 1 { &mut outer } else { &mut nested };
+                for field in producers.into_iter().flatten() {
+                    if field.name != "language" {
+                        continue;
+                    }
+                    for value in field.values.into_iter().flatten() {
+                        if !list.iter().any(|l| l == value.name) {
+                            list.push(value.name.to_owned());
+                        }
+                    }
                 }
             }
+            _ => {}
         }
     }
-    (!languages.is_empty()).then(|| languages.join(", "))
+    if !outer.is_empty() {
+        Some(outer.join(", "))
+    } else if cpython {
+        Some("Python".into())
+    } else {
+        (!nested.is_empty()).then(|| nested.join(", "))
+    }
 }
 
 /// One call of a policy, before validation.
@@ -231,8 +237,18 @@ pub struct PolicyEngine {
     /// the registry, a kept previous version or a running call holds it, and its code
     /// is freed with the last of those (an upload that is deleted leaves nothing).
     cache: RwLock<BTreeMap<String, Weak<CompiledPolicy>>>,
+    /// Compiled components kept on disk across restarts, if configured.
+    on_disk: Option<CompiledCache>,
     ticker_stop: Arc<AtomicBool>,
 }
+
+/// Core instances, tables and linear memories one call may create. A Rust policy
+/// needs one or two of each; an interpreter built by componentize-py links a dozen
+/// modules (libc, the interpreter, WASI adapters). Each memory is bounded by
+/// [`PolicyLimits::memory_bytes`]; only the main one grows in practice.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 8;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -251,6 +267,7 @@ impl PolicyEngine {
         let mut linker = Linker::new(&engine);
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(PolicyError::Compile)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(PolicyError::Compile)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let stop = ticker_stop.clone();
@@ -271,8 +288,21 @@ impl PolicyEngine {
             linker,
             limits,
             cache: RwLock::new(BTreeMap::new()),
+            on_disk: None,
             ticker_stop,
         })
+    }
+
+    /// Keeps compiled components of [`MIN_CACHED_BYTES`] or more in `cache` and loads
+    /// them from there instead of compiling again.
+    pub fn with_compiled_cache(mut self, cache: CompiledCache) -> Self {
+        self.on_disk = Some(cache);
+        self
+    }
+
+    /// The on-disk cache of compiled components, if any.
+    pub fn compiled_cache(&self) -> Option<&CompiledCache> {
+        self.on_disk.as_ref()
     }
 
     /// The limits calls run under.
@@ -307,8 +337,21 @@ impl PolicyEngine {
         {
             return Ok(hit);
         }
-        let component = Component::new(&self.engine, bytes).map_err(PolicyError::Compile)?;
-        check_contract(&self.engine, &component)?;
+        let on_disk = self
+            .on_disk
+            .as_ref()
+            .filter(|_| bytes.len() >= MIN_CACHED_BYTES);
+        let (component, compiled_now) = match on_disk.and_then(|c| c.load(&self.engine, &sha256)) {
+            Some(component) => (component, false),
+            None => (
+                Component::new(&self.engine, bytes).map_err(PolicyError::Compile)?,
+                true,
+            ),
+        };
+        let imports_wasi = check_contract(&self.engine, &component)?;
+        if let Some(c) = on_disk.filter(|_| compiled_now) {
+            c.store(&sha256, &component);
+        }
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
@@ -324,6 +367,7 @@ impl PolicyEngine {
             size: bytes.len(),
             contract: CONTRACT,
             language: source_language(bytes),
+            imports_wasi,
             pre,
         });
         if let Ok(mut cache) = self.cache.write() {
@@ -376,22 +420,45 @@ impl PolicyEngine {
     /// decision *unvalidated*, with what it logged and the fuel it used: for authors'
     /// tools that show a decision next to the reason it is rejected.
     pub fn call(&self, policy: &CompiledPolicy, input: &PolicyInput) -> Result<Call, PolicyError> {
+        if !policy.imports_wasi {
+            return self.call_here(policy, input);
+        }
+        // WASI's synchronous host functions block on a Tokio runtime, which panics on a
+        // thread that is already driving one; a thread of its own has none (and the
+        // cost, tens of microseconds, is small next to an interpreter's instantiation).
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("policy-call".into())
+                .spawn_scoped(scope, || self.call_here(policy, input))
+                .map_err(|e| PolicyError::Trap {
+                    trap: format!("starting the policy's thread: {e}"),
+                    last_log: None,
+                })?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(PolicyError::Trap {
+                        trap: "the policy's host thread panicked".into(),
+                        last_log: None,
+                    })
+                })
+        })
+    }
+
+    /// [`PolicyEngine::call`] on this thread.
+    fn call_here(&self, policy: &CompiledPolicy, input: &PolicyInput) -> Result<Call, PolicyError> {
         let started = Instant::now();
         let mut store = Store::new(
             &self.engine,
-            HostState {
-                limits: StoreLimitsBuilder::new()
+            HostState::new(
+                StoreLimitsBuilder::new()
                     .memory_size(self.limits.memory_bytes)
-                    .instances(4)
-                    .tables(4)
-                    .memories(2)
+                    .instances(MAX_INSTANCES)
+                    .tables(MAX_TABLES)
+                    .memories(MAX_MEMORIES)
                     .trap_on_grow_failure(true)
                     .build(),
-                log: Vec::new(),
-                log_bytes: 0,
-                log_dropped: 0,
-                max_log_bytes: self.limits.log_bytes,
-            },
+                self.limits.log_bytes,
+            ),
         );
         store.limiter(|s| &mut s.limits);
         store
@@ -427,7 +494,7 @@ impl PolicyEngine {
                     },
                     _ => PolicyError::Trap {
                         trap: format!("{error:#}"),
-                        last_log: log.last().cloned(),
+                        last_log: store.data().stderr_tail().or_else(|| log.last().cloned()),
                     },
                 });
             }
@@ -466,15 +533,12 @@ impl PolicyEngine {
     ) -> Result<(Duration, Duration), PolicyError> {
         let mut store = Store::new(
             &self.engine,
-            HostState {
-                limits: StoreLimitsBuilder::new()
+            HostState::new(
+                StoreLimitsBuilder::new()
                     .memory_size(self.limits.memory_bytes)
                     .build(),
-                log: Vec::new(),
-                log_bytes: 0,
-                log_dropped: 0,
-                max_log_bytes: usize::MAX,
-            },
+                usize::MAX,
+            ),
         );
         store.limiter(|s| &mut s.limits);
         store.set_fuel(u64::MAX).map_err(PolicyError::Compile)?;
@@ -520,13 +584,19 @@ impl Drop for PolicyEngine {
     }
 }
 
-/// Names the contract mismatch precisely: a different version of our package, WASI or
-/// other imports the host does not provide, or a missing `decide` export.
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), PolicyError> {
+/// Names the contract mismatch precisely: a different version of our package, imports
+/// the host does not provide (anything but the contract and the empty WASI 0.2 of
+/// [`sandbox`]), or a missing `decide` export. Answers whether it imports WASI.
+fn check_contract(engine: &Engine, component: &Component) -> Result<bool, PolicyError> {
     let ty = component.component_type();
     let (package, _) = CONTRACT.split_once('@').unwrap_or((CONTRACT, ""));
+    let mut imports_wasi = false;
     for (name, _) in ty.imports(engine) {
         if name == "log" || name == "remap:policy/types@0.1.0" {
+            continue;
+        }
+        if sandbox::is_allowed_wasi(name) {
+            imports_wasi = true;
             continue;
         }
         if name.starts_with(package) {
@@ -542,7 +612,10 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), PolicyEr
         }
         return Err(PolicyError::WrongContract {
             reason: format!(
-                "it imports {name:?}, which remapd does not provide (policies get no ambient authority: no WASI)"
+                "it imports {name:?}, which remapd does not provide (a policy gets the contract's `log` and a WASI 0.2 that grants nothing: {})",
+                sandbox::WASI_PACKAGES
+                    .map(|p| p.trim_end_matches('/'))
+                    .join(", ")
             ),
         });
     }
@@ -551,7 +624,7 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), PolicyEr
             reason: "it does not export `decide`".into(),
         });
     }
-    Ok(())
+    Ok(imports_wasi)
 }
 
 /// The policies remapd ships, as components built from `policies/` by `build.rs`.

@@ -1,0 +1,161 @@
+//! What a running policy is given: the contract's `log`, and — for components built by
+//! toolchains that always import WASI (componentize-py, componentize-js) — a WASI 0.2
+//! that grants nothing.
+//!
+//! The deny-everything WASI: no preopened directories (every path is "not found"), no
+//! environment variables, no arguments, an empty stdin, stdout thrown away, stderr
+//! kept (bounded) for the error message when the policy traps, no network: TCP, UDP
+//! and name lookups are refused before any address is checked. The wall clock always
+//! reads the Unix epoch, the monotonic clock never advances, and "random" bytes are a
+//! fixed sequence: a policy cannot make its decision depend on when, where or how
+//! often it runs. Imports outside WASI 0.2's cli, clocks, filesystem, io, random and
+//! sockets packages (e.g. wasi:http) are refused when the component is compiled.
+
+use std::time::Duration;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::{MemoryOutputPipe, SinkOutputStream};
+use wasmtime_wasi::{
+    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
+    WasiView,
+};
+
+use crate::bindings;
+use crate::bindings::remap::policy::types as wit;
+
+/// The WASI packages a policy may import (each at any 0.2.x version the linker has).
+/// Everything in them is present but grants nothing (see the module docs).
+pub(crate) const WASI_PACKAGES: [&str; 6] = [
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
+/// The bytes WASI's random interfaces return, repeated: fixed so a decision never
+/// depends on them.
+const RANDOM_SEED: &[u8; 32] = b"remapd policy: no randomness :-)";
+
+/// True when `import` (a component import name) is a WASI interface a policy may use.
+pub(crate) fn is_allowed_wasi(import: &str) -> bool {
+    WASI_PACKAGES.iter().any(|p| import.starts_with(p))
+        && import
+            .rsplit_once('@')
+            .is_some_and(|(_, v)| v.starts_with("0.2."))
+}
+
+/// A wall clock stopped at the Unix epoch.
+struct EpochClock;
+
+impl HostWallClock for EpochClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// A monotonic clock that never advances.
+struct StoppedClock;
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Everything one policy call has: its log, limits and (empty) WASI.
+pub(crate) struct HostState {
+    pub(crate) limits: StoreLimits,
+    pub(crate) log: Vec<String>,
+    pub(crate) log_bytes: usize,
+    pub(crate) log_dropped: usize,
+    pub(crate) max_log_bytes: usize,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stderr: MemoryOutputPipe,
+}
+
+impl HostState {
+    /// A fresh state for one call: `max_log_bytes` of log (and as much stderr).
+    pub(crate) fn new(limits: StoreLimits, max_log_bytes: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(max_log_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(SinkOutputStream)
+            .stderr(stderr.clone())
+            .wall_clock(EpochClock)
+            .monotonic_clock(StoppedClock)
+            .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random_seed(0)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        Self {
+            limits,
+            log: Vec::new(),
+            log_bytes: 0,
+            log_dropped: 0,
+            max_log_bytes,
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            stderr,
+        }
+    }
+
+    /// The last line the policy wrote to stderr (an uncaught exception's message).
+    pub(crate) fn stderr_tail(&self) -> Option<String> {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().chars().take(512).collect())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::PolicyImports for HostState {
+    fn log(&mut self, message: String) {
+        if self.log_bytes + message.len() > self.max_log_bytes {
+            self.log_dropped += 1;
+            return;
+        }
+        self.log_bytes += message.len();
+        self.log.push(message);
+    }
+}
+
+// The `types` interface has no functions; its (empty) host trait is still required.
+impl wit::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wasi_0_2_of_the_listed_packages_is_allowed() {
+        assert!(is_allowed_wasi("wasi:cli/environment@0.2.3"));
+        assert!(is_allowed_wasi("wasi:sockets/tcp@0.2.0"));
+        assert!(!is_allowed_wasi("wasi:http/outgoing-handler@0.2.3"));
+        assert!(!is_allowed_wasi("wasi:cli/environment@0.3.0"));
+        assert!(!is_allowed_wasi("wasi:cli/environment"));
+        assert!(!is_allowed_wasi("evil:cli/environment@0.2.0"));
+    }
+}
