@@ -2,6 +2,7 @@
 //! line flags that override it, validated into [`Config`] before anything touches the
 //! kernel or binds a socket.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,22 @@ pub struct PolicySection {
     pub timeout_ms: u64,
     /// Memory a policy may use, MiB.
     pub memory_mib: usize,
+    /// Limits of their own for policies by (uploaded or built-in) name:
+    /// `[policy.by_name.<name>]` with any of `fuel`, `timeout_ms`, `memory_mib`; what
+    /// is not given is the `[policy]` value.
+    pub by_name: BTreeMap<String, PolicyLimitsOverride>,
+}
+
+/// `[policy.by_name.<name>]`: what differs from `[policy]` for one policy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyLimitsOverride {
+    /// Fuel per decision.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per decision, milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Memory a policy may use, MiB.
+    pub memory_mib: Option<usize>,
 }
 
 impl Default for PolicySection {
@@ -99,6 +116,7 @@ impl Default for PolicySection {
             fuel: d.fuel,
             timeout_ms: d.timeout.as_millis() as u64,
             memory_mib: d.memory_bytes >> 20,
+            by_name: BTreeMap::new(),
         }
     }
 }
@@ -254,6 +272,24 @@ impl FileConfig {
                 "policy limits must be above zero".into(),
             ));
         }
+        for (name, o) in &self.policy.by_name {
+            if o.timeout_ms == Some(0) || o.memory_mib == Some(0) || o.fuel == Some(0) {
+                return Err(ConfigError::Invalid(format!(
+                    "[policy.by_name.{name}]: limits must be above zero"
+                )));
+            }
+            if o.memory_mib.is_some_and(|m| m > 4096) {
+                return Err(ConfigError::Invalid(format!(
+                    "[policy.by_name.{name}]: memory_mib is at most 4096 (wasm32's 4 GiB)"
+                )));
+            }
+            if let Err(p) = crate::api::check_name(name, "") {
+                return Err(ConfigError::Invalid(format!(
+                    "[policy.by_name.{name}]: {}",
+                    p.detail
+                )));
+            }
+        }
         if self.api.header_timeout_ms == 0
             || self.api.body_timeout_ms == 0
             || self.api.max_connections == 0
@@ -331,6 +367,30 @@ impl Config {
             ..crate::policy::PolicyLimits::default()
         }
     }
+
+    /// The limits of the policies `[policy.by_name]` names: theirs where given, the
+    /// `[policy]` values elsewhere.
+    pub fn policy_limits_by_name(&self) -> BTreeMap<String, crate::policy::PolicyLimits> {
+        let defaults = self.policy_limits();
+        self.file
+            .policy
+            .by_name
+            .iter()
+            .map(|(name, o)| {
+                let mut limits = defaults.clone();
+                if let Some(fuel) = o.fuel {
+                    limits.fuel = fuel;
+                }
+                if let Some(ms) = o.timeout_ms {
+                    limits.timeout = std::time::Duration::from_millis(ms);
+                }
+                if let Some(mib) = o.memory_mib {
+                    limits.memory_bytes = mib << 20;
+                }
+                (name.clone(), limits)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -347,6 +407,41 @@ mod tests {
         assert_eq!(parsed.wireguard.run_dir, d.wireguard.run_dir);
         assert_eq!(parsed.policy.timeout_ms, d.policy.timeout_ms);
         parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn a_policy_gets_limits_of_its_own_by_name() {
+        let text = "[policy]\nfuel = 1000\n[policy.by_name.py]\ntimeout_ms = 2000\nmemory_mib = 256\n[policy.by_name.tight]\nfuel = 10\n";
+        let config = toml::from_str::<FileConfig>(text)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let by_name = config.policy_limits_by_name();
+        assert_eq!(by_name.len(), 2);
+        let py = &by_name["py"];
+        assert_eq!(
+            (py.fuel, py.timeout.as_millis(), py.memory_bytes),
+            (1000, 2000, 256 << 20),
+            "what is not given is the [policy] value"
+        );
+        assert_eq!(by_name["tight"].fuel, 10);
+        assert_eq!(by_name["tight"].memory_bytes, 64 << 20);
+        for (bad, says) in [
+            ("[policy.by_name.x]\nfuel = 0\n", "above zero"),
+            ("[policy.by_name.x]\nmemory_mib = 9000\n", "at most 4096"),
+            ("[policy.by_name.Bad_Name]\nfuel = 5\n", "not a valid name"),
+        ] {
+            let err = toml::from_str::<FileConfig>(bad)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err = toml::from_str::<FileConfig>("[policy.by_name.x]\nfule = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

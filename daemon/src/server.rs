@@ -159,7 +159,8 @@ pub fn build(config: &Config) -> Result<Arc<Daemon>, ServeError> {
         .map_err(|e| ServeError::Setup(format!("compiled policy cache: {e}")))?;
     let engine = PolicyEngine::new(config.policy_limits())
         .map_err(|e| ServeError::Setup(e.to_string()))?
-        .with_compiled_cache(compiled);
+        .with_compiled_cache(compiled)
+        .with_limits_by_name(config.policy_limits_by_name());
     let registry = Arc::new(
         PolicyRegistry::with_builtins(Arc::new(engine))
             .map_err(|e| ServeError::Setup(e.to_string()))?,

@@ -271,6 +271,33 @@ fn fuel_bounds_a_loop_even_without_the_deadline() {
     assert!(err.contains("used up its fuel"), "{err}");
 }
 
+/// Limits by name: the same component under two names runs under each name's limits
+/// (a pinned reference `name@sha256:...` under its name's), the rest under the defaults.
+#[test]
+fn a_policy_named_in_the_limits_runs_under_its_own() {
+    let tight = PolicyLimits {
+        fuel: 1_000,
+        ..PolicyLimits::default()
+    };
+    let engine = PolicyEngine::new(PolicyLimits::default())
+        .unwrap()
+        .with_limits_by_name([("tight".to_owned(), tight)].into());
+    let reg = PolicyRegistry::with_builtins(Arc::new(engine)).unwrap();
+    let tight = reg.put("tight", builtin::SPLIT).unwrap();
+    reg.put("roomy", builtin::SPLIT).unwrap();
+    let input = seed_input();
+    let err = reg.decide("tight", &input).unwrap_err().to_string();
+    assert!(err.contains("used up its fuel (1000 units)"), "{err}");
+    let pinned = format!("tight@sha256:{}", tight.compiled.sha256);
+    assert_eq!(reg.engine().limits_for(&pinned).fuel, 1_000);
+    let roomy = reg.decide("roomy", &input).unwrap();
+    assert!(
+        roomy.fuel_used > 1_000,
+        "the defaults let it finish: {roomy:?}"
+    );
+    reg.decide("split", &input).unwrap();
+}
+
 #[test]
 fn the_deadline_bounds_a_loop_when_fuel_is_plenty() {
     let limits = PolicyLimits {

@@ -134,12 +134,8 @@ fn run_pair(p: &Pair, expect1: &str, expect2: &str) {
     );
 
     // The status shows counters and a handshake; metrics carry the rules.
-    let st = p.d2.expect(
-        "GET",
-        &format!("/v1/peerings/{}", peering(p, 2)),
-        None,
-        200,
-    );
+    let st =
+        p.d2.expect("GET", &format!("/v1/peerings/{}", peering(p, 2)), None, 200);
     assert!(
         st["tunnel"]["last_handshake_unix"].as_u64().unwrap_or(0) > 0,
         "{st}"

@@ -239,6 +239,8 @@ pub struct PolicyEngine {
     cache: RwLock<BTreeMap<String, Weak<CompiledPolicy>>>,
     /// Compiled components kept on disk across restarts, if configured.
     on_disk: Option<CompiledCache>,
+    /// Limits for policies by name, where they differ from `limits`.
+    by_name: BTreeMap<String, PolicyLimits>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -289,6 +291,7 @@ impl PolicyEngine {
             limits,
             cache: RwLock::new(BTreeMap::new()),
             on_disk: None,
+            by_name: BTreeMap::new(),
             ticker_stop,
         })
     }
@@ -298,6 +301,20 @@ impl PolicyEngine {
     pub fn with_compiled_cache(mut self, cache: CompiledCache) -> Self {
         self.on_disk = Some(cache);
         self
+    }
+
+    /// Gives the policies named in `by_name` limits of their own (an interpreter-based
+    /// policy may need more than the defaults; a simple one can be held to less).
+    /// Size limits (`component_bytes`, `log_bytes`) stay the engine's.
+    pub fn with_limits_by_name(mut self, by_name: BTreeMap<String, PolicyLimits>) -> Self {
+        self.by_name = by_name;
+        self
+    }
+
+    /// The limits a policy called `name` (or `name@sha256:...`) runs under.
+    pub fn limits_for(&self, name: &str) -> &PolicyLimits {
+        let base = parse_reference(name).map_or(name, |(base, _)| base);
+        self.by_name.get(base).unwrap_or(&self.limits)
     }
 
     /// The on-disk cache of compiled components, if any.
@@ -392,7 +409,17 @@ impl PolicyEngine {
         policy: &CompiledPolicy,
         input: &PolicyInput,
     ) -> Result<Evaluation, PolicyError> {
-        let call = self.call(policy, input)?;
+        self.decide_within(policy, input, &self.limits)
+    }
+
+    /// [`PolicyEngine::decide`] under `limits` (e.g. [`PolicyEngine::limits_for`]).
+    pub fn decide_within(
+        &self,
+        policy: &CompiledPolicy,
+        input: &PolicyInput,
+        limits: &PolicyLimits,
+    ) -> Result<Evaluation, PolicyError> {
+        let call = self.call_within(policy, input, limits)?;
         validate::validate(input, &call.decision)?;
         debug!(strategy = %call.decision.strategy, elapsed = ?call.elapsed, "policy decided");
         Ok(Evaluation {
@@ -420,8 +447,18 @@ impl PolicyEngine {
     /// decision *unvalidated*, with what it logged and the fuel it used: for authors'
     /// tools that show a decision next to the reason it is rejected.
     pub fn call(&self, policy: &CompiledPolicy, input: &PolicyInput) -> Result<Call, PolicyError> {
+        self.call_within(policy, input, &self.limits)
+    }
+
+    /// [`PolicyEngine::call`] under `limits`.
+    pub fn call_within(
+        &self,
+        policy: &CompiledPolicy,
+        input: &PolicyInput,
+        limits: &PolicyLimits,
+    ) -> Result<Call, PolicyError> {
         if !policy.imports_wasi {
-            return self.call_here(policy, input);
+            return self.call_here(policy, input, limits);
         }
         // WASI's synchronous host functions block on a Tokio runtime, which panics on a
         // thread that is already driving one; a thread of its own has none (and the
@@ -429,7 +466,7 @@ impl PolicyEngine {
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("policy-call".into())
-                .spawn_scoped(scope, || self.call_here(policy, input))
+                .spawn_scoped(scope, || self.call_here(policy, input, limits))
                 .map_err(|e| PolicyError::Trap {
                     trap: format!("starting the policy's thread: {e}"),
                     last_log: None,
@@ -445,13 +482,18 @@ impl PolicyEngine {
     }
 
     /// [`PolicyEngine::call`] on this thread.
-    fn call_here(&self, policy: &CompiledPolicy, input: &PolicyInput) -> Result<Call, PolicyError> {
+    fn call_here(
+        &self,
+        policy: &CompiledPolicy,
+        input: &PolicyInput,
+        limits: &PolicyLimits,
+    ) -> Result<Call, PolicyError> {
         let started = Instant::now();
         let mut store = Store::new(
             &self.engine,
             HostState::new(
                 StoreLimitsBuilder::new()
-                    .memory_size(self.limits.memory_bytes)
+                    .memory_size(limits.memory_bytes)
                     .instances(MAX_INSTANCES)
                     .tables(MAX_TABLES)
                     .memories(MAX_MEMORIES)
@@ -461,10 +503,8 @@ impl PolicyEngine {
             ),
         );
         store.limiter(|s| &mut s.limits);
-        store
-            .set_fuel(self.limits.fuel)
-            .map_err(PolicyError::Compile)?;
-        let ticks = (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_fuel(limits.fuel).map_err(PolicyError::Compile)?;
+        let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
@@ -486,11 +526,9 @@ impl PolicyEngine {
             Err(error) => {
                 let trap = error.downcast_ref::<wasmtime::Trap>().copied();
                 return Err(match trap {
-                    Some(wasmtime::Trap::OutOfFuel) => PolicyError::OutOfFuel {
-                        fuel: self.limits.fuel,
-                    },
+                    Some(wasmtime::Trap::OutOfFuel) => PolicyError::OutOfFuel { fuel: limits.fuel },
                     Some(wasmtime::Trap::Interrupt) => PolicyError::Timeout {
-                        timeout: self.limits.timeout,
+                        timeout: limits.timeout,
                     },
                     _ => PolicyError::Trap {
                         trap: format!("{error:#}"),
@@ -507,10 +545,7 @@ impl PolicyEngine {
                 return Err(PolicyError::Refused(message));
             }
         };
-        let fuel_used = self
-            .limits
-            .fuel
-            .saturating_sub(store.get_fuel().unwrap_or(0));
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         Ok(Call {
             decision,
             log,

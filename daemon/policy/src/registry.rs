@@ -266,6 +266,7 @@ impl PolicyRegistry {
         let policy = self
             .get(name)
             .ok_or_else(|| RegistryError::NotFound(name.into()))?;
-        Ok(self.engine.decide(&policy.compiled, input)?)
+        let limits = self.engine.limits_for(name);
+        Ok(self.engine.decide_within(&policy.compiled, input, limits)?)
     }
 }
