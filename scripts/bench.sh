@@ -22,6 +22,11 @@ echo "$dataplane"
 echo "running: $pol_cmd" >&2
 policy=$($pol_cmd)
 echo "$policy"
+lang_cmd="bash bench/policy_languages.sh"
+bash scripts/build-policies.sh >&2
+echo "running: $lang_cmd" >&2
+languages=$($lang_cmd)
+echo "$languages"
 ctl_cmd="target/release/control-bench 10000"
 echo "running: $ctl_cmd" >&2
 control=$($ctl_cmd)
@@ -58,6 +63,14 @@ echo "$e2e"
   echo "$policy"
   echo
   cat bench/policy-notes.md
+  echo
+  echo "### Policies by language"
+  echo
+  echo "Command: \`$lang_cmd\`"
+  echo
+  echo "$languages"
+  echo
+  cat bench/policy-languages-notes.md
   echo
   echo "## 3. Control plane"
   echo

@@ -248,7 +248,9 @@ fn problem_text(p: &remapd_api::problem::Problem) -> String {
 
 fn check(policy: &str, limits: PolicyLimits) -> Result<(), Failure> {
     let engine = engine(limits)?;
+    let started = std::time::Instant::now();
     let (source, compiled) = load(&engine, policy)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let (imports, exports) = engine.interface(&compiled);
     let report = json!({
         "policy": source,
@@ -256,6 +258,7 @@ fn check(policy: &str, limits: PolicyLimits) -> Result<(), Failure> {
         "contract": compiled.contract,
         "size": compiled.size,
         "sha256": compiled.sha256,
+        "load_ms": (load_ms * 10.0).round() / 10.0,
         "language": compiled.language,
         "wasi": if compiled.imports_wasi {
             "imported: granted nothing (no files, environment, network; fixed clock and randomness)"
@@ -479,6 +482,15 @@ fn bench(policy: &str, args: &InputArgs, calls: u32, limits: PolicyLimits) -> Re
         us(at(0.5)),
         us(at(0.99)),
         us(times[times.len() - 1])
+    );
+    // Where the time goes: one instance, reused (what the daemon does not do).
+    let (instantiate, per_call) = engine
+        .time_calls_in_one_instance(&compiled, &input, calls)
+        .map_err(|e| Failure::Policy(e.to_string()))?;
+    println!(
+        "breakdown: instantiate {:.1} µs; a call in a live instance {:.1} µs",
+        us(instantiate),
+        us(per_call)
     );
     Ok(())
 }

@@ -251,6 +251,19 @@ async fn mine_is_auto_and_deciding_a_peer_without_nat(name: &str) -> (App, Value
 #[tokio::test]
 async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
     let (app, auto_sha) = mine_is_auto_and_deciding_a_peer_without_nat("policy-refused").await;
+    // A second peering of `mine` that the replacement alone would change (auto routes a
+    // disjoint peer as-is, split would translate it): all of them change or none.
+    let mut b = peering(51821);
+    b["policy"] = json!("mine");
+    b["remote"] = remote("cluster-3", true);
+    b["remote"]["pod_cidrs"] = json!(["50.0.0.0/24"]);
+    let created = call(&app, "PUT", "/v1/peerings/b", Some(b), Some(TOKEN)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.body["decision"]["strategy"], "none",
+        "{}",
+        created.body
+    );
     let before = world(&app).await;
     let policy_files = |app: &App| -> BTreeSet<String> {
         std::fs::read_dir(app.dir.join("policies"))
@@ -279,6 +292,12 @@ async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
         "the old policy still decides"
     );
     assert_eq!(world(&app).await, before);
+    let b = call(&app, "GET", "/v1/peerings/b", None, None).await;
+    assert_eq!(
+        b.body["decision"]["strategy"], "none",
+        "b kept its decision: {}",
+        b.body
+    );
     assert_eq!(
         policy_files(&app),
         files_before,
@@ -303,7 +322,10 @@ async fn a_policy_replacement_its_peerings_refuse_changes_nothing() {
         "{}",
         a.body
     );
-    assert!(app.tunnels.tunnels.lock().unwrap().is_empty());
+    // ... while the one it accepts is decided by it (a's tunnel is gone, b's stays).
+    let b = call(&app, "GET", "/v1/peerings/b", None, None).await;
+    assert_eq!(b.body["decision"]["strategy"], "split", "{}", b.body);
+    assert_eq!(app.tunnels.tunnels.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
