@@ -133,6 +133,20 @@ impl BpfHarness {
             ifindex: TEST_RUN_IFINDEX,
             sources: sources.iter().map(|s| net(s)).collect(),
             destinations: destinations.iter().map(|s| net(s)).collect(),
+            mss_clamp: None,
+        }];
+        self.sync_hooks();
+    }
+
+    /// Clamps TCP SYNs' MSS option to `mss` on both directions of the test-run
+    /// interface (a border that lets everything through carries the setting, as a
+    /// tunnel's does).
+    pub fn set_mss_clamp(&mut self, mss: u16) {
+        self.borders = vec![ResolvedBorder {
+            ifindex: TEST_RUN_IFINDEX,
+            sources: vec![net("0.0.0.0/0")],
+            destinations: vec![net("0.0.0.0/0")],
+            mss_clamp: Some(mss),
         }];
         self.sync_hooks();
     }
@@ -298,6 +312,7 @@ impl BpfHarness {
             sum.packets += c.packets;
             sum.bytes += c.bytes;
             sum.translated += c.translated;
+            sum.mss_clamped += c.mss_clamped;
             for (s, n) in sum.dropped.iter_mut().zip(c.dropped) {
                 *s += n;
             }

@@ -111,6 +111,28 @@ pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8])
     t
 }
 
+/// A TCP segment with `flags` (e.g. 0x02 SYN) and `options` (padded with EOL to a
+/// multiple of 4 bytes), no payload, checksum over the pseudo-header.
+pub fn tcp_with_options(src: Ipv4Addr, dst: Ipv4Addr, flags: u8, options: &[u8]) -> Vec<u8> {
+    let mut opts = options.to_vec();
+    while !opts.len().is_multiple_of(4) {
+        opts.push(0);
+    }
+    let doff = (20 + opts.len()) / 4;
+    let mut t = Vec::new();
+    t.extend_from_slice(&40000u16.to_be_bytes());
+    t.extend_from_slice(&80u16.to_be_bytes());
+    t.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+    t.extend_from_slice(&0u32.to_be_bytes());
+    t.extend_from_slice(&[(doff as u8) << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(&opts);
+    let mut sum_input = pseudo_header(src, dst, 6, t.len());
+    sum_input.extend_from_slice(&t);
+    let c = inet_checksum(&sum_input);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
 /// A UDP datagram; `with_checksum = false` leaves the checksum 0 ("none").
 pub fn udp(
     src: Ipv4Addr,

@@ -243,6 +243,7 @@ impl Topology {
                     interface: wg.clone(),
                     sources: nets(sources),
                     destinations: nets(destinations),
+                    mss_clamp: None,
                 })
                 .collect(),
         }

@@ -540,3 +540,114 @@ fn checksum_helpers_agree_with_a_full_recompute() {
     ];
     assert_eq!(inet_checksum(&hdr), 0);
 }
+
+/// TCP options as Linux sends them, with the MSS option in the middle so the walk has
+/// to step over NOPs and a 10-byte timestamp first.
+fn syn_options(mss: u16) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0];
+    o.extend_from_slice(&[2, 4]);
+    o.extend_from_slice(&mss.to_be_bytes());
+    o.extend_from_slice(&[4, 2, 1, 3, 3, 7]);
+    o
+}
+
+fn syn(src: &str, dst: &str, flags: u8, mss: u16) -> Vec<u8> {
+    Ipv4::new(src, dst, 6).with_payload(&packet::tcp_with_options(
+        ip(src),
+        ip(dst),
+        flags,
+        &syn_options(mss),
+    ))
+}
+
+/// The MSS clamp (a peering's `tunnel.mss_clamp`): a SYN's and a SYN-ACK's MSS option
+/// lowered, with the destination rewrite of split on the same packet; smaller MSS
+/// values, non-SYN segments and SYNs on a hook without the clamp pass as they are.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn mss_of_syns_is_clamped_in_both_directions() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1(&mut h);
+        // Without the clamp: only the address.
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &syn("40.0.0.1", "30.0.0.1", 0x02, 1460),
+            &syn("40.0.0.1", "40.0.0.1", 0x02, 1460),
+        );
+        h.set_mss_clamp(1360);
+        // Egress SYN: address and MSS, one checksum fix each.
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &syn("40.0.0.1", "30.0.0.1", 0x02, 1460),
+            &syn("40.0.0.1", "40.0.0.1", 0x02, 1360),
+        );
+        // Ingress SYN-ACK: source translated, MSS clamped.
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &syn("40.0.0.1", "40.0.0.1", 0x12, 8960),
+            &syn("30.0.0.1", "40.0.0.1", 0x12, 1360),
+        );
+        // Already small enough, or not a SYN: untouched but for the address.
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &syn("40.0.0.1", "30.0.0.1", 0x02, 1200),
+            &syn("40.0.0.1", "40.0.0.1", 0x02, 1200),
+        );
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &syn("40.0.0.1", "30.0.0.1", 0x10, 1460),
+            &syn("40.0.0.1", "40.0.0.1", 0x10, 1460),
+        );
+        // A SYN that matches no rule is still clamped (the clamp is the tunnel's).
+        expect_pass(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &syn("40.0.0.1", "50.0.0.1", 0x02, 1460),
+            &syn("40.0.0.1", "50.0.0.1", 0x02, 1360),
+        );
+        let egress = h.hook_counters(Direction::Egress);
+        assert_eq!(
+            (egress.packets, egress.translated, egress.mss_clamped),
+            (5, 4, 2)
+        );
+        let ingress = h.hook_counters(Direction::Ingress);
+        assert_eq!(
+            (ingress.packets, ingress.translated, ingress.mss_clamped),
+            (1, 1, 1)
+        );
+        assert_eq!(egress.dropped, NO_DROPS);
+    }
+}
+
+/// Options the walk cannot follow (a zero length, a length past the header) leave the
+/// SYN as it is: clamping is a courtesy, never a reason to drop.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn a_syn_with_broken_options_passes_unclamped() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        h.set_mss_clamp(1360);
+        for options in [
+            vec![1, 5, 0, 2, 4, 5, 0xb4],
+            vec![1, 1, 3, 40, 2, 4, 5, 0xb4],
+        ] {
+            let input = Ipv4::new("40.0.0.1", "50.0.0.1", 6).with_payload(
+                &packet::tcp_with_options(ip("40.0.0.1"), ip("50.0.0.1"), 0x02, &options),
+            );
+            expect_pass(&mut h, framing, Direction::Egress, &input, &input);
+        }
+        assert_eq!(h.hook_counters(Direction::Egress).mss_clamped, 0);
+    }
+}

@@ -481,3 +481,74 @@ fn a_lost_state_file_is_refused_until_adopt_and_clear() {
     assert!(p.d1.wireguard_pids().is_empty(), "tunnels were not removed");
     assert!(p.d1.state_dir.join("state.json").exists());
 }
+
+/// The MSS both ends of a TCP connection from `client` to `target` (served in
+/// `server`) settle on: each side's `TCP_MAXSEG`, which follows the MSS option the
+/// other side's SYN carried.
+fn mss_of_a_connection(server: &Netns, client: &Netns, target: Ipv4Addr, port: u16) -> (u32, u32) {
+    use nix::sys::socket::{getsockopt, sockopt::TcpMaxSeg};
+    use std::net::{TcpListener, TcpStream};
+    let listener = server.in_ns(move || TcpListener::bind(("0.0.0.0", port)).expect("bind"));
+    let accept = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        getsockopt(&stream, TcpMaxSeg).expect("TCP_MAXSEG")
+    });
+    let client_mss = client.in_ns(move || {
+        let stream = TcpStream::connect_timeout(&(target, port).into(), Duration::from_secs(5))
+            .expect("connect");
+        getsockopt(&stream, TcpMaxSeg).expect("TCP_MAXSEG")
+    });
+    (accept.join().expect("server"), client_mss)
+}
+
+/// A peering's `tunnel.mss_clamp`, set on gateway 1 only: SYNs crossing its tunnel both
+/// ways carry at most that MSS, so both ends of a connection settle below it; the
+/// metric counts them; removing the setting restores the path's own MSS.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn an_mss_clamp_lowers_the_mss_of_connections_across_the_tunnel() {
+    let p = pair("split");
+    let name = peering(&p, 1);
+    let (server, client) = mss_of_a_connection(&p.net.pod2, &p.net.pod1, ip("30.0.0.1"), 7300);
+    assert!(
+        server > 1200 && client > 1200,
+        "the path's own MSS first: {server}/{client}"
+    );
+
+    let mut spec =
+        p.d1.expect("GET", &format!("/v1/peerings/{name}"), None, 200)["spec"].clone();
+    spec["tunnel"]["mss_clamp"] = json!(100);
+    let refused =
+        p.d1.expect("PUT", &format!("/v1/peerings/{name}"), Some(&spec), 400);
+    assert_eq!(refused["pointer"], "/tunnel/mss_clamp", "{refused}");
+    spec["tunnel"]["mss_clamp"] = json!(1200);
+    p.d1.expect("PUT", &format!("/v1/peerings/{name}"), Some(&spec), 200);
+    let (server, client) = mss_of_a_connection(&p.net.pod2, &p.net.pod1, ip("30.0.0.1"), 7301);
+    assert!(
+        server <= 1200 && client <= 1200,
+        "clamped: {server}/{client}"
+    );
+    // The other way round too (pod 2 dials pod 1): gateway 1 clamps its ingress SYN.
+    let (server, client) = mss_of_a_connection(&p.net.pod1, &p.net.pod2, ip("60.0.0.1"), 7302);
+    assert!(
+        server <= 1200 && client <= 1200,
+        "clamped: {server}/{client}"
+    );
+    let metrics = p.d1.expect("GET", "/metrics", None, 200);
+    let clamped: u64 = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("remapd_peering_mss_clamped_packets_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(clamped, 4, "two SYNs and two SYN-ACKs: {metrics}");
+
+    spec["tunnel"].as_object_mut().unwrap().remove("mss_clamp");
+    p.d1.expect("PUT", &format!("/v1/peerings/{name}"), Some(&spec), 200);
+    let (server, client) = mss_of_a_connection(&p.net.pod2, &p.net.pod1, ip("30.0.0.1"), 7303);
+    assert!(
+        server > 1200 && client > 1200,
+        "unclamped again: {server}/{client}"
+    );
+}

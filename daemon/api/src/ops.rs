@@ -152,6 +152,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
         "Packets of a peering with at least one address rewritten, per direction",
         peering_translated.clone(),
     );
+    let mss_clamped = Family::<Labels, Counter>::default();
+    registry.register(
+        "peering_mss_clamped_packets",
+        "TCP SYNs of a peering whose MSS option was lowered to its mss_clamp, per direction",
+        mss_clamped.clone(),
+    );
     let dropped = Family::<Labels, Counter>::default();
     registry.register(
         "dropped_packets",
@@ -174,6 +180,9 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
             peering_translated
                 .get_or_create(&labels)
                 .inc_by(hook.translated);
+            if hook.mss_clamped > 0 {
+                mss_clamped.get_or_create(&labels).inc_by(hook.mss_clamped);
+            }
             for (reason, n) in &hook.dropped {
                 let mut labels = labels.clone();
                 labels.push(("reason".to_owned(), reason.clone()));

@@ -188,6 +188,15 @@ fn validate_spec(
     if spec.tunnel.listen_port == 0 {
         return Err(Problem::bad_request("listen_port must be 1-65535").at("/tunnel/listen_port"));
     }
+    if let Some(mss) = spec.tunnel.mss_clamp {
+        use remapd_dataplane::rules::{MSS_CLAMP_MAX, MSS_CLAMP_MIN};
+        if !(MSS_CLAMP_MIN..=MSS_CLAMP_MAX).contains(&mss) {
+            return Err(Problem::bad_request(format!(
+                "mss_clamp {mss} is outside {MSS_CLAMP_MIN}-{MSS_CLAMP_MAX} (e.g. 1360 for a 1420-byte tunnel MTU)"
+            ))
+            .at("/tunnel/mss_clamp"));
+        }
+    }
     let interface = spec.interface(name);
     // Only interfaces remapd creates: a peering must never take over eth0 or a wg0 it
     // did not start (it would rewrite its traffic and reconfigure or remove it).
@@ -281,6 +290,8 @@ async fn status_of(
                 .map(|ip| std::net::SocketAddr::new(ip, spec.tunnel.listen_port)),
             remote_public_key: public_key.clone(),
             keepalive: spec.tunnel.keepalive,
+            // One side's clamp already covers both directions of its tunnel.
+            mss_clamp: None,
             interface: None,
         },
     });

@@ -438,6 +438,7 @@ async fn evaluate_policy(
                 endpoint: None,
                 remote_public_key: None,
                 keepalive: 0,
+                mss_clamp: None,
                 interface: Some("rmd-dry-run".into()),
             },
         },

@@ -31,6 +31,9 @@ pub struct IngressBorder {
     /// Destinations this cluster exported, as they look after ingress translation.
     #[schema(value_type = Vec<String>)]
     pub destinations: Vec<Ipv4Net>,
+    /// Lower the MSS option of TCP SYNs crossing this tunnel, both ways, to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mss_clamp: Option<u16>,
 }
 
 /// An ingress border resolved to its interface index.
@@ -42,6 +45,8 @@ pub struct ResolvedBorder {
     pub sources: Vec<Ipv4Net>,
     /// Allowed destinations.
     pub destinations: Vec<Ipv4Net>,
+    /// MSS clamp for both directions of the interface.
+    pub mss_clamp: Option<u16>,
 }
 
 /// Every hook's configuration and the allow-list entries that live in the trie.
@@ -128,6 +133,7 @@ pub fn plan(
                 ..HookConfig::default()
             });
         config.flags |= HOOK_ENFORCE;
+        config.mss_clamp = border.mss_clamp.map_or(0, u32::from);
         for (prefixes, field, trie) in [
             (&border.sources, AddressField::Source, HOOK_ALLOW_SRC_TRIE),
             (
@@ -157,6 +163,18 @@ pub fn plan(
                 *slot = prefix4(*p);
             }
             *n = prefixes.len() as u32;
+        }
+        if let Some(mss) = border.mss_clamp {
+            // Outgoing SYNs too: the egress hook exists for the clamp alone if it has
+            // no rules (a peering that only routes).
+            out.configs
+                .entry((border.ifindex, Direction::Egress))
+                .or_insert_with(|| HookConfig {
+                    ifindex: border.ifindex,
+                    direction: u32::from(Direction::Egress.wire()),
+                    ..HookConfig::default()
+                })
+                .mss_clamp = u32::from(mss);
         }
     }
     Ok(out)
@@ -287,6 +305,7 @@ mod tests {
             ifindex: 7,
             sources: vec![n("30.0.0.0/25"), n("30.0.0.128/25")],
             destinations: vec![n("40.0.0.0/24"), n("10.96.0.0/12")],
+            mss_clamp: None,
         };
         let plan = plan(&BTreeMap::new(), &[border]).unwrap();
         let config = &plan.configs[&(7, Direction::Ingress)];
@@ -300,6 +319,24 @@ mod tests {
     }
 
     #[test]
+    fn an_mss_clamp_configures_both_directions_of_the_tunnel() {
+        let border = ResolvedBorder {
+            ifindex: 7,
+            sources: vec![n("30.0.0.0/24")],
+            destinations: vec![n("40.0.0.0/24")],
+            mss_clamp: Some(1360),
+        };
+        let plan = plan(&BTreeMap::new(), &[border]).unwrap();
+        assert_eq!(plan.configs[&(7, Direction::Ingress)].mss_clamp, 1360);
+        let egress = &plan.configs[&(7, Direction::Egress)];
+        assert_eq!(egress.mss_clamp, 1360, "an egress hook for the clamp alone");
+        assert_eq!(
+            (egress.flags, egress.n_src_rules, egress.n_dst_rules),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
     fn a_long_allow_list_goes_to_the_trie() {
         let sources: Vec<Ipv4Net> = (0..=INLINE_ALLOW as u32)
             .map(|i| n(&format!("30.{}.0.0/16", i * 2)))
@@ -308,6 +345,7 @@ mod tests {
             ifindex: 7,
             sources: sources.clone(),
             destinations: vec![n("40.0.0.0/24")],
+            mss_clamp: None,
         };
         let plan = plan(&BTreeMap::new(), &[border]).unwrap();
         let config = &plan.configs[&(7, Direction::Ingress)];

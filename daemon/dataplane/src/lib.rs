@@ -71,10 +71,10 @@ static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/remapd-bench-ebpf"));
 
 /// Map schema version; part of the pin path so an incompatible layout is never adopted.
-pub const PIN_LAYOUT_VERSION: &str = "v3";
+pub const PIN_LAYOUT_VERSION: &str = "v4";
 
 /// Layouts of earlier versions, retired when this version loads.
-const OLDER_PIN_LAYOUTS: [&str; 2] = ["v1", "v2"];
+const OLDER_PIN_LAYOUTS: [&str; 3] = ["v1", "v2", "v3"];
 
 /// Every map the programs use, pinned under `maps/`.
 const MAPS: [&str; 6] = [
@@ -314,11 +314,18 @@ impl Dataplane {
                 ifindex,
                 sources: border.sources.clone(),
                 destinations: border.destinations.clone(),
+                mss_clamp: border.mss_clamp,
             });
             hooks.insert(
                 (ifindex, Direction::Ingress),
                 (framing, border.interface.clone()),
             );
+            if border.mss_clamp.is_some() {
+                hooks.insert(
+                    (ifindex, Direction::Egress),
+                    (framing, border.interface.clone()),
+                );
+            }
         }
 
         let current = self.read_rules()?;

@@ -89,6 +89,13 @@ pub(crate) fn valid_interface_name(name: &str) -> bool {
 
 /// Checks ingress borders on their own: valid interface names, one border per
 /// interface, no host bits in any prefix.
+/// Smallest MSS clamp accepted: RFC 879's default MSS; below it TCP gets very slow.
+pub const MSS_CLAMP_MIN: u16 = 536;
+/// Largest MSS clamp accepted: a 65,535-byte IP packet minus IP and TCP headers.
+pub const MSS_CLAMP_MAX: u16 = 65495;
+
+/// Checks the borders on their own: valid interface names, one border per interface,
+/// no host bits, an MSS clamp in range.
 pub fn validate_borders(borders: &[super::hooks::IngressBorder]) -> Result<(), RuleError> {
     let mut seen = BTreeSet::new();
     for border in borders {
@@ -101,6 +108,13 @@ pub fn validate_borders(borders: &[super::hooks::IngressBorder]) -> Result<(), R
         }
         if !seen.insert(border.interface.as_str()) {
             return Err(bad("more than one border for the interface".into()));
+        }
+        if let Some(mss) = border.mss_clamp
+            && !(MSS_CLAMP_MIN..=MSS_CLAMP_MAX).contains(&mss)
+        {
+            return Err(bad(format!(
+                "mss_clamp {mss} is outside {MSS_CLAMP_MIN}-{MSS_CLAMP_MAX}"
+            )));
         }
         for prefix in border.sources.iter().chain(&border.destinations) {
             if prefix.trunc() != *prefix {

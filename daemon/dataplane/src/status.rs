@@ -52,6 +52,8 @@ pub struct HookStatus {
     pub bytes: u64,
     /// Of those, packets with at least one address rewritten.
     pub translated: u64,
+    /// Of those, TCP SYNs whose MSS option was lowered (the peering's `mss_clamp`).
+    pub mss_clamped: u64,
     /// Packets dropped, by reason (only reasons with a non-zero count).
     pub dropped: BTreeMap<String, u64>,
 }
@@ -158,6 +160,7 @@ impl Dataplane {
                 packets: 0,
                 bytes: 0,
                 translated: 0,
+                mss_clamped: 0,
                 dropped: BTreeMap::new(),
             };
             let mut dropped = [0u64; drop_reason::COUNT];
@@ -165,6 +168,7 @@ impl Dataplane {
                 status.packets += c.packets;
                 status.bytes += c.bytes;
                 status.translated += c.translated;
+                status.mss_clamped += c.mss_clamped;
                 for (sum, n) in dropped.iter_mut().zip(c.dropped) {
                     *sum += n;
                 }

@@ -42,6 +42,12 @@ pub struct TunnelConfig {
     #[serde(default = "default_keepalive")]
     #[schema(minimum = 0, maximum = 65535)]
     pub keepalive: u16,
+    /// Lower the MSS option of TCP SYNs crossing the tunnel (both ways) to this, for
+    /// paths that drop oversized packets without an ICMP error; e.g. 1360 for a
+    /// 1420-byte WireGuard MTU. Not set: SYNs pass as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 536, maximum = 65495, example = 1360)]
+    pub mss_clamp: Option<u16>,
     /// Interface name; default `rmd-<peering>` cut to 15 bytes.
     #[serde(default)]
     #[schema(pattern = "^rmd-[A-Za-z0-9_-]{1,11}$")]

@@ -144,8 +144,8 @@ pub struct HookConfig {
     /// The hook's direction (`DIRECTION_*`), checked with `ifindex`: a slot may hold
     /// another hook's configuration.
     pub direction: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// Clamp the MSS option of TCP SYNs crossing this hook to this value (0: do not).
+    pub mss_clamp: u32,
     /// Source rules, longest prefix first.
     pub src_rules: [InlineRule4; INLINE_RULES],
     /// Destination rules, longest prefix first.
@@ -209,6 +209,8 @@ pub struct HookCounters {
     pub bytes: u64,
     /// Of those, packets with at least one address rewritten.
     pub translated: u64,
+    /// Of those, TCP SYNs whose MSS option was lowered to the hook's `mss_clamp`.
+    pub mss_clamped: u64,
     /// Packets dropped, by [`drop_reason`].
     pub dropped: [u64; drop_reason::COUNT],
 }
@@ -280,7 +282,7 @@ const _: () = assert!(core::mem::align_of::<RuleKey>() == 4);
 const _: () = assert!(
     core::mem::size_of::<HookConfig>() == 32 + 2 * 16 * INLINE_RULES + 2 * 8 * INLINE_ALLOW
 );
-const _: () = assert!(core::mem::size_of::<HookCounters>() == 24 + 8 * drop_reason::COUNT);
+const _: () = assert!(core::mem::size_of::<HookCounters>() == 32 + 8 * drop_reason::COUNT);
 
 /// Program names in the benchmark-only object (`remapd-bench-ebpf`), which the daemon
 /// never attaches.

@@ -8,6 +8,10 @@
 //! keeping host bits. ICMP errors also get the packet they quote translated (RFC 5508),
 //! so path-MTU discovery and traceroute work across the remap.
 //!
+//! A hook with `mss_clamp` set (a peering's `tunnel.mss_clamp`, on both directions of
+//! its tunnel) lowers the MSS option of TCP SYNs and SYN-ACKs to that value, so paths
+//! that drop oversized packets without sending ICMP still carry TCP.
+//!
 //! What passes and what is dropped (`TC_ACT_SHOT`, counted per hook and reason):
 //! - egress: packets that match no rule pass untouched; a packet that matches a rule but
 //!   cannot be translated exactly (truncated, inconsistent, a tiny first fragment, an ICMP
@@ -72,6 +76,13 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_DCCP: u8 = 33;
 const IPPROTO_UDPLITE: u8 = 136;
 const TCP_CSUM_OFF: usize = 16;
+const TCP_MIN_HLEN: usize = 20;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+/// TCP options fill at most 40 bytes; each step of the option walk consumes at least one.
+const TCP_MAX_OPTION_STEPS: usize = 40;
 /// UDP, UDP-Lite and DCCP all keep their checksum at offset 6.
 const UDP_CSUM_OFF: usize = 6;
 /// Link header + the longest IPv4 header + a TCP header up to its checksum: what the
@@ -101,6 +112,11 @@ pub fn remapd_l3_egress(ctx: TcContext) -> i32 {
 /// Why a packet is dropped: an index into [`HookCounters::dropped`].
 type Drop = usize;
 
+/// [`handle`]'s outcome bit: an address was rewritten.
+const TRANSLATED: u8 = 1;
+/// [`handle`]'s outcome bit: a SYN's MSS option was lowered.
+const MSS_CLAMPED: u8 = 2;
+
 #[inline(always)]
 fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: reading a field of the context the kernel handed us.
@@ -125,12 +141,13 @@ fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_UNSPEC;
     };
     match handle::<L2>(ctx, config, ifindex, direction) {
-        Ok(translated) => {
+        Ok(outcome) => {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
             unsafe {
                 (*counters).packets += 1;
                 (*counters).bytes += u64::from(ctx.len());
-                (*counters).translated += translated as u64;
+                (*counters).translated += u64::from(outcome & TRANSLATED);
+                (*counters).mss_clamped += u64::from((outcome & MSS_CLAMPED) >> 1);
             }
             TC_ACT_UNSPEC
         }
@@ -223,27 +240,27 @@ fn ip_version<const L2: bool>(ctx: &TcContext) -> Option<u8> {
     Some(unsafe { (*header).version_ihl } >> 4)
 }
 
-/// Handles one packet on a configured hook: `Ok(true)` when it was translated,
-/// `Ok(false)` when it passes untouched, `Err(reason)` to drop it.
+/// Handles one packet on a configured hook: `Ok(outcome)` to pass it ([`TRANSLATED`]
+/// and [`MSS_CLAMPED`] say what was changed, 0 nothing), `Err(reason)` to drop it.
 #[inline(always)]
 fn handle<const L2: bool>(
     ctx: &TcContext,
     config: &HookConfig,
     ifindex: u32,
     direction: u8,
-) -> Result<bool, Drop> {
+) -> Result<u8, Drop> {
     let border = config.flags & HOOK_ENFORCE != 0;
     let l3 = if L2 { ETH_HLEN } else { 0 };
     match ip_version::<L2>(ctx) {
         Some(4) => {}
         Some(6) if border => return ipv6_border(ctx, l3),
         // ARP on an Ethernet device is not IP and carries nothing past the link.
-        Some(ARP) => return Ok(false),
+        Some(ARP) => return Ok(0),
         // On a border, anything else (VLAN/QinQ-tagged frames hiding IP, MPLS, garbage
         // on a layer-3 device) is not something the allow-list can judge.
         _ if border => return Err(drop_reason::UNSUPPORTED),
         // IPv6 or non-IP on a hook that only translates: not ours.
-        _ => return Ok(false),
+        _ => return Ok(0),
     }
 
     let skb_len = ctx.len() as usize;
@@ -251,7 +268,7 @@ fn handle<const L2: bool>(
         return if border {
             Err(drop_reason::MALFORMED)
         } else {
-            Ok(false)
+            Ok(0)
         };
     }
     if ptr_at::<Ipv4Header>(ctx, l3).is_none() && !pull(ctx, FAST_PATH_PULL) {
@@ -280,7 +297,7 @@ fn handle<const L2: bool>(
         return if strict {
             Err(drop_reason::MALFORMED)
         } else {
-            Ok(false)
+            Ok(0)
         };
     }
     // IP options on a border: nothing between pods needs them, and source-route options
@@ -321,7 +338,7 @@ fn handle<const L2: bool>(
                     Ok(q) => quoted = q,
                     Err(reason) if strict => return Err(reason),
                     // Not ours, and nothing we can read: pass it as it is.
-                    Err(_) => return Ok(false),
+                    Err(_) => return Ok(0),
                 }
             }
             _ => {}
@@ -350,8 +367,14 @@ fn handle<const L2: bool>(
             return Err(drop_reason::NOT_EXPORTED);
         }
     }
+    // After every drop decision, before the address rewrite (which takes fresh packet
+    // pointers: the clamp writes through a helper).
+    let mut clamped = 0;
+    if config.mss_clamp != 0 && first_fragment && protocol == IPPROTO_TCP {
+        clamped = clamp_mss(ctx, l4, packet_end, config.mss_clamp as u16)?;
+    }
     if !rewrites && !quoted.active() {
-        return Ok(false);
+        return Ok(clamped);
     }
 
     // Addresses and the IP header checksum are written directly: the IP checksum is
@@ -406,13 +429,13 @@ fn handle<const L2: bool>(
         ],
         ctx.len(),
     );
-    Ok(true)
+    Ok(TRANSLATED | clamped)
 }
 
 /// A border hook's IPv6 policy until IPv6 is translated: neighbour discovery and other
 /// link-local or multicast control traffic pass, everything else is dropped.
 #[inline(always)]
-fn ipv6_border(ctx: &TcContext, l3: usize) -> Result<bool, Drop> {
+fn ipv6_border(ctx: &TcContext, l3: usize) -> Result<u8, Drop> {
     if ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).is_none() && !pull(ctx, l3 + IPV6_HLEN) {
         return Err(drop_reason::MALFORMED);
     }
@@ -423,10 +446,73 @@ fn ipv6_border(ctx: &TcContext, l3: usize) -> Result<bool, Drop> {
     // Link-local scope multicast only (ff02::/16: neighbour discovery, MLD).
     let multicast = d0 == 0xff && d1 & 0x0f == 0x02;
     if link_local || multicast {
-        Ok(false)
+        Ok(0)
     } else {
         Err(drop_reason::UNSUPPORTED)
     }
+}
+
+/// Lowers the MSS option of a TCP SYN (or SYN-ACK) at `l4` to `clamp` when it is
+/// larger: [`MSS_CLAMPED`] when it did, 0 otherwise (not a SYN, no MSS option, already
+/// small enough, or options it cannot walk — those pass as they are: clamping is a
+/// courtesy, the border's checks are elsewhere). Reads through `bpf_skb_load_bytes`
+/// (variable offsets; SYNs are rare) and fixes the TCP checksum with
+/// `bpf_l4_csum_replace` without the pseudo-header flag: for CHECKSUM_PARTIAL skbs the
+/// device computes the checksum over the new bytes, and otherwise the field is updated
+/// by the 16-bit difference, which also keeps a CHECKSUM_COMPLETE skb->csum valid.
+#[inline(always)]
+fn clamp_mss(ctx: &TcContext, l4: usize, packet_end: usize, clamp: u16) -> Result<u8, Drop> {
+    if l4 + TCP_MIN_HLEN > packet_end {
+        return Ok(0);
+    }
+    let (Ok(doff), Ok(flags)) = (ctx.load::<u8>(l4 + 12), ctx.load::<u8>(l4 + 13)) else {
+        return Ok(0);
+    };
+    let hlen = usize::from(doff >> 4) * 4;
+    if flags & TCP_FLAG_SYN == 0 || hlen < TCP_MIN_HLEN || l4 + hlen > packet_end {
+        return Ok(0);
+    }
+    let end = l4 + hlen;
+    let mut off = l4 + TCP_MIN_HLEN;
+    for _ in 0..TCP_MAX_OPTION_STEPS {
+        if off >= end {
+            break;
+        }
+        let Ok(kind) = ctx.load::<u8>(off) else {
+            break;
+        };
+        if kind == TCPOPT_EOL {
+            break;
+        }
+        if kind == TCPOPT_NOP {
+            off += 1;
+            continue;
+        }
+        let Ok(len) = ctx.load::<u8>(off + 1) else {
+            break;
+        };
+        if len < 2 || off + usize::from(len) > end {
+            break;
+        }
+        if kind == TCPOPT_MSS && len == 4 {
+            // Raw bytes, network order: compared as numbers after from_be, passed to
+            // the checksum helper as they are in the packet.
+            let Ok(raw) = ctx.load::<u16>(off + 2) else {
+                break;
+            };
+            if u16::from_be(raw) <= clamp {
+                return Ok(0);
+            }
+            let new = clamp.to_be();
+            ctx.store(off + 2, &new, 0)
+                .map_err(|_| drop_reason::HELPER_FAILED)?;
+            ctx.l4_csum_replace(l4 + TCP_CSUM_OFF, u64::from(raw), u64::from(new), 2)
+                .map_err(|_| drop_reason::HELPER_FAILED)?;
+            return Ok(MSS_CLAMPED);
+        }
+        off += usize::from(len);
+    }
+    Ok(0)
 }
 
 /// Counts `len` bytes once on every distinct rule in `ids`.

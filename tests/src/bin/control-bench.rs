@@ -54,6 +54,7 @@ fn spec(i: u32) -> PeeringSpec {
             endpoint: None,
             remote_public_key: None,
             keepalive: 0,
+            mss_clamp: None,
             // Every peering on loopback: the fakes stand in for one tunnel per peering.
             interface: Some("lo".into()),
         },
@@ -85,6 +86,7 @@ impl DataplaneApplier for SharedLoopback {
                     interface: border.interface.clone(),
                     sources: Vec::new(),
                     destinations: Vec::new(),
+                    mss_clamp: None,
                 });
             entry.sources.extend(&border.sources);
             entry.destinations.extend(&border.destinations);

@@ -206,6 +206,7 @@ pub(super) fn assemble(
             interface: outcome.interface.clone(),
             sources: plan.border.sources.clone(),
             destinations: plan.border.destinations.clone(),
+            mss_clamp: peering.tunnel.mss_clamp,
         });
     }
     system.outcomes = outcomes;
