@@ -236,3 +236,27 @@ fn compiled_components_are_kept_on_disk_reused_and_replaced_when_damaged() {
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A policy that sleeps for an hour (Python's `time.sleep`, a WASI timer) neither holds
+/// the host — fuel and deadlines only count while wasm runs, so a host call that waited
+/// would hold the daemon's reconciler — nor learns the time: its timers are due at once.
+#[test]
+fn a_sleeping_policy_does_not_hold_the_host() {
+    let engine = Arc::new(PolicyEngine::new(PolicyLimits::default()).unwrap());
+    let policy = engine.compile(&language_policy("snoop-py")).unwrap();
+    let input = inputs()[0].clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = engine.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(worker.call(&policy, &input).map(|c| c.log));
+    });
+    // A liveness bound (the sleep asked for an hour), not a performance check.
+    let log = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the policy's sleep held the host")
+        .unwrap();
+    assert!(
+        log.iter().any(|l| l == "sleep: None then monotonic 0"),
+        "{log:?}"
+    );
+}

@@ -617,10 +617,23 @@ fn mss_of_syns_is_clamped_in_both_directions() {
             &syn("40.0.0.1", "50.0.0.1", 0x02, 1460),
             &syn("40.0.0.1", "50.0.0.1", 0x02, 1360),
         );
+        // The MSS value at an odd offset (after one NOP): the checksum update is
+        // byte-swapped there.
+        let odd = |mss: u16| {
+            let mut o = vec![1, 2, 4];
+            o.extend_from_slice(&mss.to_be_bytes());
+            Ipv4::new("40.0.0.1", "50.0.0.1", 6).with_payload(&packet::tcp_with_options(
+                ip("40.0.0.1"),
+                ip("50.0.0.1"),
+                0x02,
+                &o,
+            ))
+        };
+        expect_pass(&mut h, framing, Direction::Egress, &odd(1460), &odd(1360));
         let egress = h.hook_counters(Direction::Egress);
         assert_eq!(
             (egress.packets, egress.translated, egress.mss_clamped),
-            (5, 4, 2)
+            (6, 4, 3)
         );
         let ingress = h.hook_counters(Direction::Ingress);
         assert_eq!(

@@ -87,15 +87,13 @@ pub(crate) fn valid_interface_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' ', '\0'])
 }
 
-/// Checks ingress borders on their own: valid interface names, one border per
-/// interface, no host bits in any prefix.
 /// Smallest MSS clamp accepted: RFC 879's default MSS; below it TCP gets very slow.
 pub const MSS_CLAMP_MIN: u16 = 536;
 /// Largest MSS clamp accepted: a 65,535-byte IP packet minus IP and TCP headers.
 pub const MSS_CLAMP_MAX: u16 = 65495;
 
-/// Checks the borders on their own: valid interface names, one border per interface,
-/// no host bits, an MSS clamp in range.
+/// Checks ingress borders on their own: valid interface names, one border per
+/// interface, no host bits in any prefix, an MSS clamp in range.
 pub fn validate_borders(borders: &[super::hooks::IngressBorder]) -> Result<(), RuleError> {
     let mut seen = BTreeSet::new();
     for border in borders {

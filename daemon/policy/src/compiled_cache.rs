@@ -5,16 +5,21 @@
 //! Only components of at least [`MIN_CACHED_BYTES`] are kept (the built-ins compile in
 //! milliseconds). An entry is `<dir>/<sha256 of the component>.cwasm`, written by
 //! this engine (`Component::serialize`) atomically with mode 0600. Loading one is
-//! `unsafe` in wasmtime's terms — the bytes are native code — so the directory must be
-//! writable by this user only: the daemon uses `compiled/` inside its state directory
-//! (mode 0700), and refuses a directory others may write. Uploaded `.cwasm` files are
-//! never accepted (see `PolicyError::NativeCode`); nothing here reads a file this
-//! engine did not write. wasmtime checks an entry against the engine's version and
-//! settings when loading it; a stale or damaged entry is compiled again and replaced.
+//! `unsafe` in wasmtime's terms — the bytes are native code — so only files this user
+//! could have written are read: the directory (checked at open and at every load) and
+//! the entry (opened without following symlinks, checked on the open file) must be
+//! this user's, not writable by group or others, and the entry a regular file with one
+//! link. The daemon uses `compiled/` in its state directory (created 0700); the state
+//! directory itself is the operator's to keep root-only. Uploaded `.cwasm` files are
+//! never accepted (see `PolicyError::NativeCode`). wasmtime checks an entry's header
+//! against the engine's version and settings; an entry that fails that (a stale one,
+//! a truncated one) is compiled again and replaced. An entry altered in place by this
+//! same user is not detected: that user can already replace the daemon.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{debug, warn};
 use wasmtime::Engine;
@@ -24,9 +29,17 @@ use wasmtime::component::Component;
 pub const MIN_CACHED_BYTES: usize = 1 << 20;
 
 /// A directory of compiled components.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CompiledCache {
     dir: PathBuf,
+    uid: u32,
+    /// Names temporary files uniquely (two compiles of the same bytes may race).
+    writes: AtomicU64,
+}
+
+/// True when `meta` is this user's and nobody else may write it.
+fn private(meta: &std::fs::Metadata, uid: u32) -> bool {
+    meta.uid() == uid && meta.permissions().mode() & 0o022 == 0
 }
 
 impl CompiledCache {
@@ -40,7 +53,7 @@ impl CompiledCache {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let meta = std::fs::symlink_metadata(dir)?;
-        if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o022 != 0 {
+        if !meta.is_dir() || !private(&meta, me) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
@@ -53,6 +66,8 @@ impl CompiledCache {
         }
         Ok(Self {
             dir: dir.to_owned(),
+            uid: me,
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -65,15 +80,38 @@ impl CompiledCache {
         self.dir.join(format!("{sha256}.cwasm"))
     }
 
-    /// The compiled component for `sha256`, if this engine wrote a usable one.
+    /// The compiled component for `sha256`, if this user wrote a usable one.
     pub(crate) fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
         let path = self.path(sha256);
-        if !path.exists() {
-            return None;
+        let untrusted = |why: &str| {
+            warn!(path = %path.display(), why, "not loading this compiled policy; compiling again");
+            None
+        };
+        match std::fs::symlink_metadata(&self.dir) {
+            Ok(meta) if meta.is_dir() && private(&meta, self.uid) => {}
+            _ => return untrusted("the cache directory is no longer private to this user"),
         }
-        // SAFETY: the file was written by `store` below (same engine settings, checked
-        // again by wasmtime) into a directory only this user can write (`open`).
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(_) => return untrusted("cannot open it (a symlink?)"),
+        };
+        match file.metadata() {
+            Ok(meta) if meta.is_file() && meta.nlink() == 1 && private(&meta, self.uid) => {}
+            _ => return untrusted("not a private regular file of this user"),
+        }
+        let mut bytes = Vec::new();
+        if file.read_to_end(&mut bytes).is_err() {
+            return untrusted("cannot read it");
+        }
+        // SAFETY: the bytes come from a file only this user could have written (checked
+        // above on the open file, in a directory only this user can write); wasmtime
+        // checks them against this engine's version and settings.
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => {
                 debug!(path = %path.display(), "compiled policy loaded from the cache");
                 Some(component)
@@ -88,7 +126,10 @@ impl CompiledCache {
     /// Keeps `component` for `sha256`; a failure only costs a compile next time.
     pub(crate) fn store(&self, sha256: &str, component: &Component) {
         let path = self.path(sha256);
-        let tmp = self.dir.join(format!(".{sha256}.cwasm.tmp"));
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{sha256}.{}.{n}.tmp", std::process::id()));
         let written = component
             .serialize()
             .map_err(std::io::Error::other)

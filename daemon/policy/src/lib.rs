@@ -1,6 +1,7 @@
 //! The WASM policy host: compiles policy components once (keyed by sha256), and runs each
 //! decision in a fresh, bounded store — fuel, an epoch deadline, a memory limit, a cap on
-//! what the policy may log and return — with nothing imported but the contract's `log`.
+//! what the policy may log and return — with nothing imported but the contract's `log`
+//! and, for components that import it, a WASI that grants nothing (`sandbox.rs`).
 //! The same input always gives the same decision: no clock, randomness, filesystem or
 //! network, and NaNs canonicalised.
 //!
@@ -270,6 +271,7 @@ impl PolicyEngine {
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(PolicyError::Compile)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(PolicyError::Compile)?;
+        sandbox::add_timers_due_at_once(&mut linker).map_err(PolicyError::Compile)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let stop = ticker_stop.clone();
@@ -366,9 +368,6 @@ impl PolicyEngine {
             ),
         };
         let imports_wasi = check_contract(&self.engine, &component)?;
-        if let Some(c) = on_disk.filter(|_| compiled_now) {
-            c.store(&sha256, &component);
-        }
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
@@ -379,6 +378,9 @@ impl PolicyEngine {
             bindings::PolicyPre::new(instance_pre).map_err(|e| PolicyError::WrongContract {
                 reason: format!("{e:#}"),
             })?;
+        if let Some(c) = on_disk.filter(|_| compiled_now) {
+            c.store(&sha256, pre.instance_pre().component());
+        }
         let compiled = Arc::new(CompiledPolicy {
             sha256: sha256.clone(),
             size: bytes.len(),

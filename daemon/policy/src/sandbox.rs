@@ -6,16 +6,19 @@
 //! environment variables, no arguments, an empty stdin, stdout thrown away, stderr
 //! kept (bounded) for the error message when the policy traps, no network: TCP, UDP
 //! and name lookups are refused before any address is checked. The wall clock always
-//! reads the Unix epoch, the monotonic clock never advances, and "random" bytes are a
-//! fixed sequence: a policy cannot make its decision depend on when, where or how
-//! often it runs. Imports outside WASI 0.2's cli, clocks, filesystem, io, random and
+//! reads the Unix epoch, the monotonic clock never advances, timers are ready at once
+//! (a `sleep` returns immediately: a host call that waits would hold the daemon's
+//! reconciler, since fuel and deadlines only count while wasm runs), and "random" bytes
+//! are a fixed sequence: a policy cannot make its decision depend on when, where or how
+//! often it runs, nor wait. Imports outside WASI 0.2's cli, clocks, filesystem, io, random and
 //! sockets packages (e.g. wasi:http) are refused when the component is compiled.
 
 use std::time::Duration;
 
 use wasmtime::StoreLimits;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::{MemoryOutputPipe, SinkOutputStream};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{
     Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
     WasiView,
@@ -69,6 +72,39 @@ impl HostMonotonicClock for StoppedClock {
     fn now(&self) -> u64 {
         0
     }
+}
+
+/// The version of `wasi:clocks` wasmtime-wasi's bindings register (components built
+/// for any 0.2.x are linked to it).
+const WASI_CLOCKS_MONOTONIC: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A timer that is always due.
+struct Due;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Due {
+    async fn ready(&mut self) {}
+}
+
+/// Replaces WASI's monotonic-clock timers (`subscribe-duration`, `subscribe-instant`)
+/// with timers that are due at once. Called after WASI is added to `linker`.
+pub(crate) fn add_timers_due_at_once(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(WASI_CLOCKS_MONOTONIC)?;
+    for name in ["subscribe-duration", "subscribe-instant"] {
+        clock.func_wrap(
+            name,
+            |mut store: wasmtime::StoreContextMut<'_, HostState>,
+             (_,): (u64,)|
+             -> wasmtime::Result<(Resource<DynPollable>,)> {
+                let table = &mut store.data_mut().table;
+                let due = table.push(Due)?;
+                Ok((subscribe(table, due)?,))
+            },
+        )?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Everything one policy call has: its log, limits and (empty) WASI.

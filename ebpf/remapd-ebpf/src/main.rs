@@ -506,7 +506,12 @@ fn clamp_mss(ctx: &TcContext, l4: usize, packet_end: usize, clamp: u16) -> Resul
             let new = clamp.to_be();
             ctx.store(off + 2, &new, 0)
                 .map_err(|_| drop_reason::HELPER_FAILED)?;
-            ctx.l4_csum_replace(l4 + TCP_CSUM_OFF, u64::from(raw), u64::from(new), 2)
+            // A 16-bit word at an odd offset of the segment counts byte-swapped in the
+            // one's-complement sum (after one NOP, say). Rotating by 0 or 8 bits keeps
+            // this branch-free: every branch here is verified once per option step.
+            let swap = ((off + 2 - l4) as u32 & 1) * 8;
+            let (from, to) = (raw.rotate_left(swap), new.rotate_left(swap));
+            ctx.l4_csum_replace(l4 + TCP_CSUM_OFF, u64::from(from), u64::from(to), 2)
                 .map_err(|_| drop_reason::HELPER_FAILED)?;
             return Ok(MSS_CLAMPED);
         }
