@@ -3,6 +3,8 @@
 # Run as root on Linux >= 6.6 (eBPF, network namespaces).
 
 export CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS := fallback
+# Incremental caches only cost disk on a clean build (CI); developers can override.
+export CARGO_INCREMENTAL ?= 0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
