@@ -77,6 +77,27 @@ impl Netns {
         ip(&full)
     }
 
+    /// `ip route show table TABLE`: the routes of a routing table, one per line; empty
+    /// when the kernel never made the table (no route was ever added to it), which
+    /// `ip` reports as an error.
+    pub fn table_routes(&self, table: u32) -> String {
+        let out = Command::new("ip")
+            .args(["-n", self.name.as_str(), "route", "show", "table"])
+            .arg(table.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("spawning ip: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("FIB table does not exist") {
+            return String::new();
+        }
+        assert!(
+            out.status.success(),
+            "ip route show table {table} in {}: {stderr}",
+            self.name
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));

@@ -230,7 +230,8 @@ fn sigkill_during_bursts_of_changes_converges_to_what_was_acknowledged() {
             .flat_map(|p| p["plan"]["routes"].as_array().unwrap().clone())
             .map(|r| r.as_str().unwrap().to_owned())
             .collect();
-        let routes: BTreeSet<String> = lines(ns.ip(&["route", "show", "table", "7878"]))
+        let routes: BTreeSet<String> = ns
+            .table_routes(7878)
             .lines()
             .filter_map(|l| l.split_whitespace().next())
             .map(str::to_owned)
