@@ -30,6 +30,8 @@ pub(crate) struct Dumped<R> {
     pub(crate) route: R,
     /// The route, if it has exactly the shape remapd installs.
     pub(crate) wanted: Option<Wanted>,
+    /// Its destination prefix, whatever its shape.
+    pub(crate) prefix: Option<Ipv4Net>,
     /// `prefix dev name` (or `via ...`), for logs and errors.
     pub(crate) shown: String,
 }
@@ -52,6 +54,9 @@ pub(crate) trait RoutingKernel {
     ) -> Result<Vec<Dumped<Self::Route>>, NetError>;
     /// Adds `prefix dev <oif> scope link proto static table <table>`.
     async fn add_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError>;
+    /// Replaces the route for `w.prefix` in `table` in one request (`NLM_F_REPLACE`):
+    /// traffic moves from the old route to the new one with no moment without either.
+    async fn replace_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError>;
     /// Deletes a dumped route; `false` when it was already gone.
     async fn delete_route(&self, route: Self::Route, shown: &str) -> Result<bool, NetError>;
     /// remapd's rules (`from all lookup <table> priority <priority>`), in kernel order,
@@ -97,6 +102,7 @@ impl RoutingKernel for Rtnetlink<'_> {
             .into_iter()
             .map(|route| Dumped {
                 wanted: as_wanted(&route),
+                prefix: destination(&route),
                 shown: describe(&route, &names),
                 route,
             })
@@ -104,7 +110,11 @@ impl RoutingKernel for Rtnetlink<'_> {
     }
 
     async fn add_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError> {
-        add_route(self.0, table, w, interface).await
+        add_route(self.0, table, w, interface, false).await
+    }
+
+    async fn replace_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError> {
+        add_route(self.0, table, w, interface, true).await
     }
 
     async fn delete_route(&self, route: RouteMessage, shown: &str) -> Result<bool, NetError> {
@@ -166,6 +176,22 @@ fn as_wanted(message: &RouteMessage) -> Option<Wanted> {
     Some(Wanted { prefix, oif: oif? })
 }
 
+/// The destination prefix of an IPv4 route.
+fn destination(message: &RouteMessage) -> Option<Ipv4Net> {
+    if message.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    let dst = message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(*a),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    Ipv4Net::new(dst, message.header.destination_prefix_length).ok()
+}
+
 /// `prefix dev name` (or `via ...`) of a dumped route, for logs and errors.
 fn describe(message: &RouteMessage, names: &HashMap<u32, &str>) -> String {
     let mut dst = Ipv4Addr::UNSPECIFIED;
@@ -223,6 +249,7 @@ async fn add_route(
     table: u32,
     w: Wanted,
     interface: &str,
+    replace: bool,
 ) -> Result<(), NetError> {
     let mut message = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(w.prefix.network(), w.prefix.prefix_len())
@@ -236,12 +263,15 @@ async fn add_route(
         // rather than leaving the builder's "main" there.
         message.header.table = RT_TABLE_COMPAT;
     }
-    handle.route().add(message).execute().await.map_err(|e| {
+    let request = handle.route().add(message);
+    let request = if replace { request.replace() } else { request };
+    let verb = if replace { "replacing" } else { "adding" };
+    request.execute().await.map_err(|e| {
         if errno(&e) == Some(libc::ENODEV) {
             NetError::InterfaceNotFound(interface.to_owned())
         } else {
             netlink_error(
-                format!("adding route {} dev {interface} table {table}", w.prefix),
+                format!("{verb} route {} dev {interface} table {table}", w.prefix),
                 &e,
             )
         }

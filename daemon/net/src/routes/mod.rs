@@ -86,10 +86,13 @@ impl RouteApplier for NetlinkRoutes {
     }
 }
 
-/// Makes `table` hold exactly `routes` and ensures the rule exists. Order: every
-/// interface resolved (nothing changes when one is missing), the rule (nothing changes
-/// when it conflicts with another rule), deletions (a prefix moving to another
-/// interface would otherwise collide with its old route), then additions.
+/// Makes `table` hold exactly `routes` and ensures the rule exists, make-before-break.
+/// Order: every interface resolved (nothing changes when one is missing), the rule
+/// (nothing changes when it conflicts with another rule), then every missing route — a
+/// prefix that is in the table on another interface (or not in remapd's shape) is
+/// replaced in one request, so its traffic never sees a moment without a route — and
+/// only then the routes that are no longer wanted, from a fresh dump. A failure leaves
+/// every old route in place.
 pub(crate) async fn converge<K: RoutingKernel>(
     kernel: &K,
     table: u32,
@@ -100,29 +103,64 @@ pub(crate) async fn converge<K: RoutingKernel>(
     let wanted = resolve(routes, &links)?;
     ensure_rule(kernel, table, priority).await?;
     let mut report = RouteReport::default();
-    let mut present = BTreeSet::new();
-    let mut extra = Vec::new();
-    for dumped in kernel.table_routes(table, &links).await? {
-        match dumped.wanted {
-            Some(w) if wanted.contains_key(&w) && present.insert(w) => report.unchanged += 1,
-            _ => extra.push(dumped),
+    let (present, extra) = split_dump(kernel.table_routes(table, &links).await?, &wanted);
+    report.unchanged = present.len();
+    for (w, interface) in &wanted {
+        if present.contains(w) {
+            continue;
         }
+        if extra.iter().any(|d| d.prefix == Some(w.prefix)) {
+            kernel.replace_route(table, *w, interface).await?;
+            info!(prefix = %w.prefix, interface = %interface, table, "replaced route");
+        } else {
+            kernel.add_route(table, *w, interface).await?;
+            info!(prefix = %w.prefix, interface = %interface, table, "added route");
+        }
+        report.added += 1;
     }
+    if extra.is_empty() {
+        return Ok(report);
+    }
+    // What the additions did not replace is still there: dumped again, so a route the
+    // kernel replaced is not asked to be deleted.
+    let before = extra.len();
+    let (_, extra) = split_dump(kernel.table_routes(table, &links).await?, &wanted);
+    report.removed = before.saturating_sub(extra.len());
     for dumped in extra {
         if kernel.delete_route(dumped.route, &dumped.shown).await? {
             info!(route = %dumped.shown, table, "removed route");
             report.removed += 1;
         }
     }
-    for (w, interface) in &wanted {
-        if present.contains(w) {
-            continue;
-        }
-        kernel.add_route(table, *w, interface).await?;
-        info!(prefix = %w.prefix, interface = %interface, table, "added route");
-        report.added += 1;
-    }
     Ok(report)
+}
+
+/// A dumped route that is not wanted as it is.
+struct Unwanted<R> {
+    route: R,
+    shown: String,
+    /// Its destination prefix.
+    prefix: Option<Ipv4Net>,
+}
+
+/// The wanted routes a dump holds (once each), and every other route it holds.
+fn split_dump<R>(
+    dump: Vec<kernel::Dumped<R>>,
+    wanted: &BTreeMap<Wanted, String>,
+) -> (BTreeSet<Wanted>, Vec<Unwanted<R>>) {
+    let mut present = BTreeSet::new();
+    let mut extra = Vec::new();
+    for dumped in dump {
+        match dumped.wanted {
+            Some(w) if wanted.contains_key(&w) && present.insert(w) => {}
+            _ => extra.push(Unwanted {
+                prefix: dumped.prefix,
+                route: dumped.route,
+                shown: dumped.shown,
+            }),
+        }
+    }
+    (present, extra)
 }
 
 /// Removes every route in `table`, then remapd's rule.
@@ -328,6 +366,14 @@ mod tests {
         }
     }
 
+    fn replace(p: &str, dev: &str) -> Op {
+        Op::ReplaceRoute {
+            table: T,
+            prefix: n(p),
+            dev: dev.into(),
+        }
+    }
+
     fn del(shown: &str) -> Op {
         Op::DeleteRoute(shown.into())
     }
@@ -383,14 +429,14 @@ mod tests {
                 Ok((0, 0, 1)),
             ),
             (
-                "a prefix moving to another tunnel: the old route goes first",
+                "a prefix moving to another tunnel: replaced in one request",
                 (vec![("30.0.0.0/24", 11, None)], vec![None]),
                 vec![("30.0.0.0/24", "rmd-b")],
-                vec![del("30.0.0.0/24 dev rmd-a"), add("30.0.0.0/24", "rmd-b")],
+                vec![replace("30.0.0.0/24", "rmd-b")],
                 Ok((1, 1, 0)),
             ),
             (
-                "a route not in remapd's shape is replaced, an unwanted one removed",
+                "a route not in remapd's shape is replaced, an unwanted one removed last",
                 (
                     vec![
                         ("30.0.0.0/24", 11, Some("via 10.0.0.1")),
@@ -400,11 +446,27 @@ mod tests {
                 ),
                 vec![("30.0.0.0/24", "rmd-a")],
                 vec![
-                    del("30.0.0.0/24 dev rmd-a via 10.0.0.1"),
+                    replace("30.0.0.0/24", "rmd-a"),
                     del("50.0.0.0/24 dev rmd-b"),
-                    add("30.0.0.0/24", "rmd-a"),
                 ],
                 Ok((1, 2, 0)),
+            ),
+            (
+                "make before break: a view that grows is routed before the old one goes",
+                (vec![("30.0.0.0/24", 11, None)], vec![None]),
+                vec![("30.0.0.0/23", "rmd-a")],
+                vec![add("30.0.0.0/23", "rmd-a"), del("30.0.0.0/24 dev rmd-a")],
+                Ok((1, 1, 0)),
+            ),
+            (
+                "a same-prefix route with a metric is not what a replace takes: deleted after",
+                (vec![("30.0.0.0/24", 12, Some("metric 5"))], vec![None]),
+                vec![("30.0.0.0/24", "rmd-a")],
+                vec![
+                    replace("30.0.0.0/24", "rmd-a"),
+                    del("30.0.0.0/24 dev rmd-b metric 5"),
+                ],
+                Ok((1, 1, 0)),
             ),
             (
                 "host bits are normalized; the same prefix twice is one route",
@@ -472,8 +534,9 @@ mod tests {
         }
     }
 
-    /// A failing addition stops the convergence where it is: what went before stays
-    /// (the reconciler then re-applies the previous route set, which converges again).
+    /// A failing addition stops the convergence where it is: every old route is still
+    /// there (nothing is deleted before every addition is made), and the reconciler's
+    /// re-apply of the previous route set converges again.
     #[test]
     fn a_failed_addition_stops_and_the_previous_set_converges_again() {
         let mut k = kernel(&[("30.0.0.0/24", 11, None)], &[None]);
@@ -486,13 +549,11 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("Network is down"), "{e}");
-        assert_eq!(
-            k.ops(),
-            vec![del("30.0.0.0/24 dev rmd-a"), add("40.0.0.0/24", "rmd-b")]
-        );
+        assert_eq!(k.ops(), vec![add("40.0.0.0/24", "rmd-b")]);
+        assert_eq!(k.table(T), vec!["30.0.0.0/24 dev rmd-a".to_owned()]);
         k.fail_add = None;
         let r = block_on(converge(&k, T, P, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
-        assert_eq!((r.added, r.removed, r.unchanged), (1, 0, 0));
+        assert_eq!((r.added, r.removed, r.unchanged), (0, 0, 1));
         assert_eq!(k.table(T), vec!["30.0.0.0/24 dev rmd-a".to_owned()]);
     }
 

@@ -2,7 +2,8 @@
 //! kernel's answers where remapd's convergence depends on them: adding a route whose
 //! prefix is already in the table is `EEXIST`, adding a rule when any rule looks up the
 //! same table at the same priority is `EEXIST`, a rule shadowed by another with the same
-//! priority and table is reported as not safely deletable.
+//! priority and table is reported as not safely deletable, replacing a route takes the
+//! place of one with the same prefix and metric (a route with a `metric` stays beside it).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,6 +27,11 @@ pub(crate) enum Op {
         priority: u32,
     },
     AddRoute {
+        table: u32,
+        prefix: Ipv4Net,
+        dev: String,
+    },
+    ReplaceRoute {
         table: u32,
         prefix: Ipv4Net,
         dev: String,
@@ -133,6 +139,7 @@ impl RoutingKernel for RecordingKernel {
                     prefix: r.prefix,
                     oif: r.oif,
                 }),
+                prefix: Some(r.prefix),
                 shown: self.shown(r),
             })
             .collect())
@@ -161,6 +168,36 @@ impl RoutingKernel for RecordingKernel {
             oif: w.oif,
             extra: None,
         });
+        Ok(())
+    }
+
+    async fn replace_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError> {
+        self.record(Op::ReplaceRoute {
+            table,
+            prefix: w.prefix,
+            dev: interface.to_owned(),
+        });
+        if self.fail_add == Some(w.prefix) {
+            return Err(kernel_error(
+                format!("replacing route {} dev {interface} table {table}", w.prefix),
+                "Network is down (os error 100)",
+            ));
+        }
+        let mut routes = self.routes.lock().map_err(|_| poisoned())?;
+        let new = KernelRoute {
+            table,
+            prefix: w.prefix,
+            oif: w.oif,
+            extra: None,
+        };
+        match routes.iter_mut().find(|r| {
+            r.table == table
+                && r.prefix == w.prefix
+                && !r.extra.is_some_and(|e| e.starts_with("metric"))
+        }) {
+            Some(old) => *old = new,
+            None => routes.push(new),
+        }
         Ok(())
     }
 
