@@ -45,7 +45,8 @@ mod uapi;
 
 use diff::{Current, Desired, parse, parse_name, plan_update};
 use process::{
-    log_tail, orphans, process_alive, remove_if_exists, same_netns, signal, write_pid_file,
+    LOG_MAX, bound_log, log_tail, orphans, process_alive, remove_if_exists, same_netns, signal,
+    write_pid_file,
 };
 use uapi::{LINK_GONE_WAIT, Socket, bring_up, probe, wait_link_gone};
 
@@ -569,6 +570,18 @@ impl TunnelApplier for WireGuardTunnels {
                     report
                         .failed
                         .insert(want.spec.interface.clone(), e.to_string());
+                }
+            }
+        }
+        // Every change and resync: the tunnels' logs stay bounded for as long as they
+        // run (they outlive the daemon; the next daemon bounds them too).
+        for want in &desired {
+            let log = self.log_path(&want.spec.interface);
+            match bound_log(&log, LOG_MAX) {
+                Ok(true) => info!(log = %log.display(), "tunnel log rotated to .1"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(log = %log.display(), error = %e, "tunnel log could not be bounded")
                 }
             }
         }

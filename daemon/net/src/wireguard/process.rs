@@ -1,5 +1,5 @@
 //! Process supervision for userspace WireGuard: is a pid alive (and ours to reap), is it
-//! the program we started, signals, pid files and log tails.
+//! the program we started, signals, pid files, log tails and log bounds.
 
 #![allow(clippy::wildcard_imports)]
 
@@ -116,6 +116,32 @@ pub(super) fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The size past which a tunnel's log is moved aside (see [`bound_log`]).
+pub(super) const LOG_MAX: u64 = 1 << 20;
+
+/// Keeps a log that a running process appends to (it was opened with `O_APPEND`) under
+/// `max` bytes: past it, the content is copied to `<log>.1`, replacing the previous copy,
+/// and the log is truncated in place. The process keeps its descriptor, and with
+/// `O_APPEND` its next write lands at the new end, so nothing is restarted and at most
+/// `2 * max` bytes are kept per tunnel. Lines written between the copy and the truncation
+/// are lost. Returns whether the log was rotated; a missing log is fine.
+pub(super) fn bound_log(path: &Path, max: u64) -> io::Result<bool> {
+    let len = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => m.len(),
+        Ok(_) => return Err(io::Error::other("not a regular file")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(".1");
+    fs::copy(path, &rotated)?;
+    fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
+}
+
 /// The end of a log, for error messages.
 pub(super) fn log_tail(path: &Path) -> String {
     const TAIL: u64 = 400;
@@ -131,5 +157,35 @@ pub(super) fn log_tail(path: &Path) -> String {
         Ok(s) if s.is_empty() => format!("{} is empty", path.display()),
         Ok(s) => s,
         Err(e) => format!("reading {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn a_log_past_its_bound_moves_aside_and_the_writer_goes_on_at_its_start() {
+        let dir = std::env::temp_dir().join(format!("remapd-log-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wgt0.log");
+        // As the tunnel process holds it: opened once, appending.
+        let mut writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer.write_all(&[b'a'; 100]).unwrap();
+        assert!(!bound_log(&path, 100).unwrap(), "at the bound: kept");
+        writer.write_all(b"b").unwrap();
+        assert!(bound_log(&path, 100).unwrap());
+        writer.write_all(b"after\n").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"after\n");
+        let old = fs::read(dir.join("wgt0.log.1")).unwrap();
+        assert_eq!(old.len(), 101);
+        assert!(old.ends_with(b"ab"));
+        assert!(!bound_log(&dir.join("missing.log"), 100).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
