@@ -181,6 +181,7 @@ for POLICY in $STRATEGIES; do
   gw1 curl -sS $API/v1/peerings/cluster-2 | jq -r '"  gw1: \(.decision.strategy); tunnel \(.interface), last handshake \(.tunnel.last_handshake_unix)", (.applied[] | "    \(.rule): \(.packets) packets")'
   gw2 curl -sS $API/v1/peerings/cluster-1 | jq -r '"  gw2: \(.decision.strategy); tunnel \(.interface), last handshake \(.tunnel.last_handshake_unix)", (.applied[] | "    \(.rule): \(.packets) packets")'
   gw2 curl -sS "$API/v1/translate?address=40.0.0.1" | jq -r '.[] | "  gw2 translate 40.0.0.1 (\(.kind)): \(.translated), \(.meaning)"'
+  gw1 curl -sS "$API/v1/explain?from=40.0.0.1&to=30.0.0.1" | jq -r '.[] | "  gw1 explain \(.request.sent.source) -> \(.request.sent.destination), via \(.interface) (\(.strategy)):", (.request.steps[] | "    \(.gateway) \(.kind): \(.detail)"), "    reply:", (.reply.steps[] | "    \(.gateway) \(.kind): \(.detail)")'
   gw2 curl -sS $API/metrics | grep '^remapd_rule_packets_total' | sed 's/^/  /'
   stop_servers
   if [[ $KEEP == 1 && $POLICY == "${STRATEGIES##* }" ]]; then break; fi

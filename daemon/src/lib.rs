@@ -20,7 +20,7 @@ pub use remapd_api as api;
 pub use remapd_api::http;
 pub use remapd_dataplane as dataplane;
 pub use remapd_engine::{daemon, reconcile, store};
-pub use remapd_model::{model, plan};
+pub use remapd_model::{explain, model, plan};
 pub use remapd_net as net;
 pub use remapd_policy_host as policy;
 

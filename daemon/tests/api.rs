@@ -338,6 +338,19 @@ async fn peerings_apply_report_and_remove_exactly() {
         "configure the local cluster first",
         None,
     );
+    assert_problem(
+        &call(
+            &app,
+            "GET",
+            "/v1/explain?from=40.0.0.5&to=30.0.0.9",
+            None,
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "configure the local cluster first",
+        None,
+    );
     call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
     let r = call(
         &app,
@@ -466,6 +479,65 @@ async fn peerings_apply_report_and_remove_exactly() {
         "not an IPv4 address",
         Some("/address"),
     );
+
+    // Path explanation: the route, the tunnel and its peer; the peer's side is unknown
+    // until its exports say how it sees us.
+    let e = call(
+        &app,
+        "GET",
+        "/v1/explain?from=40.0.0.5&to=30.0.0.9",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(e.status, StatusCode::OK, "{}", e.body);
+    assert_eq!(e.body.as_array().unwrap().len(), 1, "{}", e.body);
+    let path = &e.body[0];
+    assert_eq!(path["peering"], "c2");
+    assert_eq!(path["direction"], "outbound");
+    assert_eq!(path["endpoint"], "198.18.0.2:51820");
+    assert_eq!(path["request"]["steps"][0]["kind"], "route");
+    assert_eq!(path["request"]["steps"][0]["gateway"], "local");
+    assert_eq!(path["request"]["verdict"]["outcome"], "unknown", "{path}");
+    let explain_problem = |query: &'static str, status, text: &'static str, at| {
+        let app = &app;
+        async move {
+            assert_problem(
+                &call(app, "GET", &format!("/v1/explain?{query}"), None, None).await,
+                status,
+                text,
+                at,
+            );
+        }
+    };
+    explain_problem(
+        "from=nonsense&to=30.0.0.9",
+        StatusCode::BAD_REQUEST,
+        "not an IPv4 address",
+        Some("/query/from"),
+    )
+    .await;
+    explain_problem(
+        "from=40.0.0.5&to=30.0.0.999",
+        StatusCode::BAD_REQUEST,
+        "not an IPv4 address",
+        Some("/query/to"),
+    )
+    .await;
+    explain_problem(
+        "from=40.0.0.5&to=30.0.0.9&peering=nope",
+        StatusCode::NOT_FOUND,
+        "no peering",
+        None,
+    )
+    .await;
+    explain_problem(
+        "from=8.8.8.8&to=1.1.1.1",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no path through a peering",
+        None,
+    )
+    .await;
 
     // Deleting removes exactly what the peering made.
     assert_eq!(

@@ -233,6 +233,73 @@ fn hostile_peer_is_contained(
     Ok(())
 }
 
+/// `/v1/explain` walks the same path as the model above, from either gateway: asked at
+/// gw1 about pod1 dialing pod2 (outbound) and at gw2 about the same packet (inbound), it
+/// must say the request arrives as `delivered` and the reply comes back as the request
+/// left. Each gateway knows the other only from its exports.
+#[allow(clippy::too_many_arguments)]
+fn explained_as_modelled(
+    c1: &LocalCluster,
+    c2: &LocalCluster,
+    gw1: &Gateway,
+    gw2: &Gateway,
+    first1: &GatewayPlan,
+    first2: &GatewayPlan,
+    (a, v1b): Packet,
+    delivered: Packet,
+) -> Result<(), String> {
+    use remapd::explain::{Outcome, PathDirection, PeeringPath, explain};
+    let at = |local: &LocalCluster,
+              gw: &Gateway,
+              exports: &GatewayPlan,
+              direction: PathDirection|
+     -> Result<(Packet, Packet), String> {
+        let paths = [PeeringPath {
+            name: "pair",
+            remote: &exports.exports.remote,
+            interface: "wg",
+            plan: Some(&gw.plan),
+            problem: None,
+            peer_public_key: None,
+            endpoint: None,
+        }];
+        let all = explain(local, &paths, a, v1b, None).map_err(|e| e.to_string())?;
+        let e = all
+            .iter()
+            .find(|e| e.direction == direction)
+            .ok_or(format!(
+                "explain {a} -> {v1b}: no {direction:?} path in {all:?}"
+            ))?;
+        let reply = e.reply.as_ref().ok_or(format!("no reply in {e:?}"))?;
+        if e.request.verdict.outcome != Outcome::Delivered
+            || reply.verdict.outcome != Outcome::Delivered
+        {
+            return Err(format!(
+                "explain {a} -> {v1b} ({direction:?}): not delivered: {e:?}"
+            ));
+        }
+        let got = |l: &remapd::explain::Leg| {
+            l.received
+                .map(|r| (r.source, r.destination))
+                .unwrap_or((a, a))
+        };
+        Ok((got(&e.request), got(reply)))
+    };
+    for (local, gw, exports, direction) in [
+        (c1, gw1, first2, PathDirection::Outbound),
+        (c2, gw2, first1, PathDirection::Inbound),
+    ] {
+        let (request, reply) = at(local, gw, exports, direction)?;
+        if request != delivered || reply != (v1b, a) {
+            return Err(format!(
+                "explain {a} -> {v1b} ({direction:?}) says {request:?}, reply {reply:?}; the model says {delivered:?}, reply {:?}",
+                (v1b, a)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn hosts(net: &Ipv4Net, salt: u32) -> Vec<Ipv4Addr> {
     let base = u32::from(net.network());
     let size = 1u64 << (32 - net.prefix_len());
@@ -389,6 +456,16 @@ fn run_pair(c1: &LocalCluster, c2: &LocalCluster, pair: Pair, salt: u32) -> Resu
                         ));
                     }
                     recv1.push(translate(&gw2.plan.rules, Direction::Egress, (b, v2a)).0);
+                    explained_as_modelled(
+                        c1,
+                        c2,
+                        &gw1,
+                        &gw2,
+                        &first1,
+                        &first2,
+                        (a, v1b),
+                        (v2a, b),
+                    )?;
                 }
             }
         }

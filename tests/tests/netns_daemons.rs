@@ -92,6 +92,33 @@ fn reachable(from: &Netns, server: &Netns, target: &str, real: &str, seen_as: &s
     assert_eq!(udp.client_saw_reply_from, t);
 }
 
+/// `GET /v1/explain?from=&to=` at `d` has exactly one path, delivered both ways: the pod
+/// dialed at `to` (real address 40.0.0.1 in the seed topology) sees `seen_as` — what
+/// [`reachable`] saw a real connection's server get — and the reply comes back from `to`.
+fn explained_as_seen(d: &Daemon, from: &str, to: &str, seen_as: &str) {
+    let body = d.expect(
+        "GET",
+        &format!("/v1/explain?from={from}&to={to}"),
+        None,
+        200,
+    );
+    let paths = body.as_array().unwrap();
+    assert_eq!(paths.len(), 1, "{from} -> {to}: {body:#}");
+    let e = &paths[0];
+    assert_eq!(e["request"]["verdict"]["outcome"], "delivered", "{e:#}");
+    assert_eq!(
+        e["request"]["received"],
+        json!({"source": seen_as, "destination": "40.0.0.1"}),
+        "{e:#}"
+    );
+    assert_eq!(e["reply"]["verdict"]["outcome"], "delivered", "{e:#}");
+    assert_eq!(
+        e["reply"]["received"],
+        json!({"source": to, "destination": from}),
+        "{e:#}"
+    );
+}
+
 fn strategy_of(d: &Daemon, name: &str) -> String {
     d.expect("GET", &format!("/v1/peerings/{name}"), None, 200)["decision"]["strategy"]
         .as_str()
@@ -132,6 +159,18 @@ fn run_pair(p: &Pair, expect1: &str, expect2: &str) {
         "30.0.0.1",
         7100,
     );
+
+    // Explain agrees with the packets above, at both gateways and in both directions:
+    // what the destination pod saw as source, and the reply coming back from the
+    // address that was dialed.
+    for (d, from, to, seen_as) in [
+        (&p.d1, "40.0.0.1", "30.0.0.1", "60.0.0.1"),
+        (&p.d2, "40.0.0.1", "30.0.0.1", "60.0.0.1"),
+        (&p.d2, "40.0.0.1", "60.0.0.1", "30.0.0.1"),
+        (&p.d1, "40.0.0.1", "60.0.0.1", "30.0.0.1"),
+    ] {
+        explained_as_seen(d, from, to, seen_as);
+    }
 
     // The status shows counters and a handshake; metrics carry the rules.
     let st =
@@ -175,8 +214,7 @@ fn run_pair(p: &Pair, expect1: &str, expect2: &str) {
             status["attachments"].as_array().unwrap().is_empty(),
             "{status}"
         );
-        let routes = String::from_utf8_lossy(&ns.ip(&["route", "show", "table", "7878"]).stdout)
-            .into_owned();
+        let routes = ns.table_routes(7878);
         assert!(routes.trim().is_empty(), "routes left: {routes}");
         let links = String::from_utf8_lossy(&ns.ip(&["-o", "link"]).stdout).into_owned();
         assert!(!links.contains("rmd-"), "tunnel left: {links}");

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod decisions;
+pub mod explain;
 pub mod http;
 pub mod ops;
 pub mod peerings;
@@ -183,6 +184,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(peerings::router())
         .merge(ops::router())
         .merge(decisions::router())
+        .merge(explain::router())
 }
 
 /// The generated OpenAPI document (what `/openapi.json` serves and

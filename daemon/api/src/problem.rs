@@ -220,6 +220,12 @@ impl From<EngineError> for Problem {
                 "Saving the change failed",
                 detail,
             ),
+            EngineError::NoPath(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no-path",
+                "No path through a peering",
+                detail,
+            ),
             EngineError::Internal(_) => Self::internal(detail),
         }
     }

@@ -11,6 +11,7 @@
 pub mod daemon;
 pub mod decision_log;
 mod error;
+mod explain;
 pub mod preview;
 pub mod reconcile;
 pub mod store;

@@ -7,6 +7,7 @@
 //! build on these types.
 #![deny(missing_docs)]
 
+pub mod explain;
 pub mod model;
 pub mod plan;
 pub mod rule;
