@@ -6,7 +6,8 @@ set -euo pipefail
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 APT_PACKAGES=(iproute2 nftables iptables iperf3 wireguard-go wireguard-tools tcpdump
-              socat curl jq python3 python3-venv wrk procps psmisc iputils-ping traceroute util-linux gcc libc6-dev openssl)
+              socat curl jq python3 python3-venv wrk procps psmisc iputils-ping traceroute util-linux gcc libc6-dev openssl
+              chromium)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -54,8 +55,21 @@ SCHEMATHESIS_VERSION=4.32.5
 ST_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/py/schemathesis"
 if ! "$ST_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   log "schemathesis $SCHEMATHESIS_VERSION into $ST_VENV"
-  python3 -m venv "$ST_VENV"
+  # --clear: a venv that moved or broke is made again, not patched.
+  python3 -m venv --clear "$ST_VENV"
   "$ST_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+# playwright-core for the /ui browser test (it drives the chromium above; it downloads
+# no browser of its own), pinned by tests/ui/package-lock.json.
+UI_DIR="$(cd "$(dirname "$0")/.." && pwd)/target/node/ui"
+UI_SRC="$(cd "$(dirname "$0")/.." && pwd)/tests/ui"
+if ! cmp -s "$UI_SRC/package-lock.json" "$UI_DIR/package-lock.json" || [[ ! -d $UI_DIR/node_modules ]]; then
+  log "playwright-core (tests/ui/package-lock.json) into $UI_DIR"
+  rm -rf "$UI_DIR"
+  mkdir -p "$UI_DIR"
+  cp "$UI_SRC/package.json" "$UI_SRC/package-lock.json" "$UI_DIR/"
+  (cd "$UI_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund)
 fi
 
 # bpffs for pinned maps and links.

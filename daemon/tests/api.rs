@@ -637,6 +637,64 @@ async fn probes_metrics_and_docs() {
     assert!(docs.body.as_str().unwrap().contains("/openapi.json"));
 }
 
+/// The status page's files are served without a token even where reads need one (the
+/// page holds no data; its API calls carry the token), under a policy that allows only
+/// its own script, style and API calls; the data it reads still needs the token.
+#[tokio::test]
+async fn the_status_page_is_static_and_its_data_needs_the_token() {
+    let app = app_reading_with_token("ui");
+    for (path, content_type, has) in [
+        ("/ui", "text/html", "/ui/app.js"),
+        ("/ui/app.js", "text/javascript", "textContent"),
+        ("/ui/style.css", "text/css", ".peering"),
+        ("/ui/icon.svg", "image/svg+xml", "<svg"),
+    ] {
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = tower::ServiceExt::oneshot(app.router.clone(), req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let h = res.headers();
+        assert!(
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(content_type),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+            "{csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains(has), "{path}");
+    }
+    // Not a prefix match: nothing else under /ui/ is open.
+    assert_eq!(
+        call(&app, "GET", "/ui/../v1/peerings", None, None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/peerings", None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/peerings", None, Some(TOKEN))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
 #[test]
 fn committed_openapi_matches_the_code() {
     let generated = remapd::api::openapi().to_pretty_json().unwrap();

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
 use remapd_tests::daemons::Daemon;
@@ -589,4 +590,99 @@ fn an_mss_clamp_lowers_the_mss_of_connections_across_the_tunnel() {
         server > 1200 && client > 1200,
         "unclamped again: {server}/{client}"
     );
+}
+
+/// A browser run whose whole process group (node, chromium and its helpers) is killed
+/// and reaped when the test ends, passed or not.
+struct BrowserRun(std::process::Child);
+
+impl Drop for BrowserRun {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn the_status_page_draws_the_peering_and_counts_live_in_a_browser() {
+    use std::io::BufRead as _;
+    let p = pair("split");
+    let name = peering(&p, 1);
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The driver runs next to its node_modules (scripts/setup.sh installs them there).
+    let ui = root.join("target/node/ui");
+    assert!(
+        ui.join("node_modules/playwright-core").is_dir(),
+        "run scripts/setup.sh (make test does): it installs playwright-core into {}",
+        ui.display()
+    );
+    let script = ui.join("page_check.mjs");
+    std::fs::copy(root.join("tests/ui/page_check.mjs"), &script).unwrap();
+    // The page reads the API with the token from the fragment, as an operator opens it.
+    let url = format!(
+        "http://127.0.0.1:7878/ui#token={}",
+        remapd_tests::daemons::TOKEN
+    );
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", p.net.gw1.name(), "node"])
+        .arg(&script)
+        .args([url.as_str(), name.as_str()])
+        .current_dir(&ui)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("node");
+    let mut run = BrowserRun(child);
+    let mut lines = std::io::BufReader::new(run.0.stdout.take().unwrap()).lines();
+    let first: Value = match lines.next() {
+        Some(Ok(line)) => serde_json::from_str(&line).unwrap(),
+        other => {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut err);
+            panic!("the page never showed {name}: {other:?}; {err}");
+        }
+    };
+    assert_eq!(first["cluster"], "cluster-1", "{first:#}");
+    assert_eq!(first["ready"], "ready", "{first:#}");
+    assert_eq!(first["error"], "", "{first:#}");
+    assert_eq!(first["problems"], json!([]), "{first:#}");
+    let texts: Vec<&str> = first["svg_texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "this cluster: cluster-1",
+        "remote: cluster-2",
+        "real: 40.0.0.0/24",
+        "we see them at: 40.0.0.0/24 → 30.0.0.0/24",
+        "they see us at: 40.0.0.0/24 → 60.0.0.0/24",
+        "strategy: split",
+    ] {
+        assert!(texts.contains(&want), "{want:?} not drawn: {texts:?}");
+    }
+    let before = first["packets"].as_u64().unwrap();
+    // Traffic while the page is open: its counter must rise without a reload.
+    let (_, rx) = ping(&p.net.pod1, ip("30.0.0.1"), 5, "0.2");
+    assert!(rx >= 3, "ping 30.0.0.1: {rx}/5");
+    let second: Value = match lines.next() {
+        Some(Ok(line)) => serde_json::from_str(&line).unwrap(),
+        other => {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut err);
+            panic!("the counter never moved past {before}: {other:?}; {err}");
+        }
+    };
+    assert!(second["packets"].as_u64().unwrap() > before, "{second:#}");
+    assert_eq!(second["problems"], json!([]), "{second:#}");
+    let status = run.0.wait().unwrap();
+    assert!(status.success(), "{status}");
 }

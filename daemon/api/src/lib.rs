@@ -16,6 +16,7 @@ pub mod ops;
 pub mod peerings;
 pub mod policies;
 pub mod problem;
+mod ui;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -216,6 +217,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/docs", axum::routing::get(ops::docs_page))
+        .merge(ui::routes())
         .fallback(|| async { Problem::not_found("no such endpoint; see /openapi.json or /docs") })
         // Room for the largest policy component (checked precisely in the handler).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -240,7 +242,9 @@ pub fn router(state: AppState) -> Router {
 /// and readiness probes are always open.
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let open = path == "/healthz" || path == "/readyz";
+    // The probes, and the status page's static files (its data comes from API calls
+    // that carry the token).
+    let open = path == "/healthz" || path == "/readyz" || ui::is_ui_path(path);
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let needs = !open && (mutating || state.token_for_reads);
     if let (true, Some(token)) = (needs, state.token.as_deref()) {

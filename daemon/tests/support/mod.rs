@@ -48,6 +48,16 @@ pub fn app_in(dir: PathBuf) -> App {
 }
 
 pub fn app_with_body_timeout(dir: PathBuf, body_timeout: std::time::Duration) -> App {
+    app_with(dir, body_timeout, false)
+}
+
+/// An app whose reads need the token too (as when the daemon listens beyond loopback).
+#[allow(dead_code)]
+pub fn app_reading_with_token(name: &str) -> App {
+    app_with(fresh_dir(name), remapd::api::DEFAULT_BODY_TIMEOUT, true)
+}
+
+fn app_with(dir: PathBuf, body_timeout: std::time::Duration, token_for_reads: bool) -> App {
     let registry = Arc::new(PolicyRegistry::with_builtins(engine()).unwrap());
     let dataplane = FakeDataplane::default();
     let routes = FakeRoutes::default();
@@ -62,7 +72,7 @@ pub fn app_with_body_timeout(dir: PathBuf, body_timeout: std::time::Duration) ->
     let state = AppState {
         daemon: daemon.clone(),
         token: Some(Arc::from(TOKEN)),
-        token_for_reads: false,
+        token_for_reads,
         advertise: Some("198.18.0.1".parse().unwrap()),
         body_timeout,
     };
