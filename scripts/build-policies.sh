@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 # --- toolchains -------------------------------------------------------------------
 if ! "$PY_VENV/bin/componentize-py" --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
   log "componentize-py $COMPONENTIZE_PY_VERSION into $PY_VENV"
-  python3 -m venv "$PY_VENV"
+  python3 -m venv --clear "$PY_VENV"
   "$PY_VENV/bin/pip" install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
 if ! command -v npm >/dev/null 2>&1; then
