@@ -144,10 +144,14 @@ fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::Policy(_)))
         && let Some(Command::Policy(command)) = cli.command.take()
     {
-        // The daemon's limits when a configuration is given, else the defaults.
+        // The daemon's limits for this policy when a configuration is given (its
+        // `[policy.by_name]` entry, else `[policy]`), else the defaults.
         let limits = if cli.config.is_some() {
             match config(&cli) {
-                Ok(c) => c.policy_limits(),
+                Ok(c) => c
+                    .policy_limits_by_name()
+                    .remove(&remapd::policy_cli::limits_name(&command))
+                    .unwrap_or_else(|| c.policy_limits()),
                 Err(e) => {
                     eprintln!("remapd: bad configuration: {e}");
                     return ExitCode::from(EX_USAGE);

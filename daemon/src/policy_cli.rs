@@ -13,7 +13,9 @@
 //!   per decision).
 //!
 //! The sandbox limits are the daemon's: those of the configuration given with
-//! `--config` (or `REMAPD_CONFIG`), else the defaults.
+//! `--config` (or `REMAPD_CONFIG`), else the defaults — `[policy.by_name.<name>]` where
+//! it names the policy (a built-in's name, or the component file's name without
+//! `.wasm`: upload it under that name for the daemon to apply the same), else `[policy]`.
 //!
 //! Exit codes: 0 success; 1 the policy failed (refused, trapped, rejected, a test case
 //! did not match); 64 bad usage or input files (what `sysexits.h` calls `EX_USAGE`).
@@ -101,6 +103,20 @@ const EX_USAGE: u8 = 64;
 enum Failure {
     Usage(String),
     Policy(String),
+}
+
+/// The name whose `[policy.by_name]` limits apply to `command`'s policy: a built-in's
+/// name, or the component file's name without its extension.
+pub fn limits_name(command: &PolicyCommand) -> String {
+    let policy = match command {
+        PolicyCommand::Check { policy }
+        | PolicyCommand::Run { policy, .. }
+        | PolicyCommand::Test { policy, .. }
+        | PolicyCommand::Bench { policy, .. } => policy,
+    };
+    Path::new(policy)
+        .file_stem()
+        .map_or_else(|| policy.clone(), |s| s.to_string_lossy().into_owned())
 }
 
 /// Runs `command` with `limits` (the daemon's, from its configuration, or the

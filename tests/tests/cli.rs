@@ -263,6 +263,28 @@ fn policy_tools_check_run_test_and_bench_without_a_daemon() {
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("used up its fuel (1000 units)"), "{out}");
+    // A policy's own limits (`[policy.by_name.<name>]`) apply to it, and only to it.
+    let by_name = file(
+        "by-name.toml",
+        "[policy.by_name.auto]\nfuel = 2000\n[policy.by_name.split]\nfuel = 1000000\n",
+    );
+    let with = |policy: &str| {
+        run(&[
+            "--config",
+            &by_name,
+            "policy",
+            "run",
+            policy,
+            "--cluster",
+            &cluster,
+            &peer,
+        ])
+    };
+    let (code, out) = with("auto");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("used up its fuel (2000 units)"), "{out}");
+    let (code, out) = with("split");
+    assert_eq!(code, 0, "{out}");
 
     // bench: warm latency over the calls asked for.
     let (code, out) = run(&[
