@@ -96,6 +96,21 @@ impl BpfHarness {
         }
     }
 
+    /// How many instructions the kernel's verifier walked to accept `program` (its
+    /// budget is 1,000,000 per program; past it the load fails with E2BIG).
+    pub fn verified_instructions(&self, program: &str) -> u32 {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .unwrap_or_else(|| panic!("program {program} missing"))
+            .try_into()
+            .expect("program is a classifier");
+        prog.info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("the kernel reports verified instructions")
+    }
+
     /// Adds a rule on the test-run interface; returns its counter slot.
     pub fn add_rule(
         &mut self,

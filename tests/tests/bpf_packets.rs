@@ -14,6 +14,31 @@ use remapd_tests::cases::{
 };
 use remapd_tests::packet::{self, Framing, Ipv4, icmp, inet_checksum, tcp, udp};
 
+/// Headroom under the verifier's budget (1,000,000 instructions walked per program): a
+/// change that nears it fails here with the figures, rather than as E2BIG on some
+/// kernel whose verifier walks a little more.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn every_program_verifies_well_within_the_kernels_budget() {
+    let h = BpfHarness::new();
+    let counts: Vec<(&str, u32)> = [
+        programs::L2_INGRESS,
+        programs::L2_EGRESS,
+        programs::L3_INGRESS,
+        programs::L3_EGRESS,
+    ]
+    .into_iter()
+    .map(|p| (p, h.verified_instructions(p)))
+    .collect();
+    println!("verified instructions: {counts:?}");
+    for (program, n) in counts {
+        assert!(
+            n < 700_000,
+            "{program}: the verifier walked {n} instructions"
+        );
+    }
+}
+
 #[test]
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn tcp_destination_is_rewritten_on_egress() {
