@@ -284,6 +284,9 @@ struct Side<'a> {
     dataplane: bool,
 }
 
+/// Where, why and in words a leg stops.
+type Blocked = (Gateway, DropReason, String);
+
 /// Builds one leg.
 struct LegWalk {
     sent: Addresses,
@@ -339,6 +342,10 @@ impl LegWalk {
         self.end(gateway, Outcome::Dropped, Some(reason), detail)
     }
 
+    fn blocked(self, (gateway, reason, detail): Blocked) -> Leg {
+        self.drop(gateway, reason, detail)
+    }
+
     /// The rules of `side` in `direction`: source first, then destination (the order is
     /// immaterial: the two fields are looked up independently on the original packet).
     fn rewrite(&mut self, side: &Side<'_>, direction: Direction) {
@@ -383,7 +390,7 @@ impl LegWalk {
         from: &Side<'_>,
         to: &Side<'_>,
         peer_key: Option<&str>,
-    ) -> Result<(), (Gateway, DropReason, String)> {
+    ) -> Result<(), Blocked> {
         if !covers(&from.plan.allowed_ips, self.packet.destination) {
             return Err((
                 from.gateway,
@@ -628,13 +635,8 @@ fn outbound(
     let peer = match peer_plan(local, path) {
         Ok(p) => p,
         Err(why) => {
-            if let Err((gw, reason, detail)) = send_only(&mut walk, &ours, path.peer_public_key) {
-                return explanation(
-                    path,
-                    PathDirection::Outbound,
-                    walk.drop(gw, reason, detail),
-                    None,
-                );
+            if let Err(b) = send_only(&mut walk, &ours, path.peer_public_key) {
+                return explanation(path, PathDirection::Outbound, walk.blocked(b), None);
             }
             let leg = walk.end(Gateway::Peer, Outcome::Unknown, None, why);
             return explanation(path, PathDirection::Outbound, leg, None);
@@ -645,13 +647,8 @@ fn outbound(
         plan: &peer,
         dataplane: path.remote.capabilities.nat_dataplane,
     };
-    if let Err((gw, reason, detail)) = walk.cross(&ours, &theirs, path.peer_public_key) {
-        return explanation(
-            path,
-            PathDirection::Outbound,
-            walk.drop(gw, reason, detail),
-            None,
-        );
+    if let Err(b) = walk.cross(&ours, &theirs, path.peer_public_key) {
+        return explanation(path, PathDirection::Outbound, walk.blocked(b), None);
     }
     let delivered = walk.packet;
     walk.step(
@@ -694,7 +691,7 @@ fn outbound(
             );
             back.rewrite(&theirs, Direction::Egress);
             match back.cross(&theirs, &ours, None) {
-                Err((gw, reason, detail)) => back.drop(gw, reason, detail),
+                Err(b) => back.blocked(b),
                 Ok(()) => finish_reply(back, Gateway::Local, from, to, &local.name),
             }
         }
@@ -749,13 +746,8 @@ fn inbound(
         format!("{to} into the tunnel (peer's route {prefix})"),
     );
     walk.rewrite(&theirs, Direction::Egress);
-    if let Err((gw, reason, detail)) = walk.cross(&theirs, &ours, None) {
-        return explanation(
-            path,
-            PathDirection::Inbound,
-            walk.drop(gw, reason, detail),
-            None,
-        );
+    if let Err(b) = walk.cross(&theirs, &ours, None) {
+        return explanation(path, PathDirection::Inbound, walk.blocked(b), None);
     }
     let delivered = walk.packet;
     walk.step(
@@ -798,7 +790,7 @@ fn inbound(
             );
             back.rewrite(&ours, Direction::Egress);
             match back.cross(&ours, &theirs, path.peer_public_key) {
-                Err((gw, reason, detail)) => back.drop(gw, reason, detail),
+                Err(b) => back.blocked(b),
                 Ok(()) => finish_reply(back, Gateway::Peer, from, to, &path.remote.name),
             }
         }
@@ -807,11 +799,7 @@ fn inbound(
 }
 
 /// The sender's half when the receiver's side is unknown: WireGuard's choice of peer.
-fn send_only(
-    walk: &mut LegWalk,
-    ours: &Side<'_>,
-    key: Option<&str>,
-) -> Result<(), (Gateway, DropReason, String)> {
+fn send_only(walk: &mut LegWalk, ours: &Side<'_>, key: Option<&str>) -> Result<(), Blocked> {
     if !covers(&ours.plan.allowed_ips, walk.packet.destination) {
         return Err((
             Gateway::Local,
