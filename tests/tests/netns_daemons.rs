@@ -641,14 +641,18 @@ fn the_status_page_draws_the_peering_and_counts_live_in_a_browser() {
         .expect("node");
     let mut run = BrowserRun(child);
     let mut lines = std::io::BufReader::new(run.0.stdout.take().unwrap()).lines();
-    let first: Value = match lines.next() {
-        Some(Ok(line)) => serde_json::from_str(&line).unwrap(),
-        other => {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut err);
-            panic!("the page never showed {name}: {other:?}; {err}");
+    // The driver's next report, or what it said on stderr when it gave up.
+    let mut report = |what: &str| -> Value {
+        match lines.next() {
+            Some(Ok(line)) => serde_json::from_str(&line).unwrap(),
+            other => {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut err);
+                panic!("{what}: {other:?}; {err}");
+            }
         }
     };
+    let first = report(&format!("the page never showed {name}"));
     assert_eq!(first["cluster"], "cluster-1", "{first:#}");
     assert_eq!(first["ready"], "ready", "{first:#}");
     assert_eq!(first["error"], "", "{first:#}");
@@ -673,14 +677,7 @@ fn the_status_page_draws_the_peering_and_counts_live_in_a_browser() {
     // Traffic while the page is open: its counter must rise without a reload.
     let (_, rx) = ping(&p.net.pod1, ip("30.0.0.1"), 5, "0.2");
     assert!(rx >= 3, "ping 30.0.0.1: {rx}/5");
-    let second: Value = match lines.next() {
-        Some(Ok(line)) => serde_json::from_str(&line).unwrap(),
-        other => {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut err);
-            panic!("the counter never moved past {before}: {other:?}; {err}");
-        }
-    };
+    let second = report(&format!("the counter never moved past {before}"));
     assert!(second["packets"].as_u64().unwrap() > before, "{second:#}");
     assert_eq!(second["problems"], json!([]), "{second:#}");
     let status = run.0.wait().unwrap();
