@@ -55,7 +55,7 @@ fn address(value: &str, pointer: &str) -> Result<Ipv4Addr, Problem> {
         (status = 400, description = "An address or the peering name is malformed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No local cluster configured yet", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The addresses name no path through a peering", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The addresses name no path through a peering, or fit more peerings than one answer holds (name one with `peering`)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn explain(
     State(state): State<AppState>,

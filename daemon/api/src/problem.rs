@@ -220,7 +220,7 @@ impl From<EngineError> for Problem {
                 "Saving the change failed",
                 detail,
             ),
-            EngineError::NoPath(_) => Self::new(
+            EngineError::Explain(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "no-path",
                 "No path through a peering",

@@ -59,9 +59,9 @@ pub enum EngineError {
         /// What is wrong and the way out.
         message: String,
     },
-    /// An explained path goes through no peering.
+    /// An explained path goes through no peering, or through more than one answer holds.
     #[error(transparent)]
-    NoPath(remapd_model::explain::ExplainError),
+    Explain(remapd_model::explain::ExplainError),
     /// The daemon itself failed (a task, a lock, a key file).
     #[error("{0}")]
     Internal(String),

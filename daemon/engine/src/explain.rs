@@ -40,6 +40,6 @@ impl Snapshot {
                 }
             })
             .collect();
-        explain(local, &paths, from, to, peering).map_err(EngineError::NoPath)
+        explain(local, &paths, from, to, peering).map_err(EngineError::Explain)
     }
 }

@@ -196,9 +196,25 @@ pub struct PathExplanation {
     pub reply: Option<Leg>,
 }
 
+/// The most paths one answer holds: overlapping peers (every cluster on 10.244.0.0/16)
+/// make a remote pod's address fit every peering, and one read must stay cheap.
+pub const MAX_PATHS: usize = 64;
+
 /// Why nothing can be explained.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExplainError {
+    /// More peerings fit the addresses than one answer holds.
+    #[error(
+        "{from} -> {to} fits {count} peerings (their CIDRs overlap), more than the {MAX_PATHS} one answer holds: name one with peering="
+    )]
+    TooMany {
+        /// Source asked about.
+        from: Ipv4Addr,
+        /// Destination asked about.
+        to: Ipv4Addr,
+        /// Peerings that fit.
+        count: usize,
+    },
     /// Neither a local pod dialing out nor a remote pod dialing in.
     #[error(
         "{from} -> {to} is no path through a peering: for a local pod dialing out, `from` must be in this cluster's CIDRs; for a remote pod dialing in, `from` must be in a peer's CIDRs and `to` an address that peer sees this cluster at"
@@ -531,10 +547,16 @@ pub fn explain(
     {
         out.push(outbound(local, path, prefix, from, to));
     }
-    for path in peerings.iter().filter(|p| keep(p.name)) {
-        if covers(&path.remote.cidrs(), from) && dialable(local, path, to) {
-            out.push(inbound(local, peerings, path, from, to));
-        }
+    let inbound_paths: Vec<&PeeringPath<'_>> = peerings
+        .iter()
+        .filter(|p| keep(p.name) && covers(&p.remote.cidrs(), from) && dialable(local, p, to))
+        .collect();
+    let count = out.len() + inbound_paths.len();
+    if count > MAX_PATHS {
+        return Err(ExplainError::TooMany { from, to, count });
+    }
+    for path in inbound_paths {
+        out.push(inbound(local, peerings, path, from, to));
     }
     // Asked about one peering that the packet does not take: say why.
     if out.is_empty()

@@ -312,3 +312,32 @@ fn a_more_specific_route_of_another_peering_takes_the_reply() {
     .unwrap();
     assert_eq!(got[0].request.verdict.outcome, Outcome::Delivered);
 }
+
+#[test]
+fn an_address_every_peer_uses_needs_a_peering_named_past_the_cap() {
+    let remote = remote(seed_view());
+    let plan = plan_for(Strategy::Split, &remote);
+    let names: Vec<String> = (0..=MAX_PATHS).map(|i| format!("p{i}")).collect();
+    let paths: Vec<PeeringPath<'_>> = names
+        .iter()
+        .map(|n| PeeringPath {
+            name: n,
+            ..path(&remote, Some(&plan))
+        })
+        .collect();
+    // A remote pod at 40.0.0.7 dialing 60.0.0.5: every peer could be it.
+    let err = explain(&local(), &paths, ip("40.0.0.7"), ip("60.0.0.5"), None).unwrap_err();
+    assert!(err.to_string().contains("name one with peering="), "{err}");
+    let got = explain(&local(), &paths, ip("40.0.0.7"), ip("60.0.0.5"), Some("p3")).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].peering, "p3");
+    let got = explain(
+        &local(),
+        &paths[..MAX_PATHS],
+        ip("40.0.0.7"),
+        ip("60.0.0.5"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(got.len(), MAX_PATHS);
+}
