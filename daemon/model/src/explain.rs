@@ -401,12 +401,8 @@ impl LegWalk {
 
     /// WireGuard on the sender, the receiver's ingress rules and border; `Ok(())` when the
     /// packet passes all of them.
-    fn cross(
-        &mut self,
-        from: &Side<'_>,
-        to: &Side<'_>,
-        peer_key: Option<&str>,
-    ) -> Result<(), Blocked> {
+    /// WireGuard on the sender: the peer whose allowed-ips hold the destination.
+    fn send(&mut self, from: &Side<'_>, peer_key: Option<&str>) -> Result<(), Blocked> {
         if !covers(&from.plan.allowed_ips, self.packet.destination) {
             return Err((
                 from.gateway,
@@ -432,6 +428,16 @@ impl LegWalk {
                 list(&from.plan.allowed_ips)
             ),
         );
+        Ok(())
+    }
+
+    fn cross(
+        &mut self,
+        from: &Side<'_>,
+        to: &Side<'_>,
+        peer_key: Option<&str>,
+    ) -> Result<(), Blocked> {
+        self.send(from, peer_key)?;
         if !covers(&to.plan.allowed_ips, self.packet.source) {
             return Err((
                 to.gateway,
@@ -509,14 +515,7 @@ fn route_of<'a>(
 ) -> Option<(&'a PeeringPath<'a>, Ipv4Net)> {
     peerings
         .iter()
-        .filter_map(|p| {
-            let plan = p.plan?;
-            plan.routes
-                .iter()
-                .filter(|r| r.contains(&addr))
-                .max_by_key(|r| r.prefix_len())
-                .map(|r| (p, *r))
-        })
+        .filter_map(|p| longest(&p.plan?.routes, addr).map(|r| (p, r)))
         .max_by_key(|(_, r)| r.prefix_len())
 }
 
@@ -657,7 +656,7 @@ fn outbound(
     let peer = match peer_plan(local, path) {
         Ok(p) => p,
         Err(why) => {
-            if let Err(b) = send_only(&mut walk, &ours, path.peer_public_key) {
+            if let Err(b) = walk.send(&ours, path.peer_public_key) {
                 return explanation(path, PathDirection::Outbound, walk.blocked(b), None);
             }
             let leg = walk.end(Gateway::Peer, Outcome::Unknown, None, why);
@@ -820,31 +819,14 @@ fn inbound(
     explanation(path, PathDirection::Inbound, request, Some(reply))
 }
 
-/// The sender's half when the receiver's side is unknown: WireGuard's choice of peer.
-fn send_only(walk: &mut LegWalk, ours: &Side<'_>, key: Option<&str>) -> Result<(), Blocked> {
-    if !covers(&ours.plan.allowed_ips, walk.packet.destination) {
-        return Err((
-            Gateway::Local,
-            DropReason::AllowedIps,
-            format!(
-                "WireGuard: {} is not in the peer's allowed-ips ({})",
-                walk.packet.destination,
-                list(&ours.plan.allowed_ips)
-            ),
-        ));
-    }
-    let key = key.map(|k| format!(" {k}")).unwrap_or_default();
-    walk.step(
-        Gateway::Local,
-        StepKind::WireguardSend,
-        format!("WireGuard sends it to the peer{key}"),
-    );
-    Ok(())
-}
-
 /// The peer's route (in its plan) for `addr`.
 fn peer_route(peer: &GatewayPlan, addr: Ipv4Addr) -> Option<Ipv4Net> {
-    peer.routes
+    longest(&peer.routes, addr)
+}
+
+/// The longest prefix of `routes` that holds `addr`.
+fn longest(routes: &[Ipv4Net], addr: Ipv4Addr) -> Option<Ipv4Net> {
+    routes
         .iter()
         .filter(|r| r.contains(&addr))
         .max_by_key(|r| r.prefix_len())
