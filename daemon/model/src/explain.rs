@@ -399,8 +399,6 @@ impl LegWalk {
         }
     }
 
-    /// WireGuard on the sender, the receiver's ingress rules and border; `Ok(())` when the
-    /// packet passes all of them.
     /// WireGuard on the sender: the peer whose allowed-ips hold the destination.
     fn send(&mut self, from: &Side<'_>, peer_key: Option<&str>) -> Result<(), Blocked> {
         if !covers(&from.plan.allowed_ips, self.packet.destination) {
@@ -431,6 +429,8 @@ impl LegWalk {
         Ok(())
     }
 
+    /// WireGuard on the sender, the receiver's ingress rules and border; `Ok(())` when the
+    /// packet passes all of them.
     fn cross(
         &mut self,
         from: &Side<'_>,
