@@ -135,6 +135,16 @@ pub fn guard_lost_state(config: &Config) -> Result<(), ServeError> {
 /// The reconciler with the real appliers of `config`.
 pub fn kernel_reconciler(config: &Config, registry: Arc<PolicyRegistry>) -> Reconciler {
     let f = &config.file;
+    // A process killed while streaming a trace leaves the programs writing events no
+    // one reads; no trace runs before this one starts any.
+    match crate::dataplane::trace::stop_orphaned_trace(&DataplaneConfig {
+        pin_dir: f.pin_dir.clone(),
+        attach_mode: f.attach_mode,
+    }) {
+        Ok(true) => info!("stopped a trace an earlier remapd left running"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "could not check for a trace left running"),
+    }
     Reconciler::new(
         registry,
         Box::new(KernelDataplane::new(DataplaneConfig {

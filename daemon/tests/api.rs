@@ -986,3 +986,170 @@ async fn uploads_are_checked_against_their_content_digest() {
         assert_eq!(p["language"], "Rust", "{p}");
     }
 }
+
+/// A translated TCP packet as the programs report it (loopback, which every
+/// namespace has, so the interface name resolves).
+fn traced_tcp() -> remapd::dataplane::trace::TraceEvent {
+    remapd::dataplane::trace::TraceEvent {
+        ifindex: 1,
+        len: 60,
+        src_before: u32::from_be_bytes([40, 0, 0, 5]),
+        dst_before: u32::from_be_bytes([30, 0, 0, 9]),
+        src_after: u32::from_be_bytes([40, 0, 0, 5]),
+        dst_after: u32::from_be_bytes([40, 0, 0, 9]),
+        src_rule: u32::MAX,
+        dst_rule: 0,
+        src_port: 40000,
+        dst_port: 80,
+        direction: remapd_common::DIRECTION_EGRESS,
+        protocol: 6,
+        verdict: remapd_common::TRACE_TRANSLATED as u8,
+        flags: remapd_common::TRACE_FLAG_IPV4,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters() {
+    let app = app("trace");
+    // Once the trace has started (the kernel side is on), packets arrive.
+    let fake = app.dataplane.trace.clone();
+    let feed = |n: usize| {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                if fake.control().is_some() {
+                    for _ in 0..n {
+                        fake.push(traced_tcp());
+                    }
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let feeder = feed(3);
+    let r = call(&app, "GET", "/v1/trace?count=2&protocol=tcp", None, None).await;
+    feeder.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.content_type, "application/x-ndjson");
+    let text = r.body.as_str().expect("several JSON lines");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0]["type"], "event");
+    assert_eq!(lines[0]["verdict"], "translated");
+    assert_eq!(lines[0]["before"]["dst"], "30.0.0.9");
+    assert_eq!(lines[0]["after"]["dst"], "40.0.0.9");
+    assert_eq!(lines[0]["after"]["dst_port"], 80);
+    assert_eq!(lines[0]["rules"][0]["field"], "destination");
+    assert_eq!(lines[2]["type"], "end");
+    assert_eq!(lines[2]["reason"], "count");
+    assert_eq!(lines[2]["events"], 2);
+    assert_eq!(fake.control(), None, "the kernel stopped tracing");
+
+    // Server-sent events for browsers.
+    let feeder = feed(1);
+    let req = Request::builder()
+        .uri("/v1/trace?count=1")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("accept", "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let r = send(&app, req).await;
+    feeder.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.content_type.starts_with("text/event-stream"),
+        "{}",
+        r.content_type
+    );
+    let text = r.body.as_str().unwrap();
+    assert!(text.contains("event: event\ndata: {"), "{text}");
+    assert!(text.contains("event: end\ndata: {"), "{text}");
+
+    // A trace that sees nothing ends at its duration.
+    let r = call(&app, "GET", "/v1/trace?duration=200ms", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // One line: the reply reads as one JSON object.
+    let end = &r.body;
+    assert_eq!(
+        (end["type"].as_str(), end["reason"].as_str()),
+        (Some("end"), Some("duration"))
+    );
+
+    for (query, status, text, at) in [
+        (
+            "prefix=10.0.0.1/8",
+            StatusCode::BAD_REQUEST,
+            "host bits",
+            Some("/query/prefix"),
+        ),
+        (
+            "prefix=banana",
+            StatusCode::BAD_REQUEST,
+            "not an IPv4 prefix",
+            Some("/query/prefix"),
+        ),
+        (
+            "protocol=gre9",
+            StatusCode::BAD_REQUEST,
+            "not a protocol",
+            Some("/query/protocol"),
+        ),
+        (
+            "rate=0",
+            StatusCode::BAD_REQUEST,
+            "rate must be",
+            Some("/query/rate"),
+        ),
+        (
+            "sample=0",
+            StatusCode::BAD_REQUEST,
+            "sample must be",
+            Some("/query/sample"),
+        ),
+        (
+            "count=0",
+            StatusCode::BAD_REQUEST,
+            "count must be",
+            Some("/query/count"),
+        ),
+        (
+            "duration=2h",
+            StatusCode::BAD_REQUEST,
+            "at most 1h",
+            Some("/query/duration"),
+        ),
+        (
+            "duration=soon",
+            StatusCode::BAD_REQUEST,
+            "not a duration",
+            Some("/query/duration"),
+        ),
+        ("peering=nope", StatusCode::NOT_FOUND, "no peering", None),
+    ] {
+        let r = call(&app, "GET", &format!("/v1/trace?{query}"), None, None).await;
+        assert_problem(&r, status, text, at);
+    }
+    let r = call(&app, "GET", "/v1/trace?verdict=maybe", None, None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(
+        fake.control(),
+        None,
+        "a refused trace leaves the kernel as it was"
+    );
+
+    // No dataplane to trace: 503, never an empty 200.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    fake.make_unavailable("not loaded");
+    let r = call(&app, "GET", "/v1/trace", None, None).await;
+    assert_problem(
+        &r,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "tracing is not available",
+        None,
+    );
+}

@@ -13,6 +13,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ipnet::Ipv4Net;
 use remapd::dataplane::hooks::{self, ResolvedBorder};
 use remapd::dataplane::rules::{MapKey, Target};
+use remapd::dataplane::trace::{KernelTraceTap, TraceEvent, TraceTap};
 use remapd::dataplane::{AddressField, Direction};
 use remapd_common::{
     HookConfig, HookCounters, RuleCounters, RuleKey, RuleValue, bench_programs, programs,
@@ -37,6 +38,8 @@ pub struct BpfHarness {
     borders: Vec<ResolvedBorder>,
     /// Where each hook's configuration lives, assigned as the daemon assigns them.
     slots: BTreeMap<(u32, Direction), u32>,
+    /// The trace maps, taken out of `ebpf` on first use.
+    trace: Option<KernelTraceTap>,
 }
 
 /// Result of one run.
@@ -93,6 +96,7 @@ impl BpfHarness {
             entries: BTreeMap::new(),
             borders: Vec::new(),
             slots: BTreeMap::new(),
+            trace: None,
         }
     }
 
@@ -333,6 +337,27 @@ impl BpfHarness {
             }
         }
         sum
+    }
+
+    /// The trace maps of the loaded programs (the daemon's tap, on this object's maps).
+    pub fn trace(&mut self) -> &mut KernelTraceTap {
+        let ebpf = &mut self.ebpf;
+        self.trace.get_or_insert_with(|| {
+            let mut take = |name| ebpf.take_map(name).unwrap_or_else(|| panic!("map {name}"));
+            KernelTraceTap::from_maps(
+                take(remapd_common::TRACE_CONTROL_MAP),
+                take(remapd_common::TRACE_EVENTS_MAP),
+                take(remapd_common::TRACE_LOST_MAP),
+            )
+            .expect("trace maps")
+        })
+    }
+
+    /// Every trace event waiting in the ring buffer.
+    pub fn trace_events(&mut self) -> Vec<TraceEvent> {
+        let mut out = vec![];
+        self.trace().drain(&mut out, usize::MAX);
+        out
     }
 
     /// Drops counted on the test-run interface's `direction` hook, by reason index.

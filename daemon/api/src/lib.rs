@@ -16,6 +16,7 @@ pub mod ops;
 pub mod peerings;
 pub mod policies;
 pub mod problem;
+pub mod trace;
 mod ui;
 
 use std::net::IpAddr;
@@ -186,6 +187,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(ops::router())
         .merge(decisions::router())
         .merge(explain::router())
+        .merge(trace::router())
 }
 
 /// The generated OpenAPI document (what `/openapi.json` serves and

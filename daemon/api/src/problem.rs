@@ -226,6 +226,13 @@ impl From<EngineError> for Problem {
                 "No path through a peering",
                 detail,
             ),
+            EngineError::TraceUnavailable(_) => Self::unavailable(detail),
+            EngineError::TooManyTraces(_) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-traces",
+                "Too many traces",
+                detail,
+            ),
             EngineError::Internal(_) => Self::internal(detail),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use super::trace::{FakeTrace, PinnedTraceSource, TraceSource};
 use super::{ApplyReport, Dataplane, DataplaneError, DataplaneStatus, DesiredDataplane};
 
 /// The eBPF dataplane as the reconciler uses it.
@@ -21,6 +22,8 @@ pub trait DataplaneApplier: Send {
     /// Whether this gateway can translate: told to policies as `nat_dataplane`. Measured:
     /// false when the binary has no eBPF object or loading it failed.
     fn nat_available(&self) -> bool;
+    /// Where traces of the programs' work are read from.
+    fn trace_source(&self) -> Arc<dyn TraceSource>;
 }
 
 /// Reads the dataplane's rules, counters and attachments, shared by readers.
@@ -132,6 +135,12 @@ impl DataplaneApplier for KernelDataplane {
             adopted: self.adopted.clone(),
         })
     }
+
+    fn trace_source(&self) -> Arc<dyn TraceSource> {
+        Arc::new(PinnedTraceSource {
+            config: self.config.clone(),
+        })
+    }
 }
 
 /// A dataplane kept in memory, for tests without root.
@@ -148,6 +157,8 @@ pub struct FakeDataplane {
     #[allow(clippy::type_complexity)]
     pub gate:
         Arc<std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>>,
+    /// The trace: tests push events into it.
+    pub trace: FakeTrace,
 }
 
 impl DataplaneStatusReader for FakeDataplane {
@@ -202,6 +213,10 @@ impl DataplaneApplier for FakeDataplane {
 
     fn status_reader(&self) -> Arc<dyn DataplaneStatusReader> {
         Arc::new(self.clone())
+    }
+
+    fn trace_source(&self) -> Arc<dyn TraceSource> {
+        Arc::new(self.trace.clone())
     }
 
     fn nat_available(&self) -> bool {

@@ -29,6 +29,7 @@ pub mod kctx;
 mod load;
 pub mod rules;
 mod status;
+pub mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -43,7 +44,7 @@ use ipnet::Ipv4Net;
 use remapd_common::{
     ALLOW_MAP, COUNTERS_MAP, HOOK_CONFIG_MAP, HOOK_COUNTERS_MAP, HOOK_ENFORCE, HOOK_INDEX_MAP,
     HOOK_PROBES, HookConfig, HookCounters, RULES_MAP, RuleCounters, RuleKey, RuleValue,
-    drop_reason, hook_probe, programs,
+    TRACE_CONTROL_MAP, TRACE_EVENTS_MAP, TRACE_LOST_MAP, drop_reason, hook_probe, programs,
 };
 use serde::Serialize;
 use tracing::{debug, info};
@@ -71,19 +72,22 @@ static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/remapd-bench-ebpf"));
 
 /// Map schema version; part of the pin path so an incompatible layout is never adopted.
-pub const PIN_LAYOUT_VERSION: &str = "v4";
+pub const PIN_LAYOUT_VERSION: &str = "v5";
 
 /// Layouts of earlier versions, retired when this version loads.
-const OLDER_PIN_LAYOUTS: [&str; 3] = ["v1", "v2", "v3"];
+const OLDER_PIN_LAYOUTS: [&str; 4] = ["v1", "v2", "v3", "v4"];
 
 /// Every map the programs use, pinned under `maps/`.
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 9] = [
     RULES_MAP,
     ALLOW_MAP,
     COUNTERS_MAP,
     HOOK_INDEX_MAP,
     HOOK_CONFIG_MAP,
     HOOK_COUNTERS_MAP,
+    TRACE_CONTROL_MAP,
+    TRACE_EVENTS_MAP,
+    TRACE_LOST_MAP,
 ];
 
 /// Default bpffs directory for pinned objects.

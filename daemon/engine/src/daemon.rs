@@ -72,6 +72,7 @@ pub struct Daemon {
     registry: Arc<PolicyRegistry>,
     readers: StatusReaders,
     decisions: Arc<DecisionLog>,
+    tracer: crate::trace::Tracer,
 }
 
 /// Publishes what reads see. Used from the blocking task that runs a change, so a
@@ -157,7 +158,14 @@ impl Daemon {
             ..Snapshot::default()
         }));
         let decisions = Arc::new(DecisionLog::open(&store.dir().join(DECISION_LOG)));
+        let readers = reconciler.status_readers();
+        let tracer = crate::trace::Tracer::new(
+            readers.trace.clone(),
+            readers.dataplane.clone(),
+            snapshot.subscribe(),
+        );
         Ok(Self {
+            tracer,
             decisions,
             store,
             state: Arc::new(Mutex::new(state)),
@@ -165,7 +173,7 @@ impl Daemon {
                 snapshot,
                 ready: AtomicBool::new(false),
             }),
-            readers: reconciler.status_readers(),
+            readers,
             reconciler: Arc::new(StdMutex::new(reconciler)),
             registry,
         })
@@ -179,6 +187,11 @@ impl Daemon {
     /// The decision log.
     pub fn decisions(&self) -> &Arc<DecisionLog> {
         &self.decisions
+    }
+
+    /// Live traces of the dataplane.
+    pub fn tracer(&self) -> &crate::trace::Tracer {
+        &self.tracer
     }
 
     /// What reads see (never waits for a change in progress).

@@ -62,6 +62,12 @@ pub enum EngineError {
     /// An explained path goes through no peering, or through more than one answer holds.
     #[error(transparent)]
     Explain(remapd_model::explain::ExplainError),
+    /// A trace cannot run: the dataplane is not loaded, or its trace maps are not there.
+    #[error("tracing is not available: {0}")]
+    TraceUnavailable(String),
+    /// As many traces as may run at once are running.
+    #[error("{0} traces are running already, the most at once; end one first")]
+    TooManyTraces(usize),
     /// The daemon itself failed (a task, a lock, a key file).
     #[error("{0}")]
     Internal(String),

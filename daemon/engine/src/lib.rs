@@ -15,4 +15,5 @@ mod explain;
 pub mod preview;
 pub mod reconcile;
 pub mod store;
+pub mod trace;
 mod transaction;

@@ -215,6 +215,95 @@ pub struct HookCounters {
     pub dropped: [u64; drop_reason::COUNT],
 }
 
+/// Name of the one-entry array holding the [`TraceControl`] the programs read on every
+/// packet (an inlined array lookup): while `active` is zero they emit nothing.
+pub const TRACE_CONTROL_MAP: &str = "REMAPD_TRACE_CONTROL";
+/// Name of the ring buffer the programs write [`TraceEvent`]s to while a trace is active.
+pub const TRACE_EVENTS_MAP: &str = "REMAPD_TRACE_EVENTS";
+/// Name of the per-CPU one-entry array counting events lost to a full ring buffer.
+pub const TRACE_LOST_MAP: &str = "REMAPD_TRACE_LOST";
+/// Size of the trace ring buffer in bytes (a power of two, a multiple of the page size):
+/// about 16,000 events.
+pub const TRACE_RING_BYTES: u32 = 1 << 20;
+
+/// [`TraceControl::verdicts`] / [`TraceEvent::verdict`]: a packet with an address (or its
+/// MSS option) rewritten.
+pub const TRACE_TRANSLATED: u32 = 1 << 0;
+/// [`TraceControl::verdicts`] / [`TraceEvent::verdict`]: a dropped packet.
+pub const TRACE_DROPPED: u32 = 1 << 1;
+
+/// What the programs trace. Written by the daemon as a whole (one map update); the
+/// programs read it once per packet. Filters left at zero match everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TraceControl {
+    /// Non-zero while a trace is running.
+    pub active: u32,
+    /// Only packets on this interface (0: any).
+    pub ifindex: u32,
+    /// Only packets of this IP protocol, plus one (0: any).
+    pub protocol: u32,
+    /// Which verdicts (`TRACE_TRANSLATED | TRACE_DROPPED`; 0 means both).
+    pub verdicts: u32,
+    /// Emit one in `sample` matching packets, chosen at random (0 and 1: all).
+    pub sample: u32,
+    /// Only packets with an address (before or after translation) in this prefix
+    /// (host-order network address; with `prefix_mask` 0, any).
+    pub prefix_addr: u32,
+    /// Netmask of `prefix_addr`.
+    pub prefix_mask: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// One packet the dataplane translated or dropped, as the programs report it. Addresses
+/// are host-order integers of the wire bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the program ran.
+    pub time_ns: u64,
+    /// The interface.
+    pub ifindex: u32,
+    /// Whole skb length.
+    pub len: u32,
+    /// Source address as the packet arrived at the hook.
+    pub src_before: u32,
+    /// Destination address as the packet arrived.
+    pub dst_before: u32,
+    /// Source address as the packet left the hook (dropped: as it arrived).
+    pub src_after: u32,
+    /// Destination address as the packet left the hook.
+    pub dst_after: u32,
+    /// Counter slot of the source rule that matched (`u32::MAX`: none).
+    pub src_rule: u32,
+    /// Counter slot of the destination rule that matched (`u32::MAX`: none).
+    pub dst_rule: u32,
+    /// TCP/UDP/UDP-Lite/DCCP source port; ICMP type and code (type in the high byte).
+    pub src_port: u16,
+    /// Destination port; ICMP echo identifier.
+    pub dst_port: u16,
+    /// `DIRECTION_*`.
+    pub direction: u8,
+    /// IP protocol (0 when the packet is not IPv4).
+    pub protocol: u8,
+    /// [`TRACE_TRANSLATED`] or [`TRACE_DROPPED`].
+    pub verdict: u8,
+    /// Drop reason ([`drop_reason`]) when dropped.
+    pub reason: u8,
+    /// [`TRACE_FLAG_QUOTE`] | [`TRACE_FLAG_MSS`] | [`TRACE_FLAG_IPV4`].
+    pub flags: u8,
+    /// Always zero.
+    pub _pad: [u8; 7],
+}
+
+/// [`TraceEvent::flags`]: the packet quoted in an ICMP error was translated too.
+pub const TRACE_FLAG_QUOTE: u8 = 1 << 0;
+/// [`TraceEvent::flags`]: a SYN's MSS option was lowered.
+pub const TRACE_FLAG_MSS: u8 = 1 << 1;
+/// [`TraceEvent::flags`]: the packet is IPv4 and the address fields are meaningful.
+pub const TRACE_FLAG_IPV4: u8 = 1 << 2;
+
 /// Program names in the eBPF object, one per framing and direction.
 pub mod programs {
     /// TC ingress program for devices with an Ethernet header (veth, physical NICs).
@@ -283,6 +372,8 @@ const _: () = assert!(
     core::mem::size_of::<HookConfig>() == 32 + 2 * 16 * INLINE_RULES + 2 * 8 * INLINE_ALLOW
 );
 const _: () = assert!(core::mem::size_of::<HookCounters>() == 32 + 8 * drop_reason::COUNT);
+const _: () = assert!(core::mem::size_of::<TraceControl>() == 32);
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 56);
 
 /// Program names in the benchmark-only object (`remapd-bench-ebpf`), which the daemon
 /// never attaches.
@@ -387,6 +478,10 @@ mod user {
     unsafe impl aya::Pod for super::HookConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HookCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TraceControl {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TraceEvent {}
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@
 mod csum;
 mod icmp;
 mod lookup;
+mod trace;
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -45,6 +46,7 @@ use remapd_common::{
 
 use crate::icmp::QuotedRewrite;
 use crate::lookup::{allowed, lookup};
+use crate::trace::Seen;
 
 #[map(name = "REMAPD_RULES")]
 static RULES: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
@@ -64,17 +66,17 @@ static HOOK_CONFIG: Array<HookConfig> = Array::with_max_entries(2 * HOOK_SLOTS, 
 #[map(name = "REMAPD_HOOK_COUNTERS")]
 static HOOK_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_DCCP: u8 = 33;
-const IPPROTO_UDPLITE: u8 = 136;
+pub(crate) const IPPROTO_ICMP: u8 = 1;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_DCCP: u8 = 33;
+pub(crate) const IPPROTO_UDPLITE: u8 = 136;
 const TCP_CSUM_OFF: usize = 16;
 const TCP_MIN_HLEN: usize = 20;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -115,7 +117,7 @@ type Drop = usize;
 /// [`handle`]'s outcome bit: an address was rewritten.
 const TRANSLATED: u8 = 1;
 /// [`handle`]'s outcome bit: a SYN's MSS option was lowered.
-const MSS_CLAMPED: u8 = 2;
+pub(crate) const MSS_CLAMPED: u8 = 2;
 
 #[inline(always)]
 fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
@@ -140,17 +142,26 @@ fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
     let Some(counters) = HOOK_COUNTERS.get_ptr_mut(slot) else {
         return TC_ACT_UNSPEC;
     };
+    // The trace (off: one inlined array lookup): the addresses as the packet arrived.
+    // Only plain numbers stay live across `handle`: a pointer-or-null would split every
+    // state the verifier walks there in two (it cannot prune a pointer against a null).
+    let before = if trace::control(ifindex).is_some() {
+        trace::addresses::<L2>(ctx)
+    } else {
+        (0, 0)
+    };
+    let mut seen = Seen::NOTHING;
     // The MSS clamp runs after the translation, once the packet is known to pass, on
     // a fresh read of the headers: none of the translation's state is live here, so
     // the verifier walks the option loop for a handful of states rather than once per
     // path through the translation (which took it within 2% of its budget).
-    let result = handle::<L2>(ctx, config, ifindex, direction).and_then(|outcome| {
+    let result = handle::<L2>(ctx, config, ifindex, direction, &mut seen).and_then(|outcome| {
         if config.mss_clamp == 0 {
             return Ok(outcome);
         }
         Ok(outcome | clamp_syn::<L2>(ctx, config.mss_clamp as u16)?)
     });
-    match result {
+    let (action, reason, outcome) = match result {
         Ok(outcome) => {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
             unsafe {
@@ -159,16 +170,20 @@ fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
                 (*counters).translated += u64::from(outcome & TRANSLATED);
                 (*counters).mss_clamped += u64::from((outcome & MSS_CLAMPED) >> 1);
             }
-            TC_ACT_UNSPEC
+            (TC_ACT_UNSPEC, 0, outcome)
         }
         Err(reason) => {
             if reason < drop_reason::COUNT {
                 // SAFETY: as above; the index is bounds checked.
                 unsafe { (*counters).dropped[reason] += 1 };
             }
-            TC_ACT_SHOT
+            (TC_ACT_SHOT, reason, 0)
         }
-    }
+    };
+    trace::record::<L2>(
+        ctx, ifindex, direction, action, reason, outcome, before, &seen,
+    );
+    action
 }
 
 /// The live configuration of a hook slot, if it has one.
@@ -258,6 +273,7 @@ fn handle<const L2: bool>(
     config: &HookConfig,
     ifindex: u32,
     direction: u8,
+    seen: &mut Seen,
 ) -> Result<u8, Drop> {
     let border = config.flags & HOOK_ENFORCE != 0;
     let l3 = if L2 { ETH_HLEN } else { 0 };
@@ -299,6 +315,8 @@ fn handle<const L2: bool>(
 
     let src_rw = lookup(config, ifindex, direction, FIELD_SOURCE, src);
     let dst_rw = lookup(config, ifindex, direction, FIELD_DESTINATION, dst);
+    seen.src_rule = src_rw.rule_id;
+    seen.dst_rule = dst_rw.rule_id;
     // A packet we must understand completely: one we rewrite, or one crossing a border.
     let strict = border || src_rw.hit() || dst_rw.hit();
 
@@ -420,6 +438,7 @@ fn handle<const L2: bool>(
             .map_err(|_| drop_reason::HELPER_FAILED)?;
     }
     if quoted.active() {
+        seen.flags = remapd_common::TRACE_FLAG_QUOTE;
         icmp::write_quoted(ctx, l4, &quoted).map_err(|_| drop_reason::HELPER_FAILED)?;
     }
     // One count per packet per rule: an ICMP error's outer and quoted rewrite often

@@ -108,6 +108,10 @@ impl DataplaneApplier for SharedLoopback {
     fn nat_available(&self) -> bool {
         self.0.nat_available()
     }
+
+    fn trace_source(&self) -> Arc<dyn remapd::dataplane::trace::TraceSource> {
+        self.0.trace_source()
+    }
 }
 
 fn reconciler(registry: Arc<PolicyRegistry>, pin_dir: &std::path::Path) -> Reconciler {

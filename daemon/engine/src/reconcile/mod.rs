@@ -38,6 +38,8 @@ pub struct StatusReaders {
     pub dataplane: Arc<dyn DataplaneStatusReader>,
     /// Live tunnel state.
     pub tunnels: Arc<dyn remapd_net::TunnelStatusReader>,
+    /// The dataplane's trace maps.
+    pub trace: Arc<dyn remapd_dataplane::trace::TraceSource>,
 }
 
 /// Counters for `/metrics`.
@@ -118,6 +120,7 @@ impl Reconciler {
         StatusReaders {
             dataplane: self.dataplane.status_reader(),
             tunnels: self.tunnels.status_reader(),
+            trace: self.dataplane.trace_source(),
         }
     }
 
