@@ -245,6 +245,65 @@ impl Drop for Daemon {
     }
 }
 
+/// A `GET /v1/trace` streaming from a daemon into a file (curl in the daemon's
+/// namespace), until [`TraceCapture::stop`]; the curl process is killed on drop.
+pub struct TraceCapture {
+    curl: ChildGuard,
+    out: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `GET /v1/trace?{query}` and returns once the daemon answered 200 (the
+    /// kernel is tracing then). Panics with the answer when it is anything else.
+    pub fn trace(&self, query: &str) -> TraceCapture {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.state_dir.join(format!("trace-{n}.ndjson"));
+        let headers = self.state_dir.join(format!("trace-{n}.headers"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns_name, "curl", "-sSN", "-m", "120"])
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .arg("-D")
+            .arg(&headers)
+            .arg("-o")
+            .arg(&out)
+            .arg(format!("http://127.0.0.1:7878/v1/trace?{query}"));
+        let mut curl = ChildGuard::spawn("curl /v1/trace", &mut cmd, None);
+        wait_for("the trace to start", Duration::from_secs(10), || {
+            let head = std::fs::read_to_string(&headers).unwrap_or_default();
+            if head.contains(" 200") {
+                return true;
+            }
+            assert!(
+                !(head.contains("\r\n\r\n") && !head.contains(" 200")) && curl.is_running(),
+                "GET /v1/trace?{query}: {head}{}",
+                std::fs::read_to_string(&out).unwrap_or_default()
+            );
+            false
+        });
+        TraceCapture { curl, out }
+    }
+}
+
+impl TraceCapture {
+    /// Waits for the daemon to pass on what the programs wrote (it drains the ring
+    /// buffer every 20 ms), ends the trace and returns every item received.
+    pub fn stop(mut self) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(500));
+        self.curl.kill();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for TraceCapture {
+    fn drop(&mut self) {
+        self.curl.kill();
+    }
+}
+
 /// curl inside a namespace's loopback; returns (status, body).
 pub fn curl_raw(ns_name: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut cmd = Command::new("ip");

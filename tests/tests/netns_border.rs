@@ -12,7 +12,9 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use remapd::dataplane::trace::{KernelTraceFilter, KernelTraceTap, TraceTap};
 use remapd::dataplane::{DataplaneStatus, Direction, HookStatus};
+use remapd_common::drop_reason;
 use remapd_tests::netns::{Netns, ping};
 use remapd_tests::topology::{
     GatewayPlan, Topology, UNDERLAY_GW1, seed_both_on_2, seed_cluster, seed_split,
@@ -215,6 +217,13 @@ fn hostile_peer_is_contained(plans: (GatewayPlan, GatewayPlan)) {
 
     // With the border: nothing arrives, and every datagram is counted as not exported.
     t.apply(1, &plan1);
+    // The victim traces its drops meanwhile (the daemon's tap on the same pinned maps).
+    let mut tap = KernelTraceTap::open_pinned(&t.dataplane_config(1)).unwrap();
+    let drops_only = KernelTraceFilter {
+        translated: Some(false),
+        ..KernelTraceFilter::default()
+    };
+    tap.set(Some(&drops_only)).unwrap();
     let before = dropped(&t.status(1), &t.wg1.name, "not_exported");
     let (got, tcp) = attack(&t, 8200);
     for ((what, _), n) in attack_targets().iter().zip(&got) {
@@ -224,6 +233,35 @@ fn hostile_peer_is_contained(plans: (GatewayPlan, GatewayPlan)) {
     let after = dropped(&t.status(1), &t.wg1.name, "not_exported");
     // 10 datagrams per target, plus the TCP SYN and its retransmissions.
     assert!(after - before >= 31, "drops counted: {before} -> {after}");
+    // The trace shows each of those drops, with its reason and the target.
+    let mut events = vec![];
+    tap.drain(&mut events, usize::MAX);
+    let lost = tap.lost().unwrap();
+    tap.set(None).unwrap();
+    let name = t.wg1.name.clone();
+    let wg1 = t
+        .gw1
+        .in_ns(move || nix::net::if_::if_nametoindex(name.as_str()).unwrap());
+    let not_exported: Vec<_> = events
+        .iter()
+        .filter(|e| e.ifindex == wg1 && usize::from(e.reason) == drop_reason::NOT_EXPORTED)
+        .copied()
+        .collect();
+    assert_eq!(lost, 0);
+    assert_eq!(
+        not_exported.len() as u64,
+        after - before,
+        "one trace event per counted drop"
+    );
+    for (what, target) in attack_targets() {
+        assert!(
+            not_exported
+                .iter()
+                .any(|e| e.dst_before == u32::from(target)
+                    && e.verdict == remapd_common::TRACE_DROPPED as u8),
+            "no drop of the packets to {what} in the trace"
+        );
+    }
     // The peering itself still works.
     let (_, rx) = ping(&t.pod1, ip("30.0.0.1"), 3, "0.2");
     assert!(rx >= 2, "the peering still works: {rx}/3");

@@ -120,6 +120,130 @@ fn explained_as_seen(d: &Daemon, from: &str, to: &str, seen_as: &str) {
     );
 }
 
+/// One hook's work on one packet: direction, addresses before and after, and the rules
+/// (field, from, to) that fired.
+type HookWork = (String, [String; 4], std::collections::BTreeSet<[String; 3]>);
+
+/// What `GET /v1/explain?from=&to=` at `d` says this gateway's hooks do to the request
+/// and its reply: one entry per hook that rewrites (consecutive rewrites on one hook are
+/// one program run, so one trace event).
+fn explained_rewrites(d: &Daemon, from: &str, to: &str) -> std::collections::BTreeSet<HookWork> {
+    let body = d.expect(
+        "GET",
+        &format!("/v1/explain?from={from}&to={to}"),
+        None,
+        200,
+    );
+    let path = &body.as_array().unwrap()[0];
+    let addresses = |p: &Value| {
+        [
+            p["source"].as_str().unwrap().to_owned(),
+            p["destination"].as_str().unwrap().to_owned(),
+        ]
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for leg in ["request", "reply"] {
+        let leg = &path[leg];
+        let mut before = addresses(&leg["sent"]);
+        let mut current: Option<HookWork> = None;
+        for step in leg["steps"].as_array().unwrap() {
+            let kind = step["kind"].as_str().unwrap();
+            let direction = match kind {
+                "egress-rewrite" => Some("egress"),
+                "ingress-rewrite" => Some("ingress"),
+                _ => None,
+            }
+            .filter(|_| step["gateway"] == "local");
+            let after = addresses(&step["packet"]);
+            match direction {
+                Some(dir) => {
+                    let rule = &step["rule"];
+                    let fired = [
+                        rule["field"].as_str().unwrap().to_owned(),
+                        rule["from"].as_str().unwrap().to_owned(),
+                        rule["to"].as_str().unwrap().to_owned(),
+                    ];
+                    let work = current.get_or_insert_with(|| {
+                        (
+                            dir.to_owned(),
+                            [
+                                before[0].clone(),
+                                before[1].clone(),
+                                String::new(),
+                                String::new(),
+                            ],
+                            Default::default(),
+                        )
+                    });
+                    work.1[2] = after[0].clone();
+                    work.1[3] = after[1].clone();
+                    work.2.insert(fired);
+                }
+                None => out.extend(current.take()),
+            }
+            before = after;
+        }
+        out.extend(current.take());
+    }
+    out
+}
+
+/// The translated packets of a trace, as [`HookWork`]s (distinct).
+fn traced_rewrites(events: &[Value]) -> std::collections::BTreeSet<HookWork> {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    events
+        .iter()
+        .filter(|e| e["type"] == "event" && e["verdict"] == "translated")
+        .map(|e| {
+            let rules = e["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| [s(&r["field"]), s(&r["from"]), s(&r["to"])])
+                .collect();
+            (
+                s(&e["direction"]),
+                [
+                    s(&e["before"]["src"]),
+                    s(&e["before"]["dst"]),
+                    s(&e["after"]["src"]),
+                    s(&e["after"]["dst"]),
+                ],
+                rules,
+            )
+        })
+        .collect()
+}
+
+/// Traces both gateways while `traffic` runs and checks that each one's trace shows
+/// exactly the rewrites its `GET /v1/explain?from=&to=` predicts: the same hooks, the
+/// same addresses before and after, the same rules, and nothing else translated.
+fn traced_as_explained(p: &Pair, from: &str, to: &str, traffic: impl FnOnce()) {
+    let traces = [p.d1.trace("duration=5m"), p.d2.trace("duration=5m")];
+    traffic();
+    let [t1, t2] = traces;
+    let mut predicted_any = false;
+    for (d, events) in [(&p.d1, t1.stop()), (&p.d2, t2.stop())] {
+        let explained = explained_rewrites(d, from, to);
+        predicted_any |= !explained.is_empty();
+        let traced = traced_rewrites(&events);
+        assert_eq!(
+            traced, explained,
+            "{}: the trace of {from} -> {to} differs from the explanation; events: {events:#?}",
+            d.ns_name
+        );
+        let dropped: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["verdict"] == "dropped")
+            .collect();
+        assert!(dropped.is_empty(), "{}: {dropped:#?}", d.ns_name);
+    }
+    assert!(
+        predicted_any,
+        "one gateway or the other rewrites {from} -> {to}"
+    );
+}
+
 fn strategy_of(d: &Daemon, name: &str) -> String {
     d.expect("GET", &format!("/v1/peerings/{name}"), None, 200)["decision"]["strategy"]
         .as_str()
@@ -144,22 +268,28 @@ fn run_pair(p: &Pair, expect1: &str, expect2: &str) {
         "{}",
         p.d2.log_text()
     );
-    reachable(
-        &p.net.pod1,
-        &p.net.pod2,
-        "30.0.0.1",
-        "40.0.0.1",
-        "60.0.0.1",
-        7000,
-    );
-    reachable(
-        &p.net.pod2,
-        &p.net.pod1,
-        "60.0.0.1",
-        "40.0.0.1",
-        "30.0.0.1",
-        7100,
-    );
+    // Real traffic both ways, traced at both gateways: each trace shows what explain
+    // predicts for its gateway (ping, TCP and UDP share addresses, so one rewrite each).
+    traced_as_explained(p, "40.0.0.1", "30.0.0.1", || {
+        reachable(
+            &p.net.pod1,
+            &p.net.pod2,
+            "30.0.0.1",
+            "40.0.0.1",
+            "60.0.0.1",
+            7000,
+        )
+    });
+    traced_as_explained(p, "40.0.0.1", "60.0.0.1", || {
+        reachable(
+            &p.net.pod2,
+            &p.net.pod1,
+            "60.0.0.1",
+            "40.0.0.1",
+            "30.0.0.1",
+            7100,
+        )
+    });
 
     // Explain agrees with the packets above, at both gateways and in both directions:
     // what the destination pod saw as source, and the reply coming back from the
