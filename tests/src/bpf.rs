@@ -70,7 +70,18 @@ fn net(s: &str) -> Ipv4Net {
 impl BpfHarness {
     /// Loads the embedded eBPF objects (production and bench) and every program in them.
     pub fn new() -> Self {
-        let mut ebpf = remapd::dataplane::load_unpinned().expect("load eBPF object");
+        Self::with_object(remapd::dataplane::load_unpinned().expect("load eBPF object"))
+    }
+
+    /// The programs with their trace code removed at load time (benchmarks: what the
+    /// trace costs while none runs).
+    pub fn without_trace() -> Self {
+        Self::with_object(
+            remapd::dataplane::load_unpinned_without_trace().expect("load eBPF object"),
+        )
+    }
+
+    fn with_object(mut ebpf: aya::Ebpf) -> Self {
         load_all(
             &mut ebpf,
             &[

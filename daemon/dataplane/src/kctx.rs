@@ -35,6 +35,8 @@ pub mod globals {
     pub const IP_SUMMED_OFFSET: &str = "REMAPD_IP_SUMMED_OFFSET";
     /// Shift of the `ip_summed` bits within that byte.
     pub const IP_SUMMED_SHIFT: &str = "REMAPD_IP_SUMMED_SHIFT";
+    /// 0 to load the programs without their trace code (benchmarks only).
+    pub const TRACE_BUILT: &str = "REMAPD_TRACE_BUILT";
 }
 
 /// What the programs need from the running kernel.

@@ -57,7 +57,7 @@ pub use hooks::IngressBorder;
 use hooks::ResolvedBorder;
 pub use interfaces::Framing;
 use load::{PinLayout, load_and_pin, remove_pin, retire_older_layouts};
-pub use load::{load_bench_object, load_unpinned, object_embedded};
+pub use load::{load_bench_object, load_unpinned, load_unpinned_without_trace, object_embedded};
 pub use rules::{AddressField, Direction, RuleError, TranslationRule};
 use rules::{MapKey, Target};
 pub use status::{Attachment, DataplaneStatus, HookStatus, InstalledRule};

@@ -157,6 +157,13 @@ pub fn load_bench_object() -> Result<aya::Ebpf, DataplaneError> {
 /// checksums directly where the skb's checksum state allows it; without, they use the
 /// checksum helper for every packet.
 pub(crate) fn load_production(pins: &[(&str, PathBuf)]) -> Result<aya::Ebpf, DataplaneError> {
+    load_production_with(pins, true)
+}
+
+fn load_production_with(
+    pins: &[(&str, PathBuf)],
+    trace: bool,
+) -> Result<aya::Ebpf, DataplaneError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DataplaneError::ObjectMissing);
     }
@@ -167,12 +174,12 @@ pub(crate) fn load_production(pins: &[(&str, PathBuf)]) -> Result<aya::Ebpf, Dat
             None
         }
     };
-    match load_patched(pins, ctx.as_ref()) {
+    match load_patched(pins, ctx.as_ref(), trace) {
         Err(e) if ctx.is_some() => {
             // Never lose the dataplane over the fast path: without the kfunc the programs
             // are the same, with the helper for every checksum.
             warn!(error = %e, "loading with direct checksum writes failed; loading without");
-            load_patched(pins, None)
+            load_patched(pins, None, trace)
         }
         other => other,
     }
@@ -182,6 +189,7 @@ pub(crate) fn load_production(pins: &[(&str, PathBuf)]) -> Result<aya::Ebpf, Dat
 pub(crate) fn load_patched(
     pins: &[(&str, PathBuf)],
     ctx: Option<&kctx::KernelCtx>,
+    trace: bool,
 ) -> Result<aya::Ebpf, DataplaneError> {
     let (object, patched) = kctx::patch_object(EBPF_OBJECT, ctx)
         .map_err(|e| DataplaneError::BadObject(e.to_string()))?;
@@ -196,6 +204,7 @@ pub(crate) fn load_patched(
         .override_global(kctx::globals::READY, &ready, true)
         .override_global(kctx::globals::IP_SUMMED_OFFSET, &offset, true)
         .override_global(kctx::globals::IP_SUMMED_SHIFT, &shift, true)
+        .override_global(kctx::globals::TRACE_BUILT, &u32::from(trace), true)
         .load(kctx::words_as_bytes(&object)[..EBPF_OBJECT.len()].as_ref())
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }
@@ -204,4 +213,10 @@ pub(crate) fn load_patched(
 /// (`BPF_PROG_TEST_RUN`). The returned object owns private maps.
 pub fn load_unpinned() -> Result<aya::Ebpf, DataplaneError> {
     load_production(&[])
+}
+
+/// [`load_unpinned`] with the trace compiled out at load time (the verifier removes it),
+/// for benchmarks measuring what the trace costs while none runs.
+pub fn load_unpinned_without_trace() -> Result<aya::Ebpf, DataplaneError> {
+    load_production_with(&[], false)
 }

@@ -23,6 +23,12 @@ use crate::{
     ETH_HLEN, ETH_P_IP, IPPROTO_DCCP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
 };
 
+/// 1 in every program the daemon loads. Benchmarks load the object with 0 to measure
+/// the programs without the trace: the verifier sees a constant and removes every trace
+/// instruction, control lookup included (the build without the trace, side by side).
+#[unsafe(no_mangle)]
+static REMAPD_TRACE_BUILT: u32 = 1;
+
 #[map(name = "REMAPD_TRACE_CONTROL")]
 static TRACE_CONTROL: Array<TraceControl> = Array::with_max_entries(1, 0);
 
@@ -56,6 +62,10 @@ impl Seen {
 /// The running trace's control if there is one and it wants packets of `ifindex`.
 #[inline(always)]
 pub(crate) fn control(ifindex: u32) -> Option<&'static TraceControl> {
+    // SAFETY: a read of a global the loader may override (.rodata).
+    if unsafe { core::ptr::read_volatile(&REMAPD_TRACE_BUILT) } == 0 {
+        return None;
+    }
     let control = TRACE_CONTROL.get(0)?;
     if control.active == 0 || (control.ifindex != 0 && control.ifindex != ifindex) {
         return None;

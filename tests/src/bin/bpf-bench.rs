@@ -63,7 +63,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// 31/24) with the self-inverse destination pair, plus `other` rules on other hooks and
 /// `on_hook` more rules on the measured hook.
 fn harness(other: u32, on_hook: u32) -> BpfHarness {
-    let mut h = BpfHarness::new();
+    setup(BpfHarness::new(), other, on_hook)
+}
+
+fn setup(mut h: BpfHarness, other: u32, on_hook: u32) -> BpfHarness {
     for (from, to) in [
         ("30.0.0.0/24", "31.0.0.0/24"),
         ("31.0.0.0/24", "30.0.0.0/24"),
@@ -185,6 +188,7 @@ fn main() {
         });
         println!(" {ratio} | {:+.0}% |", (ours[2] / ours[0] - 1.0) * 100.0);
     }
+    trace_cost(rounds);
     // The same packet when no rule matches but the border allows it: parse + lookups +
     // allow-list, no rewrite.
     let mut h = BpfHarness::new();
@@ -205,5 +209,63 @@ fn main() {
         "A TCP packet that matches no rule and that the border lets through (parse, lookups, allow-list): {:.1} ns vs {:.1} ns for the no-op.",
         median(pass),
         median(noop)
+    );
+}
+
+/// What the trace costs, side by side: the programs with the trace removed at load time
+/// (what they were before it existed), with it and no trace running, with a trace
+/// running for another interface, and writing every packet to the ring buffer (drained
+/// between runs, so no write fails). TCP on the border hook, 2 rules. Fewer passes per
+/// run than above, so the buffer holds every event of a run; more rounds instead.
+fn trace_cost(rounds: usize) {
+    use remapd::dataplane::trace::{KernelTraceFilter, TraceTap};
+    const PASSES: u32 = 15_001;
+    let (_, input, expected) = packets().swap_remove(0);
+    let mut without = setup(BpfHarness::without_trace(), 0, 0);
+    let mut with = harness(0, 0);
+    let elsewhere = KernelTraceFilter {
+        ifindex: Some(u32::MAX),
+        ..KernelTraceFilter::default()
+    };
+    let mut cols: [Vec<f64>; 5] = Default::default();
+    for _ in 0..rounds * 5 {
+        let time = |h: &mut BpfHarness, program: &str| {
+            let run = h.run_repeat(program, &input, PASSES);
+            if program != bench_programs::NOOP {
+                assert_eq!(run.packet, expected, "{program}: translated once");
+            }
+            run.duration_ns as f64
+        };
+        cols[0].push(time(&mut with, bench_programs::NOOP));
+        cols[1].push(time(&mut without, programs::L2_INGRESS));
+        with.trace().set(None).expect("trace off");
+        cols[2].push(time(&mut with, programs::L2_INGRESS));
+        with.trace().set(Some(&elsewhere)).expect("trace elsewhere");
+        cols[3].push(time(&mut with, programs::L2_INGRESS));
+        with.trace()
+            .set(Some(&KernelTraceFilter::default()))
+            .expect("trace on");
+        cols[4].push(time(&mut with, programs::L2_INGRESS));
+        let written = with.trace_events().len();
+        with.trace().set(None).expect("trace off");
+        assert_eq!(written, PASSES as usize, "every pass was traced");
+    }
+    let lost = with.trace().lost().expect("lost");
+    assert_eq!(lost, 0, "the buffer held every event");
+    let [noop, without, idle, elsewhere, on] = cols.map(median);
+    println!();
+    println!(
+        "The trace (TCP, border hook, 2 rules; median of {} runs of {PASSES} passes; ns per packet):",
+        rounds * 5
+    );
+    println!();
+    println!(
+        "| no-op | remapd, trace removed at load | remapd, no trace running | trace running for another interface | trace running, every packet written | no trace running vs removed |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {noop:.1} | {without:.1} | {idle:.1} | {elsewhere:.1} | {on:.1} | {:+.1} ns ({:+.0}%) |",
+        idle - without,
+        (idle - without) / (without - noop) * 100.0
     );
 }
