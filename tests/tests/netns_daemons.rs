@@ -810,6 +810,29 @@ fn the_status_page_draws_the_peering_and_counts_live_in_a_browser() {
     let second = report(&format!("the counter never moved past {before}"));
     assert!(second["packets"].as_u64().unwrap() > before, "{second:#}");
     assert_eq!(second["problems"], json!([]), "{second:#}");
+    // The page's live trace shows the translation of a ping as it happens.
+    let third = report("the page's trace never started");
+    assert_eq!(third["trace"], "running", "{third:#}");
+    let (_, rx) = ping(&p.net.pod1, ip("30.0.0.1"), 3, "0.2");
+    assert!(rx >= 2, "ping 30.0.0.1: {rx}/3");
+    let fourth = report("the page's trace never showed the ping");
+    let rows: Vec<Vec<String>> = serde_json::from_value(fourth["rows"].clone()).unwrap();
+    let request = rows.iter().find(|r| r[2] == "egress");
+    let request = request.unwrap_or_else(|| panic!("no egress row: {rows:?}"));
+    assert_eq!(
+        request[1..],
+        [
+            name.as_str(),
+            "egress",
+            "icmp 8/0",
+            "40.0.0.1 → 30.0.0.1",
+            "40.0.0.1 → 40.0.0.1",
+            "translated",
+            "destination 30.0.0.0/24 → 40.0.0.0/24"
+        ],
+        "{rows:?}"
+    );
+    assert_eq!(fourth["problems"], json!([]), "{fourth:#}");
     let status = run.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }

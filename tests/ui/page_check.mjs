@@ -3,7 +3,9 @@
 // Prints one JSON line once the page shows PEERING (its drawing, texts and the
 // translated-packet counter), then waits until that counter changes on the live page
 // (the test sends traffic meanwhile) and prints a second line; exits non-zero with a
-// message when either does not happen within 60 s.
+// message when either does not happen within 60 s. Then starts the page's live trace of
+// PEERING's ICMP, prints a line once it runs, and prints the rows it shows once there
+// are two (the test pings meanwhile).
 import { chromium } from "playwright-core";
 
 const [url, peering] = process.argv.slice(2);
@@ -39,6 +41,25 @@ try {
     { timeout: 60000, polling: 250 },
   );
   console.log(JSON.stringify({ packets: Number(await counter.textContent()), problems }));
+  // The live trace of this peering's ICMP: started from the page, then (the test pings
+  // meanwhile) at least the request and its reply as rows.
+  await page.fill("#trace-peering", peering);
+  await page.selectOption("#trace-protocol", "icmp");
+  await page.click("#trace-start");
+  await page.waitForFunction(
+    () => document.getElementById("trace-status").textContent === "running",
+    null, { timeout: 60000, polling: 100 });
+  console.log(JSON.stringify({ trace: "running", problems }));
+  await page.waitForFunction(
+    () => document.querySelectorAll("#trace-rows tr").length >= 2,
+    null, { timeout: 60000, polling: 250 });
+  const rows = await page.$$eval("#trace-rows tr",
+    (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)));
+  await page.click("#trace-stop");
+  await page.waitForFunction(
+    () => document.getElementById("trace-status").textContent === "stopped",
+    null, { timeout: 10000, polling: 100 });
+  console.log(JSON.stringify({ rows, problems }));
 } catch (e) {
   console.error(String(e));
   code = 1;

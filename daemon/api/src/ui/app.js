@@ -153,5 +153,90 @@ document.getElementById("token-form").addEventListener("submit", (ev) => {
   refresh();
 });
 
+// The live trace: one streamed GET /v1/trace (NDJSON, read as it arrives, with the
+// token in a header), stopped with an AbortController.
+const MAX_ROWS = 200;
+let traceAbort = null;
+
+function endpoint(a) {
+  if (!a) return "—";
+  const port = (p) => (p === undefined ? "" : ":" + p);
+  return a.src + port(a.src_port) + " → " + a.dst + port(a.dst_port);
+}
+
+function traceRow(e) {
+  const rules = e.rules.map((r) => r.field + " " + (r.from || "?") + " → " + (r.to || "?")).join("; ");
+  const proto = e.icmp ? e.protocol + " " + e.icmp.type + "/" + e.icmp.code : e.protocol;
+  const verdict = e.verdict === "dropped" ? "dropped: " + e.reason : "translated";
+  const row = el("tr", { class: e.verdict === "dropped" ? "bad" : "" },
+    ...[e.time.slice(11, 23), e.peering || e.interface, e.direction, proto,
+      endpoint(e.before), endpoint(e.after), verdict, rules || "—"]
+      .map((t) => el("td", { class: "mono" }, t)));
+  const rows = document.getElementById("trace-rows");
+  rows.prepend(row);
+  while (rows.children.length > MAX_ROWS) rows.lastChild.remove();
+}
+
+function traceState(running, text) {
+  document.getElementById("trace-start").disabled = running;
+  document.getElementById("trace-stop").disabled = !running;
+  document.getElementById("trace-status").textContent = text;
+}
+
+async function startTrace() {
+  const query = new URLSearchParams({ duration: "10m", rate: "100" });
+  for (const f of ["peering", "prefix", "protocol", "verdict"]) {
+    const v = document.getElementById("trace-" + f).value.trim();
+    if (v) query.set(f, v);
+  }
+  const abort = new AbortController();
+  traceAbort = abort;
+  traceState(true, "starting");
+  let lost = 0;
+  try {
+    const headers = token ? { Authorization: "Bearer " + token } : {};
+    const r = await fetch("/v1/trace?" + query, { headers, signal: abort.signal, cache: "no-store" });
+    if (!r.ok) {
+      let detail = r.statusText;
+      try { detail = (await r.json()).detail || detail; } catch (_) { /* not JSON */ }
+      traceState(false, "refused: " + r.status + " " + detail);
+      return;
+    }
+    traceState(true, "running");
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      const lines = buffered.split("\n");
+      buffered = lines.pop();
+      for (const line of lines) {
+        if (!line) continue;
+        const item = JSON.parse(line);
+        if (item.type === "event") traceRow(item);
+        else if (item.type === "lost") {
+          lost += item.events;
+          traceState(true, "running · " + lost + " events not shown (" + item.cause + ")");
+        } else if (item.type === "end") {
+          traceState(false, "ended (" + item.reason + "): " + item.events + " events");
+          return;
+        }
+      }
+    }
+    traceState(false, "stopped");
+  } catch (e) {
+    traceState(false, abort.signal.aborted ? "stopped" : "failed: " + (e.message || e));
+  } finally {
+    if (traceAbort === abort) traceAbort = null;
+  }
+}
+
+document.getElementById("trace-start").addEventListener("click", startTrace);
+document.getElementById("trace-stop").addEventListener("click", () => {
+  if (traceAbort) traceAbort.abort();
+});
+
 refresh();
 setInterval(refresh, 2000);
