@@ -183,6 +183,16 @@ for POLICY in $STRATEGIES; do
   gw2 curl -sS "$API/v1/translate?address=40.0.0.1" | jq -r '.[] | "  gw2 translate 40.0.0.1 (\(.kind)): \(.translated), \(.meaning)"'
   gw1 curl -sS "$API/v1/explain?from=40.0.0.1&to=30.0.0.1" | jq -r '.[] | "  gw1 explain \(.request.sent.source) -> \(.request.sent.destination), via \(.interface) (\(.strategy)):", (.request.steps[] | "    \(.gateway) \(.kind): \(.detail)"), "    reply:", (.reply.steps[] | "    \(.gateway) \(.kind): \(.detail)")'
   gw2 curl -sS $API/metrics | grep '^remapd_rule_packets_total' | sed 's/^/  /'
+  # A live trace at gw2 (which rewrites in every strategy) while pod1 pings pod2 once:
+  # the request and the reply, each with its addresses before and after and the rules
+  # that fired. The trace has started when its response headers have arrived.
+  rm -f "$DEMO/trace.h"
+  gw2 curl -sSN -H "$AUTH" -D "$DEMO/trace.h" -o "$DEMO/trace.ndjson" "$API/v1/trace?protocol=icmp&count=2&duration=20s" &
+  TRACE_PID=$!
+  for _ in $(seq 100); do grep -q ' 200' "$DEMO/trace.h" 2>/dev/null && break; sleep 0.1; done
+  pod1 ping -c 1 -W 2 30.0.0.1 >/dev/null
+  wait $TRACE_PID
+  jq -r 'select(.type == "event") | "  gw2 trace \(.direction) \(.protocol): \(.before.src) -> \(.before.dst) became \(.after.src) -> \(.after.dst) (\(.rules | map("\(.field) \(.from) -> \(.to)") | join(", ")))"' "$DEMO/trace.ndjson"
   stop_servers
   if [[ $KEEP == 1 && $POLICY == "${STRATEGIES##* }" ]]; then break; fi
   gw1 curl -sS -X DELETE -H "$AUTH" -o /dev/null -w '  DELETE gw1 peering: %{http_code}\n' $API/v1/peerings/cluster-2
