@@ -63,6 +63,7 @@ pub fn leftovers(config: &Config) -> Vec<String> {
     let pinned = crate::dataplane::Dataplane::open_existing(&DataplaneConfig {
         pin_dir: f.pin_dir.clone(),
         attach_mode: f.attach_mode,
+        without_trace: false,
     })
     .and_then(|d| d.status());
     if let Ok(status) = pinned
@@ -140,6 +141,7 @@ pub fn kernel_reconciler(config: &Config, registry: Arc<PolicyRegistry>) -> Reco
     match crate::dataplane::trace::stop_orphaned_trace(&DataplaneConfig {
         pin_dir: f.pin_dir.clone(),
         attach_mode: f.attach_mode,
+        without_trace: false,
     }) {
         Ok(true) => info!("stopped a trace an earlier remapd left running"),
         Ok(false) => {}
@@ -150,6 +152,7 @@ pub fn kernel_reconciler(config: &Config, registry: Arc<PolicyRegistry>) -> Reco
         Box::new(KernelDataplane::new(DataplaneConfig {
             pin_dir: f.pin_dir.clone(),
             attach_mode: f.attach_mode,
+            without_trace: false,
         })),
         Box::new(NetlinkRoutes::new(f.route_table, f.rule_priority)),
         Box::new(WireGuardTunnels::new(WireGuardConfig {

@@ -274,6 +274,23 @@ impl Topology {
         })
     }
 
+    /// Opens gateway `gateway`'s dataplane with `config` (another build's programs, say)
+    /// and applies a plan, returning what the dataplane said.
+    pub fn try_apply_config(
+        &self,
+        gateway: u8,
+        plan: &GatewayPlan,
+        config: DataplaneConfig,
+    ) -> Result<(remapd::dataplane::ApplyReport, bool), remapd::dataplane::DataplaneError> {
+        let desired = self.desired(gateway, plan);
+        let ns = if gateway == 1 { &self.gw1 } else { &self.gw2 };
+        ns.in_ns(move || {
+            let mut dataplane = Dataplane::open(&config)?;
+            let upgraded = dataplane.upgraded();
+            Ok((dataplane.apply(&desired)?, upgraded))
+        })
+    }
+
     /// The dataplane status of a gateway.
     pub fn status(&self, gateway: u8) -> remapd::dataplane::DataplaneStatus {
         let config = self.dataplane_config(gateway);

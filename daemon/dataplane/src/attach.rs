@@ -165,7 +165,31 @@ impl Dataplane {
             source: Box::new(source),
         };
         if marker.exists() {
-            return Ok(false);
+            if !self.upgraded || self.swapped.contains(&(ifindex, direction)) {
+                return Ok(false);
+            }
+            // Another build's program runs in our filter: replace it in place (the same
+            // priority and handle; the kernel swaps the filter's program).
+            let program = self
+                .programs
+                .get_mut(name)
+                .ok_or_else(|| not_loaded(name))?;
+            let link = SchedClassifierLink::attached(
+                ifname,
+                tc_attach_type(direction),
+                NETLINK_PRIORITY,
+                NETLINK_HANDLE,
+                None,
+            )
+            .map_err(|e| DataplaneError::Link {
+                path: marker.clone(),
+                reason: format!("finding our filter on {ifname}: {e}"),
+            })?;
+            let link_id = program.attach_to_link(link).map_err(attach_err)?;
+            std::mem::forget(program.take_link(link_id).map_err(attach_err)?);
+            self.swapped.insert((ifindex, direction));
+            info!(interface = ifname, %direction, program = name, "moved to this build's program (netlink)");
+            return Ok(true);
         }
         // The clsact qdisc may already exist (ours or someone else's): that is fine.
         let _ = aya::programs::tc::qdisc_add_clsact(ifname);

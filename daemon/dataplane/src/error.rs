@@ -33,6 +33,20 @@ pub enum DataplaneError {
     /// Listing interfaces failed.
     #[error("listing interfaces: {0}")]
     ListInterfaces(#[source] nix::Error),
+    /// A map this binary's programs use has another layout than the one pinned under
+    /// the same layout version: replacing the programs would have them misread it.
+    /// Nothing was changed; the running programs keep running.
+    #[error(
+        "this remapd's eBPF map {map} is {embedded}, the pinned one is {pinned}: its layout changed without a new pin layout version and a migration, so the running programs were kept (nothing was changed); run the remapd that pinned them, or `remapd teardown` and start again"
+    )]
+    MapLayoutChanged {
+        /// The map.
+        map: &'static str,
+        /// Its definition in this binary.
+        embedded: String,
+        /// The pinned map's.
+        pinned: String,
+    },
     /// This binary carries no eBPF object.
     #[error(
         "this remapd binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with bpf-linker installed"

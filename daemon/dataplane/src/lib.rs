@@ -5,13 +5,17 @@
 //! Everything the kernel needs to keep forwarding lives in bpffs: maps, programs and TCX
 //! links. A daemon that stops (or is killed) leaves translation running; the next one
 //! adopts the pinned objects instead of loading new ones, so programs keep their ids,
-//! counters keep counting, and no packet sees a gap. Applying is idempotent: the same
-//! desired set applied twice writes nothing the second time.
+//! counters keep counting, and no packet sees a gap. A daemon of another build (its
+//! object's digest differs from the one recorded at `object-<digest>`) loads its own
+//! programs over the pinned maps, after checking every pinned map has the shape its
+//! programs expect, and moves each link to them atomically at its first apply. Applying
+//! is idempotent: the same desired set applied twice writes nothing the second time.
 //!
-//! Pin layout (`<pin_dir>/v3/`): `maps/<MAP>`, `progs/<program>`, `links/<ifindex>-<dir>`
-//! (TCX links), and for the netlink fallback empty marker directories
-//! `links/nl-<ifindex>-<dir>-<ifname>`. The `v2` component is the map schema version;
-//! a daemon that finds an older layout detaches and removes it when it loads its own.
+//! Pin layout (`<pin_dir>/v5/`): `maps/<MAP>`, `progs/<program>`, `links/<ifindex>-<dir>`
+//! (TCX links), for the netlink fallback empty marker directories
+//! `links/nl-<ifindex>-<dir>-<ifname>`, and `object-<digest>` (which build pinned the
+//! programs). The `v5` component is the map schema version; a daemon that finds an
+//! older layout detaches and removes it when it loads its own.
 //!
 //! By concern: this file opens/adopts the dataplane and applies a desired set to the
 //! maps; `load.rs` loads and pins (and retires older layouts); `attach.rs` attaches
@@ -113,6 +117,9 @@ pub struct DataplaneConfig {
     pub pin_dir: PathBuf,
     /// Attachment mechanism.
     pub attach_mode: AttachMode,
+    /// Load the programs with their trace code removed (tests and benchmarks: a build
+    /// whose programs differ from the daemon's). Always false in the daemon.
+    pub without_trace: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -120,6 +127,7 @@ impl Default for DataplaneConfig {
         Self {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             attach_mode: AttachMode::Auto,
+            without_trace: false,
         }
     }
 }
@@ -186,6 +194,11 @@ pub struct Dataplane {
     nr_cpus: usize,
     /// The slot of every hook this process configured (see `live_slots`).
     hook_slots: BTreeMap<(u32, Direction), u32>,
+    /// This handle loaded its programs over another build's (see [`Dataplane::open`]):
+    /// netlink filters are moved to them once each (TCX links by program id).
+    upgraded: bool,
+    /// Netlink hooks moved to this handle's programs since it opened.
+    swapped: BTreeSet<(u32, Direction)>,
 }
 
 impl Dataplane {
@@ -195,12 +208,29 @@ impl Dataplane {
     pub fn open(config: &DataplaneConfig) -> Result<Self, DataplaneError> {
         let started = std::time::Instant::now();
         let layout = PinLayout::new(&config.pin_dir);
-        let adopted = layout.is_complete();
-        if !adopted {
-            load_and_pin(&layout)?;
+        let trace = !config.without_trace;
+        let identity = load::object_identity(trace);
+        let complete = layout.is_complete();
+        // Programs of another build pinned under this layout: load ours over the same
+        // maps (refusing, with nothing changed, if a map's layout differs) and move the
+        // links to them at the next apply, atomically (`bpf_link_update` for TCX, an
+        // in-place filter replace for netlink), so no packet goes untranslated.
+        let upgrade = complete && layout.pinned_identity().as_deref() != Some(identity.as_str());
+        if upgrade {
+            load::check_map_layouts(&layout)?;
+            info!(
+                pinned = layout.pinned_identity().unwrap_or_default(),
+                this = %identity,
+                "another build's programs are pinned: replacing them, keeping the maps"
+            );
         }
+        if !complete || upgrade {
+            load_and_pin(&layout, trace)?;
+        }
+        let adopted = complete && !upgrade;
         let mut dataplane = Self::adopt(layout, config.attach_mode)?;
         dataplane.adopted = adopted;
+        dataplane.upgraded = upgrade;
         info!(
             pin_dir = %config.pin_dir.display(),
             adopted,
@@ -267,12 +297,20 @@ impl Dataplane {
             adopted: false,
             nr_cpus,
             hook_slots: BTreeMap::new(),
+            upgraded: false,
+            swapped: BTreeSet::new(),
         })
     }
 
     /// Whether this handle adopted pinned objects (true) or loaded them (false).
     pub fn adopted(&self) -> bool {
         self.adopted
+    }
+
+    /// Whether this handle replaced another build's pinned programs (see
+    /// [`Dataplane::open`]).
+    pub fn upgraded(&self) -> bool {
+        self.upgraded
     }
 
     /// Makes the kernel hold exactly `desired`: validates it, resolves interfaces in the

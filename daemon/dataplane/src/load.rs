@@ -5,6 +5,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use aya::maps::MapData;
 use aya::programs::SchedClassifier;
 use tracing::{debug, info, warn};
 
@@ -69,13 +70,123 @@ pub(crate) fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
     }
 }
 
+/// What identifies the programs a dataplane loads: a digest of this binary's eBPF object
+/// and the load-time variant. Recorded in `<layout>/object` by whoever pinned the
+/// programs; a different one means another build's programs run there.
+pub(crate) fn object_identity(trace: bool) -> String {
+    use sha2::Digest as _;
+    let digest = hex_digest(&sha2::Sha256::digest(EBPF_OBJECT));
+    if trace {
+        digest
+    } else {
+        format!("{digest}+without-trace")
+    }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Prefix of the directory recording the pinned programs' identity: bpffs holds only
+/// directories and pinned objects, so the identity is a directory name,
+/// `<layout>/object-<identity>`.
+const IDENTITY_PREFIX: &str = "object-";
+
+impl PinLayout {
+    /// The identity of the programs pinned here (`None`: not recorded).
+    pub(crate) fn pinned_identity(&self) -> Option<String> {
+        std::fs::read_dir(&self.root)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(IDENTITY_PREFIX))
+                    .map(str::to_owned)
+            })
+            .next()
+    }
+
+    pub(crate) fn record_identity(&self, identity: &str) -> Result<(), DataplaneError> {
+        if let Some(old) = self.pinned_identity() {
+            let path = self.root.join(format!("{IDENTITY_PREFIX}{old}"));
+            std::fs::remove_dir(&path).map_err(pin_dir_err(&path))?;
+        }
+        let path = self.root.join(format!("{IDENTITY_PREFIX}{identity}"));
+        std::fs::create_dir(&path).map_err(pin_dir_err(&path))
+    }
+}
+
+/// One map's definition, as the kernel and the object describe it.
+#[derive(Debug, PartialEq, Eq)]
+struct MapShape {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {} key {} B value {} B max {} flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
+
+/// Refuses (changing nothing) when a pinned map's definition differs from the one this
+/// binary's programs expect. Maps not pinned yet are fine: they are created.
+pub(crate) fn check_map_layouts(layout: &PinLayout) -> Result<(), DataplaneError> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| DataplaneError::BadObject(e.to_string()))?;
+    for name in MAPS {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(def) = object.maps.get(name) else {
+            continue;
+        };
+        let embedded = MapShape {
+            map_type: def.map_type(),
+            key_size: def.key_size(),
+            value_size: def.value_size(),
+            max_entries: def.max_entries(),
+            flags: def.map_flags(),
+        };
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(map_err(name))?;
+        let pinned = MapShape {
+            map_type: info.map_type().map_err(map_err(name))? as u32,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        };
+        if pinned != embedded {
+            return Err(DataplaneError::MapLayoutChanged {
+                map: name,
+                embedded: embedded.to_string(),
+                pinned: pinned.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Whether this binary carries its eBPF object (not built with `AYA_BUILD_SKIP`).
 pub fn object_embedded() -> bool {
     !EBPF_OBJECT.is_empty()
 }
 
-/// Loads the embedded object, reusing pinned maps when present, and pins the programs.
-pub(crate) fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
+/// Loads the embedded object, reusing pinned maps when present, and pins the programs
+/// (replacing the pins of programs another build left: links keep running those until
+/// they are moved to these) and records their identity.
+pub(crate) fn load_and_pin(layout: &PinLayout, trace: bool) -> Result<(), DataplaneError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DataplaneError::ObjectMissing);
     }
@@ -83,7 +194,7 @@ pub(crate) fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
         std::fs::create_dir_all(dir).map_err(pin_dir_err(dir))?;
     }
     let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, layout.map(m))).collect();
-    let mut ebpf = load_production(&pins)?;
+    let mut ebpf = load_production_with(&pins, trace)?;
     for (_, _, name) in ATTACHABLE {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -98,7 +209,7 @@ pub(crate) fn load_and_pin(layout: &PinLayout) -> Result<(), DataplaneError> {
             reason: e.to_string(),
         })?;
     }
-    Ok(())
+    layout.record_identity(&object_identity(trace))
 }
 
 /// Removes the pins of older layout versions under the same pin directory: their

@@ -120,6 +120,7 @@ fn reconciler(registry: Arc<PolicyRegistry>, pin_dir: &std::path::Path) -> Recon
         Box::new(SharedLoopback(KernelDataplane::new(DataplaneConfig {
             pin_dir: pin_dir.to_owned(),
             attach_mode: AttachMode::Auto,
+            without_trace: false,
         }))),
         Box::new(FakeRoutes::default()),
         Box::new(FakeTunnels::default()),
