@@ -1142,14 +1142,9 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
         "a refused trace leaves the kernel as it was"
     );
 
-    // No dataplane to trace: 503, never an empty 200.
+    // No dataplane loaded yet: 409 saying why, never an empty 200.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     fake.make_unavailable("not loaded");
     let r = call(&app, "GET", "/v1/trace", None, None).await;
-    assert_problem(
-        &r,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "tracing is not available",
-        None,
-    );
+    assert_problem(&r, StatusCode::CONFLICT, "nothing to trace", None);
 }

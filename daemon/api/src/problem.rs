@@ -226,6 +226,7 @@ impl From<EngineError> for Problem {
                 "No path through a peering",
                 detail,
             ),
+            EngineError::NothingToTrace(_) => Self::conflict(detail),
             EngineError::TraceUnavailable(_) => Self::unavailable(detail),
             EngineError::TooManyTraces(_) => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,

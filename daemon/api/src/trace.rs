@@ -161,8 +161,9 @@ fn query(p: TraceParams) -> Result<TraceQuery, Problem> {
             )),
         (status = 400, description = "A filter or limit is malformed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such peering", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No dataplane is loaded yet (no peering has needed one): nothing to trace", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "As many traces as may run at once are running", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The dataplane is not loaded, so there is nothing to trace", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The dataplane's trace maps cannot be used", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn trace(
     State(state): State<AppState>,

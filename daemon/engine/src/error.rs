@@ -62,7 +62,12 @@ pub enum EngineError {
     /// An explained path goes through no peering, or through more than one answer holds.
     #[error(transparent)]
     Explain(remapd_model::explain::ExplainError),
-    /// A trace cannot run: the dataplane is not loaded, or its trace maps are not there.
+    /// Nothing to trace: no dataplane is loaded yet (no peering has needed one).
+    #[error(
+        "nothing to trace: no dataplane is loaded yet (it loads with the first peering that needs translation or a border): {0}"
+    )]
+    NothingToTrace(String),
+    /// A trace cannot run: the dataplane's trace maps cannot be used.
     #[error("tracing is not available: {0}")]
     TraceUnavailable(String),
     /// As many traces as may run at once are running.

@@ -19,8 +19,8 @@ use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use remapd_dataplane::DataplaneStatusReader;
 use remapd_dataplane::trace::{KernelTraceFilter, TraceEvent, TraceSource, TraceTap};
+use remapd_dataplane::{DataplaneError, DataplaneStatusReader};
 
 use crate::daemon::Snapshot;
 use crate::error::EngineError;
@@ -192,10 +192,10 @@ impl Tracer {
         let (tap, new_tap) = match &hub.tap {
             Some(tap) => (tap.clone(), false),
             None => {
-                let tap = self
-                    .source
-                    .open()
-                    .map_err(|e| EngineError::TraceUnavailable(e.to_string()))?;
+                let tap = self.source.open().map_err(|e| match e {
+                    DataplaneError::NotPinned { .. } => EngineError::NothingToTrace(e.to_string()),
+                    e => EngineError::TraceUnavailable(e.to_string()),
+                })?;
                 (Arc::new(Mutex::new(tap)), true)
             }
         };

@@ -258,6 +258,6 @@ async fn refusals_name_the_reason() {
     fake.make_unavailable("not loaded");
     assert!(matches!(
         tracer.start(TraceQuery::default()),
-        Err(EngineError::TraceUnavailable(_))
+        Err(EngineError::NothingToTrace(_))
     ));
 }
