@@ -43,6 +43,7 @@ pub struct BpfHarness {
 }
 
 /// Result of one run.
+#[derive(Debug)]
 pub struct Run {
     /// Program return value.
     pub verdict: u32,
@@ -291,6 +292,82 @@ impl BpfHarness {
             packet: out,
             duration_ns: result.duration.as_nanos(),
         }
+    }
+
+    /// Runs `program` once on `packet` as a CHECKSUM_COMPLETE skb: the kernel seeds
+    /// `skb->csum` from the packet and, after the run, fails it with `EBADMSG` when
+    /// `skb->csum` no longer matches the packet's bytes (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`,
+    /// which aya's test-run options cannot set; hence the raw `BPF_PROG_TEST_RUN`).
+    pub fn run_checksum_complete(
+        &mut self,
+        program: &str,
+        packet: &[u8],
+    ) -> Result<Run, std::io::Error> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+        let object = if self.ebpf.program(program).is_some() {
+            &self.ebpf
+        } else {
+            &self.bench
+        };
+        let prog: &SchedClassifier = object
+            .program(program)
+            .unwrap_or_else(|| panic!("program {program} missing"))
+            .try_into()
+            .expect("classifier");
+        let fd = prog.fd().expect("loaded").as_fd().as_raw_fd();
+        let mut out = vec![0u8; packet.len() + 256];
+        // `union bpf_attr`'s `test` member, as the kernel lays it out.
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestAttr {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            _pad: u32,
+        }
+        let mut attr = TestAttr {
+            prog_fd: fd as u32,
+            data_size_in: packet.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+            ..TestAttr::default()
+        };
+        // SAFETY: `attr` is a valid, fully initialised `bpf_attr` prefix whose pointers
+        // refer to live buffers of the sizes given; the kernel writes only within them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestAttr,
+                std::mem::size_of::<TestAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        out.truncate(attr.data_size_out as usize);
+        Ok(Run {
+            verdict: attr.retval,
+            packet: out,
+            duration_ns: u128::from(attr.duration),
+        })
     }
 
     /// Sets a rule of the bench reference program: destination `from` becomes `to`.
