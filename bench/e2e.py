@@ -10,6 +10,8 @@ veth link between the gateways and (b) a WireGuard tunnel (wireguard-go) over it
              the link, NETMAP in nat PREROUTING (gw1) / POSTROUTING (gw2), connmark
              and fwmark to route gw2's replies back into the link
   nftables   the same with nftables prefix NAT (dnat/snat ip prefix to)
+  split-agent  (WireGuard only, on request) split's rules and borders put by
+             dataplane-agent on tunnels started like plain's: no daemons
 
 For each: TCP throughput (1 and 4 streams), 64-byte UDP packets/s delivered and loss,
 ping latency (median, p99), CPU busy during the 1-stream TCP run. iperf3 client and
@@ -37,6 +39,8 @@ AGENT = os.path.join(ROOT, "target/release/dataplane-agent")
 REMAPD = os.path.join(ROOT, "target/release/remapd")
 RUNS = int(os.environ.get("RUNS", "5"))
 DUR = int(os.environ.get("DUR", "10"))
+# INTERLEAVE=1: rounds of every configuration in turn, paired ratios (see interleaved()).
+INTERLEAVE = os.environ.get("INTERLEAVE", "0") == "1"
 SCRATCH = "/tmp/rmb-e2e"
 PROCS = []
 
@@ -125,7 +129,9 @@ def daemons(policy):
     """Two remapd daemons, configured over HTTP: clusters, then the peering set up by
     piping each side's exports into the other."""
     os.makedirs(SCRATCH, exist_ok=True)
-    with open(f"{SCRATCH}/token", "w") as f:
+    # The daemon refuses a token file others can read.
+    fd = os.open(f"{SCRATCH}/token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
         f.write(TOKEN)
     for side in (1, 2):
         gw = f"gw{side}"
@@ -175,6 +181,7 @@ def build(link, cfg):
     allowed = {
         "plain": ("50.0.0.0/24", "40.0.0.0/24"),
         "split": ("40.0.0.0/24", "40.0.0.0/24"),
+        "split-agent": ("40.0.0.0/24", "40.0.0.0/24"),
         "both-on-2": ("30.0.0.0/24", "40.0.0.0/24"),
         "iptables": ("40.0.0.0/24", "40.0.0.0/24"),
         "nftables": ("40.0.0.0/24", "40.0.0.0/24"),
@@ -182,6 +189,11 @@ def build(link, cfg):
     if link == "wg" and cfg in ("split", "both-on-2"):
         daemons(cfg)
         return "30.0.0.1"
+    # split-agent: over WireGuard, the split rules and borders put on the bench's own
+    # wireguard-go tunnels by dataplane-agent (no daemons): tells what the programs
+    # cost from what the daemons and the tunnels they start cost.
+    if cfg == "split-agent":
+        cfg = "split"
     if link == "wg":
         keys = {}
         for side in (1, 2):
@@ -283,7 +295,7 @@ def measure(target):
     if r.returncode != 0:
         sh(f"{ns('pod1')} ping -c 5 -i 0.2 -W 2 {target}")
     res = {"tcp1": [], "tcp4": [], "udp_pps": [], "udp_loss": [], "cpu": [], "p50": [], "p99": []}
-    for _ in range(RUNS):
+    for _ in range(1 if INTERLEAVE else RUNS):
         t0, i0 = cpu_times()
         j = iperf(target, "", port)
         t1, i1 = cpu_times()
@@ -300,10 +312,47 @@ def measure(target):
         rtts = sorted(float(x) for x in re.findall(r"time=([0-9.]+) ms", out))
         res["p50"].append(1000 * rtts[len(rtts) // 2])
         res["p99"].append(1000 * rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))])
+    if INTERLEAVE:
+        return {k: v[0] for k, v in res.items()}
     out = {k: statistics.median(v) for k, v in res.items()}
     for k in ("tcp1", "tcp4", "udp_pps"):
         out[k + "_range"] = (min(res[k]), max(res[k]))
     return out
+
+
+def interleaved(links, configs):
+    """RUNS rounds; in each, every configuration is built, measured once and torn down,
+    in turn, so slow drift of the machine (other guests, thermal state) hits every
+    configuration alike. Each remapd figure is compared with plain routing of the same
+    round; the table gives the median of those paired ratios and their spread."""
+    rounds = []
+    for n in range(RUNS):
+        got = {}
+        for link in links:
+            for cfg in configs:
+                cleanup()
+                try:
+                    got[(link, cfg)] = measure(build(link, cfg))
+                    print(f"round {n + 1}: {link} {cfg}: {got[(link, cfg)]}", file=sys.stderr)
+                finally:
+                    cleanup()
+        rounds.append(got)
+    keys = [("tcp1", "TCP 1 stream", 1.0, "Gbit/s"), ("tcp4", "TCP 4 streams", 1.0, "Gbit/s"),
+            ("udp_pps", "UDP 64 B delivered", 1000.0, "kpps")]
+    print("| link | configuration | " + " | ".join(f"{t} (median) | paired ratio, median (min–max)" for _, t, _, _ in keys) + " |")
+    print("|---|---|" + "---:|---:|" * len(keys))
+    for link in links:
+        for cfg in configs:
+            cells = []
+            for k, _, scale, unit in keys:
+                vals = [r[(link, cfg)][k] for r in rounds]
+                ratios = [100 * r[(link, cfg)][k] / r[(link, "plain")][k] for r in rounds if r[(link, "plain")][k]]
+                cells.append(f"{statistics.median(vals) / scale:.2f} {unit}")
+                cells.append(f"{statistics.median(ratios):.0f}% ({min(ratios):.0f}–{max(ratios):.0f}%)")
+            print(f"| {link} | {cfg} | " + " | ".join(cells) + " |")
+    print()
+    print(f"{RUNS} rounds of {DUR} s runs, configurations interleaved within each round; each ratio compares "
+          "a configuration with plain routing of the same round. iperf3 server pinned to CPU 0, client to CPU 1.")
 
 
 def main():
@@ -312,6 +361,8 @@ def main():
             sys.exit(f"{binary} missing: cargo build --release -p remapd -p remapd-tests")
     configs = os.environ.get("CONFIGS", "plain split both-on-2 iptables nftables").split()
     links = os.environ.get("LINKS", "veth wg").split()
+    if INTERLEAVE:
+        return interleaved(links, configs)
     results = {}
     for link in links:
         for cfg in configs:

@@ -1005,6 +1005,7 @@ fn traced_tcp() -> remapd::dataplane::trace::TraceEvent {
         protocol: 6,
         verdict: remapd_common::TRACE_TRANSLATED as u8,
         flags: remapd_common::TRACE_FLAG_IPV4,
+        time_ns: remapd::dataplane::trace::monotonic_now_ns(),
         ..Default::default()
     }
 }
@@ -1012,6 +1013,9 @@ fn traced_tcp() -> remapd::dataplane::trace::TraceEvent {
 #[tokio::test]
 async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters() {
     let app = app("trace");
+    // Other reads are open on loopback; a trace needs the token.
+    let r = call(&app, "GET", "/v1/trace?count=1", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     // Once the trace has started (the kernel side is on), packets arrive.
     let fake = app.dataplane.trace.clone();
     let feed = |n: usize| {
@@ -1029,7 +1033,14 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
         })
     };
     let feeder = feed(3);
-    let r = call(&app, "GET", "/v1/trace?count=2&protocol=tcp", None, None).await;
+    let r = call(
+        &app,
+        "GET",
+        "/v1/trace?count=2&protocol=tcp",
+        None,
+        Some(TOKEN),
+    )
+    .await;
     feeder.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.content_type, "application/x-ndjson");
@@ -1071,7 +1082,7 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
     assert!(text.contains("event: end\ndata: {"), "{text}");
 
     // A trace that sees nothing ends at its duration.
-    let r = call(&app, "GET", "/v1/trace?duration=200ms", None, None).await;
+    let r = call(&app, "GET", "/v1/trace?duration=200ms", None, Some(TOKEN)).await;
     assert_eq!(r.status, StatusCode::OK);
     // One line: the reply reads as one JSON object.
     let end = &r.body;
@@ -1096,7 +1107,13 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
         (
             "protocol=gre9",
             StatusCode::BAD_REQUEST,
-            "not a protocol",
+            "not an IPv4 protocol",
+            Some("/query/protocol"),
+        ),
+        (
+            "protocol=0",
+            StatusCode::BAD_REQUEST,
+            "not an IPv4 protocol",
             Some("/query/protocol"),
         ),
         (
@@ -1131,10 +1148,17 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
         ),
         ("peering=nope", StatusCode::NOT_FOUND, "no peering", None),
     ] {
-        let r = call(&app, "GET", &format!("/v1/trace?{query}"), None, None).await;
+        let r = call(
+            &app,
+            "GET",
+            &format!("/v1/trace?{query}"),
+            None,
+            Some(TOKEN),
+        )
+        .await;
         assert_problem(&r, status, text, at);
     }
-    let r = call(&app, "GET", "/v1/trace?verdict=maybe", None, None).await;
+    let r = call(&app, "GET", "/v1/trace?verdict=maybe", None, Some(TOKEN)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     assert_eq!(
         fake.control(),
@@ -1145,6 +1169,6 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
     // No dataplane loaded yet: 409 saying why, never an empty 200.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     fake.make_unavailable("not loaded");
-    let r = call(&app, "GET", "/v1/trace", None, None).await;
+    let r = call(&app, "GET", "/v1/trace", None, Some(TOKEN)).await;
     assert_problem(&r, StatusCode::CONFLICT, "nothing to trace", None);
 }

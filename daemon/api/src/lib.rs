@@ -239,16 +239,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Bearer token check: mutating methods always need it (when a token is configured,
-/// which it must be off loopback); reads need it on a non-loopback listener. Health
-/// and readiness probes are always open.
+/// Bearer token check: mutating methods and `/v1/trace` always need it (when a token is
+/// configured, which it must be off loopback); other reads need it on a non-loopback
+/// listener. Health and readiness probes are always open.
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     // The probes, and the status page's static files (its data comes from API calls
     // that carry the token).
     let open = path == "/healthz" || path == "/readyz" || ui::is_ui_path(path);
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let needs = !open && (mutating || state.token_for_reads);
+    // A trace shows every translated packet's addresses and makes the programs do
+    // work per packet: it needs the token wherever one is configured, like a change.
+    let trace = path == "/v1/trace";
+    let needs = !open && (mutating || trace || state.token_for_reads);
     if let (true, Some(token)) = (needs, state.token.as_deref()) {
         let presented = req
             .headers()

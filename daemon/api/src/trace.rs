@@ -97,9 +97,9 @@ fn query(p: TraceParams) -> Result<TraceQuery, Problem> {
         .protocol
         .as_deref()
         .map(|text| {
-            protocol_number(text).ok_or_else(|| {
+            protocol_number(text).filter(|p| *p != 0).ok_or_else(|| {
                 Problem::bad_request(format!(
-                    "{text:?} is not a protocol: tcp, udp, icmp, udplite, dccp, or a number 0-255"
+                    "{text:?} is not an IPv4 protocol: tcp, udp, icmp, udplite, dccp, or a number 1-255"
                 ))
                 .at("/query/protocol")
             })

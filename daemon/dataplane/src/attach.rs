@@ -170,26 +170,18 @@ impl Dataplane {
             }
             // Another build's program runs in our filter: replace it in place (the same
             // priority and handle; the kernel swaps the filter's program).
-            let program = self
-                .programs
-                .get_mut(name)
-                .ok_or_else(|| not_loaded(name))?;
-            let link = SchedClassifierLink::attached(
-                ifname,
-                tc_attach_type(direction),
-                NETLINK_PRIORITY,
-                NETLINK_HANDLE,
-                None,
-            )
-            .map_err(|e| DataplaneError::Link {
-                path: marker.clone(),
-                reason: format!("finding our filter on {ifname}: {e}"),
-            })?;
-            let link_id = program.attach_to_link(link).map_err(attach_err)?;
-            std::mem::forget(program.take_link(link_id).map_err(attach_err)?);
-            self.swapped.insert((ifindex, direction));
-            info!(interface = ifname, %direction, program = name, "moved to this build's program (netlink)");
-            return Ok(true);
+            match self.swap_netlink(name, ifname, direction) {
+                Ok(()) => {
+                    self.swapped.insert((ifindex, direction));
+                    info!(interface = ifname, %direction, program = name, "moved to this build's program (netlink)");
+                    return Ok(true);
+                }
+                Err(e) => {
+                    // Our filter is gone (the qdisc was removed, say): attach anew.
+                    warn!(interface = ifname, %direction, error = %e, "our filter is gone; attaching anew");
+                    std::fs::remove_dir(&marker).map_err(pin_dir_err(&marker))?;
+                }
+            }
         }
         // The clsact qdisc may already exist (ours or someone else's): that is fine.
         let _ = aya::programs::tc::qdisc_add_clsact(ifname);
@@ -216,6 +208,38 @@ impl Dataplane {
         std::fs::create_dir_all(&marker).map_err(pin_dir_err(&marker))?;
         info!(interface = ifname, %direction, program = name, "attached (netlink)");
         Ok(true)
+    }
+
+    /// Puts program `name` into our existing netlink filter on `ifname`, in place.
+    fn swap_netlink(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        direction: Direction,
+    ) -> Result<(), String> {
+        let program = self
+            .programs
+            .get_mut(name)
+            .ok_or_else(|| format!("program {name} not loaded"))?;
+        let link = SchedClassifierLink::attached(
+            ifname,
+            tc_attach_type(direction),
+            NETLINK_PRIORITY,
+            NETLINK_HANDLE,
+            None,
+        )
+        .map_err(|e| format!("finding our filter: {e}"))?;
+        let link_id = program
+            .attach_to_link(link)
+            .map_err(|e| format!("replacing its program: {e}"))?;
+        // A netlink filter outlives the process by itself; dropping the handle would
+        // detach it.
+        std::mem::forget(
+            program
+                .take_link(link_id)
+                .map_err(|e| format!("taking the link: {e}"))?,
+        );
+        Ok(())
     }
 
     /// Detaches every managed attachment whose (ifindex, direction) is not in `keep`.

@@ -199,6 +199,10 @@ pub struct Dataplane {
     upgraded: bool,
     /// Netlink hooks moved to this handle's programs since it opened.
     swapped: BTreeSet<(u32, Direction)>,
+    /// The identity of the programs this handle loaded, recorded under the pin
+    /// directory once an apply has put them on every link (until then a restart
+    /// loads and moves them again).
+    pending_identity: Option<String>,
 }
 
 impl Dataplane {
@@ -216,8 +220,11 @@ impl Dataplane {
         // links to them at the next apply, atomically (`bpf_link_update` for TCX, an
         // in-place filter replace for netlink), so no packet goes untranslated.
         let upgrade = complete && layout.pinned_identity().as_deref() != Some(identity.as_str());
-        if upgrade {
+        if !complete || upgrade {
+            // Whatever maps are pinned (all of them, or what a crash left) must fit.
             load::check_map_layouts(&layout)?;
+        }
+        if upgrade {
             info!(
                 pinned = layout.pinned_identity().unwrap_or_default(),
                 this = %identity,
@@ -231,6 +238,8 @@ impl Dataplane {
         let mut dataplane = Self::adopt(layout, config.attach_mode)?;
         dataplane.adopted = adopted;
         dataplane.upgraded = upgrade;
+        // Recorded after the first apply has moved every link to these programs.
+        dataplane.pending_identity = (!adopted).then_some(identity);
         info!(
             pin_dir = %config.pin_dir.display(),
             adopted,
@@ -299,6 +308,7 @@ impl Dataplane {
             hook_slots: BTreeMap::new(),
             upgraded: false,
             swapped: BTreeSet::new(),
+            pending_identity: None,
         })
     }
 
@@ -474,6 +484,13 @@ impl Dataplane {
 
         let keep: BTreeSet<(u32, Direction)> = hooks.keys().copied().collect();
         report.detached = self.detach_except(&keep)?;
+        // Every managed link now runs this handle's programs.
+        if let Some(identity) = self.pending_identity.take()
+            && let Err(e) = self.layout.record_identity(&identity)
+        {
+            // Not fatal: a restart then loads and moves the programs again.
+            tracing::warn!(error = %e, "recording which build's programs are pinned");
+        }
         if report.is_noop() {
             debug!(rules = report.unchanged, "dataplane already as desired");
         } else {

@@ -107,11 +107,19 @@ impl PinLayout {
             .next()
     }
 
-    pub(crate) fn record_identity(&self, identity: &str) -> Result<(), DataplaneError> {
-        if let Some(old) = self.pinned_identity() {
+    /// Forgets which build pinned the programs: done before any program pin is
+    /// replaced, so a crash half-way leaves no identity and the next start loads again.
+    pub(crate) fn clear_identity(&self) -> Result<(), DataplaneError> {
+        while let Some(old) = self.pinned_identity() {
             let path = self.root.join(format!("{IDENTITY_PREFIX}{old}"));
             std::fs::remove_dir(&path).map_err(pin_dir_err(&path))?;
         }
+        Ok(())
+    }
+
+    /// Records which build's programs run here: after every link runs them.
+    pub(crate) fn record_identity(&self, identity: &str) -> Result<(), DataplaneError> {
+        self.clear_identity()?;
         let path = self.root.join(format!("{IDENTITY_PREFIX}{identity}"));
         std::fs::create_dir(&path).map_err(pin_dir_err(&path))
     }
@@ -185,7 +193,9 @@ pub fn object_embedded() -> bool {
 
 /// Loads the embedded object, reusing pinned maps when present, and pins the programs
 /// (replacing the pins of programs another build left: links keep running those until
-/// they are moved to these) and records their identity.
+/// they are moved to these). The identity of what is pinned is forgotten first; the
+/// dataplane records it again once an apply has moved every link
+/// (see `Dataplane::apply`).
 pub(crate) fn load_and_pin(layout: &PinLayout, trace: bool) -> Result<(), DataplaneError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DataplaneError::ObjectMissing);
@@ -193,6 +203,7 @@ pub(crate) fn load_and_pin(layout: &PinLayout, trace: bool) -> Result<(), Datapl
     for dir in [&layout.maps, &layout.progs, &layout.links] {
         std::fs::create_dir_all(dir).map_err(pin_dir_err(dir))?;
     }
+    layout.clear_identity()?;
     let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, layout.map(m))).collect();
     let mut ebpf = load_production_with(&pins, trace)?;
     for (_, _, name) in ATTACHABLE {
@@ -209,7 +220,7 @@ pub(crate) fn load_and_pin(layout: &PinLayout, trace: bool) -> Result<(), Datapl
             reason: e.to_string(),
         })?;
     }
-    layout.record_identity(&object_identity(trace))
+    Ok(())
 }
 
 /// Removes the pins of older layout versions under the same pin directory: their

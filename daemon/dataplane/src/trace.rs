@@ -280,11 +280,19 @@ impl TraceTap for FakeTrace {
     }
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of `bpf_ktime_get_ns` (0 if unreadable).
+pub fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 /// Nanoseconds since the Unix epoch for a `bpf_ktime_get_ns` value (CLOCK_MONOTONIC).
 pub fn monotonic_to_unix_ns(ktime_ns: u64) -> u64 {
-    let now_mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(ktime_ns);
+    let now_mono = match monotonic_now_ns() {
+        0 => ktime_ns,
+        now => now,
+    };
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -180,6 +180,9 @@ fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
             (TC_ACT_SHOT, reason, 0)
         }
     };
+    // A trace that started while this packet was handled reports it with no
+    // addresses before (0.0.0.0 both; user space shows them as unknown). Checking a
+    // flag here instead would have the verifier walk `handle` once per value of it.
     trace::record::<L2>(
         ctx, ifindex, direction, action, reason, outcome, before, &seen,
     );
@@ -438,8 +441,8 @@ fn handle<const L2: bool>(
             .map_err(|_| drop_reason::HELPER_FAILED)?;
     }
     if quoted.active() {
-        seen.flags = remapd_common::TRACE_FLAG_QUOTE;
         icmp::write_quoted(ctx, l4, &quoted).map_err(|_| drop_reason::HELPER_FAILED)?;
+        seen.flags = remapd_common::TRACE_FLAG_QUOTE;
     }
     // One count per packet per rule: an ICMP error's outer and quoted rewrite often
     // use the same rule.

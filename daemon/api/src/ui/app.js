@@ -197,6 +197,8 @@ async function startTrace() {
     const headers = token ? { Authorization: "Bearer " + token } : {};
     const r = await fetch("/v1/trace?" + query, { headers, signal: abort.signal, cache: "no-store" });
     if (!r.ok) {
+      // A trace needs the token even where other reads do not.
+      if (r.status === 401) document.getElementById("token-form").hidden = false;
       let detail = r.statusText;
       try { detail = (await r.json()).detail || detail; } catch (_) { /* not JSON */ }
       traceState(false, "refused: " + r.status + " " + detail);

@@ -123,6 +123,7 @@ impl Decoder {
             src_port: port(e.src_port),
             dst_port: port(e.dst_port),
         };
+        let direction = Direction::from_wire(e.direction).unwrap_or(Direction::Ingress);
         let rules = [
             (e.src_rule, AddressField::Source),
             (e.dst_rule, AddressField::Destination),
@@ -130,7 +131,10 @@ impl Decoder {
         .into_iter()
         .filter(|(id, _)| *id != NO_RULE)
         .map(|(id, field)| {
-            let rule = self.rules.get(&id).filter(|r| r.field == field);
+            // A slot the rules reused since the packet names another rule.
+            let rule = self.rules.get(&id).filter(|r| {
+                r.field == field && r.direction == direction && r.interface == interface
+            });
             FiredRule {
                 id,
                 field,
@@ -143,13 +147,14 @@ impl Decoder {
             time: rfc3339(monotonic_to_unix_ns(e.time_ns)),
             peering: self.peerings.get(&interface).cloned(),
             interface,
-            direction: Direction::from_wire(e.direction).unwrap_or(Direction::Ingress),
+            direction,
             protocol: if ipv4 {
                 protocol_name(e.protocol)
             } else {
                 "other".into()
             },
             protocol_number: if ipv4 { e.protocol } else { 0 },
+            ktime_ns: e.time_ns,
             verdict: if dropped {
                 TraceVerdict::Dropped
             } else {
@@ -160,7 +165,10 @@ impl Decoder {
                     .get(usize::from(e.reason))
                     .map_or_else(|| format!("reason_{}", e.reason), |n| (*n).to_owned())
             }),
-            before: ipv4.then(|| addresses(e.src_before, e.dst_before)),
+            // Both zero: the trace started while the program handled this packet,
+            // after it would have read them (see the programs' `run`).
+            before: (ipv4 && (e.src_before, e.dst_before) != (0, 0))
+                .then(|| addresses(e.src_before, e.dst_before)),
             after: (ipv4 && !dropped).then(|| addresses(e.src_after, e.dst_after)),
             icmp: icmp.then(|| {
                 let icmp_type = (e.src_port >> 8) as u8;

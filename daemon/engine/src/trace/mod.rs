@@ -131,6 +131,8 @@ struct Hub {
 }
 
 struct Subscriber {
+    /// CLOCK_MONOTONIC when the trace started: earlier events are not its own.
+    started_ktime: u64,
     query: TraceQuery,
     kernel: KernelTraceFilter,
     /// Whether the kernel already samples for this trace (it is the only one).
@@ -173,9 +175,9 @@ impl Tracer {
                     .get(name)
                     .map(|o| o.interface.clone())
                     .unwrap_or_default();
-                // A peering whose tunnel does not exist (yet) has nothing to trace; the
-                // trace still runs and shows its packets once it does.
-                Some(nix::net::if_::if_nametoindex(interface.as_str()).unwrap_or(u32::MAX))
+                // A peering whose tunnel does not exist (yet): no interface filter in
+                // the kernel, so its packets show (filtered here by name) once it does.
+                nix::net::if_::if_nametoindex(interface.as_str()).ok()
             }
         };
         let kernel = KernelTraceFilter {
@@ -196,6 +198,11 @@ impl Tracer {
                     DataplaneError::NotPinned { .. } => EngineError::NothingToTrace(e.to_string()),
                     e => EngineError::TraceUnavailable(e.to_string()),
                 })?;
+                let mut tap = tap;
+                // Events left in the buffer by an earlier trace (or a killed process)
+                // are not this trace's.
+                let mut stale = Vec::new();
+                tap.drain(&mut stale, usize::MAX);
                 (Arc::new(Mutex::new(tap)), true)
             }
         };
@@ -207,6 +214,7 @@ impl Tracer {
         hub.traces.insert(
             id,
             Subscriber {
+                started_ktime: remapd_dataplane::trace::monotonic_now_ns(),
                 query: query.clone(),
                 kernel,
                 kernel_samples: false,
@@ -268,12 +276,14 @@ fn set_kernel_filter(
     tap: &Arc<Mutex<Box<dyn TraceTap>>>,
 ) -> Result<(), EngineError> {
     let filters: Vec<KernelTraceFilter> = hub.traces.values().map(|s| s.kernel.clone()).collect();
-    let only = filters.len() == 1;
+    let filter = (!filters.is_empty()).then(|| KernelTraceFilter::union(&filters));
+    // The kernel samples for every trace when they all ask the same rate (the union
+    // keeps it then); otherwise it passes everything and each trace samples here.
+    let kernel_sample = filter.as_ref().map_or(1, |f| f.sample);
     for sub in hub.traces.values_mut() {
-        sub.kernel_samples = only;
+        sub.kernel_samples = kernel_sample > 1;
     }
     let mut tap = tap.lock().map_err(poisoned)?;
-    let filter = (!filters.is_empty()).then(|| KernelTraceFilter::union(&filters));
     tap.set(filter.as_ref())
         .map_err(|e| EngineError::TraceUnavailable(e.to_string()))
 }
@@ -416,7 +426,7 @@ fn deliver(sub: &mut Subscriber, records: &[TraceRecord], buffer_lost: u64, now:
     let mut lost = [buffer_lost, 0, 0];
     let mut done = false;
     for record in records {
-        if !sub.query.wants(record) {
+        if record.ktime_ns < sub.started_ktime || !sub.query.wants(record) {
             continue;
         }
         sub.seen += 1;

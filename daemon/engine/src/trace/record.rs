@@ -55,7 +55,8 @@ pub struct FiredRule {
     pub id: u32,
     /// The address it rewrites.
     pub field: AddressField,
-    /// The prefix it matched (absent when the rule changed since the packet).
+    /// The prefix it matched (absent when the slot no longer holds a rule of this
+    /// interface, hook and field: the rules changed since the packet).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub from: Option<ipnet::Ipv4Net>,
@@ -77,18 +78,23 @@ pub struct TraceRecord {
     pub peering: Option<String>,
     /// The hook.
     pub direction: Direction,
-    /// `tcp`, `udp`, `icmp`, `udplite`, `dccp`, or the protocol number; `ipv6` or
-    /// `other` for what is not IPv4.
+    /// `tcp`, `udp`, `icmp`, `udplite`, `dccp`, or the protocol number; `other` for
+    /// what is not IPv4.
     pub protocol: String,
     /// The IP protocol number (0 when not IPv4).
     #[serde(skip)]
     pub protocol_number: u8,
+    /// `bpf_ktime_get_ns` of the event (CLOCK_MONOTONIC), to tell it from events
+    /// written before a trace started.
+    #[serde(skip)]
+    pub ktime_ns: u64,
     /// Translated or dropped.
     pub verdict: TraceVerdict,
     /// Why it was dropped (`not_exported`, `source_not_allowed`, `malformed`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Addresses as the packet arrived at the hook (absent when not IPv4).
+    /// Addresses as the packet arrived at the hook (absent when not IPv4, or for a
+    /// packet the programs were handling when the trace started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<PacketAddresses>,
     /// Addresses as it left (translated packets only).

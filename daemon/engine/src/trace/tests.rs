@@ -42,6 +42,7 @@ fn udp(src: [u8; 4], dst: [u8; 4], new_dst: [u8; 4]) -> TraceEvent {
         protocol: 17,
         verdict: TRACE_TRANSLATED as u8,
         flags: TRACE_FLAG_IPV4,
+        time_ns: remapd_dataplane::trace::monotonic_now_ns(),
         ..TraceEvent::default()
     }
 }
@@ -260,4 +261,41 @@ async fn refusals_name_the_reason() {
         tracer.start(TraceQuery::default()),
         Err(EngineError::NothingToTrace(_))
     ));
+}
+
+#[tokio::test]
+async fn two_traces_with_the_same_sample_rate_are_sampled_once() {
+    let fake = FakeTrace::default();
+    let (tracer, _snapshot) = tracer(&fake);
+    let query = TraceQuery {
+        sample: 3,
+        duration: Duration::from_millis(300),
+        ..TraceQuery::default()
+    };
+    let mut a = tracer.start(query.clone()).unwrap();
+    let _b = tracer.start(query).unwrap();
+    // The kernel samples for both (here: the fake delivers what it is given, as the
+    // kernel would after sampling); the hub must not sample again.
+    assert_eq!(fake.control().unwrap().sample, 3);
+    for _ in 0..4 {
+        fake.push(udp([10, 0, 0, 1], [30, 0, 0, 9], [40, 0, 0, 9]));
+    }
+    assert_eq!(events(&collect(&mut a).await).len(), 4);
+}
+
+#[tokio::test]
+async fn events_from_before_a_trace_started_are_not_its_own() {
+    let fake = FakeTrace::default();
+    let (tracer, _snapshot) = tracer(&fake);
+    let mut stream = tracer
+        .start(TraceQuery {
+            duration: Duration::from_millis(300),
+            ..TraceQuery::default()
+        })
+        .unwrap();
+    let mut old = udp([10, 0, 0, 1], [30, 0, 0, 9], [40, 0, 0, 9]);
+    old.time_ns = 1;
+    fake.push(old);
+    fake.push(udp([10, 0, 0, 1], [30, 0, 0, 9], [40, 0, 0, 9]));
+    assert_eq!(events(&collect(&mut stream).await).len(), 1);
 }
