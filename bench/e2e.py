@@ -12,6 +12,8 @@ veth link between the gateways and (b) a WireGuard tunnel (wireguard-go) over it
   nftables   the same with nftables prefix NAT (dnat/snat ip prefix to)
   split-agent  (WireGuard only, on request) split's rules and borders put by
              dataplane-agent on tunnels started like plain's: no daemons
+  split-agent-rule  split-agent with the routes in table 7878 behind one `ip rule`,
+             as remapd routes
 
 For each: TCP throughput (1 and 4 streams), 64-byte UDP packets/s delivered and loss,
 ping latency (median, p99), CPU busy during the 1-stream TCP run. iperf3 client and
@@ -182,6 +184,7 @@ def build(link, cfg):
         "plain": ("50.0.0.0/24", "40.0.0.0/24"),
         "split": ("40.0.0.0/24", "40.0.0.0/24"),
         "split-agent": ("40.0.0.0/24", "40.0.0.0/24"),
+        "split-agent-rule": ("40.0.0.0/24", "40.0.0.0/24"),
         "both-on-2": ("30.0.0.0/24", "40.0.0.0/24"),
         "iptables": ("40.0.0.0/24", "40.0.0.0/24"),
         "nftables": ("40.0.0.0/24", "40.0.0.0/24"),
@@ -192,7 +195,10 @@ def build(link, cfg):
     # split-agent: over WireGuard, the split rules and borders put on the bench's own
     # wireguard-go tunnels by dataplane-agent (no daemons): tells what the programs
     # cost from what the daemons and the tunnels they start cost.
-    if cfg == "split-agent":
+    # split-agent-rule: split-agent with the remote prefixes routed the way remapd routes
+    # them (its own table 7878 behind one `ip rule`).
+    own_table = cfg == "split-agent-rule"
+    if cfg in ("split-agent", "split-agent-rule"):
         cfg = "split"
     if link == "wg":
         keys = {}
@@ -223,8 +229,12 @@ def build(link, cfg):
         sh(f"{g2} route add 40.0.0.0/24 {to1}")
         return "50.0.0.1"
     if cfg == "split":
-        sh(f"{g1} route add 30.0.0.0/24 {to2}")
-        sh(f"{g2} route add 60.0.0.0/24 {to1}")
+        table = " table 7878" if own_table else ""
+        sh(f"{g1} route add 30.0.0.0/24 {to2}{table}")
+        sh(f"{g2} route add 60.0.0.0/24 {to1}{table}")
+        if own_table:
+            sh(f"{g1} rule add priority 7878 table 7878")
+            sh(f"{g2} rule add priority 7878 table 7878")
         agent("gw1", [rule(l1, "egress", "destination", "30.0.0.0/24", "40.0.0.0/24"),
                       rule(l1, "ingress", "source", "40.0.0.0/24", "30.0.0.0/24")],
               (l1, ["30.0.0.0/24"], ["40.0.0.0/24"]))
