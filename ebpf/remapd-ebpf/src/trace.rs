@@ -76,9 +76,15 @@ pub(crate) fn control(ifindex: u32) -> Option<&'static TraceControl> {
 /// Source and destination of an IPv4 packet (0, 0 for anything else).
 #[inline(always)]
 pub(crate) fn addresses<const L2: bool>(ctx: &TcContext) -> (u32, u32) {
-    let Some(l3) = ipv4_offset::<L2>(ctx) else {
-        return (0, 0);
-    };
+    match ipv4_offset::<L2>(ctx) {
+        Some(l3) => addresses_at(ctx, l3),
+        None => (0, 0),
+    }
+}
+
+/// Source and destination of the IPv4 header at `l3` (0, 0 if unreadable).
+#[inline(always)]
+fn addresses_at(ctx: &TcContext, l3: usize) -> (u32, u32) {
     match (ctx.load::<u32>(l3 + 12), ctx.load::<u32>(l3 + 16)) {
         (Ok(src), Ok(dst)) => (u32::from_be(src), u32::from_be(dst)),
         _ => (0, 0),
@@ -169,7 +175,7 @@ fn emit<const L2: bool>(ctx: &TcContext, control: &TraceControl, event: *mut Tra
     let (mut src_after, mut dst_after, mut protocol) = (0u32, 0u32, 0u8);
     let (mut src_port, mut dst_port, mut flags) = (0u16, 0u16, 0u8);
     if let Some(l3) = ipv4_offset::<L2>(ctx) {
-        (src_after, dst_after) = addresses::<L2>(ctx);
+        (src_after, dst_after) = addresses_at(ctx, l3);
         flags = TRACE_FLAG_IPV4;
         if let (Ok(version_ihl), Ok(proto), Ok(frag)) = (
             ctx.load::<u8>(l3),

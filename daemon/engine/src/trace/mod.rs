@@ -385,32 +385,21 @@ async fn pump(
             decoder.decode(&raw).await
         };
         let Ok(mut hub) = hub.lock() else { return };
-        if hub.traces.is_empty() {
-            // Cleared by the last guard; make sure, then go.
-            if let Ok(mut tap) = tap.lock() {
-                let _ = tap.set(None);
-            }
-            hub.tap = None;
-            return;
-        }
         let now = Instant::now();
-        let mut finished = vec![];
-        for (id, sub) in hub.traces.iter_mut() {
-            if deliver(sub, &records, lost, now) {
-                finished.push(*id);
-            }
+        let finished: Vec<u64> = hub
+            .traces
+            .iter_mut()
+            .filter_map(|(id, sub)| deliver(sub, &records, lost, now).then_some(*id))
+            .collect();
+        for id in &finished {
+            hub.traces.remove(id);
         }
-        let any_finished = !finished.is_empty();
-        for id in finished {
-            hub.traces.remove(&id);
-        }
-        if any_finished && !hub.traces.is_empty() {
+        if !finished.is_empty() || hub.traces.is_empty() {
+            // Cover the traces left, or (none left, also after the last guard) make
+            // sure the kernel stops writing.
             let _ = set_kernel_filter(&mut hub, &tap);
         }
         if hub.traces.is_empty() {
-            if let Ok(mut tap) = tap.lock() {
-                let _ = tap.set(None);
-            }
             hub.tap = None;
             return;
         }
