@@ -13,7 +13,10 @@ veth link between the gateways and (b) a WireGuard tunnel (wireguard-go) over it
   split-agent  (WireGuard only, on request) split's rules and borders put by
              dataplane-agent on tunnels started like plain's: no daemons
   split-agent-rule  split-agent with the routes in table 7878 behind one `ip rule`,
-             as remapd routes
+             as remapd routes by default
+  split-main, both-on-2-main  (WireGuard only, on request) split and both-on-2 with
+             the daemons started with `--route-placement main-table`: remapd's routes
+             in the main table, no `ip rule`
 
 For each: TCP throughput (1 and 4 streams), 64-byte UDP packets/s delivered and loss,
 ping latency (median, p99), CPU busy during the 1-stream TCP run. iperf3 client and
@@ -127,9 +130,9 @@ def api(gw, method, path, body=None):
     return json.loads(text) if text.strip() else None
 
 
-def daemons(policy):
-    """Two remapd daemons, configured over HTTP: clusters, then the peering set up by
-    piping each side's exports into the other."""
+def daemons(policy, extra=""):
+    """Two remapd daemons (`extra`: more flags), configured over HTTP: clusters, then the
+    peering set up by piping each side's exports into the other."""
     os.makedirs(SCRATCH, exist_ok=True)
     # The daemon refuses a token file others can read.
     fd = os.open(f"{SCRATCH}/token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -138,7 +141,7 @@ def daemons(policy):
     for side in (1, 2):
         gw = f"gw{side}"
         spawn(f"{ns(gw)} {REMAPD} --state-dir {SCRATCH}/{gw}/state --pin-dir /sys/fs/bpf/{NS}-{gw} "
-              f"--run-dir {SCRATCH}/{gw}/run --token-file {SCRATCH}/token --advertise 198.18.0.{side} --log warn")
+              f"--run-dir {SCRATCH}/{gw}/run --token-file {SCRATCH}/token --advertise 198.18.0.{side} --log warn {extra}")
     for gw in ("gw1", "gw2"):
         wait_for(f"remapd on {gw}", lambda g=gw: sh(f"{ns(g)} curl -sf http://127.0.0.1:7878/healthz", check=False).returncode == 0)
     api("gw1", "PUT", "/v1/cluster", {"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/24"]})
@@ -186,11 +189,16 @@ def build(link, cfg):
         "split-agent": ("40.0.0.0/24", "40.0.0.0/24"),
         "split-agent-rule": ("40.0.0.0/24", "40.0.0.0/24"),
         "both-on-2": ("30.0.0.0/24", "40.0.0.0/24"),
+        "split-main": ("40.0.0.0/24", "40.0.0.0/24"),
+        "both-on-2-main": ("30.0.0.0/24", "40.0.0.0/24"),
         "iptables": ("40.0.0.0/24", "40.0.0.0/24"),
         "nftables": ("40.0.0.0/24", "40.0.0.0/24"),
     }[cfg]
     if link == "wg" and cfg in ("split", "both-on-2"):
         daemons(cfg)
+        return "30.0.0.1"
+    if link == "wg" and cfg in ("split-main", "both-on-2-main"):
+        daemons(cfg.removesuffix("-main"), "--route-placement main-table")
         return "30.0.0.1"
     # split-agent: over WireGuard, the split rules and borders put on the bench's own
     # wireguard-go tunnels by dataplane-agent (no daemons): tells what the programs

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::dataplane::AttachMode;
+use crate::net::routes::{RoutePlacement, RouteTarget};
 
 /// The example configuration with every default, as shipped in `remapd.example.toml`.
 pub const EXAMPLE: &str = include_str!("../remapd.example.toml");
@@ -27,7 +28,10 @@ pub struct FileConfig {
     pub pin_dir: PathBuf,
     /// `auto`, `tcx` or `netlink`.
     pub attach_mode: AttachMode,
-    /// Routing table for routes into the tunnels.
+    /// Where the routes into the tunnels go: `own-table` (`route_table`, behind one
+    /// policy rule) or `main-table` (the main table, marked with protocol 78, no rule).
+    pub route_placement: RoutePlacement,
+    /// remapd's own routing table for routes into the tunnels.
     pub route_table: u32,
     /// Priority of the policy rule that sends lookups to that table.
     pub rule_priority: u32,
@@ -49,6 +53,7 @@ impl Default for FileConfig {
             state_dir: PathBuf::from("/var/lib/remapd"),
             pin_dir: PathBuf::from(crate::dataplane::DEFAULT_PIN_DIR),
             attach_mode: AttachMode::Auto,
+            route_placement: RoutePlacement::OwnTable,
             route_table: 7878,
             rule_priority: 7878,
             advertise: None,
@@ -358,6 +363,15 @@ impl Config {
         Ok(Some(path))
     }
 
+    /// Where remapd's routes go.
+    pub fn route_target(&self) -> RouteTarget {
+        RouteTarget {
+            placement: self.file.route_placement,
+            table: self.file.route_table,
+            rule_priority: self.file.rule_priority,
+        }
+    }
+
     /// The policy limits.
     pub fn policy_limits(&self) -> crate::policy::PolicyLimits {
         crate::policy::PolicyLimits {
@@ -404,6 +418,7 @@ mod tests {
         assert_eq!(parsed.listen, d.listen);
         assert_eq!(parsed.state_dir, d.state_dir);
         assert_eq!(parsed.route_table, d.route_table);
+        assert_eq!(parsed.route_placement, d.route_placement);
         assert_eq!(parsed.wireguard.run_dir, d.wireguard.run_dir);
         assert_eq!(parsed.policy.timeout_ms, d.policy.timeout_ms);
         parsed.validate().unwrap();
@@ -506,5 +521,36 @@ mod tests {
             ..FileConfig::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("reserved"));
+        let err = toml::from_str::<FileConfig>("route_placement = \"main\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("own-table") && err.contains("main-table"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn route_placement_is_read_from_the_file() {
+        let c: FileConfig = toml::from_str("route_placement = \"main-table\"").unwrap();
+        let c = c.validate().unwrap();
+        assert_eq!(
+            c.route_target(),
+            RouteTarget {
+                placement: RoutePlacement::MainTable,
+                table: 7878,
+                rule_priority: 7878,
+            }
+        );
+        assert_eq!(
+            "main-table".parse::<RoutePlacement>(),
+            Ok(RoutePlacement::MainTable)
+        );
+        assert!(
+            "main"
+                .parse::<RoutePlacement>()
+                .unwrap_err()
+                .contains("own-table")
+        );
     }
 }

@@ -30,6 +30,9 @@ struct Cli {
     /// Underlay address peers reach this gateway at (overrides `advertise`).
     #[arg(long)]
     advertise: Option<std::net::IpAddr>,
+    /// Where tunnel routes go, `own-table` or `main-table` (overrides `route_placement`).
+    #[arg(long)]
+    route_placement: Option<remapd::net::routes::RoutePlacement>,
     /// Routing table for tunnel routes (overrides `route_table`).
     #[arg(long)]
     route_table: Option<u32>,
@@ -93,6 +96,9 @@ fn config(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(v) = cli.advertise {
         file.advertise = Some(v);
+    }
+    if let Some(v) = cli.route_placement {
+        file.route_placement = v;
     }
     if let Some(v) = cli.route_table {
         file.route_table = v;

@@ -651,6 +651,85 @@ fn a_lost_state_file_is_refused_until_adopt_and_clear() {
     assert!(p.d1.state_dir.join("state.json").exists());
 }
 
+/// `route_placement = "main-table"`: both daemons restarted with it move their routes
+/// from their own table into the main table (protocol 78), remove their policy rule —
+/// the gateways keep only the kernel's three rules — and the pods still talk both ways;
+/// restarted in own-table mode, they move back. Deleting the peering removes the
+/// main-table route.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn main_table_placement_routes_without_a_policy_rule() {
+    let mut p = pair("split");
+    let rules =
+        |ns: &Netns| String::from_utf8_lossy(&ns.ip(&["-4", "rule", "show"]).stdout).into_owned();
+    let ours_in_main = |ns: &Netns| {
+        String::from_utf8_lossy(&ns.ip(&["-4", "route", "show", "proto", "78"]).stdout).into_owned()
+    };
+    let gw1 = Netns::new_handle(p.net.gw1.name());
+    let gw2 = Netns::new_handle(p.net.gw2.name());
+    assert!(rules(&gw1).contains("lookup 7878"), "{}", rules(&gw1));
+    for (d, ns) in [(&mut p.d1, &gw1), (&mut p.d2, &gw2)] {
+        d.terminate();
+        d.spawn_with(ns, &["--route-placement", "main-table"]);
+    }
+    for (ns, view) in [(&gw1, "30.0.0.0/24"), (&gw2, "60.0.0.0/24")] {
+        let rules = rules(ns);
+        assert_eq!(rules.lines().count(), 3, "only the kernel's rules: {rules}");
+        assert!(ns.table_routes(7878).trim().is_empty());
+        let main = ours_in_main(ns);
+        assert!(
+            main.starts_with(view) && main.contains("dev rmd-") && main.lines().count() == 1,
+            "{main}"
+        );
+    }
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7600,
+    );
+    reachable(
+        &p.net.pod2,
+        &p.net.pod1,
+        "60.0.0.1",
+        "40.0.0.1",
+        "30.0.0.1",
+        7610,
+    );
+    // Back to own-table mode on gateway 1.
+    p.d1.terminate();
+    p.d1.spawn(&gw1);
+    assert!(rules(&gw1).contains("lookup 7878"), "{}", rules(&gw1));
+    assert!(
+        ours_in_main(&gw1).trim().is_empty(),
+        "{}",
+        ours_in_main(&gw1)
+    );
+    assert!(gw1.table_routes(7878).starts_with("30.0.0.0/24"));
+    reachable(
+        &p.net.pod1,
+        &p.net.pod2,
+        "30.0.0.1",
+        "40.0.0.1",
+        "60.0.0.1",
+        7620,
+    );
+    // Deleting the peering on gateway 2 (still in main-table mode) removes its route.
+    p.d2.expect(
+        "DELETE",
+        &format!("/v1/peerings/{}", peering(&p, 2)),
+        None,
+        204,
+    );
+    assert!(
+        ours_in_main(&gw2).trim().is_empty(),
+        "{}",
+        ours_in_main(&gw2)
+    );
+}
+
 /// The MSS both ends of a TCP connection from `client` to `target` (served in
 /// `server`) settle on: each side's `TCP_MAXSEG`, which follows the MSS option the
 /// other side's SYN carried.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use remapd::net::routes::NetlinkRoutes;
+use remapd::net::routes::{NetlinkRoutes, RoutePlacement, RouteTarget};
 use remapd::net::wireguard::{WireGuardConfig, WireGuardTunnels};
 use remapd::net::{
     NetError, RouteApplier, RouteReport, RouteSpec, TunnelApplier, TunnelReport, TunnelSpec,
@@ -23,6 +23,16 @@ use remapd_tests::netns::{Netns, WG_SOCKET_DIR, ping, run, unique_prefix, wait_f
 
 const TABLE: u32 = 7878;
 const PRIORITY: u32 = 7878;
+const OWN: RouteTarget = RouteTarget {
+    placement: RoutePlacement::OwnTable,
+    table: TABLE,
+    rule_priority: PRIORITY,
+};
+const MAIN: RouteTarget = RouteTarget {
+    placement: RoutePlacement::MainTable,
+    table: TABLE,
+    rule_priority: PRIORITY,
+};
 
 // ---------------------------------------------------------------------------------
 // Routes
@@ -40,11 +50,11 @@ fn specs(routes: &[(&str, &str)]) -> Vec<RouteSpec> {
 /// Applies on a thread inside `ns`, as the daemon does after `setns`.
 fn apply(ns: &Netns, routes: &[(&str, &str)]) -> Result<RouteReport, NetError> {
     let routes = specs(routes);
-    ns.in_ns(move || NetlinkRoutes::new(TABLE, PRIORITY).apply(&routes))
+    ns.in_ns(move || NetlinkRoutes::new(OWN).apply(&routes))
 }
 
 fn teardown(ns: &Netns) -> Result<(), NetError> {
-    ns.in_ns(|| NetlinkRoutes::new(TABLE, PRIORITY).teardown())
+    ns.in_ns(|| NetlinkRoutes::new(OWN).teardown())
 }
 
 fn stdout(out: std::process::Output) -> String {
@@ -253,6 +263,105 @@ fn routes_converge_on_exactly_the_given_set_and_touch_nothing_else() {
     del.extend(narrower);
     ns.ip(&del);
     assert_eq!(foreign(&ns), untouched);
+}
+
+/// remapd's routes in the main table (`proto 78`) as (prefix, device).
+fn main_ours(ns: &Netns) -> BTreeSet<(String, String)> {
+    let text = stdout(ns.ip(&["-4", "route", "show", "table", "main", "proto", "78"]));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert!(line.contains("scope link"), "not scope link: {line}");
+            let dev = words
+                .iter()
+                .position(|w| *w == "dev")
+                .map(|i| words[i + 1].to_owned())
+                .unwrap_or_else(|| panic!("no dev in {line}"));
+            (words[0].to_owned(), dev)
+        })
+        .collect()
+}
+
+/// The main table's routes that are not remapd's, and every rule.
+fn main_others_and_rules(ns: &Netns) -> String {
+    let main = stdout(ns.ip(&["-4", "route", "show", "table", "main"]));
+    let others: Vec<&str> = main.lines().filter(|l| !l.contains("proto 78")).collect();
+    format!("{}\n--\n{}", others.join("\n"), rules(Some(ns)).join("\n"))
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn main_table_placement_needs_no_rule_owns_only_proto_78_and_switches_cleanly() {
+    let p = unique_prefix();
+    let ns = Netns::new(&format!("{p}-rm"));
+    for dev in ["d0", "d1"] {
+        let peer = format!("{dev}p");
+        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
+        ns.ip(&["link", "set", dev, "up"]);
+        ns.ip(&["link", "set", &peer, "up"]);
+    }
+    // Not remapd's: main-table routes of other protocols.
+    ns.ip(&["route", "add", "10.50.0.0/16", "dev", "d0"]);
+    ns.ip(&["route", "add", "10.60.0.0/16", "dev", "d1", "proto", "boot"]);
+    let default_rules = rules(Some(&ns));
+    assert_eq!(default_rules.len(), 3, "{default_rules:#?}");
+    let untouched = main_others_and_rules(&ns);
+    let apply_to = |target: RouteTarget, routes: &[(&str, &str)]| {
+        let routes = specs(routes);
+        ns.in_ns(move || NetlinkRoutes::new(target).apply(&routes))
+    };
+
+    // Own-table mode first, as a gateway upgraded from it would be.
+    apply_to(OWN, &[("10.1.0.0/16", "d0")]).unwrap();
+    assert_eq!(table(&ns), expect(&[("10.1.0.0/16", "d0")]));
+    assert_eq!(our_rule_count(&ns), 1);
+
+    // Main-table mode: the routes in the main table with protocol 78, the old table
+    // and rule gone (the kernel's three rules only), nobody else's route touched.
+    let report = apply_to(MAIN, &[("10.1.0.0/16", "d0"), ("10.2.0.0/16", "d1")]).unwrap();
+    assert_eq!(report.added, 2);
+    assert_eq!(
+        main_ours(&ns),
+        expect(&[("10.1.0.0/16", "d0"), ("10.2.0.0/16", "d1")])
+    );
+    assert!(table(&ns).is_empty(), "own table left: {:?}", table(&ns));
+    assert_eq!(rules(Some(&ns)), default_rules);
+    assert_eq!(main_others_and_rules(&ns), untouched);
+    let route = stdout(ns.ip(&["-4", "route", "get", "10.2.3.4"]));
+    assert!(route.contains("dev d1"), "{route}");
+    let again = apply_to(MAIN, &[("10.1.0.0/16", "d0"), ("10.2.0.0/16", "d1")]).unwrap();
+    assert_eq!((again.added, again.removed, again.unchanged), (0, 0, 2));
+
+    // A prefix another route of the main table holds: refused, nothing changed.
+    let before = main_ours(&ns);
+    for taken in ["10.50.0.0/16", "10.60.0.0/16"] {
+        let err = apply_to(MAIN, &[("10.1.0.0/16", "d1"), (taken, "d1")]).unwrap_err();
+        assert!(
+            matches!(&err, NetError::RouteTaken { route } if route.starts_with(taken)),
+            "{err:?}"
+        );
+        assert_eq!(main_ours(&ns), before);
+        assert_eq!(main_others_and_rules(&ns), untouched);
+    }
+
+    // A prefix moving to another device, one no longer wanted.
+    let report = apply_to(MAIN, &[("10.1.0.0/16", "d1")]).unwrap();
+    assert_eq!((report.added, report.removed), (1, 2));
+    assert_eq!(main_ours(&ns), expect(&[("10.1.0.0/16", "d1")]));
+
+    // Back to own-table mode: remapd's main-table routes go.
+    apply_to(OWN, &[("10.1.0.0/16", "d1")]).unwrap();
+    assert!(main_ours(&ns).is_empty(), "{:?}", main_ours(&ns));
+    assert_eq!(table(&ns), expect(&[("10.1.0.0/16", "d1")]));
+
+    // Teardown in main-table mode removes both placements' routes and the rule.
+    apply_to(MAIN, &[("10.3.0.0/16", "d0")]).unwrap();
+    ns.ip(&["route", "add", "10.4.0.0/16", "dev", "d0", "table", "7878"]);
+    ns.in_ns(|| NetlinkRoutes::new(MAIN).teardown()).unwrap();
+    assert!(main_ours(&ns).is_empty());
+    assert!(table(&ns).is_empty());
+    assert_eq!(main_others_and_rules(&ns), untouched);
 }
 
 // ---------------------------------------------------------------------------------
@@ -668,7 +777,7 @@ fn protected_addresses_are_read_from_the_kernel() {
         "192.0.2.77".parse().unwrap(),
     ];
     let protected = ns
-        .in_ns(move || NetlinkRoutes::new(TABLE, PRIORITY).protected_addresses(&endpoints))
+        .in_ns(move || NetlinkRoutes::new(OWN).protected_addresses(&endpoints))
         .unwrap();
     let addresses: BTreeSet<String> = protected
         .iter()

@@ -107,6 +107,17 @@ pub enum NetError {
         /// Cause.
         reason: String,
     },
+    /// A prefix remapd would route in the main table is already routed there by a route
+    /// remapd did not make.
+    #[error(
+        "{route} is already in the main table and is not remapd's: remapd does not take \
+         over other routes; remove it, or keep remapd's routes in a table of its own \
+         (route_placement = \"own-table\")"
+    )]
+    RouteTaken {
+        /// The route found (`prefix dev name`, or `via ...`).
+        route: String,
+    },
     /// A route names an interface that does not exist.
     #[error("interface {0:?} not found")]
     InterfaceNotFound(String),

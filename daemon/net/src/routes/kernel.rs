@@ -15,7 +15,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
-use super::Wanted;
+use super::{RTPROT_REMAPD, Wanted};
 use crate::NetError;
 use crate::netlink::{Link, errno, links, netlink_error};
 
@@ -32,6 +32,8 @@ pub(crate) struct Dumped<R> {
     pub(crate) wanted: Option<Wanted>,
     /// Its destination prefix, whatever its shape.
     pub(crate) prefix: Option<Ipv4Net>,
+    /// It carries remapd's protocol number ([`RTPROT_REMAPD`]).
+    pub(crate) ours: bool,
     /// `prefix dev name` (or `via ...`), for logs and errors.
     pub(crate) shown: String,
 }
@@ -52,7 +54,7 @@ pub(crate) trait RoutingKernel {
         table: u32,
         links: &BTreeMap<String, Link>,
     ) -> Result<Vec<Dumped<Self::Route>>, NetError>;
-    /// Adds `prefix dev <oif> scope link proto static table <table>`.
+    /// Adds `prefix dev <oif> scope link proto 78 table <table>` (78: [`RTPROT_REMAPD`]).
     async fn add_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError>;
     /// Replaces the route for `w.prefix` in `table` in one request (`NLM_F_REPLACE`):
     /// traffic moves from the old route to the new one with no moment without either.
@@ -103,6 +105,7 @@ impl RoutingKernel for Rtnetlink<'_> {
             .map(|route| Dumped {
                 wanted: as_wanted(&route),
                 prefix: destination(&route),
+                ours: u8::from(route.header.protocol) == RTPROT_REMAPD,
                 shown: describe(&route, &names),
                 route,
             })
@@ -255,7 +258,7 @@ async fn add_route(
         .destination_prefix(w.prefix.network(), w.prefix.prefix_len())
         .output_interface(w.oif)
         .scope(RouteScope::Link)
-        .protocol(RouteProtocol::Static)
+        .protocol(RouteProtocol::from(RTPROT_REMAPD))
         .table_id(table)
         .build();
     if table > 255 {

@@ -1,7 +1,20 @@
-//! Routes into the tunnels. remapd owns one routing table outright (every IPv4 route in
-//! it is remapd's, so anything it did not ask for is removed) and exactly one policy
-//! rule, `from all lookup <table> priority <priority>`, that sends lookups there. Routes
-//! in other tables and all other rules are never touched.
+//! Routes into the tunnels, in one of two places ([`RoutePlacement`]):
+//!
+//! - **own table** (the default): remapd owns one routing table outright (every IPv4
+//!   route in it is remapd's, so anything it did not ask for is removed) and exactly one
+//!   policy rule, `from all lookup <table> priority <priority>`, that sends lookups
+//!   there, ahead of the main table;
+//! - **main table**: remapd's routes sit in the main table marked with protocol
+//!   [`RTPROT_REMAPD`], and no rule is added. Only routes with that protocol are
+//!   remapd's; a wanted prefix that another route of the main table already holds is
+//!   refused, never taken over. The kernel then keeps its direct main-table lookup,
+//!   which any policy rule besides the three defaults turns off for every route lookup
+//!   on the gateway (`fib_has_custom_rules`; BENCHMARKS.md §4 measures what that costs
+//!   through WireGuard).
+//!
+//! Each placement also removes what the other one left (switching is one restart), and
+//! routes in other tables, other routes of the main table and all other rules are never
+//! touched.
 //!
 //! [`converge`] and [`clear`] decide what to ask of the kernel and in which order; they
 //! are written against [`kernel::RoutingKernel`], which [`kernel::Rtnetlink`] does with
@@ -16,39 +29,80 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::netlink::{Link, NetlinkSession};
 use super::{NetError, ProtectedAddress, RouteApplier, RouteReport, RouteSpec};
 use kernel::{RoutingKernel, Rtnetlink};
 
-/// Routes in one remapd-owned table plus the rule that reaches it, via rtnetlink.
+/// The routing protocol number remapd's routes carry (`ip route show proto 78`). In the
+/// main table it is what tells remapd's routes from everyone else's. Not one of the
+/// numbers iproute2 names (`/etc/iproute2/rt_protos`) or the routing daemons use.
+pub const RTPROT_REMAPD: u8 = 78;
+
+/// The main routing table's id (`RT_TABLE_MAIN`).
+pub const MAIN_TABLE: u32 = 254;
+
+/// Where remapd keeps its routes into the tunnels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutePlacement {
+    /// A table of remapd's own behind one policy rule: remapd's routes are kept apart and
+    /// win over the main table's, at the cost of the kernel's direct main-table lookup.
+    #[default]
+    OwnTable,
+    /// The main table, marked with [`RTPROT_REMAPD`], and no policy rule.
+    MainTable,
+}
+
+impl std::str::FromStr for RoutePlacement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "own-table" => Ok(Self::OwnTable),
+            "main-table" => Ok(Self::MainTable),
+            other => Err(format!(
+                "unknown route placement {other:?}: expected \"own-table\" or \"main-table\""
+            )),
+        }
+    }
+}
+
+/// Where remapd's routes go and what it owns: the placement, and the own table and its
+/// rule's priority (also used in main-table mode, to remove what own-table mode left).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// Own table or main table.
+    pub placement: RoutePlacement,
+    /// remapd's own routing table.
+    pub table: u32,
+    /// The priority of the rule that sends lookups to `table`.
+    pub rule_priority: u32,
+}
+
+/// Routes in remapd's own table plus the rule that reaches it, or in the main table,
+/// via rtnetlink.
 #[derive(Debug)]
 pub struct NetlinkRoutes {
-    table: u32,
-    rule_priority: u32,
+    target: RouteTarget,
     netlink: NetlinkSession,
 }
 
 impl NetlinkRoutes {
-    /// An applier for routing table `table`, reached through a rule at `rule_priority`.
-    /// Its netlink connection is opened on the first call, in that thread's namespace.
-    pub fn new(table: u32, rule_priority: u32) -> Self {
+    /// An applier for `target`. Its netlink connection is opened on the first call, in
+    /// that thread's namespace.
+    pub fn new(target: RouteTarget) -> Self {
         Self {
-            table,
-            rule_priority,
+            target,
             netlink: NetlinkSession::new(),
         }
     }
 
-    /// The routing table remapd owns.
-    pub fn table(&self) -> u32 {
-        self.table
-    }
-
-    /// The priority of the rule that sends lookups to the table.
-    pub fn rule_priority(&self) -> u32 {
-        self.rule_priority
+    /// Where the routes go.
+    pub fn target(&self) -> RouteTarget {
+        self.target
     }
 }
 
@@ -61,9 +115,9 @@ pub(crate) struct Wanted {
 
 impl RouteApplier for NetlinkRoutes {
     fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError> {
-        let (table, priority) = (self.table, self.rule_priority);
+        let target = self.target;
         self.netlink.run("applying routes", |handle| async move {
-            converge(&Rtnetlink(&handle), table, priority, routes).await
+            converge(&Rtnetlink(&handle), target, routes).await
         })
     }
 
@@ -78,34 +132,76 @@ impl RouteApplier for NetlinkRoutes {
     }
 
     fn teardown(&mut self) -> Result<(), NetError> {
-        let (table, priority) = (self.table, self.rule_priority);
+        let target = self.target;
         self.netlink
             .run("tearing down routes", |handle| async move {
-                clear(&Rtnetlink(&handle), table, priority).await
+                clear(&Rtnetlink(&handle), target).await
             })
     }
 }
 
-/// Makes `table` hold exactly `routes` and ensures the rule exists, make-before-break.
-/// Order: every interface resolved (nothing changes when one is missing), the rule
-/// (nothing changes when it conflicts with another rule), then every missing route — a
-/// prefix that is in the table on another interface (or not in remapd's shape) is
-/// replaced in one request, so its traffic never sees a moment without a route — and
-/// only then the routes that are no longer wanted, from a fresh dump. A failure leaves
-/// every old route in place.
+/// Makes remapd's routes exactly `routes`, where `target` says, and removes what the
+/// other placement left. Own table: the table holds exactly `routes` and the rule
+/// exists. Main table: remapd's routes (protocol [`RTPROT_REMAPD`]) in the main table
+/// are exactly `routes`; a wanted prefix held there by any other route is refused before
+/// anything changes.
+///
+/// Make-before-break. Order: every interface resolved (nothing changes when one is
+/// missing), the rule (nothing changes when it conflicts with another rule), then every
+/// missing route — a prefix that is routed on another interface (or not in remapd's
+/// shape) is replaced in one request, so its traffic never sees a moment without a
+/// route — and only then the routes that are no longer wanted, from a fresh dump, and
+/// what the other placement left. A failure leaves every old route in place.
 pub(crate) async fn converge<K: RoutingKernel>(
     kernel: &K,
-    table: u32,
-    priority: u32,
+    target: RouteTarget,
     routes: &[RouteSpec],
 ) -> Result<RouteReport, NetError> {
     let links = kernel.links().await?;
     let wanted = resolve(routes, &links)?;
-    ensure_rule(kernel, table, priority).await?;
+    let report = match target.placement {
+        RoutePlacement::OwnTable => {
+            ensure_rule(kernel, target.table, target.rule_priority).await?;
+            let report = converge_table(kernel, target.table, false, &wanted, &links).await?;
+            clear_main(kernel, &links).await?;
+            report
+        }
+        RoutePlacement::MainTable => {
+            let report = converge_table(kernel, MAIN_TABLE, true, &wanted, &links).await?;
+            clear_own_table(kernel, target.table, target.rule_priority, &links).await?;
+            report
+        }
+    };
+    Ok(report)
+}
+
+/// Makes remapd's routes in `table` exactly `wanted`. `by_protocol`: only routes with
+/// remapd's protocol are remapd's (the main table), and a wanted prefix any other route
+/// holds is refused before anything changes; otherwise every route in `table` is.
+async fn converge_table<K: RoutingKernel>(
+    kernel: &K,
+    table: u32,
+    by_protocol: bool,
+    wanted: &BTreeMap<Wanted, String>,
+    links: &BTreeMap<String, Link>,
+) -> Result<RouteReport, NetError> {
+    let ours = |dump: Vec<kernel::Dumped<K::Route>>| -> Result<Vec<_>, NetError> {
+        let (ours, foreign): (Vec<_>, Vec<_>) =
+            dump.into_iter().partition(|d| !by_protocol || d.ours);
+        if let Some(taken) = foreign.iter().find(|d| {
+            d.prefix
+                .is_some_and(|p| wanted.keys().any(|w| w.prefix == p))
+        }) {
+            return Err(NetError::RouteTaken {
+                route: taken.shown.clone(),
+            });
+        }
+        Ok(ours)
+    };
     let mut report = RouteReport::default();
-    let (present, extra) = split_dump(kernel.table_routes(table, &links).await?, &wanted);
+    let (present, extra) = split_dump(ours(kernel.table_routes(table, links).await?)?, wanted);
     report.unchanged = present.len();
-    for (w, interface) in &wanted {
+    for (w, interface) in wanted {
         if present.contains(w) {
             continue;
         }
@@ -124,7 +220,12 @@ pub(crate) async fn converge<K: RoutingKernel>(
     // What the additions did not replace is still there: dumped again, so a route the
     // kernel replaced is not asked to be deleted.
     let before = extra.len();
-    let (_, extra) = split_dump(kernel.table_routes(table, &links).await?, &wanted);
+    let dump = kernel.table_routes(table, links).await?;
+    let dump = dump
+        .into_iter()
+        .filter(|d| !by_protocol || d.ours)
+        .collect();
+    let (_, extra) = split_dump(dump, wanted);
     report.removed = before.saturating_sub(extra.len());
     for dumped in extra {
         if kernel.delete_route(dumped.route, &dumped.shown).await? {
@@ -163,20 +264,43 @@ fn split_dump<R>(
     (present, extra)
 }
 
-/// Removes every route in `table`, then remapd's rule.
+/// Removes every route remapd made, in either placement, and its rule.
 pub(crate) async fn clear<K: RoutingKernel>(
+    kernel: &K,
+    target: RouteTarget,
+) -> Result<(), NetError> {
+    let links = kernel.links().await?;
+    clear_own_table(kernel, target.table, target.rule_priority, &links).await?;
+    clear_main(kernel, &links).await
+}
+
+/// Removes every route in `table`, then remapd's rule.
+async fn clear_own_table<K: RoutingKernel>(
     kernel: &K,
     table: u32,
     priority: u32,
+    links: &BTreeMap<String, Link>,
 ) -> Result<(), NetError> {
-    let links = kernel.links().await?;
-    for dumped in kernel.table_routes(table, &links).await? {
+    for dumped in kernel.table_routes(table, links).await? {
         if kernel.delete_route(dumped.route, &dumped.shown).await? {
             info!(route = %dumped.shown, table, "removed route");
         }
     }
     for (rule, deletable) in kernel.our_rules(table, priority).await? {
         delete_rule(kernel, rule, deletable, table, priority).await?;
+    }
+    Ok(())
+}
+
+/// Removes remapd's routes (protocol [`RTPROT_REMAPD`]) from the main table.
+async fn clear_main<K: RoutingKernel>(
+    kernel: &K,
+    links: &BTreeMap<String, Link>,
+) -> Result<(), NetError> {
+    for dumped in kernel.table_routes(MAIN_TABLE, links).await? {
+        if dumped.ours && kernel.delete_route(dumped.route, &dumped.shown).await? {
+            info!(route = %dumped.shown, table = MAIN_TABLE, "removed route");
+        }
     }
     Ok(())
 }
@@ -295,6 +419,16 @@ mod tests {
 
     const T: u32 = 7878;
     const P: u32 = 7878;
+    const OWN: RouteTarget = RouteTarget {
+        placement: RoutePlacement::OwnTable,
+        table: T,
+        rule_priority: P,
+    };
+    const MAIN: RouteTarget = RouteTarget {
+        placement: RoutePlacement::MainTable,
+        table: T,
+        rule_priority: P,
+    };
 
     fn n(s: &str) -> Ipv4Net {
         s.parse().unwrap()
@@ -329,6 +463,7 @@ mod tests {
                         prefix: n(p),
                         oif: *oif,
                         extra: *extra,
+                        foreign: false,
                     })
                     .collect(),
             ),
@@ -509,7 +644,7 @@ mod tests {
         ];
         for (what, (routes, rules), wanted, ops, expect) in cases {
             let k = kernel(&routes, &rules);
-            let result = block_on(converge(&k, T, P, &want(&wanted)));
+            let result = block_on(converge(&k, OWN, &want(&wanted)));
             assert_eq!(k.ops(), ops, "{what}: requests");
             match (result, expect) {
                 (Ok(r), Ok((added, removed, unchanged))) => {
@@ -534,6 +669,138 @@ mod tests {
         }
     }
 
+    /// Adds routes to the fake kernel's main table: (prefix, oif, someone else's).
+    fn with_main(k: RecordingKernel, routes: &[(&str, u32, bool)]) -> RecordingKernel {
+        if let Ok(mut table) = k.routes.lock() {
+            for (p, oif, foreign) in routes {
+                table.push(KernelRoute {
+                    table: MAIN_TABLE,
+                    prefix: n(p),
+                    oif: *oif,
+                    extra: None,
+                    foreign: *foreign,
+                });
+            }
+        }
+        k
+    }
+
+    fn add_main(p: &str, dev: &str) -> Op {
+        Op::AddRoute {
+            table: MAIN_TABLE,
+            prefix: n(p),
+            dev: dev.into(),
+        }
+    }
+
+    /// Main-table placement: remapd's routes go to the main table with its protocol and
+    /// no rule; other routes there are never touched, and a wanted prefix one of them
+    /// holds is refused before anything changes; what own-table mode left (its table
+    /// and rule) is removed after the new routes are in place, and the other way round.
+    #[test]
+    fn main_table_placement_owns_only_its_protocol_and_cleans_up_the_other_placement() {
+        // From own-table mode to main-table mode: the routes first, then the old table
+        // and rule; the main table's other routes stay.
+        let k = with_main(
+            kernel(&[("30.0.0.0/24", 11, None)], &[None]),
+            &[("10.9.0.0/24", 12, true)],
+        );
+        let r = block_on(converge(&k, MAIN, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
+        assert_eq!(
+            k.ops(),
+            vec![
+                add_main("30.0.0.0/24", "rmd-a"),
+                del("30.0.0.0/24 dev rmd-a"),
+                DEL_RULE
+            ]
+        );
+        assert_eq!((r.added, r.removed, r.unchanged), (1, 0, 0));
+        assert_eq!(
+            k.table(MAIN_TABLE),
+            vec![
+                "10.9.0.0/24 dev rmd-b proto boot".to_owned(),
+                "30.0.0.0/24 dev rmd-a".to_owned()
+            ]
+        );
+        assert!(k.table(T).is_empty());
+
+        // Converged: nothing is sent. An unwanted route of remapd's is removed, someone
+        // else's is not.
+        let k = with_main(
+            kernel(&[], &[]),
+            &[
+                ("30.0.0.0/24", 11, false),
+                ("50.0.0.0/24", 12, false),
+                ("10.9.0.0/24", 12, true),
+            ],
+        );
+        let r = block_on(converge(&k, MAIN, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
+        assert_eq!(k.ops(), vec![del("50.0.0.0/24 dev rmd-b")]);
+        assert_eq!((r.added, r.removed, r.unchanged), (0, 1, 1));
+
+        // A wanted prefix someone else routes in the main table: refused, nothing sent
+        // (the old table and rule stay too).
+        let k = with_main(
+            kernel(&[("60.0.0.0/24", 11, None)], &[None]),
+            &[("30.0.0.0/24", 12, true)],
+        );
+        let e = block_on(converge(
+            &k,
+            MAIN,
+            &want(&[("30.0.0.0/24", "rmd-a"), ("40.0.0.0/24", "rmd-a")]),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, NetError::RouteTaken { .. }), "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("30.0.0.0/24 dev rmd-b proto boot") && message.contains("own-table"),
+            "{message}"
+        );
+        assert_eq!(k.ops(), vec![]);
+
+        // Back to own-table mode: the rule, the routes in the table, then remapd's
+        // routes in the main table go; someone else's stay.
+        let k = with_main(
+            kernel(&[], &[]),
+            &[("30.0.0.0/24", 11, false), ("10.9.0.0/24", 12, true)],
+        );
+        block_on(converge(&k, OWN, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
+        assert_eq!(
+            k.ops(),
+            vec![
+                ADD_RULE,
+                add("30.0.0.0/24", "rmd-a"),
+                del("30.0.0.0/24 dev rmd-a")
+            ]
+        );
+        assert_eq!(
+            k.table(MAIN_TABLE),
+            vec!["10.9.0.0/24 dev rmd-b proto boot".to_owned()]
+        );
+
+        // Teardown in either mode removes both placements' routes and the rule, and
+        // nothing of anyone else's.
+        for target in [MAIN, OWN] {
+            let k = with_main(
+                kernel(&[("60.0.0.0/24", 11, None)], &[None]),
+                &[("30.0.0.0/24", 11, false), ("10.9.0.0/24", 12, true)],
+            );
+            block_on(clear(&k, target)).unwrap();
+            assert_eq!(
+                k.ops(),
+                vec![
+                    del("60.0.0.0/24 dev rmd-a"),
+                    DEL_RULE,
+                    del("30.0.0.0/24 dev rmd-a")
+                ]
+            );
+            assert_eq!(
+                k.table(MAIN_TABLE),
+                vec!["10.9.0.0/24 dev rmd-b proto boot".to_owned()]
+            );
+        }
+    }
+
     /// A failing addition stops the convergence where it is: every old route is still
     /// there (nothing is deleted before every addition is made), and the reconciler's
     /// re-apply of the previous route set converges again.
@@ -543,8 +810,7 @@ mod tests {
         k.fail_add = Some(n("40.0.0.0/24"));
         let e = block_on(converge(
             &k,
-            T,
-            P,
+            OWN,
             &want(&[("40.0.0.0/24", "rmd-b"), ("60.0.0.0/24", "rmd-b")]),
         ))
         .unwrap_err();
@@ -552,7 +818,7 @@ mod tests {
         assert_eq!(k.ops(), vec![add("40.0.0.0/24", "rmd-b")]);
         assert_eq!(k.table(T), vec!["30.0.0.0/24 dev rmd-a".to_owned()]);
         k.fail_add = None;
-        let r = block_on(converge(&k, T, P, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
+        let r = block_on(converge(&k, OWN, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
         assert_eq!((r.added, r.removed, r.unchanged), (0, 0, 1));
         assert_eq!(k.table(T), vec!["30.0.0.0/24 dev rmd-a".to_owned()]);
     }
@@ -568,7 +834,7 @@ mod tests {
             ],
             &[None],
         );
-        block_on(clear(&k, T, P)).unwrap();
+        block_on(clear(&k, OWN)).unwrap();
         assert_eq!(
             k.ops(),
             vec![
@@ -583,7 +849,7 @@ mod tests {
             &[("30.0.0.0/24", 11, None)],
             &[Some("from 10.0.0.0/8"), None],
         );
-        let e = block_on(clear(&k, T, P)).unwrap_err();
+        let e = block_on(clear(&k, OWN)).unwrap_err();
         assert!(
             e.to_string().contains("would delete that one instead"),
             "{e}"

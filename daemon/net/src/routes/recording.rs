@@ -47,6 +47,8 @@ pub(crate) struct KernelRoute {
     pub(crate) oif: u32,
     /// Something remapd does not install (a gateway, a metric): shown with it.
     pub(crate) extra: Option<&'static str>,
+    /// Made by someone else (another protocol than remapd's): shown as `proto boot`.
+    pub(crate) foreign: bool,
 }
 
 /// A rule in the fake kernel; `selector` set for rules with more than remapd's.
@@ -86,7 +88,8 @@ impl RecordingKernel {
 
     fn shown(&self, r: &KernelRoute) -> String {
         let extra = r.extra.map(|e| format!(" {e}")).unwrap_or_default();
-        format!("{} dev {}{extra}", r.prefix, self.name_of(r.oif))
+        let proto = if r.foreign { " proto boot" } else { "" };
+        format!("{} dev {}{extra}{proto}", r.prefix, self.name_of(r.oif))
     }
 
     fn record(&self, op: Op) {
@@ -117,7 +120,8 @@ fn poisoned() -> NetError {
 }
 
 impl RoutingKernel for RecordingKernel {
-    type Route = String;
+    /// The table and the route as shown: a delete names its table, as the kernel's does.
+    type Route = (u32, String);
     type Rule = usize;
 
     async fn links(&self) -> Result<BTreeMap<String, Link>, NetError> {
@@ -128,18 +132,19 @@ impl RoutingKernel for RecordingKernel {
         &self,
         table: u32,
         _links: &BTreeMap<String, Link>,
-    ) -> Result<Vec<Dumped<String>>, NetError> {
+    ) -> Result<Vec<Dumped<(u32, String)>>, NetError> {
         let routes = self.routes.lock().map_err(|_| poisoned())?;
         Ok(routes
             .iter()
             .filter(|r| r.table == table)
             .map(|r| Dumped {
-                route: self.shown(r),
+                route: (r.table, self.shown(r)),
                 wanted: r.extra.is_none().then_some(Wanted {
                     prefix: r.prefix,
                     oif: r.oif,
                 }),
                 prefix: Some(r.prefix),
+                ours: !r.foreign,
                 shown: self.shown(r),
             })
             .collect())
@@ -167,6 +172,7 @@ impl RoutingKernel for RecordingKernel {
             prefix: w.prefix,
             oif: w.oif,
             extra: None,
+            foreign: false,
         });
         Ok(())
     }
@@ -189,6 +195,7 @@ impl RoutingKernel for RecordingKernel {
             prefix: w.prefix,
             oif: w.oif,
             extra: None,
+            foreign: false,
         };
         match routes.iter_mut().find(|r| {
             r.table == table
@@ -201,11 +208,12 @@ impl RoutingKernel for RecordingKernel {
         Ok(())
     }
 
-    async fn delete_route(&self, route: String, _shown: &str) -> Result<bool, NetError> {
-        self.record(Op::DeleteRoute(route.clone()));
+    async fn delete_route(&self, route: (u32, String), _shown: &str) -> Result<bool, NetError> {
+        let (table, shown) = route;
+        self.record(Op::DeleteRoute(shown.clone()));
         let mut routes = self.routes.lock().map_err(|_| poisoned())?;
         let before = routes.len();
-        routes.retain(|r| self.shown(r) != route);
+        routes.retain(|r| r.table != table || self.shown(r) != shown);
         Ok(routes.len() < before)
     }
 
