@@ -264,6 +264,8 @@ pub async fn serve(
         None => {
             info!(timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections; draining open requests");
             resync.abort();
+            // Open traces end now, each with its end item, rather than hold the drain.
+            daemon.tracer().stop_all("shutdown");
             let _ = stop.send(());
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
                 Ok(Ok(result)) => result.map_err(listen_error)?,

@@ -1091,6 +1091,40 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
         (Some("end"), Some("duration"))
     );
 
+    // A teardown ends a running trace at once, with its reason (the maps it read are
+    // gone), and stops the kernel writing.
+    let router = app.router.clone();
+    let running = tokio::spawn(async move {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let req = Request::builder()
+            .uri("/v1/trace?duration=30s")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = router.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap().to_bytes()
+    });
+    for _ in 0..200 {
+        if fake.control().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(fake.control().is_some(), "the trace started");
+    let r = call(&app, "POST", "/v1/teardown", None, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), running)
+        .await
+        .expect("the trace ended with the teardown, not its duration")
+        .unwrap();
+    let end: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (end["type"].as_str(), end["reason"].as_str()),
+        (Some("end"), Some("teardown"))
+    );
+    assert_eq!(fake.control(), None);
+
     for (query, status, text, at) in [
         (
             "prefix=10.0.0.1/8",

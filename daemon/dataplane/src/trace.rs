@@ -204,6 +204,8 @@ struct FakeTraceState {
     lost: u64,
     /// When set, opening a tap fails with this reason.
     unavailable: Option<String>,
+    /// Taps opened so far.
+    opens: u64,
 }
 
 impl FakeTrace {
@@ -231,6 +233,11 @@ impl FakeTrace {
         self.inner.lock().ok().and_then(|s| s.control.clone())
     }
 
+    /// How many taps were opened (each open is a fresh look at the maps).
+    pub fn opens(&self) -> u64 {
+        self.inner.lock().map_or(0, |s| s.opens)
+    }
+
     /// Makes opening a tap fail with `reason` (a dataplane that did not load).
     pub fn make_unavailable(&self, reason: &str) {
         if let Ok(mut state) = self.inner.lock() {
@@ -241,7 +248,7 @@ impl FakeTrace {
 
 impl TraceSource for FakeTrace {
     fn open(&self) -> Result<Box<dyn TraceTap>, DataplaneError> {
-        let state = self
+        let mut state = self
             .inner
             .lock()
             .map_err(|_| DataplaneError::FakePoisoned)?;
@@ -250,6 +257,7 @@ impl TraceSource for FakeTrace {
                 path: PathBuf::from(reason),
             });
         }
+        state.opens += 1;
         Ok(Box::new(self.clone()))
     }
 }

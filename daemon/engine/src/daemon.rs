@@ -446,35 +446,40 @@ impl Daemon {
     pub async fn teardown(&self) -> Result<Vec<String>, EngineError> {
         let guard = self.state.clone().lock_owned().await;
         let store = self.store.clone();
-        self.locked(guard, move |state, r, publisher| {
-            let mut next = state.clone();
-            let names: Vec<String> = next.peerings.keys().cloned().collect();
-            next.peerings.clear();
-            store
-                .save(&next)
-                .map_err(|e| EngineError::Persist(e.to_string()))?;
-            *state = next.clone();
-            let errors = r.teardown();
-            for name in &names {
-                if let Err(e) = store.remove_key(name) {
-                    warn!(peering = %name, error = %e, "removing key file");
+        let errors = self
+            .locked(guard, move |state, r, publisher| {
+                let mut next = state.clone();
+                let names: Vec<String> = next.peerings.keys().cloned().collect();
+                next.peerings.clear();
+                store
+                    .save(&next)
+                    .map_err(|e| EngineError::Persist(e.to_string()))?;
+                *state = next.clone();
+                let errors = r.teardown();
+                for name in &names {
+                    if let Err(e) = store.remove_key(name) {
+                        warn!(peering = %name, error = %e, "removing key file");
+                    }
                 }
-            }
-            info!(errors = errors.len(), "torn down");
-            publisher.publish(
-                next,
-                (
-                    BTreeMap::new(),
-                    ReconcileReport {
-                        errors: errors.clone(),
-                        ..ReconcileReport::default()
-                    },
-                    r.counters.clone(),
-                ),
-            );
-            Ok(errors)
-        })
-        .await?
+                info!(errors = errors.len(), "torn down");
+                publisher.publish(
+                    next,
+                    (
+                        BTreeMap::new(),
+                        ReconcileReport {
+                            errors: errors.clone(),
+                            ..ReconcileReport::default()
+                        },
+                        r.counters.clone(),
+                    ),
+                );
+                Ok(errors)
+            })
+            .await??;
+        // The traces read maps the teardown unpinned (the next apply loads new ones):
+        // they end now, and the next trace opens whatever is there then.
+        self.tracer.stop_all("teardown");
+        Ok(errors)
     }
 }
 

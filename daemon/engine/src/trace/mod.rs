@@ -264,6 +264,42 @@ impl Tracer {
     pub fn running(&self) -> usize {
         self.hub.lock().map_or(0, |h| h.traces.len())
     }
+
+    /// Ends every running trace now, each with its `end` item (`reason`, its totals so
+    /// far), stops the kernel writing, and lets go of the trace maps: the next trace
+    /// opens them afresh. For a teardown (the maps the traces read are unpinned, and a
+    /// reload makes new ones the programs write to) and for shutdown (open streams end
+    /// at once instead of holding the drain).
+    pub fn stop_all(&self, reason: &str) {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        let stopped = end_all(&mut hub, reason);
+        if let Some(tap) = hub.tap.take() {
+            // No traces left: the filter that stops the kernel writing.
+            if let Err(e) = set_kernel_filter(&mut hub, &tap) {
+                warn!(error = %e, "stopping the kernel trace");
+            }
+        }
+        if stopped > 0 {
+            debug!(stopped, reason, "traces stopped");
+        }
+    }
+}
+
+/// Removes every trace from the hub, sending each its `end` item with `reason` (a full
+/// queue ends the stream without it, as "stopped"); how many there were.
+fn end_all(hub: &mut Hub, reason: &str) -> usize {
+    let traces = std::mem::take(&mut hub.traces);
+    let n = traces.len();
+    for sub in traces.into_values() {
+        let mut end = sub
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        end.reason = reason.to_owned();
+        let _ = sub.tx.try_send(TraceItem::End(end));
+    }
+    n
 }
 
 fn poisoned<T>(_: T) -> EngineError {
@@ -366,11 +402,23 @@ async fn pump(
     mut decoder: Decoder,
     mut lost_before: u64,
 ) {
+    let _exit = PumpExit {
+        hub: hub.clone(),
+        tap: tap.clone(),
+    };
     let mut interval = tokio::time::interval(PUMP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut raw: Vec<TraceEvent> = Vec::with_capacity(1024);
     loop {
         interval.tick().await;
+        // Not the hub's tap any more (stopped by a teardown; a later trace may run on
+        // a new one): this pump is done, and drains nothing that is not its own.
+        if !hub
+            .lock()
+            .is_ok_and(|h| h.tap.as_ref().is_some_and(|t| Arc::ptr_eq(t, &tap)))
+        {
+            return;
+        }
         raw.clear();
         let lost_now = {
             let Ok(mut tap) = tap.lock() else { return };
@@ -385,6 +433,10 @@ async fn pump(
             decoder.decode(&raw).await
         };
         let Ok(mut hub) = hub.lock() else { return };
+        // Stopped while this cycle drained: what it drained belongs to no trace now.
+        if !hub.tap.as_ref().is_some_and(|t| Arc::ptr_eq(t, &tap)) {
+            return;
+        }
         let now = Instant::now();
         let finished: Vec<u64> = hub
             .traces
@@ -400,8 +452,32 @@ async fn pump(
             let _ = set_kernel_filter(&mut hub, &tap);
         }
         if hub.traces.is_empty() {
-            hub.tap = None;
             return;
+        }
+    }
+}
+
+/// Whatever way the pump ends (no trace left, the hub gone, a panic): if its tap is
+/// still the hub's, the hub lets go of it and ends the traces left ("stopped"), so a
+/// later trace starts a new pump instead of waiting on a dead one.
+struct PumpExit {
+    hub: Arc<Mutex<Hub>>,
+    tap: Arc<Mutex<Box<dyn TraceTap>>>,
+}
+
+impl Drop for PumpExit {
+    fn drop(&mut self) {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if !hub.tap.as_ref().is_some_and(|t| Arc::ptr_eq(t, &self.tap)) {
+            return;
+        }
+        hub.tap = None;
+        if end_all(&mut hub, "stopped") > 0 {
+            warn!("the trace pump stopped with traces running; they were ended");
+        }
+        // The kernel's filter must not stay set with no pump draining.
+        if let Ok(mut tap) = self.tap.lock() {
+            let _ = tap.set(None);
         }
     }
 }

@@ -130,7 +130,9 @@ pub enum LostCause {
 /// How a trace ended, with its totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct TraceEnd {
-    /// `count`, `duration`, or `stopped` (the daemon is shutting down).
+    /// `count` or `duration` (its limits), `teardown` (everything remapd made was
+    /// removed), `shutdown` (the daemon is stopping), or `stopped` (the trace could not
+    /// go on: its queue was full at the end, or the daemon stopped draining).
     pub reason: String,
     /// Events sent.
     pub events: u64,

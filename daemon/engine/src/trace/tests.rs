@@ -299,3 +299,54 @@ async fn events_from_before_a_trace_started_are_not_its_own() {
     fake.push(udp([10, 0, 0, 1], [30, 0, 0, 9], [40, 0, 0, 9]));
     assert_eq!(events(&collect(&mut stream).await).len(), 1);
 }
+
+/// A teardown unpins the maps the traces read (and the next apply loads new ones):
+/// `stop_all` ends every trace with its end item and reason, stops the kernel writing,
+/// and the next trace opens the maps afresh and gets its events from a new pump.
+#[tokio::test]
+async fn stop_all_ends_every_trace_and_the_next_one_opens_the_maps_afresh() {
+    let fake = FakeTrace::default();
+    let (tracer, _snapshot) = tracer(&fake);
+    let mut a = tracer.start(TraceQuery::default()).unwrap();
+    let mut b = tracer
+        .start(TraceQuery {
+            protocol: Some(17),
+            ..TraceQuery::default()
+        })
+        .unwrap();
+    assert_eq!(fake.opens(), 1);
+    assert!(fake.push(udp([10, 0, 0, 1], [30, 0, 0, 9], [40, 0, 0, 9])));
+    tokio::time::sleep(PUMP_INTERVAL * 3).await;
+    tracer.stop_all("teardown");
+    assert_eq!(fake.control(), None, "the kernel stops writing");
+    assert_eq!(tracer.running(), 0);
+    for stream in [&mut a, &mut b] {
+        let items = collect(stream).await;
+        assert_eq!(events(&items).len(), 1, "{items:?}");
+        let end = end(&items);
+        assert_eq!((end.reason.as_str(), end.events), ("teardown", 1));
+    }
+
+    let mut c = tracer
+        .start(TraceQuery {
+            count: Some(1),
+            ..TraceQuery::default()
+        })
+        .unwrap();
+    assert_eq!(
+        fake.opens(),
+        2,
+        "a fresh tap, not the one from before the teardown"
+    );
+    assert!(fake.push(udp([10, 0, 0, 2], [30, 0, 0, 9], [40, 0, 0, 9])));
+    let items = collect(&mut c).await;
+    assert_eq!(events(&items).len(), 1, "{items:?}");
+    assert_eq!(end(&items).reason, "count");
+    // Nothing running: stopping again is a no-op, and shutdown says so in its end.
+    tracer.stop_all("shutdown");
+    let mut d = tracer.start(TraceQuery::default()).unwrap();
+    tracer.stop_all("shutdown");
+    let items = collect(&mut d).await;
+    assert_eq!(end(&items).reason, "shutdown");
+    assert_eq!(fake.control(), None);
+}
