@@ -1206,3 +1206,21 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
     let r = call(&app, "GET", "/v1/trace", None, Some(TOKEN)).await;
     assert_problem(&r, StatusCode::CONFLICT, "nothing to trace", None);
 }
+
+/// A trace with nothing to send writes a `keepalive` line every 15 s (so the server
+/// notices a client that went away), and still ends at its duration.
+#[tokio::test(start_paused = true)]
+async fn a_silent_ndjson_trace_sends_keepalives_until_its_duration() {
+    let app = app("trace-keepalive");
+    let r = call(&app, "GET", "/v1/trace?duration=40s", None, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.body.as_str().expect("several JSON lines");
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["keepalive", "keepalive", "end"], "{text}");
+}

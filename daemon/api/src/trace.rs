@@ -148,7 +148,8 @@ fn query(p: TraceParams) -> Result<TraceQuery, Problem> {
 /// remapd's hooks: time, interface and peering, direction, protocol, addresses and
 /// ports before and after, the rules that fired, or the drop reason. Items of type
 /// `lost` say how many matching events were not sent (kernel buffer full, over
-/// `rate`, or a slow reader); the last item is of type `end`, with totals. The
+/// `rate`, or a slow reader); the last item is of type `end`, with totals. After 15 s
+/// with nothing to send, NDJSON gets a `keepalive` item (SSE a comment). The
 /// programs write events only while a trace runs. NDJSON by default; server-sent
 /// events when the request accepts `text/event-stream`.
 #[utoipa::path(get, path = "/v1/trace", tag = "ops",
@@ -196,11 +197,20 @@ async fn trace(
     Ok(response)
 }
 
+/// How long an NDJSON trace stays silent before a `keepalive` line: writing it is how
+/// the server notices a client that went away (and frees its trace slot) before the
+/// trace's `duration` is up.
+pub const NDJSON_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn ndjson_lines(
     stream: TraceStream,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     stream::unfold(stream, |mut stream| async move {
-        let item = stream.next().await?;
+        // `next` is cancel-safe: a keepalive loses nothing.
+        let item = match tokio::time::timeout(NDJSON_KEEPALIVE, stream.next()).await {
+            Ok(item) => item?,
+            Err(_) => TraceItem::Keepalive,
+        };
         let mut line = serde_json::to_vec(&item).unwrap_or_default();
         line.push(b'\n');
         Some((Ok(Bytes::from(line)), stream))

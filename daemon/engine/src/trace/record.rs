@@ -159,6 +159,10 @@ pub enum TraceItem {
     },
     /// The last item.
     End(TraceEnd),
+    /// Nothing else to send for a while (NDJSON only: sent after 15 s without another
+    /// item, so a client that went away is noticed and its trace ends; SSE sends
+    /// comments instead). Carries nothing.
+    Keepalive,
 }
 
 impl TraceItem {
@@ -168,6 +172,7 @@ impl TraceItem {
             Self::Event(_) => "event",
             Self::Lost { .. } => "lost",
             Self::End(_) => "end",
+            Self::Keepalive => "keepalive",
         }
     }
 }
