@@ -44,7 +44,7 @@ fn address(value: &str, pointer: &str) -> Result<Ipv4Addr, Problem> {
 /// Explains a path: for a local pod dialing out (`from` local, `to` routed into a
 /// tunnel) or a remote pod dialing in (`from` a peer's real address, `to` how that peer
 /// sees this cluster), each step of the request and of its reply — the route in
-/// remapd's table, the tunnel and WireGuard peer, every rewrite on this gateway and, from
+/// remapd's routes, the tunnel and WireGuard peer, every rewrite on this gateway and, from
 /// the peer's exports, on the peer's, the border's verdict — what the destination pod
 /// sees as source, and why a packet would be dropped. Nothing is sent. Overlapping
 /// CIDRs can make both readings possible; both are answered.

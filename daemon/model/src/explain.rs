@@ -124,7 +124,7 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
-    /// No route in remapd's table sends the destination into a tunnel: the main table
+    /// None of remapd's routes sends the destination into a tunnel: the main table
     /// decides, which does not reach the peer.
     NoRoute,
     /// The route leads into another peering's tunnel than the one that must carry it.
@@ -507,7 +507,7 @@ fn list(nets: &[Ipv4Net]) -> String {
         .join(", ")
 }
 
-/// The peering whose route in remapd's table holds `addr` (longest prefix over every
+/// The peering whose route (one of remapd's) holds `addr` (longest prefix over every
 /// peering's routes), with the prefix.
 fn route_of<'a>(
     peerings: &'a [PeeringPath<'a>],
@@ -577,7 +577,7 @@ pub fn explain(
                 Gateway::Local,
                 DropReason::NoRoute,
                 format!(
-                    "no route in remapd's table holds {to}: the main table decides, and it does not lead into {}",
+                    "none of remapd's routes holds {to}: the main table decides, and it does not lead into {}",
                     path.interface
                 ),
             ),
@@ -626,7 +626,7 @@ fn explanation(
     }
 }
 
-/// A local pod at `from` dials `to`, which remapd's table routes into `path`'s tunnel.
+/// A local pod at `from` dials `to`, which remapd's routes send into `path`'s tunnel.
 fn outbound(
     local: &LocalCluster,
     path: &PeeringPath<'_>,
@@ -647,10 +647,7 @@ fn outbound(
     walk.step(
         Gateway::Local,
         StepKind::Route,
-        format!(
-            "{to} via {} (route {prefix} in remapd's table)",
-            path.interface
-        ),
+        format!("{to} via {} (remapd's route {prefix})", path.interface),
     );
     walk.rewrite(&ours, Direction::Egress);
     let peer = match peer_plan(local, path) {
@@ -790,7 +787,7 @@ fn inbound(
         None => back.drop(
             Gateway::Local,
             DropReason::NoRoute,
-            format!("no route in remapd's table holds {}", delivered.source),
+            format!("none of remapd's routes holds {}", delivered.source),
         ),
         Some((via, prefix)) if via.name != path.name => back.drop(
             Gateway::Local,
@@ -805,7 +802,7 @@ fn inbound(
                 Gateway::Local,
                 StepKind::Route,
                 format!(
-                    "{} via {} (route {prefix} in remapd's table)",
+                    "{} via {} (remapd's route {prefix})",
                     delivered.source, path.interface
                 ),
             );

@@ -156,7 +156,8 @@ pub struct ProtectedAddress {
     pub what: String,
 }
 
-/// Routes into the tunnels, in remapd's table, reached through one policy rule.
+/// Routes into the tunnels: in remapd's own table behind one policy rule, or in the
+/// main table marked as remapd's (see [`routes::RoutePlacement`]).
 pub trait RouteApplier: Send {
     /// This gateway's own addresses (on interfaces other than remapd's tunnels) and the
     /// next hops of its routes towards `endpoints`: what no tunnel route may cover.
@@ -164,10 +165,10 @@ pub trait RouteApplier: Send {
         &self,
         endpoints: &[std::net::Ipv4Addr],
     ) -> Result<Vec<ProtectedAddress>, NetError>;
-    /// Makes remapd's table hold exactly `routes` and ensures the rule that sends
-    /// lookups to it exists. Never touches other tables or rules.
+    /// Makes remapd's routes exactly `routes` (in its own table: and ensures the rule
+    /// that sends lookups there). Never touches other routes or rules.
     fn apply(&mut self, routes: &[RouteSpec]) -> Result<RouteReport, NetError>;
-    /// Removes every route in remapd's table and the rule.
+    /// Removes every route remapd made, in either placement, and the rule.
     fn teardown(&mut self) -> Result<(), NetError>;
 }
 

@@ -159,7 +159,7 @@ pub struct DesiredSystem {
     pub failures: BTreeMap<String, PlanFailure>,
     /// Tunnels, one per peering with a plan and a key.
     pub tunnels: Vec<TunnelSpec>,
-    /// Routes in remapd's table.
+    /// remapd's routes into the tunnels.
     pub routes: Vec<RouteSpec>,
     /// Dataplane rules and ingress borders.
     pub dataplane: DesiredDataplane,

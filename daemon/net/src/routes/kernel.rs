@@ -23,7 +23,7 @@ use crate::netlink::{Link, errno, links, netlink_error};
 /// carried in an attribute, does not fit.
 const RT_TABLE_COMPAT: u8 = 252;
 
-/// A route found in remapd's table.
+/// A route found in a table remapd looks at.
 #[derive(Clone, Debug)]
 pub(crate) struct Dumped<R> {
     /// What the kernel needs to delete it.
