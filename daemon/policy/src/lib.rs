@@ -42,7 +42,7 @@ pub use compiled_cache::{CompiledCache, MIN_CACHED_BYTES};
 
 use convert::{from_wit, to_wit};
 pub use registry::{NamedPolicy, PolicyRegistry, RegistryError, parse_reference};
-use sandbox::HostState;
+use sandbox::{CallLimits, HostState};
 
 /// The contract version this host speaks.
 pub const CONTRACT: &str = "remap:policy@0.1.0";
@@ -54,7 +54,7 @@ pub struct PolicyLimits {
     pub fuel: u64,
     /// Wall-clock budget per call.
     pub timeout: Duration,
-    /// Linear memory a policy may grow to, in bytes.
+    /// Linear memory a policy may grow to, in bytes: all its memories together.
     pub memory_bytes: usize,
     /// Bytes of log output kept per call; the rest is dropped (and counted).
     pub log_bytes: usize,
@@ -248,7 +248,8 @@ pub struct PolicyEngine {
 /// Core instances, tables and linear memories one call may create. A Rust policy
 /// needs one or two of each; an interpreter built by componentize-py links a dozen
 /// modules (libc, the interpreter, WASI adapters). Each memory is bounded by
-/// [`PolicyLimits::memory_bytes`]; only the main one grows in practice.
+/// [`PolicyLimits::memory_bytes`], and all of them together too ([`CallLimits`]); only
+/// the main one grows in practice.
 const MAX_INSTANCES: usize = 64;
 const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 8;
@@ -494,13 +495,16 @@ impl PolicyEngine {
         let mut store = Store::new(
             &self.engine,
             HostState::new(
-                StoreLimitsBuilder::new()
-                    .memory_size(limits.memory_bytes)
-                    .instances(MAX_INSTANCES)
-                    .tables(MAX_TABLES)
-                    .memories(MAX_MEMORIES)
-                    .trap_on_grow_failure(true)
-                    .build(),
+                CallLimits::new(
+                    StoreLimitsBuilder::new()
+                        .memory_size(limits.memory_bytes)
+                        .instances(MAX_INSTANCES)
+                        .tables(MAX_TABLES)
+                        .memories(MAX_MEMORIES)
+                        .trap_on_grow_failure(true)
+                        .build(),
+                    limits.memory_bytes,
+                ),
                 self.limits.log_bytes,
             ),
         );
@@ -571,9 +575,12 @@ impl PolicyEngine {
         let mut store = Store::new(
             &self.engine,
             HostState::new(
-                StoreLimitsBuilder::new()
-                    .memory_size(self.limits.memory_bytes)
-                    .build(),
+                CallLimits::new(
+                    StoreLimitsBuilder::new()
+                        .memory_size(self.limits.memory_bytes)
+                        .build(),
+                    self.limits.memory_bytes,
+                ),
                 usize::MAX,
             ),
         );

@@ -15,8 +15,8 @@
 
 use std::time::Duration;
 
-use wasmtime::StoreLimits;
 use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::p2::pipe::{MemoryOutputPipe, SinkOutputStream};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{
@@ -107,9 +107,86 @@ pub(crate) fn add_timers_due_at_once(linker: &mut Linker<HostState>) -> wasmtime
     Ok(())
 }
 
+/// One call's resource limits: wasmtime's [`StoreLimits`] (each linear memory, each
+/// table, and how many instances, tables and memories) plus a cap on all linear
+/// memories together. A component may hold several memories (an interpreter links a
+/// dozen modules), each within the per-memory limit; without the cap, a hostile one
+/// could take that limit once per memory it declares.
+pub(crate) struct CallLimits {
+    each: StoreLimits,
+    /// Bytes of linear memory the call's instances hold now (memories never shrink).
+    total: usize,
+    max_total: usize,
+}
+
+impl CallLimits {
+    /// `each` per memory and table, and at most `max_total` bytes of memory in all.
+    pub(crate) fn new(each: StoreLimits, max_total: usize) -> Self {
+        Self {
+            each,
+            total: 0,
+            max_total,
+        }
+    }
+}
+
+impl ResourceLimiter for CallLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        let total = self.total.saturating_add(growth);
+        if total > self.max_total {
+            // A trap, like the per-memory limit's (trap_on_grow_failure).
+            wasmtime::bail!(
+                "growing a memory to {desired} bytes would take the policy's memories to \
+                 {total} bytes in all, over its limit of {}",
+                self.max_total
+            );
+        }
+        let allowed = self.each.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.total = total;
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.each.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.each.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.each.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.each.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.each.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.each.memories()
+    }
+}
+
 /// Everything one policy call has: its log, limits and (empty) WASI.
 pub(crate) struct HostState {
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: CallLimits,
     pub(crate) log: Vec<String>,
     pub(crate) log_bytes: usize,
     pub(crate) log_dropped: usize,
@@ -121,7 +198,7 @@ pub(crate) struct HostState {
 
 impl HostState {
     /// A fresh state for one call: `max_log_bytes` of log (and as much stderr).
-    pub(crate) fn new(limits: StoreLimits, max_log_bytes: usize) -> Self {
+    pub(crate) fn new(limits: CallLimits, max_log_bytes: usize) -> Self {
         let stderr = MemoryOutputPipe::new(max_log_bytes);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(SinkOutputStream)
@@ -193,5 +270,65 @@ mod tests {
         assert!(!is_allowed_wasi("wasi:cli/environment@0.3.0"));
         assert!(!is_allowed_wasi("wasi:cli/environment"));
         assert!(!is_allowed_wasi("evil:cli/environment@0.2.0"));
+    }
+
+    const MIB: usize = 1 << 20;
+
+    fn limits(each: usize, total: usize) -> CallLimits {
+        CallLimits::new(
+            wasmtime::StoreLimitsBuilder::new()
+                .memory_size(each)
+                .memories(8)
+                .trap_on_grow_failure(true)
+                .build(),
+            total,
+        )
+    }
+
+    /// A core module with `n` memories of `mib` MiB each, built and instantiated with
+    /// `limits`: whether instantiation was allowed.
+    fn instantiate(n: u32, mib: u64, limits: CallLimits) -> Result<(), String> {
+        let mut module = wasm_encoder::Module::new();
+        let mut memories = wasm_encoder::MemorySection::new();
+        for _ in 0..n {
+            memories.memory(wasm_encoder::MemoryType {
+                minimum: mib * 16,
+                maximum: None,
+                memory64: false,
+                shared: false,
+                page_size_log2: None,
+            });
+        }
+        module.section(&memories);
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, module.finish()).map_err(|e| e.to_string())?;
+        let mut store = wasmtime::Store::new(&engine, limits);
+        store.limiter(|l| l);
+        wasmtime::Instance::new(&mut store, &module, &[])
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Several memories, each within the per-memory limit, cannot add up past the
+    /// policy's memory limit: the memory that would cross it traps.
+    #[test]
+    fn all_memories_together_stay_within_the_limit() {
+        // One memory of 40 MiB, or two of 30: within 64 MiB.
+        instantiate(1, 40, limits(64 * MIB, 64 * MIB)).unwrap();
+        instantiate(2, 30, limits(64 * MIB, 64 * MIB)).unwrap();
+        // Three of 30 MiB: each is allowed, together they are not.
+        let e = instantiate(3, 30, limits(64 * MIB, 64 * MIB)).unwrap_err();
+        assert!(e.contains("over its limit of 67108864"), "{e}");
+        // The per-memory limit still holds on its own.
+        let e = instantiate(1, 65, limits(64 * MIB, 1024 * MIB)).unwrap_err();
+        assert!(e.contains("forcing trap"), "{e}");
+
+        // Growth counts too, and a refused growth is not counted.
+        let mut l = limits(64 * MIB, 64 * MIB);
+        assert!(l.memory_growing(0, 32 * MIB, None).unwrap());
+        assert!(l.memory_growing(0, 16 * MIB, None).unwrap());
+        assert!(l.memory_growing(16 * MIB, 40 * MIB, None).is_err());
+        assert!(l.memory_growing(16 * MIB, 32 * MIB, None).unwrap());
+        assert_eq!(l.total, 64 * MIB);
     }
 }
