@@ -693,6 +693,8 @@ fn userspace_tunnels_are_started_adopted_updated_and_pruned() {
         );
         assert!(!socket(iface).exists(), "{} left", socket(iface).display());
         assert!(!run_dir.join(format!("{iface}.pid")).exists());
+        // Its log goes with it (a churn of peerings must not fill run_dir).
+        assert!(!run_dir.join(format!("{iface}.log")).exists());
         let links = stdout(ns.ip(&["-o", "link", "show"]));
         assert!(
             !links.contains(iface.as_str()),

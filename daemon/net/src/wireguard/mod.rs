@@ -416,6 +416,16 @@ impl WireGuardTunnels {
             interface: interface.to_owned(),
             reason: format!("removing {}: {e}", pid_path.display()),
         })?;
+        // Its log and the rotated copy: a removed tunnel's log would otherwise stay in
+        // run_dir for good, one more with every peering that comes and goes.
+        let log = self.log_path(interface);
+        let mut rotated = log.as_os_str().to_owned();
+        rotated.push(".1");
+        for path in [log, PathBuf::from(rotated)] {
+            if let Err(e) = remove_if_exists(&path) {
+                warn!(interface = %interface, path = %path.display(), error = %e, "removing the tunnel's log");
+            }
+        }
         if let Some(mut child) = self.children.remove(interface) {
             // Started by this instance under a pid the file no longer named.
             let _ = child.try_wait();
