@@ -10,7 +10,10 @@ use remapd_tests::daemons::remapd_binary;
 fn run(args: &[&str]) -> (i32, String) {
     // Compiled policies are cached under target/, not in the user's home.
     let cache = concat!(env!("CARGO_TARGET_TMPDIR"), "/remapd-policy-cache");
-    let out = Command::new(remapd_binary())
+    // Under coreutils' timeout: a command that hangs fails the test instead of CI.
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "180"])
+        .arg(remapd_binary())
         .args(args)
         .env("REMAPD_POLICY_CACHE", cache)
         .output()
@@ -20,7 +23,12 @@ fn run(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.code().unwrap_or(-1), text)
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code != 124 && code != 137,
+        "remapd {args:?} did not finish within 180 s: {text}"
+    );
+    (code, text)
 }
 
 #[test]
@@ -36,6 +44,20 @@ fn bad_configuration_exits_64_with_a_reason() {
     let (code, text) = run(&["--config", bad.to_str().unwrap(), "check-config"]);
     assert_eq!(code, 64, "{text}");
     assert!(text.contains("unknown field `route_tabel`"), "{text}");
+
+    std::fs::write(&bad, "route_placement = \"main\"\n").unwrap();
+    let (code, text) = run(&["--config", bad.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 64, "{text}");
+    assert!(
+        text.contains("own-table") && text.contains("main-table"),
+        "{text}"
+    );
+    let (code, text) = run(&["--route-placement", "main", "check-config"]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("main-table"), "{text}");
+    let (code, text) = run(&["--route-placement", "main-table", "check-config"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("route_placement: MainTable"), "{text}");
 
     let (code, text) = run(&["--config", "/nonexistent/remapd.toml", "check-config"]);
     assert_eq!(code, 64, "{text}");
