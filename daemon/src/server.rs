@@ -12,7 +12,7 @@ use crate::daemon::Daemon;
 use crate::dataplane::DataplaneConfig;
 use crate::dataplane::KernelDataplane;
 use crate::http::serve_http;
-use crate::net::routes::{NetlinkRoutes, RouteTarget};
+use crate::net::routes::NetlinkRoutes;
 use crate::net::wireguard::{WireGuardConfig, WireGuardTunnels};
 use crate::policy::{CompiledCache, PolicyEngine, PolicyRegistry};
 use crate::reconcile::Reconciler;
@@ -154,11 +154,7 @@ pub fn kernel_reconciler(config: &Config, registry: Arc<PolicyRegistry>) -> Reco
             attach_mode: f.attach_mode,
             without_trace: false,
         })),
-        Box::new(NetlinkRoutes::new(RouteTarget {
-            placement: f.route_placement,
-            table: f.route_table,
-            rule_priority: f.rule_priority,
-        })),
+        Box::new(NetlinkRoutes::new(config.route_target())),
         Box::new(WireGuardTunnels::new(WireGuardConfig {
             userspace_program: f.wireguard.userspace_program.clone(),
             socket_dir: f.wireguard.socket_dir.clone(),
@@ -265,7 +261,7 @@ pub async fn serve(
             info!(timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections; draining open requests");
             resync.abort();
             // Open traces end now, each with its end item, rather than hold the drain.
-            daemon.tracer().stop_all("shutdown");
+            daemon.tracer().close();
             let _ = stop.send(());
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
                 Ok(Ok(result)) => result.map_err(listen_error)?,

@@ -12,7 +12,8 @@ mod record;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -114,6 +115,8 @@ pub struct Tracer {
     source: Arc<dyn TraceSource>,
     decoder_inputs: DecoderInputs,
     hub: Arc<Mutex<Hub>>,
+    /// Set at shutdown: no trace starts after it.
+    closed: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -127,7 +130,33 @@ struct Hub {
     next_id: u64,
     traces: BTreeMap<u64, Subscriber>,
     /// The open tap while the pump runs.
-    tap: Option<Arc<Mutex<Box<dyn TraceTap>>>>,
+    tap: Option<SharedTap>,
+}
+
+/// The open tap, shared by the hub and its pump.
+type SharedTap = Arc<Mutex<TapSlot>>;
+
+/// A tap, and whether it was retired (by a teardown, shutdown, or its pump's end). A
+/// retired tap is drained by no one and its filter is off: the check and the drain
+/// happen under this one lock, so two pumps never read one ring buffer.
+struct TapSlot {
+    tap: Box<dyn TraceTap>,
+    retired: bool,
+}
+
+/// The tap's lock, poisoned or not (a panicking pump must not leave the kernel writing).
+fn lock_tap(tap: &SharedTap) -> MutexGuard<'_, TapSlot> {
+    tap.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Retires `tap`: its pump stops before its next drain and the kernel stops writing.
+/// Only for the hub's current tap, with the hub locked.
+fn retire(tap: &SharedTap) {
+    let mut slot = lock_tap(tap);
+    slot.retired = true;
+    if let Err(e) = slot.tap.set(None) {
+        warn!(error = %e, "stopping the kernel trace");
+    }
 }
 
 struct Subscriber {
@@ -157,6 +186,7 @@ impl Tracer {
             source,
             decoder_inputs: DecoderInputs { status, snapshot },
             hub: Arc::default(),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -188,6 +218,12 @@ impl Tracer {
             prefix: query.prefix,
         };
         let mut hub = self.hub.lock().map_err(poisoned)?;
+        // Checked under the hub's lock: `close` sets the flag, then ends what runs.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(EngineError::TraceUnavailable(
+                "the daemon is shutting down".into(),
+            ));
+        }
         if hub.traces.len() >= MAX_TRACES {
             return Err(EngineError::TooManyTraces(MAX_TRACES));
         }
@@ -203,7 +239,11 @@ impl Tracer {
                 // are not this trace's.
                 let mut stale = Vec::new();
                 tap.drain(&mut stale, usize::MAX);
-                (Arc::new(Mutex::new(tap)), true)
+                let slot = TapSlot {
+                    tap,
+                    retired: false,
+                };
+                (Arc::new(Mutex::new(slot)), true)
             }
         };
         let id = hub.next_id;
@@ -235,7 +275,7 @@ impl Tracer {
         }
         if new_tap {
             hub.tap = Some(tap.clone());
-            let baseline = tap.lock().map_err(poisoned)?.lost().unwrap_or(0);
+            let baseline = lock_tap(&tap).tap.lost().unwrap_or(0);
             tokio::spawn(pump(
                 self.hub.clone(),
                 tap,
@@ -265,6 +305,13 @@ impl Tracer {
         self.hub.lock().map_or(0, |h| h.traces.len())
     }
 
+    /// At shutdown: no trace starts any more, and the running ones end now with reason
+    /// `shutdown` (rather than hold the server's drain).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.stop_all("shutdown");
+    }
+
     /// Ends every running trace now, each with its `end` item (`reason`, its totals so
     /// far), stops the kernel writing, and lets go of the trace maps: the next trace
     /// opens them afresh. For a teardown (the maps the traces read are unpinned, and a
@@ -274,10 +321,7 @@ impl Tracer {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         let stopped = end_all(&mut hub, reason);
         if let Some(tap) = hub.tap.take() {
-            // No traces left: the filter that stops the kernel writing.
-            if let Err(e) = set_kernel_filter(&mut hub, &tap) {
-                warn!(error = %e, "stopping the kernel trace");
-            }
+            retire(&tap);
         }
         if stopped > 0 {
             debug!(stopped, reason, "traces stopped");
@@ -307,10 +351,7 @@ fn poisoned<T>(_: T) -> EngineError {
 }
 
 /// Sets the kernel filter to cover every running trace (none: tracing stops).
-fn set_kernel_filter(
-    hub: &mut Hub,
-    tap: &Arc<Mutex<Box<dyn TraceTap>>>,
-) -> Result<(), EngineError> {
+fn set_kernel_filter(hub: &mut Hub, tap: &SharedTap) -> Result<(), EngineError> {
     let filters: Vec<KernelTraceFilter> = hub.traces.values().map(|s| s.kernel.clone()).collect();
     let filter = (!filters.is_empty()).then(|| KernelTraceFilter::union(&filters));
     // The kernel samples for every trace when they all ask the same rate (the union
@@ -319,8 +360,9 @@ fn set_kernel_filter(
     for sub in hub.traces.values_mut() {
         sub.kernel_samples = kernel_sample > 1;
     }
-    let mut tap = tap.lock().map_err(poisoned)?;
-    tap.set(filter.as_ref())
+    lock_tap(tap)
+        .tap
+        .set(filter.as_ref())
         .map_err(|e| EngineError::TraceUnavailable(e.to_string()))
 }
 
@@ -396,12 +438,7 @@ impl TraceStream {
 }
 
 /// Drains the ring buffer while traces run; stops tracing and exits when none do.
-async fn pump(
-    hub: Arc<Mutex<Hub>>,
-    tap: Arc<Mutex<Box<dyn TraceTap>>>,
-    mut decoder: Decoder,
-    mut lost_before: u64,
-) {
+async fn pump(hub: Arc<Mutex<Hub>>, tap: SharedTap, mut decoder: Decoder, mut lost_before: u64) {
     let _exit = PumpExit {
         hub: hub.clone(),
         tap: tap.clone(),
@@ -411,19 +448,16 @@ async fn pump(
     let mut raw: Vec<TraceEvent> = Vec::with_capacity(1024);
     loop {
         interval.tick().await;
-        // Not the hub's tap any more (stopped by a teardown; a later trace may run on
-        // a new one): this pump is done, and drains nothing that is not its own.
-        if !hub
-            .lock()
-            .is_ok_and(|h| h.tap.as_ref().is_some_and(|t| Arc::ptr_eq(t, &tap)))
-        {
-            return;
-        }
         raw.clear();
         let lost_now = {
-            let Ok(mut tap) = tap.lock() else { return };
-            tap.drain(&mut raw, DRAIN_BATCH);
-            tap.lost().unwrap_or(lost_before)
+            let mut slot = lock_tap(&tap);
+            // Retired (a teardown, shutdown): this pump is done and drains nothing; a
+            // later trace may run on a new tap with a pump of its own.
+            if slot.retired {
+                return;
+            }
+            slot.tap.drain(&mut raw, DRAIN_BATCH);
+            slot.tap.lost().unwrap_or(lost_before)
         };
         let lost = lost_now.saturating_sub(lost_before);
         lost_before = lost_now;
@@ -452,6 +486,10 @@ async fn pump(
             let _ = set_kernel_filter(&mut hub, &tap);
         }
         if hub.traces.is_empty() {
+            // Let go of the tap under the hub's lock, so a trace starting next opens a
+            // new one (and a pump with it) rather than join a pump that is leaving.
+            hub.tap = None;
+            retire(&tap);
             return;
         }
     }
@@ -462,7 +500,7 @@ async fn pump(
 /// later trace starts a new pump instead of waiting on a dead one.
 struct PumpExit {
     hub: Arc<Mutex<Hub>>,
-    tap: Arc<Mutex<Box<dyn TraceTap>>>,
+    tap: SharedTap,
 }
 
 impl Drop for PumpExit {
@@ -476,9 +514,7 @@ impl Drop for PumpExit {
             warn!("the trace pump stopped with traces running; they were ended");
         }
         // The kernel's filter must not stay set with no pump draining.
-        if let Ok(mut tap) = self.tap.lock() {
-            let _ = tap.set(None);
-        }
+        retire(&self.tap);
     }
 }
 

@@ -342,11 +342,26 @@ async fn stop_all_ends_every_trace_and_the_next_one_opens_the_maps_afresh() {
     let items = collect(&mut c).await;
     assert_eq!(events(&items).len(), 1, "{items:?}");
     assert_eq!(end(&items).reason, "count");
-    // Nothing running: stopping again is a no-op, and shutdown says so in its end.
-    tracer.stop_all("shutdown");
+    // Nothing running: stopping again is a no-op.
+    tracer.stop_all("teardown");
+    assert_eq!(tracer.running(), 0);
+}
+
+/// At shutdown the running traces end with reason `shutdown` and no new one starts
+/// (it would hold the server's drain).
+#[tokio::test]
+async fn close_ends_running_traces_and_refuses_new_ones() {
+    let fake = FakeTrace::default();
+    let (tracer, _snapshot) = tracer(&fake);
     let mut d = tracer.start(TraceQuery::default()).unwrap();
-    tracer.stop_all("shutdown");
+    tracer.close();
     let items = collect(&mut d).await;
     assert_eq!(end(&items).reason, "shutdown");
     assert_eq!(fake.control(), None);
+    let refused = tracer.start(TraceQuery::default()).err();
+    assert!(
+        matches!(&refused, Some(EngineError::TraceUnavailable(m)) if m.contains("shutting down")),
+        "{refused:?}"
+    );
+    assert_eq!(fake.control(), None, "the refused trace turned nothing on");
 }
