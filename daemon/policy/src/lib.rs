@@ -504,6 +504,7 @@ impl PolicyEngine {
                         .trap_on_grow_failure(true)
                         .build(),
                     limits.memory_bytes,
+                    true,
                 ),
                 self.limits.log_bytes,
             ),
@@ -580,6 +581,7 @@ impl PolicyEngine {
                         .memory_size(self.limits.memory_bytes)
                         .build(),
                     self.limits.memory_bytes,
+                    false,
                 ),
                 usize::MAX,
             ),

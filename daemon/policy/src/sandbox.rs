@@ -117,15 +117,20 @@ pub(crate) struct CallLimits {
     /// Bytes of linear memory the call's instances hold now (memories never shrink).
     total: usize,
     max_total: usize,
+    /// Whether going over `max_total` traps (as `each` does with
+    /// `trap_on_grow_failure`) or only fails the growth (`memory.grow` returns -1).
+    trap: bool,
 }
 
 impl CallLimits {
-    /// `each` per memory and table, and at most `max_total` bytes of memory in all.
-    pub(crate) fn new(each: StoreLimits, max_total: usize) -> Self {
+    /// `each` per memory and table, and at most `max_total` bytes of memory in all;
+    /// `trap`: going over traps, as `each`'s `trap_on_grow_failure` should say too.
+    pub(crate) fn new(each: StoreLimits, max_total: usize, trap: bool) -> Self {
         Self {
             each,
             total: 0,
             max_total,
+            trap,
         }
     }
 }
@@ -137,21 +142,26 @@ impl ResourceLimiter for CallLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let growth = desired.saturating_sub(current);
-        let total = self.total.saturating_add(growth);
+        // The per-memory limit and the memory's declared maximum first: a growth they
+        // refuse is not counted.
+        if !self.each.memory_growing(current, desired, maximum)? {
+            return Ok(false);
+        }
+        let total = self.total.saturating_add(desired.saturating_sub(current));
         if total > self.max_total {
-            // A trap, like the per-memory limit's (trap_on_grow_failure).
+            if !self.trap {
+                return Ok(false);
+            }
             wasmtime::bail!(
                 "growing a memory to {desired} bytes would take the policy's memories to \
                  {total} bytes in all, over its limit of {}",
                 self.max_total
             );
         }
-        let allowed = self.each.memory_growing(current, desired, maximum)?;
-        if allowed {
-            self.total = total;
-        }
-        Ok(allowed)
+        // Counted once allowed. Should the allocation itself then fail, the call traps
+        // (`trap_on_grow_failure`) and its store is dropped with this count.
+        self.total = total;
+        Ok(true)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -282,6 +292,7 @@ mod tests {
                 .trap_on_grow_failure(true)
                 .build(),
             total,
+            true,
         )
     }
 
@@ -330,5 +341,20 @@ mod tests {
         assert!(l.memory_growing(16 * MIB, 40 * MIB, None).is_err());
         assert!(l.memory_growing(16 * MIB, 32 * MIB, None).unwrap());
         assert_eq!(l.total, 64 * MIB);
+
+        // A growth the memory's own maximum refuses is not counted; without trapping,
+        // going over the total fails the growth instead.
+        let mut l = CallLimits::new(
+            wasmtime::StoreLimitsBuilder::new()
+                .memory_size(64 * MIB)
+                .build(),
+            64 * MIB,
+            false,
+        );
+        assert!(!l.memory_growing(0, 32 * MIB, Some(16 * MIB)).unwrap());
+        assert_eq!(l.total, 0);
+        assert!(l.memory_growing(0, 48 * MIB, None).unwrap());
+        assert!(!l.memory_growing(0, 32 * MIB, None).unwrap());
+        assert_eq!(l.total, 48 * MIB);
     }
 }
