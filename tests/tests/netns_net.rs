@@ -338,12 +338,25 @@ fn main_table_placement_needs_no_rule_owns_only_proto_78_and_switches_cleanly() 
     for taken in ["10.50.0.0/16", "10.60.0.0/16"] {
         let err = apply_to(MAIN, &[("10.1.0.0/16", "d1"), (taken, "d1")]).unwrap_err();
         assert!(
-            matches!(&err, NetError::RouteTaken { route } if route.starts_with(taken)),
+            matches!(&err, NetError::RouteTaken { route }
+                if route.starts_with(taken) && route.ends_with("proto boot")),
             "{err:?}"
         );
         assert_eq!(main_ours(&ns), before);
         assert_eq!(main_others_and_rules(&ns), untouched);
     }
+
+    // A more specific route of someone else's inside a wanted prefix: refused too.
+    ns.ip(&["route", "add", "10.70.1.0/24", "dev", "d0"]);
+    let untouched_with_it = main_others_and_rules(&ns);
+    let err = apply_to(MAIN, &[("10.1.0.0/16", "d1"), ("10.70.0.0/16", "d1")]).unwrap_err();
+    assert!(
+        matches!(&err, NetError::RouteTaken { route } if route.starts_with("10.70.1.0/24")),
+        "{err:?}"
+    );
+    assert_eq!(main_ours(&ns), before);
+    assert_eq!(main_others_and_rules(&ns), untouched_with_it);
+    ns.ip(&["route", "del", "10.70.1.0/24", "dev", "d0"]);
 
     // A prefix moving to another device, one no longer wanted.
     let report = apply_to(MAIN, &[("10.1.0.0/16", "d1")]).unwrap();

@@ -107,8 +107,8 @@ pub enum NetError {
         /// Cause.
         reason: String,
     },
-    /// A prefix remapd would route in the main table is already routed there by a route
-    /// remapd did not make.
+    /// A prefix remapd would route in the main table is already routed there, whole or
+    /// in part (a more specific route), by a route remapd did not make.
     #[error(
         "{route} is already in the main table and is not remapd's: remapd does not take \
          over other routes; remove it, or keep remapd's routes in a table of its own \

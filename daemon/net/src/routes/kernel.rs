@@ -210,6 +210,14 @@ fn describe(message: &RouteMessage, names: &HashMap<u32, &str>) -> String {
             _ => {}
         }
     }
+    // Who made it, when not remapd: what an operator needs to find its owner.
+    match u8::from(message.header.protocol) {
+        RTPROT_REMAPD => {}
+        2 => out.push_str(" proto kernel"),
+        3 => out.push_str(" proto boot"),
+        4 => out.push_str(" proto static"),
+        n => out.push_str(&format!(" proto {n}")),
+    }
     format!("{dst}/{}{out}", message.header.destination_prefix_length)
 }
 

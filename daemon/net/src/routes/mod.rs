@@ -6,8 +6,9 @@
 //!   there, ahead of the main table;
 //! - **main table**: remapd's routes sit in the main table marked with protocol
 //!   [`RTPROT_REMAPD`], and no rule is added. Only routes with that protocol are
-//!   remapd's; a wanted prefix that another route of the main table already holds is
-//!   refused, never taken over. The kernel then keeps its direct main-table lookup,
+//!   remapd's (another program using 78 in the same namespace would lose its routes); a
+//!   wanted prefix that another route of the main table holds, whole or in part (a
+//!   more specific route), is refused, never taken over. The kernel then keeps its direct main-table lookup,
 //!   which any policy rule besides the three defaults turns off for every route lookup
 //!   on the gateway (`fib_has_custom_rules`; BENCHMARKS.md §4 measures what that costs
 //!   through WireGuard).
@@ -188,9 +189,12 @@ async fn converge_table<K: RoutingKernel>(
     let ours = |dump: Vec<kernel::Dumped<K::Route>>| -> Result<Vec<_>, NetError> {
         let (ours, foreign): (Vec<_>, Vec<_>) =
             dump.into_iter().partition(|d| !by_protocol || d.ours);
+        // At a wanted prefix, or inside one: a more specific route would take part of
+        // the view's traffic away from the tunnel (own-table mode's rule would not let
+        // it). A wider one (a default route, say) is fine: remapd's is more specific.
         if let Some(taken) = foreign.iter().find(|d| {
             d.prefix
-                .is_some_and(|p| wanted.keys().any(|w| w.prefix == p))
+                .is_some_and(|p| wanted.keys().any(|w| w.prefix.contains(&p)))
         }) {
             return Err(NetError::RouteTaken {
                 route: taken.shown.clone(),
@@ -264,14 +268,16 @@ fn split_dump<R>(
     (present, extra)
 }
 
-/// Removes every route remapd made, in either placement, and its rule.
+/// Removes every route remapd made, in either placement, and its rule. Both are tried
+/// whatever happens to the other; the first error is returned.
 pub(crate) async fn clear<K: RoutingKernel>(
     kernel: &K,
     target: RouteTarget,
 ) -> Result<(), NetError> {
     let links = kernel.links().await?;
-    clear_own_table(kernel, target.table, target.rule_priority, &links).await?;
-    clear_main(kernel, &links).await
+    let own = clear_own_table(kernel, target.table, target.rule_priority, &links).await;
+    let main = clear_main(kernel, &links).await;
+    own.and(main)
 }
 
 /// Removes every route in `table`, then remapd's rule.
@@ -510,7 +516,17 @@ mod tests {
     }
 
     fn del(shown: &str) -> Op {
-        Op::DeleteRoute(shown.into())
+        Op::DeleteRoute {
+            table: T,
+            route: shown.into(),
+        }
+    }
+
+    fn del_main(shown: &str) -> Op {
+        Op::DeleteRoute {
+            table: MAIN_TABLE,
+            route: shown.into(),
+        }
     }
 
     const ADD_RULE: Op = Op::AddRule {
@@ -735,7 +751,7 @@ mod tests {
             ],
         );
         let r = block_on(converge(&k, MAIN, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
-        assert_eq!(k.ops(), vec![del("50.0.0.0/24 dev rmd-b")]);
+        assert_eq!(k.ops(), vec![del_main("50.0.0.0/24 dev rmd-b")]);
         assert_eq!((r.added, r.removed, r.unchanged), (0, 1, 1));
 
         // A wanted prefix someone else routes in the main table: refused, nothing sent
@@ -757,6 +773,22 @@ mod tests {
             "{message}"
         );
         assert_eq!(k.ops(), vec![]);
+        // A more specific route inside a wanted prefix would take part of its traffic:
+        // refused too. A wider one (here a /16 around it) is not in the way.
+        let k = with_main(
+            kernel(&[], &[]),
+            &[("30.0.0.64/26", 12, true), ("40.0.0.0/16", 12, true)],
+        );
+        let e = block_on(converge(
+            &k,
+            MAIN,
+            &want(&[("30.0.0.0/24", "rmd-a"), ("40.0.0.0/24", "rmd-a")]),
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("30.0.0.64/26"), "{e}");
+        assert_eq!(k.ops(), vec![]);
+        block_on(converge(&k, MAIN, &want(&[("40.0.0.0/24", "rmd-a")]))).unwrap();
+        assert_eq!(k.ops(), vec![add_main("40.0.0.0/24", "rmd-a")]);
 
         // Back to own-table mode: the rule, the routes in the table, then remapd's
         // routes in the main table go; someone else's stay.
@@ -770,7 +802,7 @@ mod tests {
             vec![
                 ADD_RULE,
                 add("30.0.0.0/24", "rmd-a"),
-                del("30.0.0.0/24 dev rmd-a")
+                del_main("30.0.0.0/24 dev rmd-a")
             ]
         );
         assert_eq!(
@@ -791,7 +823,7 @@ mod tests {
                 vec![
                     del("60.0.0.0/24 dev rmd-a"),
                     DEL_RULE,
-                    del("30.0.0.0/24 dev rmd-a")
+                    del_main("30.0.0.0/24 dev rmd-a")
                 ]
             );
             assert_eq!(

@@ -36,7 +36,10 @@ pub(crate) enum Op {
         prefix: Ipv4Net,
         dev: String,
     },
-    DeleteRoute(String),
+    DeleteRoute {
+        table: u32,
+        route: String,
+    },
 }
 
 /// A route in the fake kernel.
@@ -210,7 +213,10 @@ impl RoutingKernel for RecordingKernel {
 
     async fn delete_route(&self, route: (u32, String), _shown: &str) -> Result<bool, NetError> {
         let (table, shown) = route;
-        self.record(Op::DeleteRoute(shown.clone()));
+        self.record(Op::DeleteRoute {
+            table,
+            route: shown.clone(),
+        });
         let mut routes = self.routes.lock().map_err(|_| poisoned())?;
         let before = routes.len();
         routes.retain(|r| r.table != table || self.shown(r) != shown);
