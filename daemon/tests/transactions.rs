@@ -1288,6 +1288,90 @@ async fn a_policy_replacement_can_be_previewed_without_changing_anything() {
     assert_eq!(world(&app).await, before);
 }
 
+/// A component at least `MIN_CACHED_BYTES` long: the built-in split with a custom
+/// section padding it (custom sections cost nothing to compile).
+fn big_component(tag: u8) -> Vec<u8> {
+    let mut bytes = builtin::SPLIT.to_vec();
+    let name = b"remapd-test-padding";
+    let payload = vec![tag; remapd::policy::MIN_CACHED_BYTES];
+    let size = 1 + name.len() + payload.len();
+    bytes.push(0); // custom section id
+    let mut n = size;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.push(u8::try_from(name.len()).unwrap());
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn cwasm_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".cwasm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A preview compiles the component and, like an upload, keeps the compilation on disk;
+/// nothing installs it, so it must not stay there. An upload's stays until the policy
+/// goes.
+#[tokio::test]
+async fn a_preview_leaves_no_compiled_component_behind() {
+    let (app, compiled) = app_with_compiled_cache("preview-cache");
+    call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/big?dry_run=true",
+        "application/wasm",
+        big_component(1),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(cwasm_files(&compiled), Vec::<String>::new());
+
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/big",
+        "application/wasm",
+        big_component(2),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let installed = format!("{}.cwasm", r.body["sha256"].as_str().unwrap());
+    assert_eq!(cwasm_files(&compiled), std::slice::from_ref(&installed));
+    // A preview of other bytes removes only its own; one of the installed bytes keeps it.
+    for tag in [3, 2] {
+        let r = raw(
+            &app,
+            "PUT",
+            "/v1/policies/big?dry_run=true",
+            "application/wasm",
+            big_component(tag),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(cwasm_files(&compiled), std::slice::from_ref(&installed));
+    }
+    let r = call(&app, "DELETE", "/v1/policies/big", None, Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(cwasm_files(&compiled), Vec::<String>::new());
+}
+
 /// A peering may pin a policy version (`name@sha256:<hex>`): re-uploading the name
 /// changes the unpinned peerings' decisions, never the pinned one's — also after a
 /// restart and after the name is deleted — and a pin of a version the gateway does not

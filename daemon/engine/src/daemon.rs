@@ -25,7 +25,7 @@ use crate::reconcile::{
     mark_key_errors,
 };
 use crate::store::{DesiredState, Store, pins};
-use crate::transaction::{dry_run_result, keys_for, transact};
+use crate::transaction::{dry_run_result, keys_for, retain_compiled, transact};
 use remapd_dataplane::DataplaneStatus;
 use remapd_model::plan::GatewayPlan;
 use remapd_net::TunnelStatus;
@@ -429,12 +429,17 @@ impl Daemon {
             let system = r.plan_with(&overlay, state, &Keys::new());
             log_decisions(r, &decisions, DecisionOutcome::DryRun, None);
             publisher.publish_counters(r.counters.clone());
-            Ok(state
+            let impacts = state
                 .peerings
                 .iter()
                 .filter(|(_, p)| p.policy == named.name)
                 .map(|(name, _)| impact(name, r.outcomes().get(name), &system))
-                .collect())
+                .collect();
+            // The preview's compilation was kept on disk like an upload's; nothing
+            // installs it, so it goes (unless the state already names the same bytes).
+            drop(overlay);
+            retain_compiled(&registry, state);
+            Ok(impacts)
         })
         .await?
     }

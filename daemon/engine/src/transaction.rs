@@ -175,18 +175,24 @@ pub(crate) fn transact(
         if let Err(e) = store.gc_policies(current) {
             warn!(error = %e, "removing unused policy files");
         }
-        if let Some(compiled) = registry.engine().compiled_cache() {
-            let pinned = pins(current);
-            let keep: Vec<&str> = current
-                .policies
-                .values()
-                .map(|p| p.sha256.as_str())
-                .chain(pinned.iter().map(|(_, digest)| digest.as_str()))
-                .collect();
-            compiled.retain(&keep);
-        }
+        retain_compiled(registry, current);
     }
     result
+}
+
+/// Removes compiled components on disk that `state` no longer names (as a policy or a
+/// pinned version): a replaced or deleted policy's, a refused upload's, a preview's.
+pub(crate) fn retain_compiled(registry: &PolicyRegistry, state: &DesiredState) {
+    if let Some(compiled) = registry.engine().compiled_cache() {
+        let pinned = pins(state);
+        let keep: Vec<&str> = state
+            .policies
+            .values()
+            .map(|p| p.sha256.as_str())
+            .chain(pinned.iter().map(|(_, digest)| digest.as_str()))
+            .collect();
+        compiled.retain(&keep);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -58,7 +58,34 @@ pub fn app_reading_with_token(name: &str) -> App {
 }
 
 fn app_with(dir: PathBuf, body_timeout: std::time::Duration, token_for_reads: bool) -> App {
-    let registry = Arc::new(PolicyRegistry::with_builtins(engine()).unwrap());
+    app_with_engine(dir, body_timeout, token_for_reads, engine())
+}
+
+/// An app whose policy engine keeps compiled components in `dir/compiled`, as the
+/// daemon does; the directory is returned with it.
+pub fn app_with_compiled_cache(name: &str) -> (App, PathBuf) {
+    let dir = fresh_dir(name);
+    let compiled = dir.join("compiled");
+    std::fs::create_dir_all(&dir).unwrap();
+    let engine = PolicyEngine::new(PolicyLimits::default())
+        .unwrap()
+        .with_compiled_cache(remapd::policy::CompiledCache::open(&compiled).unwrap());
+    let app = app_with_engine(
+        dir,
+        remapd::api::DEFAULT_BODY_TIMEOUT,
+        false,
+        Arc::new(engine),
+    );
+    (app, compiled)
+}
+
+fn app_with_engine(
+    dir: PathBuf,
+    body_timeout: std::time::Duration,
+    token_for_reads: bool,
+    engine: Arc<PolicyEngine>,
+) -> App {
+    let registry = Arc::new(PolicyRegistry::with_builtins(engine).unwrap());
     let dataplane = FakeDataplane::default();
     let routes = FakeRoutes::default();
     let tunnels = FakeTunnels::default();
