@@ -37,6 +37,7 @@ mod compiled_cache;
 mod convert;
 mod registry;
 mod sandbox;
+mod tail_pipe;
 
 pub use compiled_cache::{CompiledCache, MIN_CACHED_BYTES};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits};
-use wasmtime_wasi::p2::pipe::{MemoryOutputPipe, SinkOutputStream};
+use wasmtime_wasi::p2::pipe::SinkOutputStream;
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{
     Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
@@ -26,6 +26,7 @@ use wasmtime_wasi::{
 
 use crate::bindings;
 use crate::bindings::remap::policy::types as wit;
+use crate::tail_pipe::TailPipe;
 
 /// The WASI packages a policy may import (each at any 0.2.x version the linker has).
 /// Everything in them is present but grants nothing (see the module docs).
@@ -203,13 +204,13 @@ pub(crate) struct HostState {
     pub(crate) max_log_bytes: usize,
     wasi: WasiCtx,
     table: ResourceTable,
-    stderr: MemoryOutputPipe,
+    stderr: TailPipe,
 }
 
 impl HostState {
     /// A fresh state for one call: `max_log_bytes` of log (and as much stderr).
     pub(crate) fn new(limits: CallLimits, max_log_bytes: usize) -> Self {
-        let stderr = MemoryOutputPipe::new(max_log_bytes);
+        let stderr = TailPipe::new(max_log_bytes);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(SinkOutputStream)
             .stderr(stderr.clone())
