@@ -108,6 +108,11 @@ pub(crate) fn add_timers_due_at_once(linker: &mut Linker<HostState>) -> wasmtime
     Ok(())
 }
 
+/// WASI resources (streams, pollables) one call may hold at once. A policy needs a
+/// handful; wasmtime's default (a million) would let a hostile one fill host memory,
+/// outside its linear-memory limit, by creating pollables in a loop.
+const MAX_RESOURCES: usize = 4096;
+
 /// One call's resource limits: wasmtime's [`StoreLimits`] (each linear memory, each
 /// table, and how many instances, tables and memories) plus a cap on all linear
 /// memories together. A component may hold several memories (an interpreter links a
@@ -230,7 +235,11 @@ impl HostState {
             log_dropped: 0,
             max_log_bytes,
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                table
+            },
             stderr,
         }
     }
@@ -357,5 +366,20 @@ mod tests {
         assert!(l.memory_growing(0, 48 * MIB, None).unwrap());
         assert!(!l.memory_growing(0, 32 * MIB, None).unwrap());
         assert_eq!(l.total, 48 * MIB);
+    }
+
+    /// A call's WASI resource table refuses entries past `MAX_RESOURCES`: host memory a
+    /// policy can make the host hold is bounded like its own.
+    #[test]
+    fn a_call_holds_a_bounded_number_of_resources() {
+        let mut state = HostState::new(limits(64 * MIB, 64 * MIB), 1024);
+        let mut pushed = 0;
+        while pushed <= MAX_RESOURCES {
+            if state.table.push(Due).is_err() {
+                break;
+            }
+            pushed += 1;
+        }
+        assert_eq!(pushed, MAX_RESOURCES);
     }
 }
