@@ -64,7 +64,11 @@ fn stdout(out: std::process::Output) -> String {
 /// remapd's table as (prefix, device), asserting every route is `scope link`.
 fn table(ns: &Netns) -> BTreeSet<(String, String)> {
     let table = TABLE.to_string();
-    let text = stdout(ns.ip(&["-4", "route", "show", "table", &table]));
+    prefix_and_device(&stdout(ns.ip(&["-4", "route", "show", "table", &table])))
+}
+
+/// `ip route show` output as (prefix, device), asserting every route is `scope link`.
+fn prefix_and_device(text: &str) -> BTreeSet<(String, String)> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -267,20 +271,9 @@ fn routes_converge_on_exactly_the_given_set_and_touch_nothing_else() {
 
 /// remapd's routes in the main table (`proto 78`) as (prefix, device).
 fn main_ours(ns: &Netns) -> BTreeSet<(String, String)> {
-    let text = stdout(ns.ip(&["-4", "route", "show", "table", "main", "proto", "78"]));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            assert!(line.contains("scope link"), "not scope link: {line}");
-            let dev = words
-                .iter()
-                .position(|w| *w == "dev")
-                .map(|i| words[i + 1].to_owned())
-                .unwrap_or_else(|| panic!("no dev in {line}"));
-            (words[0].to_owned(), dev)
-        })
-        .collect()
+    prefix_and_device(&stdout(
+        ns.ip(&["-4", "route", "show", "table", "main", "proto", "78"]),
+    ))
 }
 
 /// The main table's routes that are not remapd's, and every rule.
