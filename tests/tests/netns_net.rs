@@ -126,18 +126,23 @@ fn foreign(ns: &Netns) -> String {
     format!("{main}\n--\n{other}\n--\n{}", rules.join("\n"))
 }
 
-#[test]
-#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
-fn routes_converge_on_exactly_the_given_set_and_touch_nothing_else() {
-    let p = unique_prefix();
-    let ns = Netns::new(&format!("{p}-rt"));
-    // veth pairs: this kernel may have no dummy driver.
+/// Devices `d0` and `d1` in `ns`, up, to route into (veth pairs: this kernel may have
+/// no dummy driver).
+fn two_devices(ns: &Netns) {
     for dev in ["d0", "d1"] {
         let peer = format!("{dev}p");
         ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
         ns.ip(&["link", "set", dev, "up"]);
         ns.ip(&["link", "set", &peer, "up"]);
     }
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn routes_converge_on_exactly_the_given_set_and_touch_nothing_else() {
+    let p = unique_prefix();
+    let ns = Netns::new(&format!("{p}-rt"));
+    two_devices(&ns);
     // Not remapd's: a main-table route, a route in another table, a rule for remapd's
     // table at another priority and one at remapd's priority for another table.
     ns.ip(&["route", "add", "10.50.0.0/16", "dev", "d0"]);
@@ -288,12 +293,7 @@ fn main_others_and_rules(ns: &Netns) -> String {
 fn main_table_placement_needs_no_rule_owns_only_proto_78_and_switches_cleanly() {
     let p = unique_prefix();
     let ns = Netns::new(&format!("{p}-rm"));
-    for dev in ["d0", "d1"] {
-        let peer = format!("{dev}p");
-        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
-        ns.ip(&["link", "set", dev, "up"]);
-        ns.ip(&["link", "set", &peer, "up"]);
-    }
+    two_devices(&ns);
     // Not remapd's: main-table routes of other protocols.
     ns.ip(&["route", "add", "10.50.0.0/16", "dev", "d0"]);
     ns.ip(&["route", "add", "10.60.0.0/16", "dev", "d1", "proto", "boot"]);

@@ -186,9 +186,9 @@ async fn converge_table<K: RoutingKernel>(
     wanted: &BTreeMap<Wanted, String>,
     links: &BTreeMap<String, Link>,
 ) -> Result<RouteReport, NetError> {
+    let is_ours = |d: &kernel::Dumped<K::Route>| !by_protocol || d.ours;
     let ours = |dump: Vec<kernel::Dumped<K::Route>>| -> Result<Vec<_>, NetError> {
-        let (ours, foreign): (Vec<_>, Vec<_>) =
-            dump.into_iter().partition(|d| !by_protocol || d.ours);
+        let (ours, foreign): (Vec<_>, Vec<_>) = dump.into_iter().partition(is_ours);
         // At a wanted prefix, or inside one: a more specific route would take part of
         // the view's traffic away from the tunnel (own-table mode's rule would not let
         // it). A wider one (a default route, say) is fine: remapd's is more specific.
@@ -225,11 +225,7 @@ async fn converge_table<K: RoutingKernel>(
     // kernel replaced is not asked to be deleted.
     let before = extra.len();
     let dump = kernel.table_routes(table, links).await?;
-    let dump = dump
-        .into_iter()
-        .filter(|d| !by_protocol || d.ours)
-        .collect();
-    let (_, extra) = split_dump(dump, wanted);
+    let (_, extra) = split_dump(dump.into_iter().filter(is_ours).collect(), wanted);
     report.removed = before.saturating_sub(extra.len());
     for dumped in extra {
         if kernel.delete_route(dumped.route, &dumped.shown).await? {
