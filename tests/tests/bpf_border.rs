@@ -8,11 +8,12 @@
 
 use std::net::Ipv4Addr;
 
+use remapd::dataplane::trace::{KernelTraceFilter, TraceTap};
 use remapd::dataplane::{AddressField, Direction};
 use remapd_common::{drop_reason, programs};
 use remapd_tests::bpf::{BpfHarness, VERDICT_NEXT};
 use remapd_tests::cases::{
-    BOTH, NO_DROPS, both_on_2_gw2_ingress, expect_drop, expect_pass, ip, program,
+    BOTH, NO_DROPS, both_on_2_gw2_ingress, expect_drop, expect_pass, hex, ip, program,
     split_gw1_with_border, tcp_packet, udp_packet,
 };
 use remapd_tests::packet::{
@@ -696,4 +697,145 @@ fn ip_options_are_dropped_on_a_border_only() {
             &out_t.with_payload(&tcp(ip("40.0.0.1"), ip("40.0.0.1"), 1, 2, b"o")),
         );
     }
+}
+
+/// The fast path (the common packet while no trace runs) and the general path (the same
+/// packet while a trace wants the interface, which sends every packet there) agree on
+/// every packet: verdict, bytes, hook counters and drop reasons, rule counters. The
+/// packets cover each decision the fast path makes — translate one or both addresses,
+/// UDP with and without a checksum, untouched, each allow-list drop, a translated
+/// destination outside the allow-list (a rule the daemon could not mark as translating
+/// into it, so the program scans) — and packets it must leave to the general path.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn the_fast_and_the_general_path_agree() {
+    let setup = |h: &mut BpfHarness| -> Vec<u32> {
+        let (egress, ingress) = split_gw1_with_border(h);
+        // Destination rules on the border: one into the exported 40.0.0.0/24, one out
+        // of it (never emitted by a plan, but a border must hold anyway).
+        let inside = h.add_rule(
+            Direction::Ingress,
+            AddressField::Destination,
+            "51.0.0.0/24",
+            "40.0.0.0/24",
+        );
+        let outside = h.add_rule(
+            Direction::Ingress,
+            AddressField::Destination,
+            "50.0.0.0/24",
+            "40.0.1.0/24",
+        );
+        vec![egress, ingress, inside, outside]
+    };
+    let mut options = Ipv4::new("40.0.0.1", "40.0.0.1", 6);
+    options.options = vec![1, 1, 1, 0];
+    let mut fragment = Ipv4::new("40.0.0.1", "40.0.0.1", 17);
+    fragment.flags_frag = 0x2000;
+    let mut short = Ipv4::new("40.0.0.1", "40.0.0.1", 6);
+    short.total_len = Some(30);
+    let cases: Vec<(&str, Direction, Vec<u8>)> = vec![
+        (
+            "src translated",
+            Direction::Ingress,
+            tcp_packet("40.0.0.1", "40.0.0.1", b"a"),
+        ),
+        (
+            "both translated",
+            Direction::Ingress,
+            udp_packet("40.0.0.2", "51.0.0.9", b"b", true),
+        ),
+        (
+            "udp, no checksum",
+            Direction::Ingress,
+            udp_packet("40.0.0.3", "51.0.0.9", b"c", false),
+        ),
+        (
+            "untouched, allowed",
+            Direction::Ingress,
+            tcp_packet("30.0.0.5", "40.0.0.1", b"d"),
+        ),
+        (
+            "not exported",
+            Direction::Ingress,
+            tcp_packet("40.0.0.1", "10.0.0.5", b"e"),
+        ),
+        (
+            "translated, not exported",
+            Direction::Ingress,
+            tcp_packet("40.0.0.1", "50.0.0.1", b"f"),
+        ),
+        (
+            "source not allowed",
+            Direction::Ingress,
+            udp_packet("41.0.0.1", "40.0.0.1", b"g", true),
+        ),
+        (
+            "ip options",
+            Direction::Ingress,
+            options.with_payload(&tcp(ip("40.0.0.1"), ip("40.0.0.1"), 1, 2, b"h")),
+        ),
+        (
+            "fragment",
+            Direction::Ingress,
+            fragment.with_payload(&packet::udp(
+                ip("40.0.0.1"),
+                ip("40.0.0.1"),
+                1,
+                2,
+                b"i",
+                true,
+            )),
+        ),
+        (
+            "truncated",
+            Direction::Ingress,
+            short.with_payload(&tcp(
+                ip("40.0.0.1"),
+                ip("40.0.0.1"),
+                1,
+                2,
+                b"jjjjjjjjjjjjjjjj",
+            )),
+        ),
+        (
+            "egress translated",
+            Direction::Egress,
+            tcp_packet("40.0.0.1", "30.0.0.1", b"k"),
+        ),
+        (
+            "egress untouched",
+            Direction::Egress,
+            udp_packet("40.0.0.1", "8.8.8.8", b"l", true),
+        ),
+    ];
+    // One harness per path, the same packets in the same order: counters are compared
+    // after every packet.
+    let mut outcomes = [Vec::new(), Vec::new()];
+    for (traced, outcomes) in [false, true].into_iter().zip(&mut outcomes) {
+        let mut h = BpfHarness::new();
+        let rules = setup(&mut h);
+        if traced {
+            h.trace().set(Some(&KernelTraceFilter::default())).unwrap();
+        }
+        for framing in BOTH {
+            for (what, direction, input) in &cases {
+                let run = h.run(program(framing, *direction), &framing.frame(input));
+                if !traced {
+                    assert!(h.trace_events().is_empty(), "{what}: no trace, no events");
+                }
+                let counters: Vec<(u64, u64)> = rules.iter().map(|r| h.counters(*r)).collect();
+                outcomes.push((
+                    format!("{framing:?} {what}"),
+                    run.verdict,
+                    hex(&run.packet),
+                    h.hook_counters(*direction),
+                    counters,
+                ));
+            }
+        }
+    }
+    for (fast, general) in outcomes[0].iter().zip(&outcomes[1]) {
+        assert_eq!(fast, general, "{}: fast vs general path", fast.0);
+    }
+    assert_eq!(outcomes[0].len(), 2 * cases.len());
 }

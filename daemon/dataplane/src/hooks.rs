@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 use remapd_common::{
-    HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_TRIE, HOOK_ENFORCE,
-    HOOK_PROBES, HOOK_SRC_RULES, HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW, INLINE_RULES,
-    InlineRule4, Prefix4, RuleValue, hook_probe,
+    HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_RULES_ALLOWED,
+    HOOK_DST_TRIE, HOOK_ENFORCE, HOOK_PROBES, HOOK_SRC_RULES, HOOK_SRC_RULES_ALLOWED,
+    HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW, INLINE_RULES, InlineRule4, Prefix4, RuleValue,
+    hook_probe,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -177,7 +178,47 @@ pub fn plan(
                 .mss_clamp = u32::from(mss);
         }
     }
+    for config in out.configs.values_mut() {
+        mark_rules_allowed(config);
+    }
     Ok(out)
+}
+
+/// Sets [`HOOK_SRC_RULES_ALLOWED`] / [`HOOK_DST_RULES_ALLOWED`] on a border whose inline
+/// rules of that field all translate into its inline allow-list for the field, so the
+/// program can skip the allow-list scan for an address a rule translated. Both lists
+/// must be inline (the flag speaks of them) and the rules non-empty.
+fn mark_rules_allowed(config: &mut HookConfig) {
+    if config.flags & HOOK_ENFORCE == 0 {
+        return;
+    }
+    let within = |rule: &InlineRule4, allow: &[Prefix4]| {
+        allow
+            .iter()
+            .any(|p| rule.mask.count_ones() >= p.mask.count_ones() && rule.to & p.mask == p.addr)
+    };
+    let fields = [
+        (
+            &config.src_rules[..config.n_src_rules as usize],
+            &config.allow_src[..config.n_allow_src as usize],
+            HOOK_SRC_TRIE | HOOK_ALLOW_SRC_TRIE,
+            HOOK_SRC_RULES_ALLOWED,
+        ),
+        (
+            &config.dst_rules[..config.n_dst_rules as usize],
+            &config.allow_dst[..config.n_allow_dst as usize],
+            HOOK_DST_TRIE | HOOK_ALLOW_DST_TRIE,
+            HOOK_DST_RULES_ALLOWED,
+        ),
+    ];
+    let mut flags = 0;
+    for (rules, allow, tries, allowed) in fields {
+        if config.flags & tries == 0 && !rules.is_empty() && rules.iter().all(|r| within(r, allow))
+        {
+            flags |= allowed;
+        }
+    }
+    config.flags |= flags;
 }
 
 /// The slot of every hook in `wanted`. A hook keeps the slot it holds now (`live`, when
@@ -316,6 +357,57 @@ mod tests {
         assert!(!plan.configs.contains_key(&(7, Direction::Egress)));
         // The trie holds them too (where ICMP error quotes are checked).
         assert_eq!(plan.allow.len(), 3);
+    }
+
+    #[test]
+    fn a_border_marks_the_fields_whose_rules_all_translate_into_its_allow_list() {
+        use AddressField::*;
+        use Direction::*;
+        let border = |sources: &[&str], destinations: &[&str]| ResolvedBorder {
+            ifindex: 7,
+            sources: sources.iter().map(|s| n(s)).collect(),
+            destinations: destinations.iter().map(|s| n(s)).collect(),
+            mss_clamp: None,
+        };
+        let rules = entries(&[
+            (7, Ingress, Source, "40.0.0.0/24", "30.0.0.0/24"),
+            (7, Ingress, Source, "40.0.1.0/25", "30.0.1.0/25"),
+            (7, Ingress, Destination, "60.0.0.0/24", "40.0.0.0/24"),
+            // Not a border hook: never marked.
+            (7, Egress, Destination, "30.0.0.0/24", "40.0.0.0/24"),
+        ]);
+        let flags = |b: ResolvedBorder| {
+            let plan = plan(&rules, &[b]).unwrap();
+            (
+                plan.configs[&(7, Ingress)].flags
+                    & (HOOK_SRC_RULES_ALLOWED | HOOK_DST_RULES_ALLOWED),
+                plan.configs[&(7, Egress)].flags
+                    & (HOOK_SRC_RULES_ALLOWED | HOOK_DST_RULES_ALLOWED),
+            )
+        };
+        // Every target inside (one list prefix holds both source rules' targets).
+        assert_eq!(
+            flags(border(&["30.0.0.0/16"], &["40.0.0.0/24"])),
+            (HOOK_SRC_RULES_ALLOWED | HOOK_DST_RULES_ALLOWED, 0)
+        );
+        // One source target only half inside, one destination target in a longer
+        // allowed prefix: neither field marked, the program scans both.
+        assert_eq!(
+            flags(border(&["30.0.0.0/24", "30.0.1.0/26"], &["40.0.0.0/25"])),
+            (0, 0)
+        );
+        // A target outside every allowed prefix.
+        assert_eq!(
+            flags(border(&["30.0.0.0/24", "30.0.1.0/24"], &["10.0.0.0/8"])),
+            (HOOK_SRC_RULES_ALLOWED, 0)
+        );
+        // An allow-list in the trie: the flag speaks of inline lists only.
+        let many: Vec<String> = (0..20).map(|i| format!("30.0.{}.0/24", i * 2)).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            flags(border(&many, &["40.0.0.0/24"])),
+            (HOOK_DST_RULES_ALLOWED, 0)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use remapd_common::{
     FAMILY_IPV4, FIELD_SOURCE, HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES,
     HOOK_DST_TRIE, HOOK_SRC_RULES, HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW, INLINE_RULES,
-    RULE_KEY_SELECTOR_BITS, RuleKey, translate_ipv4,
+    InlineRule4, Prefix4, RULE_KEY_SELECTOR_BITS, RuleKey, translate_ipv4,
 };
 
 use crate::{ALLOW, RULES};
@@ -78,11 +78,16 @@ pub(crate) fn lookup(
     if config.flags & trie != 0 {
         return trie_lookup(ifindex, direction, field, addr);
     }
-    let (rules, n) = if source {
-        (&config.src_rules, config.n_src_rules)
+    if source {
+        scan_rules(&config.src_rules, config.n_src_rules, addr)
     } else {
-        (&config.dst_rules, config.n_dst_rules)
-    };
+        scan_rules(&config.dst_rules, config.n_dst_rules, addr)
+    }
+}
+
+/// Looks `addr` (host order) up among the first `n` of a hook's inline rules.
+#[inline(always)]
+pub(crate) fn scan_rules(rules: &[InlineRule4; INLINE_RULES], n: u32, addr: u32) -> Rewrite {
     // Sorted longest prefix first by the daemon: the first match is the longest.
     for i in 0..INLINE_RULES {
         if i as u32 >= n {
@@ -133,11 +138,17 @@ pub(crate) fn allowed(config: &HookConfig, ifindex: u32, field: u8, addr: u32) -
         let key = trie_key(ifindex, remapd_common::DIRECTION_INGRESS, field, addr);
         return ALLOW.get(&key).is_some();
     }
-    let (list, n) = if source {
-        (&config.allow_src, config.n_allow_src)
+    if source {
+        scan_allow(&config.allow_src, config.n_allow_src, addr)
     } else {
-        (&config.allow_dst, config.n_allow_dst)
-    };
+        scan_allow(&config.allow_dst, config.n_allow_dst, addr)
+    }
+}
+
+/// Whether `addr` (host order) is in one of the first `n` prefixes of an inline
+/// allow-list.
+#[inline(always)]
+pub(crate) fn scan_allow(list: &[Prefix4; INLINE_ALLOW], n: u32, addr: u32) -> bool {
     for i in 0..INLINE_ALLOW {
         if i as u32 >= n {
             break;

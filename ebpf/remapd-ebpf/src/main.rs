@@ -8,6 +8,13 @@
 //! keeping host bits. ICMP errors also get the packet they quote translated (RFC 5508),
 //! so path-MTU discovery and traceroute work across the remap.
 //!
+//! Two paths, one answer: the common packet (IPv4 without options, not a fragment, TCP
+//! or UDP, inline rules, no trace on the interface) is handled by the fast path
+//! (`fast.rs`), inline in the program; everything else by the general path, its own BPF
+//! function. The fast path declines before it writes or counts anything, so the general
+//! path always starts from the packet as it arrived. `bpf_border`'s
+//! `the_fast_and_the_general_path_agree` runs the same packets through both.
+//!
 //! A hook with `mss_clamp` set (a peering's `tunnel.mss_clamp`, on both directions of
 //! its tunnel) lowers the MSS option of TCP SYNs and SYN-ACKs to that value, so paths
 //! that drop oversized packets without sending ICMP still carry TCP.
@@ -28,12 +35,13 @@
 #![feature(asm_experimental_arch)]
 
 mod csum;
+mod fast;
 mod icmp;
 mod lookup;
 mod trace;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, map},
     maps::{Array, LpmTrie, PerCpuArray},
     programs::TcContext,
@@ -41,11 +49,11 @@ use aya_ebpf::{
 use remapd_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, FIELD_DESTINATION, FIELD_SOURCE, HOOK_ENFORCE,
     HOOK_PROBES, HOOK_SLOTS, HookConfig, HookCounters, MAX_RULES, RuleCounters, RuleKey, RuleValue,
-    csum_add, csum_replace4, drop_reason, hook_probe,
+    csum_apply, csum_diff4, csum_fold64, drop_reason, hook_probe,
 };
 
 use crate::icmp::QuotedRewrite;
-use crate::lookup::{allowed, lookup};
+use crate::lookup::{Rewrite, allowed, lookup};
 use crate::trace::Seen;
 
 #[map(name = "REMAPD_RULES")]
@@ -70,67 +78,70 @@ pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
-const IPV4_MIN_HLEN: usize = 20;
+pub(crate) const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 pub(crate) const IPPROTO_ICMP: u8 = 1;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
 pub(crate) const IPPROTO_DCCP: u8 = 33;
 pub(crate) const IPPROTO_UDPLITE: u8 = 136;
-const TCP_CSUM_OFF: usize = 16;
+pub(crate) const TCP_CSUM_OFF: usize = 16;
 const TCP_MIN_HLEN: usize = 20;
-const TCP_FLAG_SYN: u8 = 0x02;
+pub(crate) const TCP_FLAG_SYN: u8 = 0x02;
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_MSS: u8 = 2;
 /// TCP options fill at most 40 bytes; each step of the option walk consumes at least one.
 const TCP_MAX_OPTION_STEPS: usize = 40;
 /// UDP, UDP-Lite and DCCP all keep their checksum at offset 6.
-const UDP_CSUM_OFF: usize = 6;
+pub(crate) const UDP_CSUM_OFF: usize = 6;
 /// Link header + the longest IPv4 header + a TCP header up to its checksum: what the
 /// fast path reads with direct packet access, pulled into the linear area when needed.
 const FAST_PATH_PULL: usize = ETH_HLEN + 60 + 20;
 
 #[classifier]
 pub fn remapd_l2_ingress(ctx: TcContext) -> i32 {
-    run::<true>(&ctx, DIRECTION_INGRESS)
+    run::<true, DIRECTION_INGRESS>(&ctx)
 }
 
 #[classifier]
 pub fn remapd_l2_egress(ctx: TcContext) -> i32 {
-    run::<true>(&ctx, DIRECTION_EGRESS)
+    run::<true, DIRECTION_EGRESS>(&ctx)
 }
 
 #[classifier]
 pub fn remapd_l3_ingress(ctx: TcContext) -> i32 {
-    run::<false>(&ctx, DIRECTION_INGRESS)
+    run::<false, DIRECTION_INGRESS>(&ctx)
 }
 
 #[classifier]
 pub fn remapd_l3_egress(ctx: TcContext) -> i32 {
-    run::<false>(&ctx, DIRECTION_EGRESS)
+    run::<false, DIRECTION_EGRESS>(&ctx)
 }
 
 /// Why a packet is dropped: an index into [`HookCounters::dropped`].
 type Drop = usize;
 
 /// [`handle`]'s outcome bit: an address was rewritten.
-const TRANSLATED: u8 = 1;
+pub(crate) const TRANSLATED: u8 = 1;
 /// [`handle`]'s outcome bit: a SYN's MSS option was lowered.
 pub(crate) const MSS_CLAMPED: u8 = 2;
 
+/// Finds the packet's hook and handles the packet: on the fast path (inline here, no
+/// function call) when no trace wants this interface and the packet has the common
+/// shape, else on the general path.
 #[inline(always)]
-fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
+fn run<const L2: bool, const DIRECTION: u8>(ctx: &TcContext) -> i32 {
     // SAFETY: reading a field of the context the kernel handed us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // The hook's slot: its home slot, or one of the next ones when another hook holds
     // that; another hook's configuration is never ours to apply.
     let mut found = None;
     for probe in 0..HOOK_PROBES {
-        let slot = hook_probe(ifindex, direction, probe);
+        let slot = hook_probe(ifindex, DIRECTION, probe);
         if let Some(config) = hook_config(slot)
             && config.ifindex == ifindex
-            && config.direction == u32::from(direction)
+            && config.direction == u32::from(DIRECTION)
         {
             found = Some((slot, config));
             break;
@@ -142,9 +153,33 @@ fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
     let Some(counters) = HOOK_COUNTERS.get_ptr_mut(slot) else {
         return TC_ACT_UNSPEC;
     };
-    // The trace (off: one inlined array lookup): the addresses as the packet arrived.
-    // Only plain numbers stay live across `handle`: a pointer-or-null would split every
-    // state the verifier walks there in two (it cannot prune a pointer against a null).
+    // The trace (off: one inlined array lookup) sees every packet of its interface on
+    // the general path, which records what it did.
+    if trace::control(ifindex).is_none() {
+        let action = fast::fast_path::<L2>(ctx, config, counters);
+        if action != fast::DECLINED {
+            return action;
+        }
+    }
+    general_path::<L2, DIRECTION>(ctx.skb.skb, config, counters, ifindex)
+}
+
+/// Every packet the fast path declines: all framings, versions, protocols, fragments,
+/// options, ICMP errors, malformed packets, trie lookups, the MSS clamp and the trace.
+/// Its own BPF function, so the fast path's few values never share its frame, and the
+/// verifier walks it once per program.
+#[inline(never)]
+fn general_path<const L2: bool, const DIRECTION: u8>(
+    skb: *mut __sk_buff,
+    config: &HookConfig,
+    counters: *mut HookCounters,
+    ifindex: u32,
+) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let direction = DIRECTION;
+    // The trace: the addresses as the packet arrived. Only plain numbers stay live
+    // across `handle`: a pointer-or-null would split every state the verifier walks
+    // there in two (it cannot prune a pointer against a null).
     let before = if trace::control(ifindex).is_some() {
         trace::addresses::<L2>(ctx)
     } else {
@@ -163,20 +198,11 @@ fn run<const L2: bool>(ctx: &TcContext, direction: u8) -> i32 {
     });
     let (action, reason, outcome) = match result {
         Ok(outcome) => {
-            // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
-            unsafe {
-                (*counters).packets += 1;
-                (*counters).bytes += u64::from(ctx.len());
-                (*counters).translated += u64::from(outcome & TRANSLATED);
-                (*counters).mss_clamped += u64::from((outcome & MSS_CLAMPED) >> 1);
-            }
+            count_pass(counters, ctx.len(), outcome);
             (TC_ACT_UNSPEC, 0, outcome)
         }
         Err(reason) => {
-            if reason < drop_reason::COUNT {
-                // SAFETY: as above; the index is bounds checked.
-                unsafe { (*counters).dropped[reason] += 1 };
-            }
+            count_drop(counters, reason);
             (TC_ACT_SHOT, reason, 0)
         }
     };
@@ -402,43 +428,11 @@ fn handle<const L2: bool>(
         return Ok(0);
     }
 
-    // Addresses and the IP header checksum are written directly: the IP checksum is
-    // never offloaded, and a change that keeps the header's one's-complement sum leaves
-    // a CHECKSUM_COMPLETE skb->csum valid, exactly as bpf_l3_csum_replace would.
     // quoted_rewrite may have pulled data: take a fresh pointer.
     let ip = ptr_at::<Ipv4Header>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
-    // One's-complement difference of all address changes, for the transport checksum.
-    let mut l4_diff = 0u32;
-    // SAFETY: bounds checked by ptr_at (see Ipv4Header on alignment).
-    unsafe {
-        let mut check = u16::from_be((*ip).check);
-        if src_rw.hit() {
-            l4_diff = csum_add(csum_add(l4_diff, !src.to_be()), src_rw.to.to_be());
-            check = csum_replace4(check, src, src_rw.to);
-            (*ip).src = src_rw.to.to_be();
-        }
-        if dst_rw.hit() {
-            l4_diff = csum_add(csum_add(l4_diff, !dst.to_be()), dst_rw.to.to_be());
-            check = csum_replace4(check, dst, dst_rw.to);
-            (*ip).dst = dst_rw.to.to_be();
-        }
-        (*ip).check = check.to_be();
-    }
-    // The transport checksum: a direct write where the skb's checksum state allows it
-    // (csum.rs says why each state is safe), else the helper, which also fixes
-    // skb->csum for CHECKSUM_COMPLETE. Size 0 passes all address changes as one
-    // precomputed difference: one call.
-    if l4_check_off != 0
-        && rewrites
-        && !csum::l4_update_direct(
-            ctx,
-            l4_check_off,
-            l4_diff,
-            l4_flags & BPF_F_MARK_MANGLED_0 as u64 != 0,
-        )
-    {
-        ctx.l4_csum_replace(l4_check_off, 0, l4_diff as u64, l4_flags)
-            .map_err(|_| drop_reason::HELPER_FAILED)?;
+    let l4_diff = rewrite_addresses(ip, src, dst, &src_rw, &dst_rw);
+    if l4_check_off != 0 && rewrites {
+        update_l4_checksum(ctx, l4_check_off, l4_diff, l4_flags)?;
     }
     if quoted.active() {
         icmp::write_quoted(ctx, l4, &quoted).map_err(|_| drop_reason::HELPER_FAILED)?;
@@ -576,10 +570,86 @@ fn clamp_mss(ctx: &TcContext, l4: usize, packet_end: usize, clamp: u16) -> Resul
     Ok(0)
 }
 
+/// Writes the translated addresses and the IP header checksum of the header at `ip`,
+/// and returns the one's-complement difference of the address changes (memory byte
+/// order), for the transport checksum.
+///
+/// Written directly: the IP checksum is never offloaded, and a change that keeps the
+/// header's one's-complement sum leaves a CHECKSUM_COMPLETE skb->csum valid, exactly as
+/// `bpf_l3_csum_replace` would.
+#[inline(always)]
+pub(crate) fn rewrite_addresses(
+    ip: *mut Ipv4Header,
+    src: u32,
+    dst: u32,
+    src_rw: &Rewrite,
+    dst_rw: &Rewrite,
+) -> u32 {
+    // Memory-order words throughout: the checksum is byte-order independent, and the
+    // new addresses are stored in that order anyway.
+    let mut diff = 0u64;
+    // SAFETY: the caller bounds checked `ip` (see Ipv4Header on alignment).
+    unsafe {
+        if src_rw.hit() {
+            let to = src_rw.to.to_be();
+            diff += csum_diff4(src.to_be(), to);
+            (*ip).src = to;
+        }
+        if dst_rw.hit() {
+            let to = dst_rw.to.to_be();
+            diff += csum_diff4(dst.to_be(), to);
+            (*ip).dst = to;
+        }
+        let diff = csum_fold64(diff);
+        (*ip).check = csum_apply((*ip).check, u64::from(diff));
+        u32::from(diff)
+    }
+}
+
+/// Moves the transport checksum at `off` by `diff` (from [`rewrite_addresses`]): a
+/// direct write where the skb's checksum state allows it (csum.rs says why each state
+/// is safe), else the helper, which also fixes skb->csum for CHECKSUM_COMPLETE. Size 0
+/// passes all address changes as one precomputed difference: one call.
+#[inline(always)]
+pub(crate) fn update_l4_checksum(
+    ctx: &TcContext,
+    off: usize,
+    diff: u32,
+    flags: u64,
+) -> Result<(), Drop> {
+    if csum::l4_update_direct(ctx, off, diff, flags & BPF_F_MARK_MANGLED_0 as u64 != 0) {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(off, 0, diff as u64, flags)
+        .map(|_| ())
+        .map_err(|_| drop_reason::HELPER_FAILED)
+}
+
+/// Counts a packet the hook let through; `outcome` as [`handle`] returns it.
+#[inline(always)]
+pub(crate) fn count_pass(counters: *mut HookCounters, len: u32, outcome: u8) {
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+    unsafe {
+        (*counters).packets += 1;
+        (*counters).bytes += u64::from(len);
+        (*counters).translated += u64::from(outcome & TRANSLATED);
+        (*counters).mss_clamped += u64::from((outcome & MSS_CLAMPED) >> 1);
+    }
+}
+
+/// Counts a packet the hook dropped, by reason.
+#[inline(always)]
+pub(crate) fn count_drop(counters: *mut HookCounters, reason: Drop) {
+    if reason < drop_reason::COUNT {
+        // SAFETY: per-CPU slot as above; the index is bounds checked.
+        unsafe { (*counters).dropped[reason] += 1 };
+    }
+}
+
 /// Counts `len` bytes once on every distinct rule in `ids`.
 #[inline(always)]
-fn count_rules(ids: [u32; 4], len: u32) {
-    for i in 0..ids.len() {
+pub(crate) fn count_rules<const N: usize>(ids: [u32; N], len: u32) {
+    for i in 0..N {
         let id = ids[i];
         if id == lookup::NO_RULE {
             continue;
