@@ -705,11 +705,12 @@ fn ip_options_are_dropped_on_a_border_only() {
 /// packets cover each decision the fast path makes — translate one or both addresses,
 /// UDP with and without a checksum, untouched, each allow-list drop, a translated
 /// destination outside the allow-list (a rule the daemon could not mark as translating
-/// into it, so the program scans) — and packets it must leave to the general path.
+/// into it, so the program looks it up) — and packets it must leave to the general
+/// path; once with the hook's rules and allow-lists inline, once in the tries.
 #[test]
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn the_fast_and_the_general_path_agree() {
-    let setup = |h: &mut BpfHarness| -> Vec<u32> {
+    let setup = |h: &mut BpfHarness, tries: bool| -> Vec<u32> {
         let (egress, ingress) = split_gw1_with_border(h);
         // Destination rules on the border: one into the exported 40.0.0.0/24, one out
         // of it (never emitted by a plan, but a border must hold anyway).
@@ -725,6 +726,22 @@ fn the_fast_and_the_general_path_agree() {
             "50.0.0.0/24",
             "40.0.1.0/24",
         );
+        if tries {
+            for (direction, field) in [
+                (Direction::Ingress, AddressField::Source),
+                (Direction::Ingress, AddressField::Destination),
+                (Direction::Egress, AddressField::Destination),
+            ] {
+                h.add_filler_rules(direction, field, 20);
+            }
+            // Allow-lists too long to be inline, holding the same addresses.
+            let padding: Vec<String> = (0..20).map(|i| format!("100.{i}.0.0/16")).collect();
+            let mut sources = vec!["30.0.0.0/24"];
+            let mut destinations = vec!["40.0.0.0/24"];
+            sources.extend(padding.iter().map(String::as_str));
+            destinations.extend(padding.iter().map(String::as_str));
+            h.set_border(&sources, &destinations);
+        }
         vec![egress, ingress, inside, outside]
     };
     let mut options = Ipv4::new("40.0.0.1", "40.0.0.1", 6);
@@ -810,32 +827,38 @@ fn the_fast_and_the_general_path_agree() {
     ];
     // One harness per path, the same packets in the same order: counters are compared
     // after every packet.
-    let mut outcomes = [Vec::new(), Vec::new()];
-    for (traced, outcomes) in [false, true].into_iter().zip(&mut outcomes) {
-        let mut h = BpfHarness::new();
-        let rules = setup(&mut h);
-        if traced {
-            h.trace().set(Some(&KernelTraceFilter::default())).unwrap();
-        }
-        for framing in BOTH {
-            for (what, direction, input) in &cases {
-                let run = h.run(program(framing, *direction), &framing.frame(input));
-                if !traced {
-                    assert!(h.trace_events().is_empty(), "{what}: no trace, no events");
+    for tries in [false, true] {
+        let mut outcomes = [Vec::new(), Vec::new()];
+        for (traced, outcomes) in [false, true].into_iter().zip(&mut outcomes) {
+            let mut h = BpfHarness::new();
+            let rules = setup(&mut h, tries);
+            if traced {
+                h.trace().set(Some(&KernelTraceFilter::default())).unwrap();
+            }
+            for framing in BOTH {
+                for (what, direction, input) in &cases {
+                    let run = h.run(program(framing, *direction), &framing.frame(input));
+                    if !traced {
+                        assert!(h.trace_events().is_empty(), "{what}: no trace, no events");
+                    }
+                    let counters: Vec<(u64, u64)> = rules.iter().map(|r| h.counters(*r)).collect();
+                    outcomes.push((
+                        format!("{framing:?} {what}"),
+                        run.verdict,
+                        hex(&run.packet),
+                        h.hook_counters(*direction),
+                        counters,
+                    ));
                 }
-                let counters: Vec<(u64, u64)> = rules.iter().map(|r| h.counters(*r)).collect();
-                outcomes.push((
-                    format!("{framing:?} {what}"),
-                    run.verdict,
-                    hex(&run.packet),
-                    h.hook_counters(*direction),
-                    counters,
-                ));
             }
         }
+        for (fast, general) in outcomes[0].iter().zip(&outcomes[1]) {
+            assert_eq!(
+                fast, general,
+                "{} (tries: {tries}): fast vs general path",
+                fast.0
+            );
+        }
+        assert_eq!(outcomes[0].len(), 2 * cases.len());
     }
-    for (fast, general) in outcomes[0].iter().zip(&outcomes[1]) {
-        assert_eq!(fast, general, "{}: fast vs general path", fast.0);
-    }
-    assert_eq!(outcomes[0].len(), 2 * cases.len());
 }

@@ -1,29 +1,30 @@
 //! The fast path: the packet almost every hook sees almost all the time — IPv4 without
-//! options, not a fragment, TCP or UDP with its header in the linear area, the hook's
-//! rules and allow-lists inline, no trace running on the interface — handled start to
-//! finish in one small function.
+//! options, not a fragment, TCP or UDP with its header in the linear area, no trace
+//! running on the interface — handled start to finish with few live values.
 //!
-//! It is a separate BPF function (`#[inline(never)]`): its few values stay in registers
-//! instead of sharing the stack with the general path's sixty, and the verifier walks
-//! it once per program, ahead of the general path, with nothing of it live afterwards.
+//! It is inline in each program, right after the hook is found; the general path
+//! ([`crate::general_path`]) is a BPF function of its own, called only for what the fast
+//! path declines. So the common packet makes no BPF-to-BPF call, its values stay in
+//! registers instead of sharing a frame with the general path's sixty, and the verifier
+//! walks the general path once, from one call site.
 //!
-//! It declines ([`DECLINED`]) before it has written anything whenever the packet is not
-//! exactly that common shape: the general path ([`crate::handle`]) then does everything
-//! from the start, including the drops for malformed packets. So the fast path needs no
-//! error handling of its own beyond what it decides for packets it fully understands:
-//! the border's allow-list, and the transport checksum helper failing.
+//! It declines ([`DECLINED`]) before it has written or counted anything whenever the
+//! packet is not exactly that common shape: the general path then does everything from
+//! the start, including the drops for malformed packets. So the fast path needs no error
+//! handling of its own beyond what it decides for packets it fully understands: the
+//! rules (inline or in the trie), the border's allow-list, and the transport checksum
+//! helper failing.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
 use remapd_common::{
-    HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_RULES_ALLOWED,
-    HOOK_DST_TRIE, HOOK_ENFORCE, HOOK_SRC_RULES, HOOK_SRC_RULES_ALLOWED, HOOK_SRC_TRIE, HookConfig,
-    HookCounters, drop_reason,
+    FIELD_DESTINATION, FIELD_SOURCE, HOOK_DST_RULES_ALLOWED, HOOK_ENFORCE, HOOK_SRC_RULES_ALLOWED,
+    HookConfig, HookCounters, drop_reason,
 };
 
-use crate::lookup::{Rewrite, scan_allow, scan_rules};
+use crate::lookup::{allowed, lookup};
 use crate::{
     ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, Ipv4Header, TCP_CSUM_OFF,
     TCP_FLAG_SYN, TRANSLATED, UDP_CSUM_OFF, count_drop, count_pass, count_rules, rewrite_addresses,
@@ -34,27 +35,23 @@ use crate::{
 /// Not a TC action.
 pub(crate) const DECLINED: i32 = i32::MAX;
 
-/// Hook flags that send every packet to the general path: rules or allow-lists in the
-/// LPM tries.
-const NEEDS_TRIE: u32 = HOOK_SRC_TRIE | HOOK_DST_TRIE | HOOK_ALLOW_SRC_TRIE | HOOK_ALLOW_DST_TRIE;
-
 /// The bytes the fast path reads with direct access: the link header, an IPv4 header
 /// without options, and the first 8 bytes of the transport header (UDP's whole header;
 /// TCP's checksum is checked for separately).
 const FAST_HEADERS: usize = IPV4_MIN_HLEN + 8;
 
-/// Handles the packet in `skb` on the hook `config` if it has the common shape, counting
-/// it in `counters`: a TC action, or [`DECLINED`] with nothing written or counted.
+/// Handles the packet in `ctx` on the hook `config` (interface `ifindex`, `direction`)
+/// if it has the common shape, counting it in `counters`: a TC action, or [`DECLINED`]
+/// with nothing written or counted.
 #[inline(always)]
 pub(crate) fn fast_path<const L2: bool>(
     ctx: &TcContext,
     config: &HookConfig,
     counters: *mut HookCounters,
+    ifindex: u32,
+    direction: u8,
 ) -> i32 {
     let l3 = if L2 { ETH_HLEN } else { 0 };
-    if config.flags & NEEDS_TRIE != 0 {
-        return DECLINED;
-    }
     let start = ctx.data();
     if start + l3 + FAST_HEADERS > ctx.data_end() {
         return DECLINED;
@@ -102,25 +99,16 @@ pub(crate) fn fast_path<const L2: bool>(
         }
     }
 
-    let src_rw = if config.flags & HOOK_SRC_RULES != 0 {
-        scan_rules(&config.src_rules, config.n_src_rules, src)
-    } else {
-        Rewrite::MISS
-    };
-    let dst_rw = if config.flags & HOOK_DST_RULES != 0 {
-        scan_rules(&config.dst_rules, config.n_dst_rules, dst)
-    } else {
-        Rewrite::MISS
-    };
+    let src_rw = lookup(config, ifindex, direction, FIELD_SOURCE, src);
+    let dst_rw = lookup(config, ifindex, direction, FIELD_DESTINATION, dst);
     let flags = config.flags;
     if flags & HOOK_ENFORCE != 0 {
         // An address a rule translated is in the allow-list when the daemon marked
-        // every rule of that field as translating into it; others are scanned.
+        // every rule of that field as translating into it; others are looked up.
         let src_allowed = if src_rw.hit() {
-            flags & HOOK_SRC_RULES_ALLOWED != 0
-                || scan_allow(&config.allow_src, config.n_allow_src, src_rw.to)
+            flags & HOOK_SRC_RULES_ALLOWED != 0 || allowed(config, ifindex, FIELD_SOURCE, src_rw.to)
         } else {
-            scan_allow(&config.allow_src, config.n_allow_src, src)
+            allowed(config, ifindex, FIELD_SOURCE, src)
         };
         if !src_allowed {
             count_drop(counters, drop_reason::SOURCE_NOT_ALLOWED);
@@ -128,9 +116,9 @@ pub(crate) fn fast_path<const L2: bool>(
         }
         let dst_allowed = if dst_rw.hit() {
             flags & HOOK_DST_RULES_ALLOWED != 0
-                || scan_allow(&config.allow_dst, config.n_allow_dst, dst_rw.to)
+                || allowed(config, ifindex, FIELD_DESTINATION, dst_rw.to)
         } else {
-            scan_allow(&config.allow_dst, config.n_allow_dst, dst)
+            allowed(config, ifindex, FIELD_DESTINATION, dst)
         };
         if !dst_allowed {
             count_drop(counters, drop_reason::NOT_EXPORTED);

@@ -9,7 +9,7 @@
 //! so path-MTU discovery and traceroute work across the remap.
 //!
 //! Two paths, one answer: the common packet (IPv4 without options, not a fragment, TCP
-//! or UDP, inline rules, no trace on the interface) is handled by the fast path
+//! or UDP, no trace on the interface) is handled by the fast path
 //! (`fast.rs`), inline in the program; everything else by the general path, its own BPF
 //! function. The fast path declines before it writes or counts anything, so the general
 //! path always starts from the packet as it arrived. `bpf_border`'s
@@ -156,7 +156,7 @@ fn run<const L2: bool, const DIRECTION: u8>(ctx: &TcContext) -> i32 {
     // The trace (off: one inlined array lookup) sees every packet of its interface on
     // the general path, which records what it did.
     if trace::control(ifindex).is_none() {
-        let action = fast::fast_path::<L2>(ctx, config, counters);
+        let action = fast::fast_path::<L2>(ctx, config, counters, ifindex, DIRECTION);
         if action != fast::DECLINED {
             return action;
         }
@@ -165,7 +165,7 @@ fn run<const L2: bool, const DIRECTION: u8>(ctx: &TcContext) -> i32 {
 }
 
 /// Every packet the fast path declines: all framings, versions, protocols, fragments,
-/// options, ICMP errors, malformed packets, trie lookups, the MSS clamp and the trace.
+/// options, ICMP errors, malformed packets, SYNs to clamp and traced interfaces.
 /// Its own BPF function, so the fast path's few values never share its frame, and the
 /// verifier walks it once per program.
 #[inline(never)]
