@@ -33,6 +33,7 @@ Markdown to stdout.
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -374,6 +375,9 @@ def interleaved(links, configs):
 
 
 def main():
+    # A SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C, so the `finally` blocks
+    # remove the namespaces, daemons and iperf3 servers this run made.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     for binary in (AGENT, REMAPD):
         if not os.path.exists(binary):
             sys.exit(f"{binary} missing: cargo build --release -p remapd -p remapd-tests")
