@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use remapd::dataplane::hooks::{self, ResolvedBorder};
 use remapd::dataplane::rules::{MapKey, Target};
 use remapd::dataplane::trace::{KernelTraceTap, TraceEvent, TraceTap};
@@ -157,6 +157,57 @@ impl BpfHarness {
         id
     }
 
+    /// Adds an IPv6 rule on the test-run interface (the hook looks IPv6 rules up in the
+    /// trie); returns its counter slot.
+    pub fn add_rule6(
+        &mut self,
+        direction: Direction,
+        field: AddressField,
+        from: &str,
+        to: &str,
+    ) -> u32 {
+        let from: Ipv6Net = from.parse().expect("test prefix");
+        let to: Ipv6Net = to.parse().expect("test prefix");
+        let key = MapKey::ipv6(TEST_RUN_IFINDEX, direction, field, from);
+        let id = self.next_rule_id;
+        self.next_rule_id += 1;
+        let value = RuleValue {
+            rule_id: id,
+            prefix_len: to.prefix_len(),
+            family: remapd_common::FAMILY_IPV6,
+            _pad: [0; 2],
+            to_addr: to.network().octets(),
+        };
+        self.insert_trie(key, value);
+        self.entries.insert(key, value);
+        self.sync_hooks();
+        id
+    }
+
+    /// [`BpfHarness::set_border`] for both families.
+    pub fn set_border_dual(
+        &mut self,
+        sources: &[&str],
+        destinations: &[&str],
+        sources6: &[&str],
+        destinations6: &[&str],
+    ) {
+        let v6 = |list: &[&str]| -> Vec<Ipv6Net> {
+            list.iter()
+                .map(|s| s.parse().expect("test prefix"))
+                .collect()
+        };
+        self.borders = vec![ResolvedBorder {
+            ifindex: TEST_RUN_IFINDEX,
+            sources: sources.iter().map(|s| net(s)).collect(),
+            destinations: destinations.iter().map(|s| net(s)).collect(),
+            sources6: v6(sources6),
+            destinations6: v6(destinations6),
+            mss_clamp: None,
+        }];
+        self.sync_hooks();
+    }
+
     /// Makes the test-run interface's ingress a border: after translation only
     /// `sources` -> `destinations` may pass.
     pub fn set_border(&mut self, sources: &[&str], destinations: &[&str]) {
@@ -164,6 +215,8 @@ impl BpfHarness {
             ifindex: TEST_RUN_IFINDEX,
             sources: sources.iter().map(|s| net(s)).collect(),
             destinations: destinations.iter().map(|s| net(s)).collect(),
+            sources6: Vec::new(),
+            destinations6: Vec::new(),
             mss_clamp: None,
         }];
         self.sync_hooks();
@@ -177,6 +230,8 @@ impl BpfHarness {
             ifindex: TEST_RUN_IFINDEX,
             sources: vec![net("0.0.0.0/0")],
             destinations: vec![net("0.0.0.0/0")],
+            sources6: vec!["::/0".parse().expect("prefix")],
+            destinations6: vec!["::/0".parse().expect("prefix")],
             mss_clamp: Some(mss),
         }];
         self.sync_hooks();

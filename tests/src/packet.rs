@@ -2,7 +2,7 @@
 //! an independent verifier built on `etherparse`, so no assertion relies on the code
 //! under test to say what a correct packet looks like.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{Icmpv4Slice, Ipv4HeaderSlice, TcpHeaderSlice, UdpHeaderSlice};
 
@@ -331,4 +331,195 @@ pub fn verify_checksums(ip_packet: &[u8]) {
 pub fn addresses(ip_packet: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
     let ip = Ipv4HeaderSlice::from_slice(ip_packet).expect("valid IPv4 header");
     (ip.source_addr(), ip.destination_addr())
+}
+
+/// An IPv6 extension header for [`ipv6_packet`]: each is 8 bytes long.
+#[derive(Clone, Copy, Debug)]
+pub enum Extension {
+    /// Hop-by-hop options (PadN only).
+    HopByHop,
+    /// Destination options (PadN only).
+    DestinationOptions,
+    /// A segment routing header with no segments left (type 4).
+    Routing,
+    /// A fragment header: offset in 8-byte units, and the more-fragments flag.
+    Fragment { offset: u16, more: bool },
+}
+
+impl Extension {
+    fn number(self) -> u8 {
+        match self {
+            Self::HopByHop => 0,
+            Self::Routing => 43,
+            Self::Fragment { .. } => 44,
+            Self::DestinationOptions => 60,
+        }
+    }
+
+    fn bytes(self, next: u8) -> [u8; 8] {
+        match self {
+            // PadN of 4 bytes after the 2-byte header... 6 bytes: type 1, length 4.
+            Self::HopByHop | Self::DestinationOptions => [next, 0, 1, 4, 0, 0, 0, 0],
+            Self::Routing => [next, 0, 4, 0, 0, 0, 0, 0],
+            Self::Fragment { offset, more } => {
+                let field = (offset << 3) | u16::from(more);
+                let [a, b] = field.to_be_bytes();
+                [next, 0, a, b, 0x12, 0x34, 0x56, 0x78]
+            }
+        }
+    }
+}
+
+/// The IPv6 pseudo-header (RFC 8200 section 8.1) for an upper-layer packet of `len`
+/// bytes of protocol `proto`.
+pub fn pseudo_header6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&(len as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, proto]);
+    p
+}
+
+/// `segment` (a TCP, UDP, UDP-Lite, DCCP or ICMPv6 message with its checksum field at
+/// `check_off` zero) with the checksum over the IPv6 pseudo-header filled in.
+pub fn with_checksum6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: u8,
+    mut segment: Vec<u8>,
+    check_off: usize,
+) -> Vec<u8> {
+    segment[check_off..check_off + 2].copy_from_slice(&[0, 0]);
+    let mut all = pseudo_header6(src, dst, proto, segment.len());
+    all.extend_from_slice(&segment);
+    let mut check = inet_checksum(&all);
+    if proto == 17 && check == 0 {
+        check = 0xffff;
+    }
+    segment[check_off..check_off + 2].copy_from_slice(&check.to_be_bytes());
+    segment
+}
+
+/// A TCP segment (ACK|PSH, 20-byte header) between two IPv6 hosts, checksum filled in.
+pub fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[
+        1, 2, 3, 4, 10, 11, 12, 13, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
+    ]);
+    t.extend_from_slice(payload);
+    with_checksum6(src, dst, 6, t, 16)
+}
+
+/// A UDP datagram between two IPv6 hosts, checksum filled in (or left zero).
+pub fn udp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    with_checksum: bool,
+) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    if with_checksum {
+        with_checksum6(src, dst, 17, u, 6)
+    } else {
+        u
+    }
+}
+
+/// An ICMPv6 message (type, code, 4 bytes of rest, payload), checksum filled in.
+pub fn icmp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![icmp_type, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(payload);
+    with_checksum6(src, dst, 58, m, 2)
+}
+
+/// An IPv6 packet: fixed header, the `chain` of extension headers, then an upper-layer
+/// `payload` of protocol `proto`. The payload length is computed.
+pub fn ipv6_packet(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    chain: &[Extension],
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let first = chain.first().map_or(proto, |e| e.number());
+    let mut p = vec![0x60, 0x01, 0x23, 0x45];
+    p.extend_from_slice(&((8 * chain.len() + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[first, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    for (i, e) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).map_or(proto, |n| n.number());
+        p.extend_from_slice(&e.bytes(next));
+    }
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Frames an IPv6 packet: with an Ethernet header (ethertype 0x86dd) or as it is.
+pub fn frame6(framing: Framing, ip_packet: &[u8]) -> Vec<u8> {
+    match framing {
+        Framing::L2 => ethernet(0x86dd, ip_packet),
+        Framing::L3 => ip_packet.to_vec(),
+    }
+}
+
+/// Checks the upper-layer checksum of an unfragmented IPv6 packet (starting at the IP
+/// header) with etherparse for TCP and UDP, and over the pseudo-header from first
+/// principles for ICMPv6. Panics with a description on any mismatch.
+pub fn verify_checksums6(ip_packet: &[u8]) {
+    let ip = etherparse::Ipv6HeaderSlice::from_slice(ip_packet).expect("valid IPv6 header");
+    let (src, dst) = (ip.source(), ip.destination());
+    let end = 40 + usize::from(ip.payload_length());
+    assert_eq!(end, ip_packet.len(), "payload length");
+    // Walk the extension headers this module builds (8 bytes each).
+    let mut next = ip.next_header().0;
+    let mut off = 40;
+    while matches!(next, 0 | 43 | 44 | 60) {
+        assert_ne!(next, 44, "fragments are checked by the caller");
+        next = ip_packet[off];
+        off += 8;
+    }
+    let segment = &ip_packet[off..end];
+    match next {
+        6 => {
+            let tcp = TcpHeaderSlice::from_slice(segment).expect("valid TCP header");
+            let expect = tcp
+                .to_header()
+                .calc_checksum_ipv6_raw(src, dst, &segment[tcp.slice().len()..])
+                .expect("checksum computable");
+            assert_eq!(tcp.checksum(), expect, "TCP checksum");
+        }
+        17 => {
+            let udp = UdpHeaderSlice::from_slice(segment).expect("valid UDP header");
+            let expect = udp
+                .to_header()
+                .calc_checksum_ipv6_raw(src, dst, &segment[8..])
+                .expect("checksum computable");
+            assert_eq!(udp.checksum(), expect, "UDP checksum");
+        }
+        58 => {
+            let mut all = pseudo_header6(src.into(), dst.into(), 58, segment.len());
+            all.extend_from_slice(segment);
+            assert_eq!(inet_checksum(&all), 0, "ICMPv6 checksum");
+        }
+        other => panic!("no checksum check for protocol {other}"),
+    }
 }

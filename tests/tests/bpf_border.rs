@@ -238,7 +238,7 @@ fn ipv6_and_non_ip_on_a_border() {
     let global = ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     let link_local = ipv6([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     let multicast = ipv6([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1]);
-    // Global IPv6 is not translated yet, so it cannot cross a border.
+    // Global IPv6 outside the border's IPv6 allow-list (empty here) cannot cross it.
     expect_drop(
         &mut h,
         Framing::L2,
@@ -303,7 +303,8 @@ fn ipv6_and_non_ip_on_a_border() {
         );
     }
     let drops = h.dropped(Direction::Ingress);
-    assert_eq!(drops[drop_reason::UNSUPPORTED], 6);
+    assert_eq!(drops[drop_reason::SOURCE_NOT_ALLOWED], 2, "global IPv6");
+    assert_eq!(drops[drop_reason::UNSUPPORTED], 4);
 }
 
 #[test]

@@ -6,10 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use remapd_common::{
-    HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_RULES_ALLOWED,
-    HOOK_DST_TRIE, HOOK_ENFORCE, HOOK_PROBES, HOOK_SRC_RULES, HOOK_SRC_RULES_ALLOWED,
+    FAMILY_IPV6, HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_RULES_ALLOWED,
+    HOOK_DST_TRIE, HOOK_ENFORCE, HOOK_PROBES, HOOK_RULES6, HOOK_SRC_RULES, HOOK_SRC_RULES_ALLOWED,
     HOOK_SRC_TRIE, HookConfig, INLINE_ALLOW, INLINE_RULES, InlineRule4, Prefix4, RuleValue,
     hook_probe,
 };
@@ -46,6 +46,10 @@ pub struct ResolvedBorder {
     pub sources: Vec<Ipv4Net>,
     /// Allowed destinations.
     pub destinations: Vec<Ipv4Net>,
+    /// Allowed IPv6 sources (always in the allow trie).
+    pub sources6: Vec<Ipv6Net>,
+    /// Allowed IPv6 destinations.
+    pub destinations6: Vec<Ipv6Net>,
     /// MSS clamp for both directions of the interface.
     pub mss_clamp: Option<u16>,
 }
@@ -76,6 +80,21 @@ pub fn plan(
     // Rules per hook and field, longest prefix first.
     let mut by_hook: BTreeMap<(u32, Direction), [Vec<InlineRule4>; 2]> = BTreeMap::new();
     for (key, value) in rules {
+        // IPv6 rules are looked up in the trie only: the hook just says it has some.
+        if key.data.family == FAMILY_IPV6
+            && let Some(direction) = Direction::from_wire(key.data.direction)
+        {
+            let ifindex = key.data.ifindex;
+            out.configs
+                .entry((ifindex, direction))
+                .or_insert_with(|| HookConfig {
+                    ifindex,
+                    direction: u32::from(direction.wire()),
+                    ..HookConfig::default()
+                })
+                .flags |= HOOK_RULES6;
+            continue;
+        }
         // A key that does not decode can never match a packet: it has no hook to describe.
         let (Some(from), Some(direction), Some(field)) = (
             key.ipv4_prefix(),
@@ -164,6 +183,16 @@ pub fn plan(
                 *slot = prefix4(*p);
             }
             *n = prefixes.len() as u32;
+        }
+        for (prefixes, field) in [
+            (&border.sources6, AddressField::Source),
+            (&border.destinations6, AddressField::Destination),
+        ] {
+            out.allow.extend(
+                Ipv6Net::aggregate(prefixes)
+                    .iter()
+                    .map(|p| MapKey::ipv6(border.ifindex, Direction::Ingress, field, *p)),
+            );
         }
         if let Some(mss) = border.mss_clamp {
             // Outgoing SYNs too: the egress hook exists for the clamp alone if it has
@@ -346,6 +375,8 @@ mod tests {
             ifindex: 7,
             sources: vec![n("30.0.0.0/25"), n("30.0.0.128/25")],
             destinations: vec![n("40.0.0.0/24"), n("10.96.0.0/12")],
+            sources6: vec![],
+            destinations6: vec![],
             mss_clamp: None,
         };
         let plan = plan(&BTreeMap::new(), &[border]).unwrap();
@@ -360,6 +391,52 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_rules_flag_their_hook_and_ipv6_allow_lists_go_to_the_trie() {
+        let v6 = |s: &str| -> Ipv6Net { s.parse().unwrap() };
+        let mut rules = BTreeMap::new();
+        rules.insert(
+            MapKey::ipv6(
+                9,
+                Direction::Egress,
+                AddressField::Destination,
+                v6("fd00:30::/56"),
+            ),
+            crate::rules::Target { to: n("0.0.0.0/0") }.value(3),
+        );
+        let border = ResolvedBorder {
+            ifindex: 9,
+            sources: vec![],
+            destinations: vec![],
+            sources6: vec![v6("fd00:30::/57"), v6("fd00:30:0:80::/57")],
+            destinations6: vec![v6("fd00:40::/56")],
+            mss_clamp: None,
+        };
+        let plan = plan(&rules, &[border]).unwrap();
+        assert_eq!(plan.configs[&(9, Direction::Egress)].flags, HOOK_RULES6);
+        assert_eq!(
+            plan.configs[&(9, Direction::Egress)].n_dst_rules,
+            0,
+            "never inline"
+        );
+        assert_eq!(plan.configs[&(9, Direction::Ingress)].flags, HOOK_ENFORCE);
+        let want = BTreeSet::from([
+            MapKey::ipv6(
+                9,
+                Direction::Ingress,
+                AddressField::Source,
+                v6("fd00:30::/56"),
+            ),
+            MapKey::ipv6(
+                9,
+                Direction::Ingress,
+                AddressField::Destination,
+                v6("fd00:40::/56"),
+            ),
+        ]);
+        assert_eq!(plan.allow, want, "the two halves aggregate");
+    }
+
+    #[test]
     fn a_border_marks_the_fields_whose_rules_all_translate_into_its_allow_list() {
         use AddressField::*;
         use Direction::*;
@@ -367,6 +444,8 @@ mod tests {
             ifindex: 7,
             sources: sources.iter().map(|s| n(s)).collect(),
             destinations: destinations.iter().map(|s| n(s)).collect(),
+            sources6: vec![],
+            destinations6: vec![],
             mss_clamp: None,
         };
         let rules = entries(&[
@@ -416,6 +495,8 @@ mod tests {
             ifindex: 7,
             sources: vec![n("30.0.0.0/24")],
             destinations: vec![n("40.0.0.0/24")],
+            sources6: vec![],
+            destinations6: vec![],
             mss_clamp: Some(1360),
         };
         let plan = plan(&BTreeMap::new(), &[border]).unwrap();
@@ -437,6 +518,8 @@ mod tests {
             ifindex: 7,
             sources: sources.clone(),
             destinations: vec![n("40.0.0.0/24")],
+            sources6: vec![],
+            destinations6: vec![],
             mss_clamp: None,
         };
         let plan = plan(&BTreeMap::new(), &[border]).unwrap();

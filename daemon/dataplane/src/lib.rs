@@ -366,6 +366,8 @@ impl Dataplane {
                 ifindex,
                 sources: border.sources.clone(),
                 destinations: border.destinations.clone(),
+                sources6: Vec::new(),
+                destinations6: Vec::new(),
                 mss_clamp: border.mss_clamp,
             });
             hooks.insert(

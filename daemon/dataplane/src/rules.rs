@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
-use remapd_common::{FAMILY_IPV4, MAX_RULES, RULE_KEY_SELECTOR_BITS, RuleKey, RuleValue};
+use ipnet::{Ipv4Net, Ipv6Net};
+use remapd_common::{
+    FAMILY_IPV4, FAMILY_IPV6, MAX_RULES, RULE_KEY_SELECTOR_BITS, RuleKey, RuleValue,
+};
 
 pub use remapd_model::rule::{AddressField, Direction, TranslationRule};
 
@@ -196,6 +198,21 @@ impl MapKey {
                 family: FAMILY_IPV4,
                 _pad: 0,
                 addr,
+            },
+        }
+    }
+
+    /// The key for an IPv6 rule (or allow-list prefix) on interface `ifindex`.
+    pub fn ipv6(ifindex: u32, direction: Direction, field: AddressField, from: Ipv6Net) -> Self {
+        Self {
+            prefix_len: RULE_KEY_SELECTOR_BITS + u32::from(from.prefix_len()),
+            data: RuleKey {
+                ifindex,
+                direction: direction.wire(),
+                field: field.wire(),
+                family: FAMILY_IPV6,
+                _pad: 0,
+                addr: from.network().octets(),
             },
         }
     }

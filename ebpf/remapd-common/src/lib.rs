@@ -108,6 +108,10 @@ pub const HOOK_SRC_RULES_ALLOWED: u32 = 1 << 7;
 /// destination allow-list.
 pub const HOOK_DST_RULES_ALLOWED: u32 = 1 << 8;
 
+/// [`HookConfig::flags`]: the hook has IPv6 rules (always in the LPM trie). IPv6 packets
+/// on a hook without this flag are looked at only on a border.
+pub const HOOK_RULES6: u32 = 1 << 9;
+
 /// One inline IPv4 rule. Addresses and masks are host-order integers of the wire bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

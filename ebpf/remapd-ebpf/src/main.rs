@@ -37,6 +37,7 @@
 mod csum;
 mod fast;
 mod icmp;
+mod ipv6;
 mod lookup;
 mod trace;
 
@@ -79,7 +80,6 @@ pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 pub(crate) const IPV4_MIN_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
 pub(crate) const IPPROTO_ICMP: u8 = 1;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
@@ -120,7 +120,7 @@ pub fn remapd_l3_egress(ctx: TcContext) -> i32 {
 }
 
 /// Why a packet is dropped: an index into [`HookCounters::dropped`].
-type Drop = usize;
+pub(crate) type Drop = usize;
 
 /// [`handle`]'s outcome bit: an address was rewritten.
 pub(crate) const TRANSLATED: u8 = 1;
@@ -160,6 +160,9 @@ fn run<const L2: bool, const DIRECTION: u8>(ctx: &TcContext) -> i32 {
         if action != fast::DECLINED {
             return action;
         }
+    }
+    if ip_version::<L2>(ctx) == Some(6) {
+        return ipv6::path::<L2>(ctx.skb.skb, config, counters, ifindex, DIRECTION);
     }
     general_path::<L2, DIRECTION>(ctx.skb.skb, config, counters, ifindex)
 }
@@ -245,7 +248,7 @@ pub(crate) struct Ipv4Header {
 
 /// Returns a pointer to a `T` at `offset` if the whole `T` is in the linear packet area.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+pub(crate) fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -256,7 +259,7 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
 
 /// Makes `want` bytes (or the whole packet, if shorter) readable with direct access.
 #[inline(always)]
-fn pull(ctx: &TcContext, want: usize) -> bool {
+pub(crate) fn pull(ctx: &TcContext, want: usize) -> bool {
     let len = ctx.len() as usize;
     let want = if len < want { len } else { want };
     ctx.pull_data(want as u32).is_ok()
@@ -269,7 +272,7 @@ const ARP: u8 = 0x0a;
 /// 4, 6, [`ARP`], or `None` for anything else (VLAN and QinQ tags, MPLS, LLDP, garbage)
 /// or a packet too short to say.
 #[inline(always)]
-fn ip_version<const L2: bool>(ctx: &TcContext) -> Option<u8> {
+pub(crate) fn ip_version<const L2: bool>(ctx: &TcContext) -> Option<u8> {
     if L2 {
         let proto = ptr_at::<u16>(ctx, 12)?;
         // SAFETY: bounds checked by ptr_at.
@@ -308,7 +311,7 @@ fn handle<const L2: bool>(
     let l3 = if L2 { ETH_HLEN } else { 0 };
     match ip_version::<L2>(ctx) {
         Some(4) => {}
-        Some(6) if border => return ipv6_border(ctx, l3),
+        // IPv6 took its own path before this one (`run`).
         // ARP on an Ethernet device is not IP and carries nothing past the link.
         Some(ARP) => return Ok(0),
         // On a border, anything else (VLAN/QinQ-tagged frames hiding IP, MPLS, garbage
@@ -450,26 +453,6 @@ fn handle<const L2: bool>(
         ctx.len(),
     );
     Ok(TRANSLATED)
-}
-
-/// A border hook's IPv6 policy until IPv6 is translated: neighbour discovery and other
-/// link-local or multicast control traffic pass, everything else is dropped.
-#[inline(always)]
-fn ipv6_border(ctx: &TcContext, l3: usize) -> Result<u8, Drop> {
-    if ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).is_none() && !pull(ctx, l3 + IPV6_HLEN) {
-        return Err(drop_reason::MALFORMED);
-    }
-    let header = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
-    // SAFETY: bounds checked by ptr_at.
-    let (d0, d1) = unsafe { ((*header)[24], (*header)[25]) };
-    let link_local = d0 == 0xfe && d1 & 0xc0 == 0x80;
-    // Link-local scope multicast only (ff02::/16: neighbour discovery, MLD).
-    let multicast = d0 == 0xff && d1 & 0x0f == 0x02;
-    if link_local || multicast {
-        Ok(0)
-    } else {
-        Err(drop_reason::UNSUPPORTED)
-    }
 }
 
 /// [`clamp_mss`] for the packet in `ctx` if it is an IPv4 TCP first fragment whose

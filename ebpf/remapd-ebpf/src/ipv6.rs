@@ -1,0 +1,402 @@
+//! IPv6 prefix translation, stateless like IPv4's: the matched prefix of the source or
+//! destination is replaced, host bits kept, and the transport checksum moved by the
+//! address change (every IPv6 transport checksum covers the pseudo-header: TCP, UDP,
+//! UDP-Lite, DCCP and ICMPv6). IPv6 has no header checksum.
+//!
+//! IPv6 rules live in the LPM trie only (a hook with any sets [`HOOK_RULES6`]); allow-lists
+//! in the allow trie. The extension-header chain is walked with a bounded loop to find the
+//! transport header: only a first fragment holds it; later fragments are translated at
+//! the IP layer alone.
+//!
+//! What passes and what is dropped follows IPv4:
+//! - link-local addresses (fe80::/10) and multicast are never translated; on a border
+//!   only packets to link-local or link-local-scope multicast addresses (neighbour
+//!   discovery, MLD) pass, and other multicast is dropped;
+//! - a packet that matches a rule (or crosses a border) but cannot be translated exactly
+//!   is dropped: a chain longer than [`MAX_EXTENSION_HEADERS`] or cut short, a first
+//!   fragment without its transport checksum, a UDP datagram whose checksum is zero
+//!   (invalid in IPv6), ESP/AH (the transport header is out of reach), and, for now,
+//!   ICMPv6 errors, whose quoted packet would still carry untranslated addresses;
+//! - on a border a routing header is dropped (it could steer the packet past the
+//!   allow-list, like IPv4 source routing).
+//!
+//! This path is its own BPF function, reached only by IPv6 packets, so IPv4 packets pay
+//! nothing for it and the verifier walks it once.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use remapd_common::{
+    DIRECTION_INGRESS, FAMILY_IPV6, FIELD_DESTINATION, FIELD_SOURCE, HOOK_ENFORCE, HOOK_RULES6,
+    HookConfig, HookCounters, RULE_KEY_SELECTOR_BITS, RuleKey, csum_diff4, csum_fold64,
+    drop_reason,
+};
+
+use crate::lookup::NO_RULE;
+use crate::{
+    ALLOW, Drop, ETH_HLEN, IPPROTO_DCCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, RULES,
+    TCP_CSUM_OFF, TRANSLATED, UDP_CSUM_OFF, count_drop, count_pass, count_rules, csum, ptr_at,
+    pull,
+};
+
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_ESP: u8 = 50;
+const NEXTHDR_AH: u8 = 51;
+const NEXTHDR_ICMPV6: u8 = 58;
+const NEXTHDR_NONE: u8 = 59;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked before giving up on finding the transport header.
+pub(crate) const MAX_EXTENSION_HEADERS: usize = 8;
+const ICMPV6_CSUM_OFF: usize = 2;
+/// ICMPv6 types below 128 are errors (RFC 4443), quoting the packet they are about.
+const ICMPV6_INFO_MIN: u8 = 128;
+
+/// The IPv6 header with natural field widths (addresses as memory-order words).
+#[repr(C)]
+pub(crate) struct Ipv6Header {
+    pub vtc_flow: u32,
+    pub payload_len: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// An IPv6 lookup result: the counter slot ([`NO_RULE`] on a miss) and the translated
+/// address (memory-order words; the address itself on a miss).
+#[derive(Clone, Copy)]
+struct Rewrite6 {
+    rule_id: u32,
+    to: [u32; 4],
+}
+
+impl Rewrite6 {
+    #[inline(always)]
+    fn hit(&self) -> bool {
+        self.rule_id != NO_RULE
+    }
+}
+
+#[inline(always)]
+fn key6(ifindex: u32, direction: u8, field: u8, addr: &[u32; 4]) -> Key<RuleKey> {
+    let mut bytes = [0u8; 16];
+    for i in 0..4 {
+        let w = addr[i].to_ne_bytes();
+        bytes[4 * i] = w[0];
+        bytes[4 * i + 1] = w[1];
+        bytes[4 * i + 2] = w[2];
+        bytes[4 * i + 3] = w[3];
+    }
+    Key::new(
+        RULE_KEY_SELECTOR_BITS + 128,
+        RuleKey {
+            ifindex,
+            direction,
+            field,
+            family: FAMILY_IPV6,
+            _pad: 0,
+            addr: bytes,
+        },
+    )
+}
+
+/// Looks `addr` up among the hook's IPv6 rules for `field` (the trie).
+#[inline(always)]
+fn lookup6(ifindex: u32, direction: u8, field: u8, addr: &[u32; 4]) -> Rewrite6 {
+    let miss = Rewrite6 {
+        rule_id: NO_RULE,
+        to: *addr,
+    };
+    let Some(rule) = RULES.get(&key6(ifindex, direction, field, addr)) else {
+        return miss;
+    };
+    if rule.family != FAMILY_IPV6 || rule.rule_id == NO_RULE || rule.prefix_len > 128 {
+        return miss;
+    }
+    let mut to = [0u32; 4];
+    for i in 0..4 {
+        // This word's share of the prefix, as a host-order mask, then in memory order.
+        let bits = i32::from(rule.prefix_len) - 32 * i as i32;
+        let mask = if bits >= 32 {
+            u32::MAX
+        } else if bits <= 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        }
+        .to_be();
+        let prefix = u32::from_ne_bytes([
+            rule.to_addr[4 * i],
+            rule.to_addr[4 * i + 1],
+            rule.to_addr[4 * i + 2],
+            rule.to_addr[4 * i + 3],
+        ]);
+        to[i] = (prefix & mask) | (addr[i] & !mask);
+    }
+    Rewrite6 {
+        rule_id: rule.rule_id,
+        to,
+    }
+}
+
+/// Whether `addr` (after translation) is in the border's IPv6 allow-list for `field`.
+#[inline(always)]
+fn allowed6(ifindex: u32, field: u8, addr: &[u32; 4]) -> bool {
+    ALLOW
+        .get(&key6(ifindex, DIRECTION_INGRESS, field, addr))
+        .is_some()
+}
+
+/// Link-local unicast (fe80::/10) or any multicast (ff00::/8): never translated.
+#[inline(always)]
+fn link_scoped(addr: &[u32; 4]) -> bool {
+    let first = u32::from_be(addr[0]);
+    first >> 22 == 0x3fa || first >> 24 == 0xff
+}
+
+/// Link-local unicast, or link-local-scope multicast (ff02::/16): what a border lets
+/// through untranslated.
+#[inline(always)]
+fn link_local_control(addr: &[u32; 4]) -> bool {
+    let first = u32::from_be(addr[0]);
+    first >> 22 == 0x3fa || first >> 16 == 0xff02
+}
+
+/// Where the transport header is: its protocol and offset, or `None` for a later
+/// fragment (IP layer only).
+struct Transport {
+    protocol: u8,
+    offset: usize,
+    first_fragment: bool,
+    more_fragments: bool,
+    routing: bool,
+}
+
+/// Walks the extension-header chain from the fixed header at `l3`.
+#[inline(always)]
+fn walk_chain(ctx: &TcContext, l3: usize, first: u8, packet_end: usize) -> Result<Transport, Drop> {
+    let mut next = first;
+    let mut off = l3 + IPV6_HLEN;
+    let mut out = Transport {
+        protocol: NEXTHDR_NONE,
+        offset: 0,
+        first_fragment: true,
+        more_fragments: false,
+        routing: false,
+    };
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let hdr: [u8; 2] = ctx.load(off).map_err(|_| drop_reason::MALFORMED)?;
+                out.routing |= next == NEXTHDR_ROUTING;
+                next = hdr[0];
+                off += (usize::from(hdr[1]) + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => {
+                let hdr: [u8; 4] = ctx.load(off).map_err(|_| drop_reason::MALFORMED)?;
+                let offset_flags = u16::from_be_bytes([hdr[2], hdr[3]]);
+                out.first_fragment &= offset_flags & 0xfff8 == 0;
+                out.more_fragments |= offset_flags & 1 != 0;
+                next = hdr[0];
+                off += 8;
+            }
+            _ => {
+                if off > packet_end {
+                    return Err(drop_reason::MALFORMED);
+                }
+                out.protocol = next;
+                out.offset = off;
+                return Ok(out);
+            }
+        }
+        if off > packet_end {
+            return Err(drop_reason::MALFORMED);
+        }
+    }
+    // Longer than any chain a pod sends: nothing we can judge.
+    Err(drop_reason::UNSUPPORTED)
+}
+
+/// Handles an IPv6 packet on a hook and counts it: the TC action. Its own BPF function,
+/// called from the program itself, so its frame never stacks on the general path's.
+#[inline(never)]
+pub(crate) fn path<const L2: bool>(
+    skb: *mut __sk_buff,
+    config: &HookConfig,
+    counters: *mut HookCounters,
+    ifindex: u32,
+    direction: u8,
+) -> i32 {
+    let ctx = TcContext::new(skb);
+    let l3 = if L2 { ETH_HLEN } else { 0 };
+    match handle(&ctx, config, ifindex, direction, l3) {
+        Ok(outcome) => {
+            count_pass(counters, ctx.len(), outcome);
+            TC_ACT_UNSPEC
+        }
+        Err(reason) => {
+            count_drop(counters, reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn handle(
+    ctx: &TcContext,
+    config: &HookConfig,
+    ifindex: u32,
+    direction: u8,
+    l3: usize,
+) -> Result<u8, Drop> {
+    let border = config.flags & HOOK_ENFORCE != 0;
+    let has_rules = config.flags & HOOK_RULES6 != 0;
+    if !border && !has_rules {
+        return Ok(0);
+    }
+    let skb_len = ctx.len() as usize;
+    if ptr_at::<Ipv6Header>(ctx, l3).is_none() && !pull(ctx, l3 + IPV6_HLEN) {
+        return if border {
+            Err(drop_reason::MALFORMED)
+        } else {
+            Ok(0)
+        };
+    }
+    let ip = ptr_at::<Ipv6Header>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
+    // SAFETY: bounds checked by ptr_at (misaligned access: see Ipv4Header).
+    let (vtc, payload_len, next, src, dst) = unsafe {
+        (
+            (*ip).vtc_flow,
+            usize::from(u16::from_be((*ip).payload_len)),
+            (*ip).next_header,
+            (*ip).src,
+            (*ip).dst,
+        )
+    };
+    // Neighbour discovery, router and multicast listener traffic, link-local anything:
+    // never translated; on a border, only link-scoped control passes.
+    if link_scoped(&src) || link_scoped(&dst) {
+        // A neighbour solicitation may come from a global source.
+        return if !border || link_local_control(&dst) {
+            Ok(0)
+        } else {
+            Err(drop_reason::UNSUPPORTED)
+        };
+    }
+    let (src_rw, dst_rw) = if has_rules {
+        (
+            lookup6(ifindex, direction, FIELD_SOURCE, &src),
+            lookup6(ifindex, direction, FIELD_DESTINATION, &dst),
+        )
+    } else {
+        (
+            Rewrite6 {
+                rule_id: NO_RULE,
+                to: src,
+            },
+            Rewrite6 {
+                rule_id: NO_RULE,
+                to: dst,
+            },
+        )
+    };
+    let rewrites = src_rw.hit() || dst_rw.hit();
+    let strict = border || rewrites;
+    let packet_end = l3 + IPV6_HLEN + payload_len;
+    // Version 6, and a payload length the skb holds (jumbograms, with length 0 and a
+    // hop-by-hop option, are not something pods exchange across clusters).
+    if u32::from_be(vtc) >> 28 != 6 || payload_len == 0 || packet_end > skb_len {
+        return if strict {
+            Err(drop_reason::MALFORMED)
+        } else {
+            Ok(0)
+        };
+    }
+    let transport = match walk_chain(ctx, l3, next, packet_end) {
+        Ok(t) => t,
+        Err(reason) if strict => return Err(reason),
+        Err(_) => return Ok(0),
+    };
+    if border && transport.routing {
+        return Err(drop_reason::IP_OPTIONS);
+    }
+    // The transport checksum: where it is and whether a zero means "none".
+    let mut check_off = 0usize;
+    if transport.first_fragment {
+        match transport.protocol {
+            IPPROTO_TCP => check_off = transport.offset + TCP_CSUM_OFF,
+            IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_DCCP => {
+                check_off = transport.offset + UDP_CSUM_OFF;
+            }
+            NEXTHDR_ICMPV6 => {
+                let icmp_type: u8 = ctx
+                    .load(transport.offset)
+                    .map_err(|_| drop_reason::MALFORMED)?;
+                // An error quotes a packet whose addresses would stay untranslated.
+                if icmp_type < ICMPV6_INFO_MIN && strict {
+                    return Err(drop_reason::UNSUPPORTED);
+                }
+                check_off = transport.offset + ICMPV6_CSUM_OFF;
+            }
+            NEXTHDR_ESP | NEXTHDR_AH if strict => return Err(drop_reason::UNSUPPORTED),
+            _ => {}
+        }
+    }
+    if rewrites && check_off != 0 {
+        if check_off + 2 > packet_end {
+            return Err(if transport.more_fragments {
+                drop_reason::TINY_FRAGMENT
+            } else {
+                drop_reason::MALFORMED
+            });
+        }
+        // A zero UDP checksum is invalid in IPv6 (RFC 8200): not something to carry on.
+        if transport.protocol == IPPROTO_UDP {
+            let check: u16 = ctx.load(check_off).map_err(|_| drop_reason::MALFORMED)?;
+            if check == 0 {
+                return Err(drop_reason::MALFORMED);
+            }
+        }
+    }
+    if border {
+        if !allowed6(ifindex, FIELD_SOURCE, &src_rw.to) {
+            return Err(drop_reason::SOURCE_NOT_ALLOWED);
+        }
+        if !allowed6(ifindex, FIELD_DESTINATION, &dst_rw.to) {
+            return Err(drop_reason::NOT_EXPORTED);
+        }
+    }
+    if !rewrites {
+        return Ok(0);
+    }
+    // The ICMPv6 and transport checksums may have pulled data: a fresh pointer.
+    let ip = ptr_at::<Ipv6Header>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
+    let mut diff = 0u64;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        for i in 0..4 {
+            diff += csum_diff4(src[i], src_rw.to[i]) + csum_diff4(dst[i], dst_rw.to[i]);
+            (*ip).src[i] = src_rw.to[i];
+            (*ip).dst[i] = dst_rw.to[i];
+        }
+    }
+    // Without BPF_F_PSEUDO_HDR: for CHECKSUM_COMPLETE the helper then moves the field
+    // and leaves skb->csum alone, which is right here. skb->csum covers the IPv6 header
+    // and the transport bytes, and the addresses (+diff) and the checksum field (-diff)
+    // cancel out in that sum; IPv4 differs only in that its header checksum does the
+    // cancelling for the addresses, so there the helper must fix skb->csum for the
+    // field. The direct write (NONE, UNNECESSARY, PARTIAL) is the same as IPv4's.
+    // Through helpers: a direct write would need the verifier to track the offset
+    // exactly, and it came out of the walked chain (one state per path through it).
+    if check_off != 0 {
+        csum::l4_update_by_helpers(ctx, check_off, u32::from(csum_fold64(diff)), 0)
+            .map_err(|_| drop_reason::HELPER_FAILED)?;
+    }
+    count_rules([src_rw.rule_id, dst_rw.rule_id], ctx.len());
+    Ok(TRANSLATED)
+}

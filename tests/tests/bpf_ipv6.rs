@@ -1,0 +1,435 @@
+//! Packet tests (BPF_PROG_TEST_RUN) of IPv6 prefix translation: two clusters both on
+//! fd00:10:244::/56, cluster 1 seeing cluster 2 at fd00:30::/56 (split: destination on the
+//! way out, source on the way in). Exact bytes against packets built independently, with
+//! the upper-layer checksums recomputed by the test's own code and etherparse; every case
+//! on L2 and L3 framing. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv6Addr;
+
+use remapd::dataplane::{AddressField, Direction};
+use remapd_common::drop_reason;
+use remapd_tests::bpf::{BpfHarness, VERDICT_DROP, VERDICT_NEXT};
+use remapd_tests::cases::{BOTH, hex, program};
+use remapd_tests::packet::{
+    Extension, Framing, frame6, icmp6, ipv6_packet, tcp6, udp6, verify_checksums6, with_checksum6,
+};
+
+const REAL: &str = "fd00:10:244::/56";
+const VIEW: &str = "fd00:30::/56";
+
+fn a(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// An upper-layer message of each checksummed kind between two addresses, with its
+/// checksum: (protocol, builder).
+type Segment = (u8, fn(Ipv6Addr, Ipv6Addr) -> Vec<u8>);
+
+fn segments() -> [Segment; 3] {
+    [
+        (6, |s, d| tcp6(s, d, 40000, 80, b"hello over v6")),
+        (17, |s, d| udp6(s, d, 5353, 53, b"query", true)),
+        (58, |s, d| icmp6(s, d, 128, 0, [0, 7, 0, 1], b"ping")),
+    ]
+}
+
+/// Gateway 1 in split: egress destination view -> real, ingress source real -> view.
+/// Returns the (egress, ingress) counter slots.
+fn split_gw1(h: &mut BpfHarness) -> (u32, u32) {
+    (
+        h.add_rule6(Direction::Egress, AddressField::Destination, VIEW, REAL),
+        h.add_rule6(Direction::Ingress, AddressField::Source, REAL, VIEW),
+    )
+}
+
+/// Runs `input` and asserts it passes as `expected`, byte for byte after the link
+/// header, with valid checksums (unless `fragment`).
+fn expect6(
+    h: &mut BpfHarness,
+    framing: Framing,
+    direction: Direction,
+    input: &[u8],
+    expected: &[u8],
+) {
+    let frame = frame6(framing, input);
+    let run = h.run(program(framing, direction), &frame);
+    assert_eq!(
+        run.verdict, VERDICT_NEXT,
+        "{framing:?} {direction}: must pass"
+    );
+    let l3 = framing.l3_offset();
+    assert_eq!(&run.packet[..l3], &frame[..l3], "link header untouched");
+    assert_eq!(
+        hex(&run.packet[l3..]),
+        hex(expected),
+        "{framing:?} {direction}: packet differs from the expected one"
+    );
+}
+
+fn expect_drop6(
+    h: &mut BpfHarness,
+    framing: Framing,
+    direction: Direction,
+    input: &[u8],
+    reason: usize,
+    what: &str,
+) {
+    let before = h.dropped(direction)[reason];
+    let frame = frame6(framing, input);
+    let run = h.run(program(framing, direction), &frame);
+    assert_eq!(
+        run.verdict, VERDICT_DROP,
+        "{framing:?}: {what} must be dropped"
+    );
+    assert_eq!(
+        run.packet, frame,
+        "{what}: a dropped packet is not modified"
+    );
+    assert_eq!(
+        h.dropped(direction)[reason],
+        before + 1,
+        "{framing:?}: {what} counted as {}",
+        drop_reason::NAMES[reason]
+    );
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn tcp_udp_and_icmpv6_echo_are_translated_both_ways() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        let (egress, ingress) = split_gw1(&mut h);
+        let pod1 = a("fd00:10:244::5");
+        let seen = a("fd00:30::7");
+        let pod2 = a("fd00:10:244::7");
+        // Out: the destination (cluster 2 as cluster 1 sees it) becomes the real one.
+        let cases = segments();
+        for (proto, segment) in &cases {
+            let input = ipv6_packet(pod1, seen, &[], *proto, &segment(pod1, seen));
+            let expected = ipv6_packet(pod1, pod2, &[], *proto, &segment(pod1, pod2));
+            expect6(&mut h, framing, Direction::Egress, &input, &expected);
+            verify_checksums6(&expected);
+            // Back in: the source (cluster 2's real address) becomes the view.
+            let reply = ipv6_packet(pod2, pod1, &[], *proto, &segment(pod2, pod1));
+            let translated = ipv6_packet(seen, pod1, &[], *proto, &segment(seen, pod1));
+            expect6(&mut h, framing, Direction::Ingress, &reply, &translated);
+        }
+        assert_eq!(h.counters(egress).0, 3, "{framing:?}: egress rule");
+        assert_eq!(h.counters(ingress).0, 3, "{framing:?}: ingress rule");
+        let hook = h.hook_counters(Direction::Egress);
+        assert_eq!((hook.packets, hook.translated), (3, 3));
+        // An address no rule covers passes untouched, and so does link-local traffic
+        // (neighbour discovery) even when its other address matches.
+        let other = ipv6_packet(
+            pod1,
+            a("2001:db8::1"),
+            &[],
+            6,
+            &tcp6(pod1, a("2001:db8::1"), 1, 2, b"x"),
+        );
+        expect6(&mut h, framing, Direction::Egress, &other, &other);
+        let ns = ipv6_packet(
+            a("fe80::1"),
+            seen,
+            &[],
+            58,
+            &icmp6(a("fe80::1"), seen, 135, 0, [0; 4], &seen.octets()),
+        );
+        expect6(&mut h, framing, Direction::Egress, &ns, &ns);
+    }
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn extension_headers_are_walked_to_the_transport_header() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1(&mut h);
+        let (pod1, seen, pod2) = (a("fd00:10:244::5"), a("fd00:30::7"), a("fd00:10:244::7"));
+        let chain = [Extension::HopByHop, Extension::DestinationOptions];
+        let input = ipv6_packet(pod1, seen, &chain, 6, &tcp6(pod1, seen, 1, 2, b"chained"));
+        let expected = ipv6_packet(pod1, pod2, &chain, 6, &tcp6(pod1, pod2, 1, 2, b"chained"));
+        expect6(&mut h, framing, Direction::Egress, &input, &expected);
+        verify_checksums6(&expected);
+
+        // Fragments: the first one's UDP checksum covers the whole datagram; later ones
+        // carry no transport header and change at the IP layer only.
+        let datagram = |d: Ipv6Addr| udp6(pod1, d, 7, 9, &[0xab; 40], true);
+        let first = |d: Ipv6Addr| {
+            ipv6_packet(
+                pod1,
+                d,
+                &[Extension::Fragment {
+                    offset: 0,
+                    more: true,
+                }],
+                17,
+                &datagram(d)[..24],
+            )
+        };
+        expect6(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &first(seen),
+            &first(pod2),
+        );
+        let later = |d: Ipv6Addr| {
+            ipv6_packet(
+                pod1,
+                d,
+                &[Extension::Fragment {
+                    offset: 3,
+                    more: false,
+                }],
+                17,
+                &datagram(d)[24..],
+            )
+        };
+        // The later fragment's bytes are the same datagram's, so only addresses differ.
+        let mut want = later(seen);
+        want[24..40].copy_from_slice(&pod2.octets());
+        expect6(&mut h, framing, Direction::Egress, &later(seen), &want);
+    }
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn matching_packets_that_cannot_be_translated_exactly_are_dropped() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1(&mut h);
+        let (pod1, seen) = (a("fd00:10:244::5"), a("fd00:30::7"));
+        let zero = ipv6_packet(
+            pod1,
+            seen,
+            &[],
+            17,
+            &udp6(pod1, seen, 1, 2, b"no checksum", false),
+        );
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &zero,
+            drop_reason::MALFORMED,
+            "UDP with a zero checksum",
+        );
+        // A hop-by-hop header that claims more than the packet holds.
+        let mut cut = ipv6_packet(
+            pod1,
+            seen,
+            &[Extension::HopByHop],
+            6,
+            &tcp6(pod1, seen, 1, 2, b"x"),
+        );
+        cut[41] = 20;
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &cut,
+            drop_reason::MALFORMED,
+            "a chain cut short",
+        );
+        // A first fragment too short for the UDP checksum.
+        let tiny = ipv6_packet(
+            pod1,
+            seen,
+            &[Extension::Fragment {
+                offset: 0,
+                more: true,
+            }],
+            17,
+            &udp6(pod1, seen, 1, 2, b"tiny", true)[..4],
+        );
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &tiny,
+            drop_reason::TINY_FRAGMENT,
+            "a tiny first fragment",
+        );
+        // An ICMPv6 error: its quote would keep untranslated addresses.
+        let quoted = ipv6_packet(seen, pod1, &[], 17, &udp6(seen, pod1, 1, 2, b"q", true));
+        let error = ipv6_packet(
+            pod1,
+            seen,
+            &[],
+            58,
+            &icmp6(pod1, seen, 1, 4, [0; 4], &quoted),
+        );
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &error,
+            drop_reason::UNSUPPORTED,
+            "an ICMPv6 error",
+        );
+        // A payload length past the end of the packet.
+        let mut long = ipv6_packet(pod1, seen, &[], 6, &tcp6(pod1, seen, 1, 2, b"x"));
+        long[5] += 8;
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &long,
+            drop_reason::MALFORMED,
+            "a payload length past the end",
+        );
+        // None of these count on a rule.
+        let hook = h.hook_counters(Direction::Egress);
+        assert_eq!((hook.packets, hook.translated), (0, 0));
+    }
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn an_ipv6_border_passes_the_peering_and_drops_everything_else() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1(&mut h);
+        // After translation: sources in the view of cluster 2, destinations in ours.
+        h.set_border_dual(&["30.0.0.0/24"], &["40.0.0.0/24"], &[VIEW], &[REAL]);
+        let (pod1, pod2) = (a("fd00:10:244::5"), a("fd00:10:244::7"));
+        let seen = a("fd00:30::7");
+        let reply = ipv6_packet(pod2, pod1, &[], 6, &tcp6(pod2, pod1, 80, 40000, b"ok"));
+        let translated = ipv6_packet(seen, pod1, &[], 6, &tcp6(seen, pod1, 80, 40000, b"ok"));
+        expect6(&mut h, framing, Direction::Ingress, &reply, &translated);
+        verify_checksums6(&translated);
+        let node = a("fd00:99::5");
+        let to_node = ipv6_packet(pod2, node, &[], 17, &udp6(pod2, node, 1, 2, b"x", true));
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &to_node,
+            drop_reason::NOT_EXPORTED,
+            "to a node address",
+        );
+        let stranger = a("2001:db8::9");
+        let foreign = ipv6_packet(stranger, pod1, &[], 6, &tcp6(stranger, pod1, 1, 2, b"x"));
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &foreign,
+            drop_reason::SOURCE_NOT_ALLOWED,
+            "from an address the peer may not use",
+        );
+        let routed = ipv6_packet(
+            pod2,
+            pod1,
+            &[Extension::Routing],
+            6,
+            &tcp6(pod2, pod1, 1, 2, b"x"),
+        );
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &routed,
+            drop_reason::IP_OPTIONS,
+            "a routing header",
+        );
+        // Neighbour discovery from a global source to the solicited-node group passes.
+        let group = a("ff02::1:ff00:5");
+        let ns = ipv6_packet(
+            pod2,
+            group,
+            &[],
+            58,
+            &icmp6(pod2, group, 135, 0, [0; 4], &pod1.octets()),
+        );
+        expect6(&mut h, framing, Direction::Ingress, &ns, &ns);
+        let site = a("ff05::2");
+        let wide = ipv6_packet(pod2, site, &[], 17, &udp6(pod2, site, 1, 2, b"x", true));
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &wide,
+            drop_reason::UNSUPPORTED,
+            "site-scope multicast",
+        );
+        let hook = h.hook_counters(Direction::Ingress);
+        assert_eq!((hook.packets, hook.translated), (2, 1));
+    }
+}
+
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn a_hook_without_ipv6_rules_leaves_ipv6_alone() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        // IPv4 rules only.
+        remapd_tests::cases::split_gw1(&mut h);
+        let (pod1, seen) = (a("fd00:10:244::5"), a("fd00:30::7"));
+        let p = ipv6_packet(pod1, seen, &[], 17, &udp6(pod1, seen, 1, 2, b"x", false));
+        expect6(&mut h, framing, Direction::Egress, &p, &p);
+        // Even one the IPv6 path would drop.
+        let mut bad = p.clone();
+        bad[5] += 8;
+        expect6(&mut h, framing, Direction::Egress, &bad, &bad);
+    }
+}
+
+/// The checksum helper with the pseudo-header flag would have moved skb->csum for the
+/// checksum field although the addresses cancel it out: checked by recomputing.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn udp_checksum_is_exact_after_translation_of_both_addresses() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        h.add_rule6(Direction::Ingress, AddressField::Source, REAL, VIEW);
+        h.add_rule6(
+            Direction::Ingress,
+            AddressField::Destination,
+            "fd00:60::/56",
+            REAL,
+        );
+        let (s, d) = (a("fd00:10:244::1:2"), a("fd00:60::ff:1"));
+        let (s2, d2) = (a("fd00:30::1:2"), a("fd00:10:244::ff:1"));
+        let segment = |s, d| with_checksum6(s, d, 17, udp6(s, d, 9, 9, &[7; 33], true), 6);
+        let input = ipv6_packet(s, d, &[], 17, &segment(s, d));
+        let expected = ipv6_packet(s2, d2, &[], 17, &segment(s2, d2));
+        expect6(&mut h, framing, Direction::Ingress, &input, &expected);
+        verify_checksums6(&expected);
+    }
+}
+
+/// On a CHECKSUM_COMPLETE skb (`skb->csum` seeded by the test run over the IPv6 header
+/// and everything after it, and checked afterwards: `EBADMSG` when stale) the address
+/// change and the transport checksum's change cancel out, so `skb->csum` must stay as
+/// it was — which the helper would break if it were told the change was to the
+/// pseudo-header. Ethernet framing only (see bpf_checksum_complete.rs on why).
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn checksum_complete_skbs_stay_consistent() {
+    let mut h = BpfHarness::new();
+    h.add_rule6(Direction::Ingress, AddressField::Source, REAL, VIEW);
+    h.add_rule6(
+        Direction::Ingress,
+        AddressField::Destination,
+        "fd00:60::/56",
+        REAL,
+    );
+    let (s, d) = (a("fd00:10:244::1:2"), a("fd00:60::ff:1"));
+    let (s2, d2) = (a("fd00:30::1:2"), a("fd00:10:244::ff:1"));
+    let cases = segments();
+    for (proto, segment) in &cases {
+        let input = frame6(Framing::L2, &ipv6_packet(s, d, &[], *proto, &segment(s, d)));
+        let expected = frame6(
+            Framing::L2,
+            &ipv6_packet(s2, d2, &[], *proto, &segment(s2, d2)),
+        );
+        let run = h
+            .run_checksum_complete(program(Framing::L2, Direction::Ingress), &input)
+            .unwrap_or_else(|e| panic!("protocol {proto}: {e} — skb->csum left stale"));
+        assert_eq!(run.verdict, VERDICT_NEXT, "protocol {proto}");
+        assert_eq!(hex(&run.packet), hex(&expected), "protocol {proto}");
+    }
+}
