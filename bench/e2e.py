@@ -161,7 +161,7 @@ def rule(iface, direction, field, frm, to):
 
 def build(link, cfg):
     """Builds the topology for one configuration; returns the target address pod1 uses."""
-    remote_net = "50.0.0" if cfg == "plain" else "40.0.0"
+    remote_net = "50.0.0" if cfg in ("plain", "plain-border") else "40.0.0"
     for n in ["pod1", "gw1", "gw2", "pod2"]:
         sh(f"ip netns add {NS}-{n}")
         sh(f"ip -n {NS}-{n} link set lo up")
@@ -186,6 +186,7 @@ def build(link, cfg):
     # What crosses the link, per configuration (for WireGuard allowed-ips).
     allowed = {
         "plain": ("50.0.0.0/24", "40.0.0.0/24"),
+        "plain-border": ("50.0.0.0/24", "40.0.0.0/24"),
         "split": ("40.0.0.0/24", "40.0.0.0/24"),
         "split-agent": ("40.0.0.0/24", "40.0.0.0/24"),
         "split-agent-rule": ("40.0.0.0/24", "40.0.0.0/24"),
@@ -233,9 +234,15 @@ def build(link, cfg):
         l1, l2 = "under", "under"
 
     g1, g2 = f"ip -n {NS}-gw1", f"ip -n {NS}-gw2"
-    if cfg == "plain":
+    if cfg in ("plain", "plain-border"):
         sh(f"{g1} route add 50.0.0.0/24 {to2}")
         sh(f"{g2} route add 40.0.0.0/24 {to1}")
+        if cfg == "plain-border":
+            # Diagnostic: plain routing with remapd's programs on both tunnel ends (no
+            # rules; each ingress a border letting the pods' traffic through): what
+            # having the programs on the path costs, without any translation.
+            agent("gw1", [], (l1, ["50.0.0.0/24"], ["40.0.0.0/24"]))
+            agent("gw2", [], (l2, ["40.0.0.0/24"], ["50.0.0.0/24"]))
         return "50.0.0.1"
     if cfg == "split":
         table = " table 7878" if own_table else ""

@@ -236,8 +236,30 @@ fn ipv6_and_non_ip_on_a_border() {
         p
     };
     let global = ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    let link_local = ipv6([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    let multicast = ipv6([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1]);
+    // Neighbour solicitations (hop limit 255) to a link-local and to a solicited-node
+    // address.
+    let solicitation = |dst: &str| {
+        let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            ("2001:db8::7".parse().unwrap(), dst.parse().unwrap());
+        let mut p = packet::ipv6_packet(
+            src,
+            dst,
+            &[],
+            58,
+            &packet::icmp6(
+                src,
+                dst,
+                135,
+                0,
+                [0; 4],
+                &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            ),
+        );
+        p[7] = 255;
+        p
+    };
+    let link_local = solicitation("fe80::1");
+    let multicast = solicitation("ff02::1:ff00:1");
     // Global IPv6 outside the border's IPv6 allow-list (empty here) cannot cross it.
     expect_drop(
         &mut h,

@@ -191,6 +191,23 @@ fn extension_headers_are_walked_to_the_transport_header() {
         let mut want = later(seen);
         want[24..40].copy_from_slice(&pod2.octets());
         expect6(&mut h, framing, Direction::Egress, &later(seen), &want);
+        // A later fragment's payload is not headers, whatever its bytes look like: here
+        // "destination options of 240 bytes" under next header 60.
+        let odd = |d: Ipv6Addr| {
+            ipv6_packet(
+                pod1,
+                d,
+                &[Extension::Fragment {
+                    offset: 3,
+                    more: false,
+                }],
+                60,
+                &[17, 29, 0, 0, 0, 0, 0, 0],
+            )
+        };
+        let mut want = odd(seen);
+        want[24..40].copy_from_slice(&pod2.octets());
+        expect6(&mut h, framing, Direction::Egress, &odd(seen), &want);
     }
 }
 
@@ -199,7 +216,7 @@ fn extension_headers_are_walked_to_the_transport_header() {
 fn matching_packets_that_cannot_be_translated_exactly_are_dropped() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
-        split_gw1(&mut h);
+        let (egress, _) = split_gw1(&mut h);
         let (pod1, seen) = (a("fd00:10:244::5"), a("fd00:30::7"));
         let zero = ipv6_packet(
             pod1,
@@ -280,9 +297,10 @@ fn matching_packets_that_cannot_be_translated_exactly_are_dropped() {
             drop_reason::MALFORMED,
             "a payload length past the end",
         );
-        // None of these count on a rule.
+        // None of these count on a rule or as passed.
         let hook = h.hook_counters(Direction::Egress);
         assert_eq!((hook.packets, hook.translated), (0, 0));
+        assert_eq!(h.counters(egress), (0, 0), "{framing:?}: the egress rule");
     }
 }
 
@@ -335,16 +353,72 @@ fn an_ipv6_border_passes_the_peering_and_drops_everything_else() {
             drop_reason::IP_OPTIONS,
             "a routing header",
         );
-        // Neighbour discovery from a global source to the solicited-node group passes.
+        // Neighbour discovery (hop limit 255) from a global source to the
+        // solicited-node group passes untranslated; the same with another hop limit
+        // (not from this link), and anything else to link-scoped addresses, does not.
         let group = a("ff02::1:ff00:5");
-        let ns = ipv6_packet(
+        let mut ns = ipv6_packet(
             pod2,
             group,
             &[],
             58,
             &icmp6(pod2, group, 135, 0, [0; 4], &pod1.octets()),
         );
+        ns[7] = 255;
         expect6(&mut h, framing, Direction::Ingress, &ns, &ns);
+        let mut routed_ns = ns.clone();
+        routed_ns[7] = 64;
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &routed_ns,
+            drop_reason::UNSUPPORTED,
+            "ND that crossed a router",
+        );
+        let mdns = a("ff02::fb");
+        let to_group = ipv6_packet(
+            pod2,
+            mdns,
+            &[],
+            17,
+            &udp6(pod2, mdns, 5353, 5353, b"x", true),
+        );
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &to_group,
+            drop_reason::UNSUPPORTED,
+            "UDP to a link-scope group",
+        );
+        let node_ll = a("fe80::1");
+        let to_link_local = ipv6_packet(pod2, node_ll, &[], 6, &tcp6(pod2, node_ll, 1, 22, b"x"));
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &to_link_local,
+            drop_reason::UNSUPPORTED,
+            "TCP to a link-local address",
+        );
+        // A routing header behind a link-local destination is still a routing header.
+        let mut steered = ipv6_packet(
+            pod2,
+            node_ll,
+            &[Extension::Routing],
+            58,
+            &icmp6(pod2, node_ll, 135, 0, [0; 4], &pod1.octets()),
+        );
+        steered[7] = 255;
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &steered,
+            drop_reason::IP_OPTIONS,
+            "a routing header to a link-local address",
+        );
         let site = a("ff05::2");
         let wide = ipv6_packet(pod2, site, &[], 17, &udp6(pod2, site, 1, 2, b"x", true));
         expect_drop6(
@@ -377,8 +451,8 @@ fn a_hook_without_ipv6_rules_leaves_ipv6_alone() {
     }
 }
 
-/// The checksum helper with the pseudo-header flag would have moved skb->csum for the
-/// checksum field although the addresses cancel it out: checked by recomputing.
+/// Both addresses of one packet translated: the UDP checksum follows both changes, and
+/// one that comes out as zero is sent as 0xffff (zero means "none", invalid in IPv6).
 #[test]
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn udp_checksum_is_exact_after_translation_of_both_addresses() {
@@ -398,7 +472,28 @@ fn udp_checksum_is_exact_after_translation_of_both_addresses() {
         let expected = ipv6_packet(s2, d2, &[], 17, &segment(s2, d2));
         expect6(&mut h, framing, Direction::Ingress, &input, &expected);
         verify_checksums6(&expected);
+        let (input, expected) = zero_sum_udp(s, d, s2, d2);
+        assert_eq!(&expected[46..48], &[0xff, 0xff]);
+        expect6(&mut h, framing, Direction::Ingress, &input, &expected);
     }
+}
+
+/// A UDP datagram from `s` to `d` whose checksum, once translated to `s2` -> `d2`, sums
+/// to zero (so is sent as 0xffff): (input, expected) IPv6 packets.
+fn zero_sum_udp(s: Ipv6Addr, d: Ipv6Addr, s2: Ipv6Addr, d2: Ipv6Addr) -> (Vec<u8>, Vec<u8>) {
+    let word = (0..=u16::MAX)
+        .find(|w| {
+            let segment = udp6(s2, d2, 9, 9, &w.to_be_bytes(), false);
+            let mut all = remapd_tests::packet::pseudo_header6(s2, d2, 17, segment.len());
+            all.extend_from_slice(&segment);
+            remapd_tests::packet::inet_checksum(&all) == 0
+        })
+        .expect("some payload word makes the sum zero");
+    let payload = word.to_be_bytes();
+    (
+        ipv6_packet(s, d, &[], 17, &udp6(s, d, 9, 9, &payload, true)),
+        ipv6_packet(s2, d2, &[], 17, &udp6(s2, d2, 9, 9, &payload, true)),
+    )
 }
 
 /// On a CHECKSUM_COMPLETE skb (`skb->csum` seeded by the test run over the IPv6 header
@@ -431,5 +526,41 @@ fn checksum_complete_skbs_stay_consistent() {
             .unwrap_or_else(|e| panic!("protocol {proto}: {e} — skb->csum left stale"));
         assert_eq!(run.verdict, VERDICT_NEXT, "protocol {proto}");
         assert_eq!(hex(&run.packet), hex(&expected), "protocol {proto}");
+    }
+    // A checksum that comes out as zero, and a later fragment (no checksum field moves:
+    // skb->csum takes the address change).
+    let (input, expected) = zero_sum_udp(s, d, s2, d2);
+    let datagram = |s, d| udp6(s, d, 7, 9, &[0xab; 40], true);
+    let later = |s, d| {
+        ipv6_packet(
+            s,
+            d,
+            &[Extension::Fragment {
+                offset: 3,
+                more: false,
+            }],
+            17,
+            &datagram(s, d)[24..],
+        )
+    };
+    let mut later_expected = later(s, d);
+    later_expected[8..24].copy_from_slice(&s2.octets());
+    later_expected[24..40].copy_from_slice(&d2.octets());
+    for (what, input, expected) in [
+        ("zero sum", input, expected),
+        ("later fragment", later(s, d), later_expected),
+    ] {
+        let run = h
+            .run_checksum_complete(
+                program(Framing::L2, Direction::Ingress),
+                &frame6(Framing::L2, &input),
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e} — skb->csum left stale"));
+        assert_eq!(run.verdict, VERDICT_NEXT, "{what}");
+        assert_eq!(
+            hex(&run.packet),
+            hex(&frame6(Framing::L2, &expected)),
+            "{what}"
+        );
     }
 }

@@ -92,24 +92,3 @@ pub(crate) fn l4_update_direct(ctx: &TcContext, off: usize, diff: u32, zero_is_n
     unsafe { *field = csum_l4_update(*field, diff, partial, zero_is_none) };
     true
 }
-
-/// [`l4_update_direct`] through `bpf_skb_load_bytes` / `bpf_skb_store_bytes` (offsets the
-/// verifier need not track: IPv6's transport header sits behind a walked chain), with
-/// the helper for CHECKSUM_COMPLETE. `pseudo_hdr_flag` is passed to that helper (see the
-/// caller for which one is right). Checksums of zero mean nothing special here.
-#[inline(always)]
-pub(crate) fn l4_update_by_helpers(
-    ctx: &TcContext,
-    off: usize,
-    diff: u32,
-    pseudo_hdr_flag: u64,
-) -> Result<(), i64> {
-    let partial = match ip_summed(ctx) {
-        Some(CHECKSUM_NONE) | Some(CHECKSUM_UNNECESSARY) => false,
-        Some(CHECKSUM_PARTIAL) => true,
-        _ => return ctx.l4_csum_replace(off, 0, u64::from(diff), pseudo_hdr_flag),
-    };
-    let field: u16 = ctx.load(off)?;
-    let new = csum_l4_update(field, diff, partial, false);
-    ctx.store(off, &new, 0)
-}

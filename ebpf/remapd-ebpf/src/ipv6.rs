@@ -9,9 +9,11 @@
 //! the IP layer alone.
 //!
 //! What passes and what is dropped follows IPv4:
-//! - link-local addresses (fe80::/10) and multicast are never translated; on a border
-//!   only packets to link-local or link-local-scope multicast addresses (neighbour
-//!   discovery, MLD) pass, and other multicast is dropped;
+//! - link-local addresses (fe80::/10) and multicast are never translated; where no
+//!   border is they pass untouched; a border lets through only neighbour discovery
+//!   (hop limit 255) and multicast listener discovery (link-local or unspecified
+//!   source) to link-local or link-local-scope multicast destinations, and drops the
+//!   rest;
 //! - a packet that matches a rule (or crosses a border) but cannot be translated exactly
 //!   is dropped: a chain longer than [`MAX_EXTENSION_HEADERS`] or cut short, a first
 //!   fragment without its transport checksum, a UDP datagram whose checksum is zero
@@ -24,8 +26,9 @@
 //! nothing for it and the verifier walks it once.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    maps::lpm_trie::Key,
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::map,
+    maps::{PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use remapd_common::{
@@ -35,10 +38,10 @@ use remapd_common::{
 };
 
 use crate::lookup::NO_RULE;
+use crate::trace::{self, Seen};
 use crate::{
     ALLOW, Drop, ETH_HLEN, IPPROTO_DCCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, RULES,
-    TCP_CSUM_OFF, TRANSLATED, UDP_CSUM_OFF, count_drop, count_pass, count_rules, csum, ptr_at,
-    pull,
+    TCP_CSUM_OFF, TRANSLATED, UDP_CSUM_OFF, count_drop, count_pass, count_rules, ptr_at, pull,
 };
 
 const IPV6_HLEN: usize = 40;
@@ -53,6 +56,9 @@ const NEXTHDR_DEST: u8 = 60;
 /// Extension headers walked before giving up on finding the transport header.
 pub(crate) const MAX_EXTENSION_HEADERS: usize = 8;
 const ICMPV6_CSUM_OFF: usize = 2;
+/// `bpf_l4_csum_replace` flag (Linux 6.16): the pseudo-header change is an IPv6 one, so
+/// a CHECKSUM_COMPLETE skb->csum is left alone (see the write in [`handle`]).
+const BPF_F_IPV6: u64 = 1 << 7;
 /// ICMPv6 types below 128 are errors (RFC 4443), quoting the packet they are about.
 const ICMPV6_INFO_MIN: u8 = 128;
 
@@ -152,6 +158,24 @@ fn allowed6(ifindex: u32, field: u8, addr: &[u32; 4]) -> bool {
         .is_some()
 }
 
+/// A per-CPU slot that values pass through to become numbers the verifier knows
+/// nothing about (see [`handle`]).
+#[map(name = "REMAPD_OPAQUE")]
+static OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `value`, stored in [`OPAQUE`] and read back: the same number at run time, an unknown
+/// one to the verifier. `None` only if the slot is missing, which cannot happen.
+#[inline(always)]
+fn opaque(value: u64) -> Option<u64> {
+    let slot = OPAQUE.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot of this program's own map; nothing else runs on this CPU
+    // between the write and the read.
+    unsafe {
+        core::ptr::write_volatile(slot, value);
+        Some(core::ptr::read_volatile(slot))
+    }
+}
+
 /// Link-local unicast (fe80::/10) or any multicast (ff00::/8): never translated.
 #[inline(always)]
 fn link_scoped(addr: &[u32; 4]) -> bool {
@@ -167,17 +191,23 @@ fn link_local_control(addr: &[u32; 4]) -> bool {
     first >> 22 == 0x3fa || first >> 16 == 0xff02
 }
 
-/// Where the transport header is: its protocol and offset, or `None` for a later
-/// fragment (IP layer only).
+/// Where the upper-layer header is.
 struct Transport {
+    /// Its protocol (next-header value).
     protocol: u8,
+    /// Its offset.
     offset: usize,
+    /// Not a later fragment: the upper-layer header is here.
     first_fragment: bool,
+    /// A fragment with more to come.
     more_fragments: bool,
+    /// The chain holds a routing header.
     routing: bool,
 }
 
-/// Walks the extension-header chain from the fixed header at `l3`.
+/// Walks the extension-header chain from the fixed header at `l3` (whose next-header
+/// field is `first`) to the upper-layer header: at most [`MAX_EXTENSION_HEADERS`]
+/// headers, and no further than a later fragment's header (what follows it is payload).
 #[inline(always)]
 fn walk_chain(ctx: &TcContext, l3: usize, first: u8, packet_end: usize) -> Result<Transport, Drop> {
     let mut next = first;
@@ -189,7 +219,8 @@ fn walk_chain(ctx: &TcContext, l3: usize, first: u8, packet_end: usize) -> Resul
         more_fragments: false,
         routing: false,
     };
-    for _ in 0..MAX_EXTENSION_HEADERS {
+    // One step per extension header, and one for the upper-layer header.
+    for _ in 0..=MAX_EXTENSION_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let hdr: [u8; 2] = ctx.load(off).map_err(|_| drop_reason::MALFORMED)?;
@@ -200,30 +231,40 @@ fn walk_chain(ctx: &TcContext, l3: usize, first: u8, packet_end: usize) -> Resul
             NEXTHDR_FRAGMENT => {
                 let hdr: [u8; 4] = ctx.load(off).map_err(|_| drop_reason::MALFORMED)?;
                 let offset_flags = u16::from_be_bytes([hdr[2], hdr[3]]);
-                out.first_fragment &= offset_flags & 0xfff8 == 0;
-                out.more_fragments |= offset_flags & 1 != 0;
+                out.more_fragments = offset_flags & 1 != 0;
                 next = hdr[0];
                 off += 8;
-            }
-            _ => {
-                if off > packet_end {
-                    return Err(drop_reason::MALFORMED);
+                if offset_flags & 0xfff8 != 0 {
+                    out.first_fragment = false;
+                    break;
                 }
-                out.protocol = next;
-                out.offset = off;
-                return Ok(out);
             }
+            _ => break,
         }
         if off > packet_end {
             return Err(drop_reason::MALFORMED);
         }
     }
-    // Longer than any chain a pod sends: nothing we can judge.
-    Err(drop_reason::UNSUPPORTED)
+    if off > packet_end {
+        return Err(drop_reason::MALFORMED);
+    }
+    if out.first_fragment
+        && matches!(
+            next,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT
+        )
+    {
+        // Longer than any chain a pod sends: nothing we can judge.
+        return Err(drop_reason::UNSUPPORTED);
+    }
+    out.protocol = next;
+    out.offset = off;
+    Ok(out)
 }
 
-/// Handles an IPv6 packet on a hook and counts it: the TC action. Its own BPF function,
-/// called from the program itself, so its frame never stacks on the general path's.
+/// Handles an IPv6 packet on a hook, counts it and reports it to a running trace: the
+/// TC action. Its own BPF function, called from the program itself, so its frame never
+/// stacks on the general path's.
 #[inline(never)]
 pub(crate) fn path<const L2: bool>(
     skb: *mut __sk_buff,
@@ -234,16 +275,28 @@ pub(crate) fn path<const L2: bool>(
 ) -> i32 {
     let ctx = TcContext::new(skb);
     let l3 = if L2 { ETH_HLEN } else { 0 };
-    match handle(&ctx, config, ifindex, direction, l3) {
+    let (action, reason, outcome) = match handle(&ctx, config, ifindex, direction, l3) {
         Ok(outcome) => {
             count_pass(counters, ctx.len(), outcome);
-            TC_ACT_UNSPEC
+            (TC_ACT_UNSPEC, 0, outcome)
         }
         Err(reason) => {
             count_drop(counters, reason);
-            TC_ACT_SHOT
+            (TC_ACT_SHOT, reason, 0)
         }
-    }
+    };
+    // Without addresses for now: the trace's events carry IPv4 ones.
+    trace::record::<L2>(
+        &ctx,
+        ifindex,
+        direction,
+        action,
+        reason,
+        outcome,
+        (0, 0),
+        &Seen::NOTHING,
+    );
+    action
 }
 
 #[inline(always)]
@@ -269,26 +322,23 @@ fn handle(
     }
     let ip = ptr_at::<Ipv6Header>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
     // SAFETY: bounds checked by ptr_at (misaligned access: see Ipv4Header).
-    let (vtc, payload_len, next, src, dst) = unsafe {
+    let (vtc, payload_len, next, hop_limit, src, dst) = unsafe {
         (
             (*ip).vtc_flow,
             usize::from(u16::from_be((*ip).payload_len)),
             (*ip).next_header,
+            (*ip).hop_limit,
             (*ip).src,
             (*ip).dst,
         )
     };
-    // Neighbour discovery, router and multicast listener traffic, link-local anything:
-    // never translated; on a border, only link-scoped control passes.
-    if link_scoped(&src) || link_scoped(&dst) {
-        // A neighbour solicitation may come from a global source.
-        return if !border || link_local_control(&dst) {
-            Ok(0)
-        } else {
-            Err(drop_reason::UNSUPPORTED)
-        };
+    // Link-local and multicast traffic is never translated, and passes untouched where
+    // no border is (neighbour discovery between the gateway and its neighbours).
+    let link = link_scoped(&src) || link_scoped(&dst);
+    if link && !border {
+        return Ok(0);
     }
-    let (src_rw, dst_rw) = if has_rules {
+    let (src_rw, dst_rw) = if has_rules && !link {
         (
             lookup6(ifindex, direction, FIELD_SOURCE, &src),
             lookup6(ifindex, direction, FIELD_DESTINATION, &dst),
@@ -322,24 +372,82 @@ fn handle(
         Err(reason) if strict => return Err(reason),
         Err(_) => return Ok(0),
     };
+    // Every path through the chain and the checks above arrives here with its own known
+    // values, and each later branch on them would keep the paths apart (the verifier
+    // walked the rest once per combination). As numbers it knows nothing about, they
+    // are one path again.
+    let packed = opaque(
+        u64::from(transport.protocol)
+            | (transport.offset as u64 & 0xffff) << 8
+            | u64::from(transport.first_fragment) << 24
+            | u64::from(transport.more_fragments) << 25
+            | u64::from(transport.routing) << 26
+            | u64::from(link) << 27
+            | u64::from(border) << 28
+            | u64::from(strict) << 29,
+    )
+    .ok_or(drop_reason::HELPER_FAILED)?;
+    let transport = Transport {
+        protocol: packed as u8,
+        offset: (packed >> 8) as usize & 0xffff,
+        first_fragment: packed & 1 << 24 != 0,
+        more_fragments: packed & 1 << 25 != 0,
+        routing: packed & 1 << 26 != 0,
+    };
+    let (link, border, strict) = (
+        packed & 1 << 27 != 0,
+        packed & 1 << 28 != 0,
+        packed & 1 << 29 != 0,
+    );
+    // Routing headers could steer a packet past the allow-list (like IPv4 source routes).
     if border && transport.routing {
         return Err(drop_reason::IP_OPTIONS);
     }
-    // The transport checksum: where it is and whether a zero means "none".
+    let icmp_type = if transport.first_fragment
+        && transport.protocol == NEXTHDR_ICMPV6
+        && transport.offset < packet_end
+    {
+        ctx.load::<u8>(transport.offset).ok()
+    } else {
+        None
+    };
+    if link {
+        // A border lets through, untranslated, only what the link itself needs:
+        // neighbour discovery (hop limit 255, RFC 4861) and multicast listener
+        // discovery (from a link-local or unspecified source, RFC 3810).
+        let nd = matches!(icmp_type, Some(133..=137)) && hop_limit == 255;
+        let mld = matches!(icmp_type, Some(130..=132 | 143))
+            && (u32::from_be(src[0]) >> 22 == 0x3fa || src == [0; 4]);
+        return if (nd || mld) && link_local_control(&dst) {
+            Ok(0)
+        } else {
+            Err(drop_reason::UNSUPPORTED)
+        };
+    }
+    // The transport checksum: where it is.
     let mut check_off = 0usize;
+    let mut flags = BPF_F_PSEUDO_HDR as u64 | BPF_F_IPV6;
     if transport.first_fragment {
         match transport.protocol {
-            IPPROTO_TCP => check_off = transport.offset + TCP_CSUM_OFF,
-            IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_DCCP => {
+            IPPROTO_TCP | IPPROTO_DCCP => {
+                check_off = transport.offset
+                    + if transport.protocol == IPPROTO_TCP {
+                        TCP_CSUM_OFF
+                    } else {
+                        UDP_CSUM_OFF
+                    };
+            }
+            IPPROTO_UDP | IPPROTO_UDPLITE => {
                 check_off = transport.offset + UDP_CSUM_OFF;
+                // A translated checksum that comes out as zero is sent as 0xffff.
+                flags |= BPF_F_MARK_MANGLED_0 as u64;
             }
             NEXTHDR_ICMPV6 => {
-                let icmp_type: u8 = ctx
-                    .load(transport.offset)
-                    .map_err(|_| drop_reason::MALFORMED)?;
                 // An error quotes a packet whose addresses would stay untranslated.
-                if icmp_type < ICMPV6_INFO_MIN && strict {
-                    return Err(drop_reason::UNSUPPORTED);
+                match icmp_type {
+                    Some(t) if t >= ICMPV6_INFO_MIN => {}
+                    _ if strict => return Err(drop_reason::UNSUPPORTED),
+                    _ => return Ok(0),
                 }
                 check_off = transport.offset + ICMPV6_CSUM_OFF;
             }
@@ -374,7 +482,7 @@ fn handle(
     if !rewrites {
         return Ok(0);
     }
-    // The ICMPv6 and transport checksums may have pulled data: a fresh pointer.
+    // The pulls above may have moved the data: a fresh pointer.
     let ip = ptr_at::<Ipv6Header>(ctx, l3).ok_or(drop_reason::MALFORMED)?;
     let mut diff = 0u64;
     // SAFETY: bounds checked by ptr_at.
@@ -385,17 +493,21 @@ fn handle(
             (*ip).dst[i] = dst_rw.to[i];
         }
     }
-    // Without BPF_F_PSEUDO_HDR: for CHECKSUM_COMPLETE the helper then moves the field
-    // and leaves skb->csum alone, which is right here. skb->csum covers the IPv6 header
-    // and the transport bytes, and the addresses (+diff) and the checksum field (-diff)
-    // cancel out in that sum; IPv4 differs only in that its header checksum does the
-    // cancelling for the addresses, so there the helper must fix skb->csum for the
-    // field. The direct write (NONE, UNNECESSARY, PARTIAL) is the same as IPv4's.
-    // Through helpers: a direct write would need the verifier to track the offset
-    // exactly, and it came out of the walked chain (one state per path through it).
+    let diff = csum_fold64(diff);
     if check_off != 0 {
-        csum::l4_update_by_helpers(ctx, check_off, u32::from(csum_fold64(diff)), 0)
+        // The helper in every checksum state, with BPF_F_IPV6: for CHECKSUM_COMPLETE
+        // the addresses (+diff) and the checksum field (-diff) cancel out in skb->csum,
+        // which covers both, so it must stay as it is (IPv4's header checksum does that
+        // cancelling there, which is why the flag exists); for CHECKSUM_PARTIAL the
+        // pseudo-header seed moves; otherwise the field.
+        ctx.l4_csum_replace(check_off, 0, u64::from(diff), flags)
             .map_err(|_| drop_reason::HELPER_FAILED)?;
+    } else {
+        // Nothing cancels the address change (a later fragment, a protocol without a
+        // checksum): a CHECKSUM_COMPLETE skb->csum takes it (the helper does nothing
+        // in other states).
+        // SAFETY: the helper takes the context's skb and a checksum difference.
+        unsafe { aya_ebpf::helpers::bpf_csum_update(ctx.skb.skb, u32::from(diff)) };
     }
     count_rules([src_rw.rule_id, dst_rw.rule_id], ctx.len());
     Ok(TRANSLATED)
