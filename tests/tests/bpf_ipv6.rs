@@ -269,22 +269,31 @@ fn matching_packets_that_cannot_be_translated_exactly_are_dropped() {
             drop_reason::TINY_FRAGMENT,
             "a tiny first fragment",
         );
-        // An ICMPv6 error: its quote would keep untranslated addresses.
-        let quoted = ipv6_packet(seen, pod1, &[], 17, &udp6(seen, pod1, 1, 2, b"q", true));
+        // An ICMPv6 error whose quote is not an IPv6 header.
         let error = ipv6_packet(
             pod1,
             seen,
             &[],
             58,
-            &icmp6(pod1, seen, 1, 4, [0; 4], &quoted),
+            &icmp6(pod1, seen, 1, 4, [0; 4], &[0x45; 40]),
         );
         expect_drop6(
             &mut h,
             framing,
             Direction::Egress,
             &error,
+            drop_reason::MALFORMED,
+            "an ICMPv6 error quoting garbage",
+        );
+        // An ICMPv6 error type that does not exist.
+        let odd = ipv6_packet(pod1, seen, &[], 58, &icmp6(pod1, seen, 7, 0, [0; 4], b"x"));
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Egress,
+            &odd,
             drop_reason::UNSUPPORTED,
-            "an ICMPv6 error",
+            "an unassigned ICMPv6 error type",
         );
         // A payload length past the end of the packet.
         let mut long = ipv6_packet(pod1, seen, &[], 6, &tcp6(pod1, seen, 1, 2, b"x"));
@@ -561,6 +570,86 @@ fn checksum_complete_skbs_stay_consistent() {
             hex(&run.packet),
             hex(&frame6(Framing::L2, &expected)),
             "{what}"
+        );
+    }
+}
+
+/// ICMPv6 errors crossing the remap get their quote translated, so path-MTU discovery
+/// (packet too big) and traceroute (time exceeded) work: the quote's addresses, its
+/// transport checksum and the ICMPv6 checksum, byte for byte. On a border the quote
+/// must be a packet the peering could have carried.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn icmpv6_errors_have_their_quote_translated() {
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        let (egress, ingress) = split_gw1(&mut h);
+        h.set_border_dual(&["30.0.0.0/24"], &["40.0.0.0/24"], &[VIEW], &[REAL]);
+        let (pod1, pod2, seen) = (a("fd00:10:244::5"), a("fd00:10:244::7"), a("fd00:30::7"));
+        // Pod 1 sent pod 2 (as fd00:30::7) a TCP segment; gateway 1 translated its
+        // destination. Pod 2's side answers with an error: outer from pod 2's real
+        // address, quoting pod 1 -> pod 2 (real).
+        let sent = |d: Ipv6Addr| ipv6_packet(pod1, d, &[], 6, &tcp6(pod1, d, 40000, 443, &[9; 64]));
+        for (icmp_type, rest) in [(2u8, [0, 0, 5, 0]), (3, [0; 4]), (1, [0; 4])] {
+            let error = ipv6_packet(
+                pod2,
+                pod1,
+                &[],
+                58,
+                &icmp6(pod2, pod1, icmp_type, 0, rest, &sent(pod2)),
+            );
+            let expected = ipv6_packet(
+                seen,
+                pod1,
+                &[],
+                58,
+                &icmp6(seen, pod1, icmp_type, 0, rest, &sent(seen)),
+            );
+            expect6(&mut h, framing, Direction::Ingress, &error, &expected);
+            verify_checksums6(&expected);
+        }
+        // Each error counts once on the ingress rule (outer and quote both use it).
+        assert_eq!(h.counters(ingress).0, 3, "{framing:?}");
+        // The other way: pod 1 sends pod 2 an error about pod 2's packet, quoting it as
+        // pod 1 saw it (from fd00:30::7): the quote's source goes back to pod 2's real
+        // address on egress.
+        let reply =
+            |s: Ipv6Addr| ipv6_packet(s, pod1, &[], 17, &udp6(s, pod1, 53, 5353, b"answer", true));
+        let error = ipv6_packet(
+            pod1,
+            seen,
+            &[],
+            58,
+            &icmp6(pod1, seen, 1, 4, [0; 4], &reply(seen)),
+        );
+        let expected = ipv6_packet(
+            pod1,
+            pod2,
+            &[],
+            58,
+            &icmp6(pod1, pod2, 1, 4, [0; 4], &reply(pod2)),
+        );
+        expect6(&mut h, framing, Direction::Egress, &error, &expected);
+        verify_checksums6(&expected);
+        assert_eq!(h.counters(egress).0, 1, "{framing:?}");
+        // On the border: an error about a connection that is not the peering's (the
+        // quote's destination is no peer address).
+        let stranger = a("fd00:99::1");
+        let foreign = ipv6_packet(pod1, stranger, &[], 6, &tcp6(pod1, stranger, 1, 2, b"x"));
+        let error = ipv6_packet(
+            pod2,
+            pod1,
+            &[],
+            58,
+            &icmp6(pod2, pod1, 2, 0, [0, 0, 5, 0], &foreign),
+        );
+        expect_drop6(
+            &mut h,
+            framing,
+            Direction::Ingress,
+            &error,
+            drop_reason::QUOTE_NOT_ALLOWED,
+            "an error about another connection",
         );
     }
 }

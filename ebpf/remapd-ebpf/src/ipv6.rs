@@ -3,6 +3,11 @@
 //! address change (every IPv6 transport checksum covers the pseudo-header: TCP, UDP,
 //! UDP-Lite, DCCP and ICMPv6). IPv6 has no header checksum.
 //!
+//! ICMPv6 errors (destination unreachable, packet too big, time exceeded, parameter
+//! problem) get their quoted packet translated too, so path-MTU discovery and
+//! traceroute work across the remap; on a border the quote must be one the peering
+//! could have carried.
+//!
 //! IPv6 rules live in the LPM trie only (a hook with any sets [`HOOK_RULES6`]); allow-lists
 //! in the allow trie. The extension-header chain is walked with a bounded loop to find the
 //! transport header: only a first fragment holds it; later fragments are translated at
@@ -17,8 +22,8 @@
 //! - a packet that matches a rule (or crosses a border) but cannot be translated exactly
 //!   is dropped: a chain longer than [`MAX_EXTENSION_HEADERS`] or cut short, a first
 //!   fragment without its transport checksum, a UDP datagram whose checksum is zero
-//!   (invalid in IPv6), ESP/AH (the transport header is out of reach), and, for now,
-//!   ICMPv6 errors, whose quoted packet would still carry untranslated addresses;
+//!   (invalid in IPv6), ESP/AH (the transport header is out of reach), ICMPv6 errors
+//!   other than types 1-4 or whose quote is not an IPv6 header;
 //! - on a border a routing header is dropped (it could steer the packet past the
 //!   allow-list, like IPv4 source routing).
 //!
@@ -34,7 +39,7 @@ use aya_ebpf::{
 use remapd_common::{
     DIRECTION_INGRESS, FAMILY_IPV6, FIELD_DESTINATION, FIELD_SOURCE, HOOK_ENFORCE, HOOK_RULES6,
     HookConfig, HookCounters, RULE_KEY_SELECTOR_BITS, RuleKey, csum_diff4, csum_fold64,
-    drop_reason,
+    csum_l4_update, drop_reason,
 };
 
 use crate::lookup::NO_RULE;
@@ -426,6 +431,7 @@ fn handle(
     }
     // The transport checksum: where it is.
     let mut check_off = 0usize;
+    let mut quote = false;
     let mut flags = BPF_F_PSEUDO_HDR as u64 | BPF_F_IPV6;
     if transport.first_fragment {
         match transport.protocol {
@@ -443,9 +449,27 @@ fn handle(
                 flags |= BPF_F_MARK_MANGLED_0 as u64;
             }
             NEXTHDR_ICMPV6 => {
-                // An error quotes a packet whose addresses would stay untranslated.
                 match icmp_type {
                     Some(t) if t >= ICMPV6_INFO_MIN => {}
+                    // Destination unreachable, packet too big, time exceeded, parameter
+                    // problem: the quote is translated too (below).
+                    Some(1..=4) => {
+                        match quoted_rewrite(
+                            ctx,
+                            config,
+                            ifindex,
+                            direction,
+                            border,
+                            transport.offset,
+                            packet_end,
+                        ) {
+                            Ok(active) => quote = active,
+                            Err(reason) if strict => return Err(reason),
+                            Err(_) => return Ok(0),
+                        }
+                    }
+                    // Other errors (types 0 and 5-127 are unassigned) and unreadable
+                    // types: nothing we can translate exactly.
                     _ if strict => return Err(drop_reason::UNSUPPORTED),
                     _ => return Ok(0),
                 }
@@ -479,7 +503,7 @@ fn handle(
             return Err(drop_reason::NOT_EXPORTED);
         }
     }
-    if !rewrites {
+    if !rewrites && !quote {
         return Ok(0);
     }
     // The pulls above may have moved the data: a fresh pointer.
@@ -492,6 +516,12 @@ fn handle(
             (*ip).src[i] = src_rw.to[i];
             (*ip).dst[i] = dst_rw.to[i];
         }
+    }
+    let (mut quote_src_rule, mut quote_dst_rule) = (NO_RULE, NO_RULE);
+    if quote {
+        let (quote_diff, src_rule, dst_rule) = write_quote(ctx)?;
+        diff += quote_diff;
+        (quote_src_rule, quote_dst_rule) = (src_rule, dst_rule);
     }
     let diff = csum_fold64(diff);
     if check_off != 0 {
@@ -509,6 +539,182 @@ fn handle(
         // SAFETY: the helper takes the context's skb and a checksum difference.
         unsafe { aya_ebpf::helpers::bpf_csum_update(ctx.skb.skb, u32::from(diff)) };
     }
-    count_rules([src_rw.rule_id, dst_rw.rule_id], ctx.len());
+    count_rules(
+        [
+            src_rw.rule_id,
+            dst_rw.rule_id,
+            quote_src_rule,
+            quote_dst_rule,
+        ],
+        ctx.len(),
+    );
     Ok(TRANSLATED)
+}
+
+/// What an ICMPv6 error's quoted packet needs, decided before anything is written. Kept
+/// in a per-CPU slot, not on the stack: with the outer packet's addresses, rewrites and
+/// trie keys, the stack would not hold it (512 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Quote6 {
+    /// Offset of the quoted IPv6 header.
+    l3: u64,
+    /// Offset of the quote's transport checksum (0: not in the quote).
+    check_off: u64,
+    src_rule: u32,
+    dst_rule: u32,
+    old_src: [u32; 4],
+    old_dst: [u32; 4],
+    new_src: [u32; 4],
+    new_dst: [u32; 4],
+    check_old: u16,
+    check_new: u16,
+    _pad: u32,
+}
+
+#[map(name = "REMAPD_QUOTE6")]
+static QUOTE6: PerCpuArray<Quote6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Works out how an ICMPv6 error's quoted packet changes (what RFC 5508 asks of IPv4
+/// NATs, for IPv6: the quote travels the other way, so its source is what our
+/// destination rules describe and its destination what our source rules describe), and
+/// leaves it in [`QUOTE6`]: `Ok(true)` when the quote is to be rewritten. On a border the
+/// quote must be a packet this peering could have carried out: from an exported address
+/// to one the peer may use, after translation.
+#[inline(always)]
+fn quoted_rewrite(
+    ctx: &TcContext,
+    config: &HookConfig,
+    ifindex: u32,
+    direction: u8,
+    border: bool,
+    icmp: usize,
+    packet_end: usize,
+) -> Result<bool, Drop> {
+    let l3 = icmp + 8;
+    if l3 + IPV6_HLEN > packet_end {
+        return Err(drop_reason::MALFORMED);
+    }
+    let first: u32 = ctx.load(l3).map_err(|_| drop_reason::MALFORMED)?;
+    let next: u8 = ctx.load(l3 + 6).map_err(|_| drop_reason::MALFORMED)?;
+    if u32::from_be(first) >> 28 != 6 {
+        return Err(drop_reason::MALFORMED);
+    }
+    let q = QUOTE6.get_ptr_mut(0).ok_or(drop_reason::HELPER_FAILED)?;
+    let old_src: [u32; 4] = ctx.load(l3 + 8).map_err(|_| drop_reason::MALFORMED)?;
+    let old_dst: [u32; 4] = ctx.load(l3 + 24).map_err(|_| drop_reason::MALFORMED)?;
+    let has_rules = config.flags & HOOK_RULES6 != 0;
+    let translate = has_rules && !link_scoped(&old_src) && !link_scoped(&old_dst);
+    // SAFETY: a per-CPU slot of this program's own map, written and read within this
+    // run.
+    unsafe {
+        (*q).l3 = l3 as u64;
+        (*q).check_off = 0;
+        (*q).old_src = old_src;
+        (*q).old_dst = old_dst;
+        let src = if translate {
+            lookup6(ifindex, direction, FIELD_DESTINATION, &old_src)
+        } else {
+            Rewrite6 {
+                rule_id: NO_RULE,
+                to: old_src,
+            }
+        };
+        (*q).src_rule = src.rule_id;
+        (*q).new_src = src.to;
+        let dst = if translate {
+            lookup6(ifindex, direction, FIELD_SOURCE, &old_dst)
+        } else {
+            Rewrite6 {
+                rule_id: NO_RULE,
+                to: old_dst,
+            }
+        };
+        (*q).dst_rule = dst.rule_id;
+        (*q).new_dst = dst.to;
+    }
+    // SAFETY: as above.
+    let (new_src, new_dst, hit) = unsafe {
+        (
+            (*q).new_src,
+            (*q).new_dst,
+            (*q).src_rule != NO_RULE || (*q).dst_rule != NO_RULE,
+        )
+    };
+    if border
+        && (!allowed6(ifindex, FIELD_DESTINATION, &new_src)
+            || !allowed6(ifindex, FIELD_SOURCE, &new_dst))
+    {
+        return Err(drop_reason::QUOTE_NOT_ALLOWED);
+    }
+    if !hit {
+        return Ok(false);
+    }
+    // The quoted transport checksum, when the quote holds it right after the fixed
+    // header (a quote with extension headers keeps its stale checksum: receivers read
+    // only the ports of a quote).
+    let field = match next {
+        IPPROTO_TCP => TCP_CSUM_OFF,
+        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_DCCP => UDP_CSUM_OFF,
+        NEXTHDR_ICMPV6 => ICMPV6_CSUM_OFF,
+        _ => return Ok(true),
+    };
+    let check_off = l3 + IPV6_HLEN + field;
+    if check_off + 2 > packet_end {
+        return Ok(true);
+    }
+    let check: u16 = ctx.load(check_off).map_err(|_| drop_reason::MALFORMED)?;
+    let diff = quote_diff(q);
+    // SAFETY: as above.
+    unsafe {
+        (*q).check_off = check_off as u64;
+        (*q).check_old = check;
+        (*q).check_new = csum_l4_update(
+            check,
+            u32::from(csum_fold64(diff)),
+            false,
+            next == IPPROTO_UDP,
+        );
+    }
+    Ok(true)
+}
+
+/// The one's-complement difference the quote's address changes make.
+#[inline(always)]
+fn quote_diff(q: *mut Quote6) -> u64 {
+    let mut diff = 0u64;
+    for i in 0..4 {
+        // SAFETY: the caller's per-CPU slot.
+        unsafe {
+            diff += csum_diff4((*q).old_src[i], (*q).new_src[i])
+                + csum_diff4((*q).old_dst[i], (*q).new_dst[i]);
+        }
+    }
+    diff
+}
+
+/// Writes the quote's new addresses and transport checksum from [`QUOTE6`]; returns the
+/// difference they make to the ICMPv6 message's sum (all of it is message bytes) and
+/// the quote's rule slots.
+#[inline(always)]
+fn write_quote(ctx: &TcContext) -> Result<(u64, u32, u32), Drop> {
+    let q = QUOTE6.get_ptr_mut(0).ok_or(drop_reason::HELPER_FAILED)?;
+    let mut diff = quote_diff(q);
+    // SAFETY: the per-CPU slot `quoted_rewrite` filled in this run.
+    unsafe {
+        let l3 = (*q).l3 as usize;
+        ctx.store(l3 + 8, &(*q).new_src, 0)
+            .map_err(|_| drop_reason::HELPER_FAILED)?;
+        ctx.store(l3 + 24, &(*q).new_dst, 0)
+            .map_err(|_| drop_reason::HELPER_FAILED)?;
+        let check_off = (*q).check_off as usize;
+        if check_off != 0 {
+            ctx.store(check_off, &(*q).check_new, 0)
+                .map_err(|_| drop_reason::HELPER_FAILED)?;
+            // A 16-bit word at an even offset of the message (8 + 40 + an even field
+            // offset), so it adds as it is.
+            diff += u64::from(!(*q).check_old) + u64::from((*q).check_new);
+        }
+        Ok((diff, (*q).src_rule, (*q).dst_rule))
+    }
 }
