@@ -148,9 +148,15 @@ impl BpfHarness {
         to: &str,
     ) -> u32 {
         let key = MapKey::ipv4(ifindex, direction, field, net(from));
+        self.insert_rule(key, |id| Target { to: net(to) }.value(id))
+    }
+
+    /// Inserts the rule `key` with the value `value` makes of its new counter slot;
+    /// returns the slot.
+    fn insert_rule(&mut self, key: MapKey, value: impl FnOnce(u32) -> RuleValue) -> u32 {
         let id = self.next_rule_id;
         self.next_rule_id += 1;
-        let value = Target { to: net(to) }.value(id);
+        let value = value(id);
         self.insert_trie(key, value);
         self.entries.insert(key, value);
         self.sync_hooks();
@@ -169,19 +175,13 @@ impl BpfHarness {
         let from: Ipv6Net = from.parse().expect("test prefix");
         let to: Ipv6Net = to.parse().expect("test prefix");
         let key = MapKey::ipv6(TEST_RUN_IFINDEX, direction, field, from);
-        let id = self.next_rule_id;
-        self.next_rule_id += 1;
-        let value = RuleValue {
-            rule_id: id,
+        self.insert_rule(key, |rule_id| RuleValue {
+            rule_id,
             prefix_len: to.prefix_len(),
             family: remapd_common::FAMILY_IPV6,
             _pad: [0; 2],
             to_addr: to.network().octets(),
-        };
-        self.insert_trie(key, value);
-        self.entries.insert(key, value);
-        self.sync_hooks();
-        id
+        })
     }
 
     /// [`BpfHarness::set_border`] for both families.

@@ -189,30 +189,46 @@ impl MapKey {
     pub fn ipv4(ifindex: u32, direction: Direction, field: AddressField, from: Ipv4Net) -> Self {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&from.network().octets());
-        Self {
-            prefix_len: RULE_KEY_SELECTOR_BITS + u32::from(from.prefix_len()),
-            data: RuleKey {
-                ifindex,
-                direction: direction.wire(),
-                field: field.wire(),
-                family: FAMILY_IPV4,
-                _pad: 0,
-                addr,
-            },
-        }
+        Self::new(
+            ifindex,
+            direction,
+            field,
+            FAMILY_IPV4,
+            from.prefix_len(),
+            addr,
+        )
     }
 
     /// The key for an IPv6 rule (or allow-list prefix) on interface `ifindex`.
     pub fn ipv6(ifindex: u32, direction: Direction, field: AddressField, from: Ipv6Net) -> Self {
+        let addr = from.network().octets();
+        Self::new(
+            ifindex,
+            direction,
+            field,
+            FAMILY_IPV6,
+            from.prefix_len(),
+            addr,
+        )
+    }
+
+    fn new(
+        ifindex: u32,
+        direction: Direction,
+        field: AddressField,
+        family: u8,
+        prefix_len: u8,
+        addr: [u8; 16],
+    ) -> Self {
         Self {
-            prefix_len: RULE_KEY_SELECTOR_BITS + u32::from(from.prefix_len()),
+            prefix_len: RULE_KEY_SELECTOR_BITS + u32::from(prefix_len),
             data: RuleKey {
                 ifindex,
                 direction: direction.wire(),
                 field: field.wire(),
-                family: FAMILY_IPV6,
+                family,
                 _pad: 0,
-                addr: from.network().octets(),
+                addr,
             },
         }
     }

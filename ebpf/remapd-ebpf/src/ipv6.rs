@@ -31,7 +31,7 @@
 //! nothing for it and the verifier walks it once.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
     programs::TcContext,
@@ -46,7 +46,7 @@ use crate::lookup::NO_RULE;
 use crate::trace::{self, Seen};
 use crate::{
     ALLOW, Drop, ETH_HLEN, IPPROTO_DCCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, RULES,
-    TCP_CSUM_OFF, TRANSLATED, UDP_CSUM_OFF, count_drop, count_pass, count_rules, ptr_at, pull,
+    TCP_CSUM_OFF, TRANSLATED, UDP_CSUM_OFF, count_rules, count_verdict, ptr_at, pull,
 };
 
 const IPV6_HLEN: usize = 40;
@@ -152,6 +152,25 @@ fn lookup6(ifindex: u32, direction: u8, field: u8, addr: &[u32; 4]) -> Rewrite6 
     Rewrite6 {
         rule_id: rule.rule_id,
         to,
+    }
+}
+
+/// [`lookup6`] when `translate`, else a miss that leaves `addr` as it is.
+#[inline(always)]
+fn lookup6_if(
+    translate: bool,
+    ifindex: u32,
+    direction: u8,
+    field: u8,
+    addr: &[u32; 4],
+) -> Rewrite6 {
+    if translate {
+        lookup6(ifindex, direction, field, addr)
+    } else {
+        Rewrite6 {
+            rule_id: NO_RULE,
+            to: *addr,
+        }
     }
 }
 
@@ -280,16 +299,8 @@ pub(crate) fn path<const L2: bool>(
 ) -> i32 {
     let ctx = TcContext::new(skb);
     let l3 = if L2 { ETH_HLEN } else { 0 };
-    let (action, reason, outcome) = match handle(&ctx, config, ifindex, direction, l3) {
-        Ok(outcome) => {
-            count_pass(counters, ctx.len(), outcome);
-            (TC_ACT_UNSPEC, 0, outcome)
-        }
-        Err(reason) => {
-            count_drop(counters, reason);
-            (TC_ACT_SHOT, reason, 0)
-        }
-    };
+    let result = handle(&ctx, config, ifindex, direction, l3);
+    let (action, reason, outcome) = count_verdict(counters, ctx.len(), result);
     // Without addresses for now: the trace's events carry IPv4 ones.
     trace::record::<L2>(
         &ctx,
@@ -343,23 +354,9 @@ fn handle(
     if link && !border {
         return Ok(0);
     }
-    let (src_rw, dst_rw) = if has_rules && !link {
-        (
-            lookup6(ifindex, direction, FIELD_SOURCE, &src),
-            lookup6(ifindex, direction, FIELD_DESTINATION, &dst),
-        )
-    } else {
-        (
-            Rewrite6 {
-                rule_id: NO_RULE,
-                to: src,
-            },
-            Rewrite6 {
-                rule_id: NO_RULE,
-                to: dst,
-            },
-        )
-    };
+    let translate = has_rules && !link;
+    let src_rw = lookup6_if(translate, ifindex, direction, FIELD_SOURCE, &src);
+    let dst_rw = lookup6_if(translate, ifindex, direction, FIELD_DESTINATION, &dst);
     let rewrites = src_rw.hit() || dst_rw.hit();
     let strict = border || rewrites;
     let packet_end = l3 + IPV6_HLEN + payload_len;
@@ -612,24 +609,10 @@ fn quoted_rewrite(
         (*q).check_off = 0;
         (*q).old_src = old_src;
         (*q).old_dst = old_dst;
-        let src = if translate {
-            lookup6(ifindex, direction, FIELD_DESTINATION, &old_src)
-        } else {
-            Rewrite6 {
-                rule_id: NO_RULE,
-                to: old_src,
-            }
-        };
+        let src = lookup6_if(translate, ifindex, direction, FIELD_DESTINATION, &old_src);
         (*q).src_rule = src.rule_id;
         (*q).new_src = src.to;
-        let dst = if translate {
-            lookup6(ifindex, direction, FIELD_SOURCE, &old_dst)
-        } else {
-            Rewrite6 {
-                rule_id: NO_RULE,
-                to: old_dst,
-            }
-        };
+        let dst = lookup6_if(translate, ifindex, direction, FIELD_SOURCE, &old_dst);
         (*q).dst_rule = dst.rule_id;
         (*q).new_dst = dst.to;
     }

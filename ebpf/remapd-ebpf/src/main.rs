@@ -199,16 +199,7 @@ fn general_path<const L2: bool, const DIRECTION: u8>(
         }
         Ok(outcome | clamp_syn::<L2>(ctx, config.mss_clamp as u16)?)
     });
-    let (action, reason, outcome) = match result {
-        Ok(outcome) => {
-            count_pass(counters, ctx.len(), outcome);
-            (TC_ACT_UNSPEC, 0, outcome)
-        }
-        Err(reason) => {
-            count_drop(counters, reason);
-            (TC_ACT_SHOT, reason, 0)
-        }
-    };
+    let (action, reason, outcome) = count_verdict(counters, ctx.len(), result);
     // A trace that started while this packet was handled reports it with no
     // addresses before (0.0.0.0 both; user space shows them as unknown). Checking a
     // flag here instead would have the verifier walk `handle` once per value of it.
@@ -606,6 +597,27 @@ pub(crate) fn update_l4_checksum(
     ctx.l4_csum_replace(off, 0, diff as u64, flags)
         .map(|_| ())
         .map_err(|_| drop_reason::HELPER_FAILED)
+}
+
+/// Counts a packet by what was decided for it (`Ok(outcome)`: passed, `Err(reason)`:
+/// dropped) and returns the TC action, the drop reason (0 when passed) and the outcome
+/// (0 when dropped), for the trace.
+#[inline(always)]
+pub(crate) fn count_verdict(
+    counters: *mut HookCounters,
+    len: u32,
+    result: Result<u8, Drop>,
+) -> (i32, Drop, u8) {
+    match result {
+        Ok(outcome) => {
+            count_pass(counters, len, outcome);
+            (TC_ACT_UNSPEC, 0, outcome)
+        }
+        Err(reason) => {
+            count_drop(counters, reason);
+            (TC_ACT_SHOT, reason, 0)
+        }
+    }
 }
 
 /// Counts a packet the hook let through; `outcome` as [`handle`] returns it.
