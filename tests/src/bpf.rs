@@ -211,15 +211,7 @@ impl BpfHarness {
     /// Makes the test-run interface's ingress a border: after translation only
     /// `sources` -> `destinations` may pass.
     pub fn set_border(&mut self, sources: &[&str], destinations: &[&str]) {
-        self.borders = vec![ResolvedBorder {
-            ifindex: TEST_RUN_IFINDEX,
-            sources: sources.iter().map(|s| net(s)).collect(),
-            destinations: destinations.iter().map(|s| net(s)).collect(),
-            sources6: Vec::new(),
-            destinations6: Vec::new(),
-            mss_clamp: None,
-        }];
-        self.sync_hooks();
+        self.set_border_dual(sources, destinations, &[], &[]);
     }
 
     /// Clamps TCP SYNs' MSS option to `mss` on both directions of the test-run

@@ -327,117 +327,71 @@ fn an_ipv6_border_passes_the_peering_and_drops_everything_else() {
         let translated = ipv6_packet(seen, pod1, &[], 6, &tcp6(seen, pod1, 80, 40000, b"ok"));
         expect6(&mut h, framing, Direction::Ingress, &reply, &translated);
         verify_checksums6(&translated);
-        let node = a("fd00:99::5");
-        let to_node = ipv6_packet(pod2, node, &[], 17, &udp6(pod2, node, 1, 2, b"x", true));
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &to_node,
-            drop_reason::NOT_EXPORTED,
-            "to a node address",
-        );
-        let stranger = a("2001:db8::9");
-        let foreign = ipv6_packet(stranger, pod1, &[], 6, &tcp6(stranger, pod1, 1, 2, b"x"));
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &foreign,
-            drop_reason::SOURCE_NOT_ALLOWED,
-            "from an address the peer may not use",
-        );
-        let routed = ipv6_packet(
-            pod2,
-            pod1,
-            &[Extension::Routing],
-            6,
-            &tcp6(pod2, pod1, 1, 2, b"x"),
-        );
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &routed,
-            drop_reason::IP_OPTIONS,
-            "a routing header",
-        );
         // Neighbour discovery (hop limit 255) from a global source to the
         // solicited-node group passes untranslated; the same with another hop limit
         // (not from this link), and anything else to link-scoped addresses, does not.
-        let group = a("ff02::1:ff00:5");
-        let mut ns = ipv6_packet(
-            pod2,
-            group,
-            &[],
-            58,
-            &icmp6(pod2, group, 135, 0, [0; 4], &pod1.octets()),
-        );
-        ns[7] = 255;
+        let hop_limit = |mut p: Vec<u8>, limit: u8| {
+            p[7] = limit;
+            p
+        };
+        let solicit = |dst: Ipv6Addr, chain: &[Extension]| {
+            let message = icmp6(pod2, dst, 135, 0, [0; 4], &pod1.octets());
+            hop_limit(ipv6_packet(pod2, dst, chain, 58, &message), 255)
+        };
+        let ns = solicit(a("ff02::1:ff00:5"), &[]);
         expect6(&mut h, framing, Direction::Ingress, &ns, &ns);
-        let mut routed_ns = ns.clone();
-        routed_ns[7] = 64;
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &routed_ns,
-            drop_reason::UNSUPPORTED,
-            "ND that crossed a router",
-        );
-        let mdns = a("ff02::fb");
-        let to_group = ipv6_packet(
-            pod2,
-            mdns,
-            &[],
-            17,
-            &udp6(pod2, mdns, 5353, 5353, b"x", true),
-        );
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &to_group,
-            drop_reason::UNSUPPORTED,
-            "UDP to a link-scope group",
-        );
-        let node_ll = a("fe80::1");
-        let to_link_local = ipv6_packet(pod2, node_ll, &[], 6, &tcp6(pod2, node_ll, 1, 22, b"x"));
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &to_link_local,
-            drop_reason::UNSUPPORTED,
-            "TCP to a link-local address",
-        );
-        // A routing header behind a link-local destination is still a routing header.
-        let mut steered = ipv6_packet(
-            pod2,
-            node_ll,
-            &[Extension::Routing],
-            58,
-            &icmp6(pod2, node_ll, 135, 0, [0; 4], &pod1.octets()),
-        );
-        steered[7] = 255;
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &steered,
-            drop_reason::IP_OPTIONS,
-            "a routing header to a link-local address",
-        );
-        let site = a("ff05::2");
-        let wide = ipv6_packet(pod2, site, &[], 17, &udp6(pod2, site, 1, 2, b"x", true));
-        expect_drop6(
-            &mut h,
-            framing,
-            Direction::Ingress,
-            &wide,
-            drop_reason::UNSUPPORTED,
-            "site-scope multicast",
-        );
+        let (node, stranger) = (a("fd00:99::5"), a("2001:db8::9"));
+        let (mdns, node_ll, site) = (a("ff02::fb"), a("fe80::1"), a("ff05::2"));
+        let udp_to =
+            |d: Ipv6Addr| ipv6_packet(pod2, d, &[], 17, &udp6(pod2, d, 5353, 5353, b"x", true));
+        let drops = [
+            (udp_to(node), drop_reason::NOT_EXPORTED, "to a node address"),
+            (
+                ipv6_packet(stranger, pod1, &[], 6, &tcp6(stranger, pod1, 1, 2, b"x")),
+                drop_reason::SOURCE_NOT_ALLOWED,
+                "from an address the peer may not use",
+            ),
+            (
+                ipv6_packet(
+                    pod2,
+                    pod1,
+                    &[Extension::Routing],
+                    6,
+                    &tcp6(pod2, pod1, 1, 2, b"x"),
+                ),
+                drop_reason::IP_OPTIONS,
+                "a routing header",
+            ),
+            (
+                hop_limit(ns.clone(), 64),
+                drop_reason::UNSUPPORTED,
+                "ND that crossed a router",
+            ),
+            (
+                udp_to(mdns),
+                drop_reason::UNSUPPORTED,
+                "UDP to a link-scope group",
+            ),
+            (
+                ipv6_packet(pod2, node_ll, &[], 6, &tcp6(pod2, node_ll, 1, 22, b"x")),
+                drop_reason::UNSUPPORTED,
+                "TCP to a link-local address",
+            ),
+            // A routing header behind a link-local destination is still one.
+            (
+                solicit(node_ll, &[Extension::Routing]),
+                drop_reason::IP_OPTIONS,
+                "a routing header to a link-local address",
+            ),
+            (
+                udp_to(site),
+                drop_reason::UNSUPPORTED,
+                "site-scope multicast",
+            ),
+        ];
+        for (packet, reason, what) in &drops {
+            expect_drop6(&mut h, framing, Direction::Ingress, packet, *reason, what);
+        }
         let hook = h.hook_counters(Direction::Ingress);
         assert_eq!((hook.packets, hook.translated), (2, 1));
     }
