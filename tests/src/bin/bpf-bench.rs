@@ -210,6 +210,69 @@ fn main() {
         median(pass),
         median(noop)
     );
+    ipv6_cost(repeat, rounds);
+}
+
+/// IPv6 next to IPv4, side by side: the same TCP segment over each family through the
+/// same border hook, each with its self-inverse destination pair (IPv4 30/24 <-> 31/24
+/// inline; IPv6 fd00:30::/56 <-> fd00:31::/56, in the trie, on IPv6's own path).
+fn ipv6_cost(repeat: u32, rounds: usize) {
+    use remapd_tests::packet::{ethernet, ipv6_packet, tcp6};
+    let mut h = BpfHarness::new();
+    for (from, to) in [
+        ("30.0.0.0/24", "31.0.0.0/24"),
+        ("31.0.0.0/24", "30.0.0.0/24"),
+    ] {
+        h.add_rule(Direction::Ingress, AddressField::Destination, from, to);
+    }
+    for (from, to) in [
+        ("fd00:30::/56", "fd00:31::/56"),
+        ("fd00:31::/56", "fd00:30::/56"),
+    ] {
+        h.add_rule6(Direction::Ingress, AddressField::Destination, from, to);
+    }
+    h.set_border_dual(
+        &["40.0.0.0/24"],
+        &["30.0.0.0/24", "31.0.0.0/24"],
+        &["fd00:40::/56"],
+        &["fd00:30::/56", "fd00:31::/56"],
+    );
+    let v4 = packets().swap_remove(0);
+    let six = |d: &str| {
+        let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            ("fd00:40::1".parse().unwrap(), d.parse().unwrap());
+        ethernet(
+            0x86dd,
+            &ipv6_packet(s, d, &[], 6, &tcp6(s, d, 40000, 80, &[0u8; 6])),
+        )
+    };
+    let v6 = ("TCP over IPv6", six("fd00:30::1"), six("fd00:31::1"));
+    let (mut noop, mut four, mut sixes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        noop.push(
+            h.run_repeat(bench_programs::NOOP, &v4.1, repeat)
+                .duration_ns as f64,
+        );
+        for ((_, input, expected), out) in [(&v4, &mut four), (&v6, &mut sixes)] {
+            let run = h.run_repeat(programs::L2_INGRESS, input, repeat);
+            assert_eq!(&run.packet, expected, "translated once");
+            out.push(run.duration_ns as f64);
+        }
+    }
+    let (noop, four, six) = (median(noop), median(four), median(sixes));
+    println!();
+    println!(
+        "IPv6 next to IPv4 (TCP, border hook, a self-inverse destination pair; median of {rounds} runs of {repeat} passes; ns per packet):"
+    );
+    println!();
+    println!(
+        "| no-op | IPv4 (fast path, inline rules) | IPv6 (its own path, trie rules) | IPv6 above the no-op ÷ IPv4 above the no-op |"
+    );
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {noop:.1} | {four:.1} | {six:.1} | {:.2}× |",
+        (six - noop) / (four - noop)
+    );
 }
 
 /// What the trace costs, side by side: the programs with the trace removed at load time
