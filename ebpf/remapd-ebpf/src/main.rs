@@ -23,10 +23,10 @@
 //! - egress: packets that match no rule pass untouched; a packet that matches a rule but
 //!   cannot be translated exactly (truncated, inconsistent, a tiny first fragment, an ICMP
 //!   error whose quote cannot be parsed) is dropped, never sent with half its addresses;
-//! - a border hook (a tunnel's ingress) is default deny: after translation an IPv4 packet
+//! - a border hook (a tunnel's ingress) is default deny: after translation a packet
 //!   passes only if its source is in the peer's allowed sources and its destination in
-//!   what this cluster exported; IPv6 other than link-local/multicast control traffic and
-//!   anything unparseable are dropped.
+//!   what this cluster exported; anything unparseable is dropped. IPv6 takes its own
+//!   path (`ipv6.rs`), which says what it lets through untranslated.
 //!
 //! Every other packet is returned with `TC_ACT_UNSPEC` so programs attached after this
 //! one still run.
