@@ -12,7 +12,7 @@ use remapd_common::drop_reason;
 use remapd_tests::bpf::{BpfHarness, VERDICT_DROP, VERDICT_NEXT};
 use remapd_tests::cases::{BOTH, hex, program};
 use remapd_tests::packet::{
-    Extension, Framing, frame6, icmp6, ipv6_packet, tcp6, udp6, verify_checksums6, with_checksum6,
+    Extension, Framing, frame6, icmp6, ipv6_packet, tcp6, udp6, verify_checksums6,
 };
 
 const REAL: &str = "fd00:10:244::/56";
@@ -421,16 +421,8 @@ fn a_hook_without_ipv6_rules_leaves_ipv6_alone() {
 fn udp_checksum_is_exact_after_translation_of_both_addresses() {
     for framing in BOTH {
         let mut h = BpfHarness::new();
-        h.add_rule6(Direction::Ingress, AddressField::Source, REAL, VIEW);
-        h.add_rule6(
-            Direction::Ingress,
-            AddressField::Destination,
-            "fd00:60::/56",
-            REAL,
-        );
-        let (s, d) = (a("fd00:10:244::1:2"), a("fd00:60::ff:1"));
-        let (s2, d2) = (a("fd00:30::1:2"), a("fd00:10:244::ff:1"));
-        let segment = |s, d| with_checksum6(s, d, 17, udp6(s, d, 9, 9, &[7; 33], true), 6);
+        let (s, d, s2, d2) = translate_both(&mut h);
+        let segment = |s, d| udp6(s, d, 9, 9, &[7; 33], true);
         let input = ipv6_packet(s, d, &[], 17, &segment(s, d));
         let expected = ipv6_packet(s2, d2, &[], 17, &segment(s2, d2));
         expect6(&mut h, framing, Direction::Ingress, &input, &expected);
@@ -439,6 +431,24 @@ fn udp_checksum_is_exact_after_translation_of_both_addresses() {
         assert_eq!(&expected[46..48], &[0xff, 0xff]);
         expect6(&mut h, framing, Direction::Ingress, &input, &expected);
     }
+}
+
+/// Ingress rules that translate both addresses of one packet (source real -> view,
+/// destination fd00:60::/56 -> real); returns a source and destination before and after.
+fn translate_both(h: &mut BpfHarness) -> (Ipv6Addr, Ipv6Addr, Ipv6Addr, Ipv6Addr) {
+    h.add_rule6(Direction::Ingress, AddressField::Source, REAL, VIEW);
+    h.add_rule6(
+        Direction::Ingress,
+        AddressField::Destination,
+        "fd00:60::/56",
+        REAL,
+    );
+    (
+        a("fd00:10:244::1:2"),
+        a("fd00:60::ff:1"),
+        a("fd00:30::1:2"),
+        a("fd00:10:244::ff:1"),
+    )
 }
 
 /// A UDP datagram from `s` to `d` whose checksum, once translated to `s2` -> `d2`, sums
@@ -468,15 +478,7 @@ fn zero_sum_udp(s: Ipv6Addr, d: Ipv6Addr, s2: Ipv6Addr, d2: Ipv6Addr) -> (Vec<u8
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn checksum_complete_skbs_stay_consistent() {
     let mut h = BpfHarness::new();
-    h.add_rule6(Direction::Ingress, AddressField::Source, REAL, VIEW);
-    h.add_rule6(
-        Direction::Ingress,
-        AddressField::Destination,
-        "fd00:60::/56",
-        REAL,
-    );
-    let (s, d) = (a("fd00:10:244::1:2"), a("fd00:60::ff:1"));
-    let (s2, d2) = (a("fd00:30::1:2"), a("fd00:10:244::ff:1"));
+    let (s, d, s2, d2) = translate_both(&mut h);
     let cases = segments();
     for (proto, segment) in &cases {
         let input = frame6(Framing::L2, &ipv6_packet(s, d, &[], *proto, &segment(s, d)));
