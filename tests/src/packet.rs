@@ -413,6 +413,13 @@ pub fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]
     with_checksum6(src, dst, 6, t, 16)
 }
 
+/// A TCP segment between two IPv6 hosts with `flags` and `options` (padded to a
+/// multiple of 4), checksum filled in: [`tcp_with_options`] with IPv6's pseudo-header.
+pub fn tcp6_with_options(src: Ipv6Addr, dst: Ipv6Addr, flags: u8, options: &[u8]) -> Vec<u8> {
+    let segment = tcp_with_options(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, flags, options);
+    with_checksum6(src, dst, 6, segment, 16)
+}
+
 /// A UDP datagram between two IPv6 hosts, checksum filled in (or left zero).
 pub fn udp6(
     src: Ipv6Addr,

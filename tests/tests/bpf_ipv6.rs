@@ -564,8 +564,35 @@ fn icmpv6_errors_have_their_quote_translated() {
             expect6(&mut h, framing, Direction::Ingress, &error, &expected);
             verify_checksums6(&expected);
         }
+        // A quote with extension headers before its transport header: the quote's
+        // checksum is found past them and moved too.
+        let sent_with_options = |d: Ipv6Addr| {
+            ipv6_packet(
+                pod1,
+                d,
+                &[Extension::HopByHop, Extension::DestinationOptions],
+                6,
+                &tcp6(pod1, d, 40000, 443, &[9; 64]),
+            )
+        };
+        let error = ipv6_packet(
+            pod2,
+            pod1,
+            &[],
+            58,
+            &icmp6(pod2, pod1, 2, 0, [0, 0, 5, 0], &sent_with_options(pod2)),
+        );
+        let expected = ipv6_packet(
+            seen,
+            pod1,
+            &[],
+            58,
+            &icmp6(seen, pod1, 2, 0, [0, 0, 5, 0], &sent_with_options(seen)),
+        );
+        expect6(&mut h, framing, Direction::Ingress, &error, &expected);
+        verify_checksums6(&expected);
         // Each error counts once on the ingress rule (outer and quote both use it).
-        assert_eq!(h.counters(ingress).0, 3, "{framing:?}");
+        assert_eq!(h.counters(ingress).0, 4, "{framing:?}");
         // The other way: pod 1 sends pod 2 an error about pod 2's packet, quoting it as
         // pod 1 saw it (from fd00:30::7): the quote's source goes back to pod 2's real
         // address on egress.
@@ -606,6 +633,148 @@ fn icmpv6_errors_have_their_quote_translated() {
             &error,
             drop_reason::QUOTE_NOT_ALLOWED,
             "an error about another connection",
+        );
+    }
+}
+
+/// A view whose 16-bit words sum to the same one's-complement value as [`REAL`]'s
+/// (fd00 + 0030 + 0224 = fd00 + 0010 + 0244): RFC 6296's checksum-neutral mapping.
+const NEUTRAL_VIEW: &str = "fd00:30:224::/56";
+
+/// With a checksum-neutral pair of prefixes only the addresses change: every transport
+/// checksum is already right for the new addresses, so the upper-layer bytes leave
+/// exactly as they came (and the programs skip the checksum helper), on both framings
+/// and with a CHECKSUM_COMPLETE skb, whose `skb->csum` must stay as it was.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn a_checksum_neutral_mapping_changes_only_the_addresses() {
+    let (remote, local, remote_view) = (
+        a("fd00:10:244::1:2"),
+        a("fd00:10:244::ff:1"),
+        a("fd00:30:224::1:2"),
+    );
+    let cases = segments();
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        h.add_rule6(
+            Direction::Egress,
+            AddressField::Destination,
+            NEUTRAL_VIEW,
+            REAL,
+        );
+        h.add_rule6(Direction::Ingress, AddressField::Source, REAL, NEUTRAL_VIEW);
+        for (proto, segment) in &cases {
+            for (direction, (s, d), (s2, d2)) in [
+                (Direction::Egress, (local, remote_view), (local, remote)),
+                (Direction::Ingress, (remote, local), (remote_view, local)),
+            ] {
+                let input = ipv6_packet(s, d, &[], *proto, &segment(s, d));
+                let expected = ipv6_packet(s2, d2, &[], *proto, &segment(s2, d2));
+                assert_eq!(
+                    hex(&input[40..]),
+                    hex(&expected[40..]),
+                    "protocol {proto}: the pair is checksum-neutral"
+                );
+                expect6(&mut h, framing, direction, &input, &expected);
+                verify_checksums6(&expected);
+                if framing == Framing::L2 {
+                    let run = h
+                        .run_checksum_complete(
+                            program(framing, direction),
+                            &frame6(framing, &input),
+                        )
+                        .unwrap_or_else(|e| panic!("protocol {proto}: {e} — skb->csum moved"));
+                    assert_eq!(run.verdict, VERDICT_NEXT, "protocol {proto}");
+                    assert_eq!(hex(&run.packet), hex(&frame6(framing, &expected)));
+                }
+            }
+        }
+    }
+}
+
+/// TCP options as Linux sends them on a SYN: NOPs and a timestamp before the MSS.
+fn syn_options6(mss: u16) -> Vec<u8> {
+    [
+        [1u8, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 2, 4].as_slice(),
+        &mss.to_be_bytes(),
+        &[4, 2, 1, 3, 3, 7],
+    ]
+    .concat()
+}
+
+/// The MSS clamp on IPv6: a SYN's and a SYN-ACK's MSS option is lowered to the hook's
+/// clamp less 20 (IPv6's header is 20 bytes longer than IPv4's, for which the clamp is
+/// set), with the translation on the same packet and past extension headers; smaller
+/// values, non-SYNs and later fragments pass as they are, and the hook counts what it
+/// lowered.
+#[test]
+#[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
+fn mss_of_ipv6_syns_is_clamped_to_20_less() {
+    let (local, remote, remote_view) = (
+        a("fd00:10:244::ff:1"),
+        a("fd00:10:244::1:2"),
+        a("fd00:30::1:2"),
+    );
+    let syn = |s, d, flags, mss, chain: &[Extension]| {
+        ipv6_packet(
+            s,
+            d,
+            chain,
+            6,
+            &remapd_tests::packet::tcp6_with_options(s, d, flags, &syn_options6(mss)),
+        )
+    };
+    let options = [Extension::DestinationOptions];
+    for framing in BOTH {
+        let mut h = BpfHarness::new();
+        split_gw1(&mut h);
+        h.set_mss_clamp(1360);
+        let cases: [(Direction, Vec<u8>, Vec<u8>); 5] = [
+            // Egress SYN: destination translated, MSS 1460 -> 1340.
+            (
+                Direction::Egress,
+                syn(local, remote_view, 0x02, 1460, &[]),
+                syn(local, remote, 0x02, 1340, &[]),
+            ),
+            // Ingress SYN-ACK behind a destination-options header.
+            (
+                Direction::Ingress,
+                syn(remote, local, 0x12, 8940, &options),
+                syn(remote_view, local, 0x12, 1340, &options),
+            ),
+            // Already small enough; not a SYN.
+            (
+                Direction::Egress,
+                syn(local, remote_view, 0x02, 1300, &[]),
+                syn(local, remote, 0x02, 1300, &[]),
+            ),
+            (
+                Direction::Egress,
+                syn(local, remote_view, 0x10, 1460, &[]),
+                syn(local, remote, 0x10, 1460, &[]),
+            ),
+            // A SYN that matches no rule: still the tunnel's to clamp.
+            (
+                Direction::Egress,
+                syn(local, a("fd00:99::1"), 0x02, 1460, &[]),
+                syn(local, a("fd00:99::1"), 0x02, 1340, &[]),
+            ),
+        ];
+        for (direction, input, expected) in &cases {
+            expect6(&mut h, framing, *direction, input, expected);
+            verify_checksums6(expected);
+        }
+        let egress = h.hook_counters(Direction::Egress);
+        assert_eq!(
+            (egress.packets, egress.translated, egress.mss_clamped),
+            (4, 3, 2),
+            "{framing:?}: egress"
+        );
+        let ingress = h.hook_counters(Direction::Ingress);
+        assert_eq!(
+            (ingress.packets, ingress.translated, ingress.mss_clamped),
+            (1, 1, 1),
+            "{framing:?}: ingress"
         );
     }
 }

@@ -44,7 +44,8 @@ pub struct TunnelConfig {
     pub keepalive: u16,
     /// Lower the MSS option of TCP SYNs crossing the tunnel (both ways) to this, for
     /// paths that drop oversized packets without an ICMP error; e.g. 1360 for a
-    /// 1420-byte WireGuard MTU. Not set: SYNs pass as they are.
+    /// 1420-byte WireGuard MTU. IPv6 SYNs are lowered to 20 less (their header is 20
+    /// bytes longer). Not set: SYNs pass as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 536, maximum = 65495, example = 1360)]
     pub mss_clamp: Option<u16>,

@@ -157,7 +157,8 @@ pub struct HookConfig {
     /// The hook's direction (`DIRECTION_*`), checked with `ifindex`: a slot may hold
     /// another hook's configuration.
     pub direction: u32,
-    /// Clamp the MSS option of TCP SYNs crossing this hook to this value (0: do not).
+    /// Clamp the MSS option of TCP SYNs crossing this hook to this value, IPv6 SYNs to
+    /// 20 less (0: do not).
     pub mss_clamp: u32,
     /// Source rules, longest prefix first.
     pub src_rules: [InlineRule4; INLINE_RULES],

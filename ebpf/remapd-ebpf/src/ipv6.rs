@@ -3,6 +3,11 @@
 //! address change (every IPv6 transport checksum covers the pseudo-header: TCP, UDP,
 //! UDP-Lite, DCCP and ICMPv6). IPv6 has no header checksum.
 //!
+//! A checksum-neutral mapping (RFC 6296 section 3.2: the two prefixes' 16-bit words sum
+//! to the same one's-complement value, which the allocator can arrange when it chooses
+//! the remapped prefix) changes no checksum: the rewrite is then the address writes
+//! alone, with no checksum helper call.
+//!
 //! ICMPv6 errors (destination unreachable, packet too big, time exceeded, parameter
 //! problem) get their quoted packet translated too, so path-MTU discovery and
 //! traceroute work across the remap; on a border the quote must be one the peering
@@ -46,7 +51,7 @@ use crate::lookup::NO_RULE;
 use crate::trace::{self, Seen};
 use crate::{
     ALLOW, Drop, ETH_HLEN, IPPROTO_DCCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, RULES,
-    TCP_CSUM_OFF, TRANSLATED, UDP_CSUM_OFF, count_rules, count_verdict, ptr_at, pull,
+    TCP_CSUM_OFF, TRANSLATED, UDP_CSUM_OFF, clamp_mss, count_rules, count_verdict, ptr_at, pull,
 };
 
 const IPV6_HLEN: usize = 40;
@@ -229,6 +234,39 @@ struct Transport {
     routing: bool,
 }
 
+/// How much less an IPv6 TCP segment may carry than an IPv4 one in a packet of the same
+/// size: the fixed header is 40 bytes against IPv4's 20. A hook's `mss_clamp` is the
+/// IPv4 value (the tunnel MTU minus 40), so IPv6 SYNs are clamped to that minus this.
+const IPV6_MSS_SHORTFALL: u32 = 20;
+
+/// [`clamp_mss`] for an IPv6 TCP SYN at `l3` (the first fragment, past any extension
+/// headers), to the hook's `clamp` less [`IPV6_MSS_SHORTFALL`]; anything else: 0,
+/// untouched (clamping is a courtesy: what cannot be walked passes as it is).
+#[inline(always)]
+fn clamp_syn(ctx: &TcContext, l3: usize, clamp: u32) -> Result<u8, Drop> {
+    let (Ok(payload_len), Ok(next)) = (ctx.load::<u16>(l3 + 4), ctx.load::<u8>(l3 + 6)) else {
+        return Ok(0);
+    };
+    let packet_end = l3 + IPV6_HLEN + usize::from(u16::from_be(payload_len));
+    if packet_end > ctx.len() as usize {
+        return Ok(0);
+    }
+    let l4 = match walk_chain(ctx, l3, next, packet_end) {
+        Ok(t) if t.first_fragment && t.protocol == IPPROTO_TCP => t.offset,
+        _ => return Ok(0),
+    };
+    // One unknown offset instead of one per path through the walk, so the verifier
+    // walks the option loop once, not once per walk (which costs it ~290k
+    // instructions; see `handle`).
+    let l4 = opaque(l4 as u64).ok_or(drop_reason::HELPER_FAILED)? as usize;
+    clamp_mss(
+        ctx,
+        l4,
+        packet_end,
+        clamp.saturating_sub(IPV6_MSS_SHORTFALL) as u16,
+    )
+}
+
 /// Walks the extension-header chain from the fixed header at `l3` (whose next-header
 /// field is `first`) to the upper-layer header: at most [`MAX_EXTENSION_HEADERS`]
 /// headers, and no further than a later fragment's header (what follows it is payload).
@@ -286,20 +324,46 @@ fn walk_chain(ctx: &TcContext, l3: usize, first: u8, packet_end: usize) -> Resul
     Ok(out)
 }
 
-/// Handles an IPv6 packet on a hook, counts it and reports it to a running trace: the
-/// TC action. Its own BPF function, called from the program itself, so its frame never
-/// stacks on the general path's.
+/// Translates an IPv6 packet on a hook ([`handle`]): its answer, encoded for a BPF
+/// function's one return register by [`encode`]. Its own BPF function, called from the
+/// program itself, so its frame never stacks on the general path's; [`finish`] clamps,
+/// counts and traces after it has returned, so their frames never stack either
+/// (together they would pass the 512 bytes a BPF call chain may use).
 #[inline(never)]
 pub(crate) fn path<const L2: bool>(
     skb: *mut __sk_buff,
     config: &HookConfig,
-    counters: *mut HookCounters,
     ifindex: u32,
     direction: u8,
+) -> u64 {
+    let ctx = TcContext::new(skb);
+    let l3 = if L2 { ETH_HLEN } else { 0 };
+    encode(handle(&ctx, config, ifindex, direction, l3))
+}
+
+/// What [`path`] decided (`decided`, from [`encode`]) for the packet on the hook
+/// `hook` (interface in the low 32 bits, direction above): the MSS clamp for a packet
+/// that passes, the counters and the trace. The TC action.
+#[inline(never)]
+pub(crate) fn finish<const L2: bool>(
+    skb: *mut __sk_buff,
+    config: &HookConfig,
+    counters: *mut HookCounters,
+    hook: u64,
+    decided: u64,
 ) -> i32 {
     let ctx = TcContext::new(skb);
     let l3 = if L2 { ETH_HLEN } else { 0 };
-    let result = handle(&ctx, config, ifindex, direction, l3);
+    let (ifindex, direction) = (hook as u32, (hook >> 32) as u8);
+    let result = decode(decided);
+    // The MSS clamp after the translation, once the packet is known to pass, on a fresh
+    // walk of the headers (as IPv4's: none of the translation's state is live).
+    let result = result.and_then(|outcome| {
+        if config.mss_clamp == 0 {
+            return Ok(outcome);
+        }
+        Ok(outcome | clamp_syn(&ctx, l3, config.mss_clamp)?)
+    });
     let (action, reason, outcome) = count_verdict(counters, ctx.len(), result);
     // Without addresses for now: the trace's events carry IPv4 ones.
     trace::record::<L2>(
@@ -313,6 +377,25 @@ pub(crate) fn path<const L2: bool>(
         &Seen::NOTHING,
     );
     action
+}
+
+/// [`handle`]'s answer as one number: the outcome, or the drop reason with bit 32 set.
+#[inline(always)]
+fn encode(result: Result<u8, Drop>) -> u64 {
+    match result {
+        Ok(outcome) => u64::from(outcome),
+        Err(reason) => 1 << 32 | (reason as u64 & 0xffff_ffff),
+    }
+}
+
+/// The inverse of [`encode`].
+#[inline(always)]
+fn decode(decided: u64) -> Result<u8, Drop> {
+    if decided >> 32 == 0 {
+        Ok(decided as u8)
+    } else {
+        Err((decided & 0xffff_ffff) as Drop)
+    }
 }
 
 #[inline(always)]
@@ -521,7 +604,12 @@ fn handle(
         (quote_src_rule, quote_dst_rule) = (src_rule, dst_rule);
     }
     let diff = csum_fold64(diff);
-    if check_off != 0 {
+    if diff == 0 || diff == 0xffff {
+        // A checksum-neutral change (RFC 6296 section 3.2: prefixes whose 16-bit words
+        // sum to the same one's-complement value): the transport checksum, the
+        // pseudo-header seed of a CHECKSUM_PARTIAL skb and a CHECKSUM_COMPLETE
+        // skb->csum all stay right as they are, so no helper runs.
+    } else if check_off != 0 {
         // The helper in every checksum state, with BPF_F_IPV6: for CHECKSUM_COMPLETE
         // the addresses (+diff) and the checksum field (-diff) cancel out in skb->csum,
         // which covers both, so it must stay as it is (IPv4's header checksum does that
@@ -633,16 +721,25 @@ fn quoted_rewrite(
     if !hit {
         return Ok(false);
     }
-    // The quoted transport checksum, when the quote holds it right after the fixed
-    // header (a quote with extension headers keeps its stale checksum: receivers read
-    // only the ports of a quote).
-    let field = match next {
+    // The quoted transport checksum, past the quote's extension headers, when the
+    // quote holds it (a quote cut short, or of a later fragment, has none to move:
+    // receivers read only the ports of a quote).
+    let (protocol, l4) = match walk_chain(ctx, l3, next, packet_end) {
+        Ok(t) if t.first_fragment => (t.protocol, t.offset),
+        _ => return Ok(true),
+    };
+    // Unknown numbers to the verifier from here, whatever path the walk took (see
+    // `handle`).
+    let packed = opaque(u64::from(protocol) | (l4 as u64 & 0xffff) << 8)
+        .ok_or(drop_reason::HELPER_FAILED)?;
+    let (protocol, l4) = (packed as u8, (packed >> 8) as usize & 0xffff);
+    let field = match protocol {
         IPPROTO_TCP => TCP_CSUM_OFF,
         IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_DCCP => UDP_CSUM_OFF,
         NEXTHDR_ICMPV6 => ICMPV6_CSUM_OFF,
         _ => return Ok(true),
     };
-    let check_off = l3 + IPV6_HLEN + field;
+    let check_off = l4 + field;
     if check_off + 2 > packet_end {
         return Ok(true);
     }
@@ -656,7 +753,7 @@ fn quoted_rewrite(
             check,
             u32::from(csum_fold64(diff)),
             false,
-            next == IPPROTO_UDP,
+            protocol == IPPROTO_UDP,
         );
     }
     Ok(true)

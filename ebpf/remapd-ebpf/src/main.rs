@@ -162,7 +162,9 @@ fn run<const L2: bool, const DIRECTION: u8>(ctx: &TcContext) -> i32 {
         }
     }
     if ip_version::<L2>(ctx) == Some(6) {
-        return ipv6::path::<L2>(ctx.skb.skb, config, counters, ifindex, DIRECTION);
+        let decided = ipv6::path::<L2>(ctx.skb.skb, config, ifindex, DIRECTION);
+        let hook = u64::from(ifindex) | u64::from(DIRECTION) << 32;
+        return ipv6::finish::<L2>(ctx.skb.skb, config, counters, hook, decided);
     }
     general_path::<L2, DIRECTION>(ctx.skb.skb, config, counters, ifindex)
 }
@@ -485,7 +487,12 @@ fn clamp_syn<const L2: bool>(ctx: &TcContext, clamp: u16) -> Result<u8, Drop> {
 /// device computes the checksum over the new bytes, and otherwise the field is updated
 /// by the 16-bit difference, which also keeps a CHECKSUM_COMPLETE skb->csum valid.
 #[inline(always)]
-fn clamp_mss(ctx: &TcContext, l4: usize, packet_end: usize, clamp: u16) -> Result<u8, Drop> {
+pub(crate) fn clamp_mss(
+    ctx: &TcContext,
+    l4: usize,
+    packet_end: usize,
+    clamp: u16,
+) -> Result<u8, Drop> {
     if l4 + TCP_MIN_HLEN > packet_end {
         return Ok(0);
     }
