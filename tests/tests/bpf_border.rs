@@ -722,6 +722,16 @@ fn ip_options_are_dropped_on_a_border_only() {
     }
 }
 
+/// A TCP segment with `flags` carrying an MSS option of 1460.
+fn syn(src: &str, dst: &str, flags: u8) -> Vec<u8> {
+    Ipv4::new(src, dst, 6).with_payload(&packet::tcp_with_options(
+        ip(src),
+        ip(dst),
+        flags,
+        &[2, 4, 0x05, 0xb4],
+    ))
+}
+
 /// The fast path (the common packet while no trace runs) and the general path (the same
 /// packet while a trace wants the interface, which sends every packet there) agree on
 /// every packet: verdict, bytes, hook counters and drop reasons, rule counters. The
@@ -729,7 +739,9 @@ fn ip_options_are_dropped_on_a_border_only() {
 /// UDP with and without a checksum, untouched, each allow-list drop, a translated
 /// destination outside the allow-list (a rule the daemon could not mark as translating
 /// into it, so the program looks it up) — and packets it must leave to the general
-/// path; once with the hook's rules and allow-lists inline, once in the tries.
+/// path; once with the hook's rules and allow-lists inline, once in the tries, and once
+/// on hooks that clamp the MSS (whose SYNs the fast path must leave to the general
+/// path, which clamps them).
 #[test]
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn the_fast_and_the_general_path_agree() {
@@ -847,14 +859,32 @@ fn the_fast_and_the_general_path_agree() {
             Direction::Egress,
             udp_packet("40.0.0.1", "8.8.8.8", b"l", true),
         ),
+        (
+            "syn, translated",
+            Direction::Ingress,
+            syn("40.0.0.1", "40.0.0.1", 0x02),
+        ),
+        (
+            "egress syn-ack",
+            Direction::Egress,
+            syn("40.0.0.1", "30.0.0.1", 0x12),
+        ),
+        (
+            "egress ack",
+            Direction::Egress,
+            syn("40.0.0.1", "30.0.0.1", 0x10),
+        ),
     ];
     // One harness per path, the same packets in the same order: counters are compared
     // after every packet.
-    for tries in [false, true] {
+    for (tries, clamp) in [(false, false), (true, false), (false, true)] {
         let mut outcomes = [Vec::new(), Vec::new()];
         for (traced, outcomes) in [false, true].into_iter().zip(&mut outcomes) {
             let mut h = BpfHarness::new();
             let rules = setup(&mut h, tries);
+            if clamp {
+                h.set_mss_clamp(1360);
+            }
             if traced {
                 h.trace().set(Some(&KernelTraceFilter::default())).unwrap();
             }
@@ -878,10 +908,16 @@ fn the_fast_and_the_general_path_agree() {
         for (fast, general) in outcomes[0].iter().zip(&outcomes[1]) {
             assert_eq!(
                 fast, general,
-                "{} (tries: {tries}): fast vs general path",
+                "{} (tries: {tries}, clamp: {clamp}): fast vs general path",
                 fast.0
             );
         }
         assert_eq!(outcomes[0].len(), 2 * cases.len());
+        if clamp {
+            // The egress hook's counters after the last case: the SYN-ACKs (one per
+            // framing) were clamped, with no trace running too.
+            let (_, _, _, egress, _) = outcomes[0].last().expect("cases ran");
+            assert_eq!(egress.mss_clamped, 2, "SYN-ACKs clamped on the fast run");
+        }
     }
 }
