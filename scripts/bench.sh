@@ -94,6 +94,8 @@ echo "$e2e"
   echo
   echo "$e2e"
   echo
+  cat bench/e2e-recorded.md
+  echo
   cat bench/e2e-notes.md
 } > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2
