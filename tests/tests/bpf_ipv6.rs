@@ -725,11 +725,26 @@ fn mss_of_ipv6_syns_is_clamped_to_20_less() {
         )
     };
     let options = [Extension::DestinationOptions];
+    // The same SYN bytes (checksummed for the untranslated pair) as a later fragment.
+    let segment =
+        remapd_tests::packet::tcp6_with_options(local, remote_view, 0x02, &syn_options6(1460));
+    let later_fragment = |s, d| {
+        ipv6_packet(
+            s,
+            d,
+            &[Extension::Fragment {
+                offset: 3,
+                more: false,
+            }],
+            6,
+            &segment,
+        )
+    };
     for framing in BOTH {
         let mut h = BpfHarness::new();
         split_gw1(&mut h);
         h.set_mss_clamp(1360);
-        let cases: [(Direction, Vec<u8>, Vec<u8>); 5] = [
+        let cases: [(Direction, Vec<u8>, Vec<u8>); 6] = [
             // Egress SYN: destination translated, MSS 1460 -> 1340.
             (
                 Direction::Egress,
@@ -759,15 +774,23 @@ fn mss_of_ipv6_syns_is_clamped_to_20_less() {
                 syn(local, a("fd00:99::1"), 0x02, 1460, &[]),
                 syn(local, a("fd00:99::1"), 0x02, 1340, &[]),
             ),
+            // A later fragment whose bytes look like a SYN: payload, not a header.
+            (
+                Direction::Egress,
+                later_fragment(local, remote_view),
+                later_fragment(local, remote),
+            ),
         ];
-        for (direction, input, expected) in &cases {
+        for (i, (direction, input, expected)) in cases.iter().enumerate() {
             expect6(&mut h, framing, *direction, input, expected);
-            verify_checksums6(expected);
+            if i + 1 < cases.len() {
+                verify_checksums6(expected);
+            }
         }
         let egress = h.hook_counters(Direction::Egress);
         assert_eq!(
             (egress.packets, egress.translated, egress.mss_clamped),
-            (4, 3, 2),
+            (5, 4, 2),
             "{framing:?}: egress"
         );
         let ingress = h.hook_counters(Direction::Ingress);

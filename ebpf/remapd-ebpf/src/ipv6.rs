@@ -723,9 +723,11 @@ fn quoted_rewrite(
     }
     // The quoted transport checksum, past the quote's extension headers, when the
     // quote holds it (a quote cut short, or of a later fragment, has none to move:
-    // receivers read only the ports of a quote).
+    // receivers read only the ports of a quote). A quote with a routing header is left
+    // as it is: while segments are left its checksum covers the routing header's final
+    // destination, not the address field translated here (RFC 8200 section 8.1).
     let (protocol, l4) = match walk_chain(ctx, l3, next, packet_end) {
-        Ok(t) if t.first_fragment => (t.protocol, t.offset),
+        Ok(t) if t.first_fragment && !t.routing => (t.protocol, t.offset),
         _ => return Ok(true),
     };
     // Unknown numbers to the verifier from here, whatever path the walk took (see
