@@ -413,6 +413,17 @@ pub fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]
     with_checksum6(src, dst, 6, t, 16)
 }
 
+/// TCP options as Linux sends them on a SYN, with the MSS option in the middle so an
+/// option walk has to step over NOPs and a 10-byte timestamp first.
+pub fn syn_options(mss: u16) -> Vec<u8> {
+    [
+        [1u8, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 2, 4].as_slice(),
+        &mss.to_be_bytes(),
+        &[4, 2, 1, 3, 3, 7],
+    ]
+    .concat()
+}
+
 /// A TCP segment between two IPv6 hosts with `flags` and `options` (padded to a
 /// multiple of 4), checksum filled in: [`tcp_with_options`] with IPv6's pseudo-header.
 pub fn tcp6_with_options(src: Ipv6Addr, dst: Ipv6Addr, flags: u8, options: &[u8]) -> Vec<u8> {

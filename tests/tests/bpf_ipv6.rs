@@ -692,16 +692,6 @@ fn a_checksum_neutral_mapping_changes_only_the_addresses() {
     }
 }
 
-/// TCP options as Linux sends them on a SYN: NOPs and a timestamp before the MSS.
-fn syn_options6(mss: u16) -> Vec<u8> {
-    [
-        [1u8, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 2, 4].as_slice(),
-        &mss.to_be_bytes(),
-        &[4, 2, 1, 3, 3, 7],
-    ]
-    .concat()
-}
-
 /// The MSS clamp on IPv6: a SYN's and a SYN-ACK's MSS option is lowered to the hook's
 /// clamp less 20 (IPv6's header is 20 bytes longer than IPv4's, for which the clamp is
 /// set), with the translation on the same packet and past extension headers; smaller
@@ -721,13 +711,22 @@ fn mss_of_ipv6_syns_is_clamped_to_20_less() {
             d,
             chain,
             6,
-            &remapd_tests::packet::tcp6_with_options(s, d, flags, &syn_options6(mss)),
+            &remapd_tests::packet::tcp6_with_options(
+                s,
+                d,
+                flags,
+                &remapd_tests::packet::syn_options(mss),
+            ),
         )
     };
     let options = [Extension::DestinationOptions];
     // The same SYN bytes (checksummed for the untranslated pair) as a later fragment.
-    let segment =
-        remapd_tests::packet::tcp6_with_options(local, remote_view, 0x02, &syn_options6(1460));
+    let segment = remapd_tests::packet::tcp6_with_options(
+        local,
+        remote_view,
+        0x02,
+        &remapd_tests::packet::syn_options(1460),
+    );
     let later_fragment = |s, d| {
         ipv6_packet(
             s,

@@ -566,22 +566,12 @@ fn checksum_helpers_agree_with_a_full_recompute() {
     assert_eq!(inet_checksum(&hdr), 0);
 }
 
-/// TCP options as Linux sends them, with the MSS option in the middle so the walk has
-/// to step over NOPs and a 10-byte timestamp first.
-fn syn_options(mss: u16) -> Vec<u8> {
-    let mut o = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0];
-    o.extend_from_slice(&[2, 4]);
-    o.extend_from_slice(&mss.to_be_bytes());
-    o.extend_from_slice(&[4, 2, 1, 3, 3, 7]);
-    o
-}
-
 fn syn(src: &str, dst: &str, flags: u8, mss: u16) -> Vec<u8> {
     Ipv4::new(src, dst, 6).with_payload(&packet::tcp_with_options(
         ip(src),
         ip(dst),
         flags,
-        &syn_options(mss),
+        &packet::syn_options(mss),
     ))
 }
 
