@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -91,7 +91,7 @@ pub struct InputArgs {
     input: PathBuf,
     /// Remapped CIDRs other peerings hold (comma-separated).
     #[arg(long, value_delimiter = ',')]
-    allocated: Vec<Ipv4Net>,
+    allocated: Vec<IpNet>,
     /// Decide as for a gateway that cannot translate (no eBPF dataplane).
     #[arg(long)]
     no_nat: bool,
@@ -234,7 +234,7 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T, 
 fn policy_input(
     cluster: Value,
     request: Value,
-    allocated: Vec<Ipv4Net>,
+    allocated: Vec<IpNet>,
     nat: bool,
 ) -> Result<(PolicyInput, LocalCluster), Failure> {
     let local: LocalCluster = parse(cluster, "cluster")?;
@@ -349,7 +349,7 @@ struct Case {
     cluster: Value,
     input: Value,
     #[serde(default)]
-    allocated: Vec<Ipv4Net>,
+    allocated: Vec<IpNet>,
     #[serde(default = "yes")]
     nat: bool,
     expect: Expect,

@@ -115,6 +115,75 @@ async fn cluster_round_trip_and_bad_input() {
     );
 }
 
+/// Every CIDR field takes IPv6 as well as IPv4; a bad IPv6 prefix or a view of the
+/// other family is refused with a pointer, and nothing changes.
+#[tokio::test]
+async fn dual_stack_cidrs_are_accepted_and_bad_ones_refused() {
+    let app = app("dual-stack");
+    let mut dual = cluster();
+    dual["pod_cidrs"] = json!(["40.0.0.0/24", "fd00:40::/56"]);
+    dual["service_cidrs"] = json!(["10.96.0.0/16", "fd00:96::/108"]);
+    dual["remap_pool"] = json!(["30.0.0.0/16", "fd00:30::/48"]);
+    let r = call(&app, "PUT", "/v1/cluster", Some(dual.clone()), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let stored = call(&app, "GET", "/v1/cluster", None, None).await.body;
+    assert_eq!(stored["pod_cidrs"], json!(["40.0.0.0/24", "fd00:40::/56"]));
+
+    for (field, value, detail, pointer) in [
+        (
+            "pod_cidrs",
+            "fd00:40::1/56",
+            "did you mean fd00:40::/56",
+            "/pod_cidrs/1",
+        ),
+        (
+            "pod_cidrs",
+            "fe80::/64",
+            "link-local (fe80::/10)",
+            "/pod_cidrs/1",
+        ),
+        ("pod_cidrs", "::/0", "never a cluster's", "/pod_cidrs/1"),
+        ("pod_cidrs", "fd00:40::/129", "invalid JSON", "/pod_cidrs/1"),
+        ("remap_pool", "fd00:40::/60", "overlaps", "/remap_pool/1"),
+    ] {
+        let mut bad = dual.clone();
+        bad[field][1] = json!(value);
+        assert_problem(
+            &call(&app, "PUT", "/v1/cluster", Some(bad), Some(TOKEN)).await,
+            StatusCode::BAD_REQUEST,
+            detail,
+            Some(pointer),
+        );
+    }
+    assert_eq!(
+        call(&app, "GET", "/v1/cluster", None, None).await.body,
+        stored,
+        "nothing changed"
+    );
+
+    // A peer's exports that see an IPv4 prefix of ours as an IPv6 one, or with another
+    // length, are refused where they say so.
+    for (real, remapped, detail) in [
+        ("fd00:40::/56", "60.0.0.0/24", "different families"),
+        ("40.0.0.0/24", "fd00:60::/24", "different families"),
+        ("fd00:40::/56", "fd00:60::/64", "differ in length"),
+    ] {
+        let mut p = peering(51830);
+        p["remote"]["view_of_local"] = json!([{"real": real, "remapped": remapped}]);
+        assert_problem(
+            &call(&app, "PUT", "/v1/peerings/c2", Some(p), Some(TOKEN)).await,
+            StatusCode::BAD_REQUEST,
+            detail,
+            Some("/remote/view_of_local/0/remapped"),
+        );
+    }
+    assert_eq!(
+        call(&app, "GET", "/v1/peerings", None, None).await.body,
+        json!([]),
+        "no peering was created"
+    );
+}
+
 #[tokio::test]
 async fn policies_upload_replace_evaluate_delete() {
     let app = app("policies");
@@ -476,7 +545,7 @@ async fn peerings_apply_report_and_remove_exactly() {
     assert_problem(
         &call(&app, "GET", "/v1/translate?address=nonsense", None, None).await,
         StatusCode::BAD_REQUEST,
-        "not an IPv4 address",
+        "not an IPv4 or IPv6 address",
         Some("/address"),
     );
 
@@ -513,14 +582,14 @@ async fn peerings_apply_report_and_remove_exactly() {
     explain_problem(
         "from=nonsense&to=30.0.0.9",
         StatusCode::BAD_REQUEST,
-        "not an IPv4 address",
+        "not an IPv4 or IPv6 address",
         Some("/query/from"),
     )
     .await;
     explain_problem(
         "from=40.0.0.5&to=30.0.0.999",
         StatusCode::BAD_REQUEST,
-        "not an IPv4 address",
+        "not an IPv4 or IPv6 address",
         Some("/query/to"),
     )
     .await;

@@ -302,7 +302,7 @@ async fn reserved_ranges_are_never_routed_into_a_tunnel() {
         let routes = app.routes.routes.lock().unwrap().clone();
         for r in &routes {
             for res in reserved {
-                let res: ipnet::Ipv4Net = res.parse().unwrap();
+                let res: ipnet::IpNet = res.parse().unwrap();
                 assert!(
                     !r.prefix.contains(&res) && !res.contains(&r.prefix),
                     "{r:?} touches the reserved {res}"

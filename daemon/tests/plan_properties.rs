@@ -5,9 +5,9 @@
 //! direction. Every strategy. No root needed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use proptest::prelude::*;
 use remapd::dataplane::{AddressField, Direction, TranslationRule};
 use remapd::model::{
@@ -18,15 +18,18 @@ use remapd::plan::{GatewayPlan, compile, view_of};
 use remapd::policy::validate::validate;
 use remapd_policy_sdk as sdk;
 
-fn to_sdk(n: &Ipv4Net) -> sdk::Cidr {
+fn to_sdk(n: &IpNet) -> sdk::Cidr {
+    let IpNet::V4(n) = n else {
+        panic!("{n}: not IPv4")
+    };
     sdk::Cidr {
         addr: u32::from(n.network()),
         prefix_len: n.prefix_len(),
     }
 }
 
-fn from_sdk(c: &sdk::Cidr) -> Ipv4Net {
-    Ipv4Net::new(c.addr.into(), c.prefix_len).unwrap()
+fn from_sdk(c: &sdk::Cidr) -> IpNet {
+    Ipv4Net::new(c.addr.into(), c.prefix_len).unwrap().into()
 }
 
 /// The views a side allocates for the remote's CIDRs, with the SDK's allocator (what the
@@ -79,14 +82,14 @@ fn describe(c: &LocalCluster) -> RemoteCluster {
 
 /// One gateway in the model: what is connected locally, and its plan.
 struct Gateway {
-    local: Vec<Ipv4Net>,
+    local: Vec<IpNet>,
     plan: GatewayPlan,
 }
 
-type Packet = (Ipv4Addr, Ipv4Addr);
+type Packet = (IpAddr, IpAddr);
 
 fn translate(rules: &[TranslationRule], direction: Direction, (src, dst): Packet) -> Packet {
-    let pick = |field: AddressField, addr: Ipv4Addr| {
+    let pick = |field: AddressField, addr: IpAddr| {
         rules
             .iter()
             .filter(|r| r.direction == direction && r.field == field && r.from.contains(&addr))
@@ -106,7 +109,7 @@ fn translate(rules: &[TranslationRule], direction: Direction, (src, dst): Packet
     )
 }
 
-fn longest<'a>(nets: impl Iterator<Item = &'a Ipv4Net>, addr: Ipv4Addr) -> Option<u8> {
+fn longest<'a>(nets: impl Iterator<Item = &'a IpNet>, addr: IpAddr) -> Option<u8> {
     nets.filter(|n| n.contains(&addr))
         .map(|n| n.prefix_len())
         .max()
@@ -178,9 +181,11 @@ fn hostile_peer_is_contained(
     sender_decision: &Decision,
     salt: u32,
 ) -> Result<(), String> {
-    let node: Ipv4Addr = "192.0.2.10".parse().unwrap();
-    let stray: Ipv4Addr = "203.0.113.7".parse().unwrap();
-    let mut candidates = vec![node, stray];
+    let node: IpAddr = "192.0.2.10".parse().unwrap();
+    let stray: IpAddr = "203.0.113.7".parse().unwrap();
+    let node6: IpAddr = "2001:db8::10".parse().unwrap();
+    let stray6: IpAddr = "2001:db8:ffff::7".parse().unwrap();
+    let mut candidates = vec![node, stray, node6, stray6];
     for n in receiver_cluster
         .cidrs()
         .iter()
@@ -195,7 +200,7 @@ fn hostile_peer_is_contained(
     {
         candidates.extend(hosts(&m.remapped, salt));
     }
-    let remote_views: Vec<Ipv4Addr> = sender_cluster
+    let remote_views: Vec<IpAddr> = sender_cluster
         .cidrs()
         .iter()
         .flat_map(|n| hosts(n, salt))
@@ -300,11 +305,30 @@ fn explained_as_modelled(
     Ok(())
 }
 
-fn hosts(net: &Ipv4Net, salt: u32) -> Vec<Ipv4Addr> {
-    let base = u32::from(net.network());
-    let size = 1u64 << (32 - net.prefix_len());
-    let pick = |k: u64| Ipv4Addr::from(base + (k % size) as u32);
-    vec![pick(1), pick(size - 2), pick(u64::from(salt) * 7919 + 3)]
+/// The second, the second-to-last and a salted host address of `net`.
+fn hosts(net: &IpNet, salt: u32) -> Vec<IpAddr> {
+    let (base, host_bits, v4) = match net {
+        IpNet::V4(n) => (
+            u128::from(u32::from(n.network())),
+            32 - n.prefix_len(),
+            true,
+        ),
+        IpNet::V6(n) => (u128::from(n.network()), 128 - n.prefix_len(), false),
+    };
+    let size = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        1u128 << host_bits
+    };
+    let pick = |k: u128| -> IpAddr {
+        let a = base + k % size;
+        if v4 {
+            IpAddr::V4(Ipv4Addr::from(a as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+    };
+    vec![pick(1), pick(size - 2), pick(u128::from(salt) * 7919 + 3)]
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -315,12 +339,14 @@ enum Pair {
     None,
 }
 
-fn net_strategy(space: u32) -> impl Strategy<Value = Ipv4Net> {
+fn net_strategy(space: u32) -> impl Strategy<Value = IpNet> {
     // Prefixes of /12../26 inside a /8 chosen by `space` (10, 172, ...).
     (12u8..=26, any::<u32>()).prop_map(move |(len, bits)| {
-        Ipv4Net::new(Ipv4Addr::from((space << 24) | (bits & 0x00ff_ffff)), len)
-            .unwrap()
-            .trunc()
+        IpNet::from(
+            Ipv4Net::new(Ipv4Addr::from((space << 24) | (bits & 0x00ff_ffff)), len)
+                .unwrap()
+                .trunc(),
+        )
     })
 }
 
@@ -476,7 +502,7 @@ fn run_pair(c1: &LocalCluster, c2: &LocalCluster, pair: Pair, salt: u32) -> Resu
             return Err(format!("gw1 allowed-ip {p} admits nothing that crosses"));
         }
     }
-    let stray: Ipv4Addr = "203.0.113.7".parse().unwrap();
+    let stray: IpAddr = "203.0.113.7".parse().unwrap();
     if gw1.plan.allowed_ips.iter().any(|p| p.contains(&stray)) {
         return Err("gw1 admits a stray address".into());
     }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use remapd::model::{Capabilities, LocalCluster, PolicyInput, RemoteCluster};
 use remapd::policy::{PolicyEngine, PolicyError, PolicyLimits, builtin};
 
@@ -37,11 +37,11 @@ impl Lcg {
     }
 }
 
-fn net(rng: &mut Lcg, first_octets: &[u8], lens: &[u8]) -> Ipv4Net {
+fn net(rng: &mut Lcg, first_octets: &[u8], lens: &[u8]) -> IpNet {
     let len = lens[rng.next(lens.len() as u32) as usize];
     let a = first_octets[rng.next(first_octets.len() as u32) as usize];
     let addr = u32::from_be_bytes([a, rng.next(4) as u8 * 64, rng.next(2) as u8 * 128, 0]);
-    Ipv4Net::new(addr.into(), len).unwrap().trunc()
+    Ipv4Net::new(addr.into(), len).unwrap().trunc().into()
 }
 
 /// Inputs that exercise every branch of `split`: overlapping and disjoint remote CIDRs,
@@ -64,8 +64,7 @@ fn inputs() -> Vec<PolicyInput> {
         let remote_services = (0..rng.next(2))
             .map(|_| net(&mut rng, &[10, 50], &[12, 24]))
             .collect::<Vec<_>>();
-        let overlap =
-            |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+        let overlap = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
         let all_remote: Vec<_> = remote_pods.iter().chain(&remote_services).collect();
         if pool
             .iter()

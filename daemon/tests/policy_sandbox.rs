@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use remapd::model::{Capabilities, LocalCluster, Mapping, PolicyInput, RemoteCluster, Strategy};
 use remapd::policy::{
     PolicyEngine, PolicyError, PolicyLimits, PolicyRegistry, RegistryError, builtin,
 };
 
-fn n(s: &str) -> Ipv4Net {
+fn n(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 

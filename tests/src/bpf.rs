@@ -148,7 +148,7 @@ impl BpfHarness {
         to: &str,
     ) -> u32 {
         let key = MapKey::ipv4(ifindex, direction, field, net(from));
-        self.insert_rule(key, |id| Target { to: net(to) }.value(id))
+        self.insert_rule(key, |id| Target { to: net(to).into() }.value(id))
     }
 
     /// Inserts the rule `key` with the value `value` makes of its new counter slot;
@@ -513,7 +513,7 @@ fn fillers(
         (
             key,
             Target {
-                to: net("198.18.0.0/24"),
+                to: net("198.18.0.0/24").into(),
             }
             .value(1000 + i),
         )

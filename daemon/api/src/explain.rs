@@ -1,7 +1,7 @@
 //! `/v1/explain`: the path of a packet and its reply between a local pod and a remote
 //! one, as this gateway knows the pair, without sending anything.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -35,10 +35,10 @@ pub struct ExplainQuery {
     pub peering: Option<String>,
 }
 
-fn address(value: &str, pointer: &str) -> Result<Ipv4Addr, Problem> {
-    value
-        .parse()
-        .map_err(|_| Problem::bad_request(format!("{value:?} is not an IPv4 address")).at(pointer))
+fn address(value: &str, pointer: &str) -> Result<IpAddr, Problem> {
+    value.parse().map_err(|_| {
+        Problem::bad_request(format!("{value:?} is not an IPv4 or IPv6 address")).at(pointer)
+    })
 }
 
 /// Explains a path: for a local pod dialing out (`from` local, `to` routed into a

@@ -380,7 +380,7 @@ pub fn check_name(name: &str, pointer: &str) -> Result<(), Problem> {
 }
 
 /// Checks prefixes for host bits (serde accepts `10.1.0.1/16`; remapd does not).
-pub fn check_cidrs(list: &[ipnet::Ipv4Net], pointer: &str) -> Result<(), Problem> {
+pub fn check_cidrs(list: &[ipnet::IpNet], pointer: &str) -> Result<(), Problem> {
     for (i, net) in list.iter().enumerate() {
         check_cidr(net, &format!("{pointer}/{i}"))?;
     }
@@ -388,7 +388,7 @@ pub fn check_cidrs(list: &[ipnet::Ipv4Net], pointer: &str) -> Result<(), Problem
 }
 
 /// Checks one prefix for host bits; `pointer` points at it.
-pub fn check_cidr(net: &ipnet::Ipv4Net, pointer: &str) -> Result<(), Problem> {
+pub fn check_cidr(net: &ipnet::IpNet, pointer: &str) -> Result<(), Problem> {
     if net.trunc() != *net {
         return Err(Problem::bad_request(format!(
             "{net} has host bits set; did you mean {}?",
@@ -400,8 +400,9 @@ pub fn check_cidr(net: &ipnet::Ipv4Net, pointer: &str) -> Result<(), Problem> {
 }
 
 /// Checks that no prefix overlaps special-purpose space (loopback, link-local,
-/// multicast, `0.0.0.0/8`, `240.0.0.0/4`; `0.0.0.0/0` overlaps them all).
-pub fn check_routable(list: &[ipnet::Ipv4Net], pointer: &str) -> Result<(), Problem> {
+/// multicast, `0.0.0.0/8`, `240.0.0.0/4`, IPv6 loopback, link-local, multicast and
+/// IPv4-mapped; `0.0.0.0/0` and `::/0` overlap them all).
+pub fn check_routable(list: &[ipnet::IpNet], pointer: &str) -> Result<(), Problem> {
     for (i, net) in list.iter().enumerate() {
         check_routable_one(net, &format!("{pointer}/{i}"))?;
     }
@@ -409,7 +410,7 @@ pub fn check_routable(list: &[ipnet::Ipv4Net], pointer: &str) -> Result<(), Prob
 }
 
 /// [`check_routable`] for one prefix; `pointer` points at it.
-pub fn check_routable_one(net: &ipnet::Ipv4Net, pointer: &str) -> Result<(), Problem> {
+pub fn check_routable_one(net: &ipnet::IpNet, pointer: &str) -> Result<(), Problem> {
     match remapd_model::validate::special_purpose_overlap(net) {
         Some(what) => Err(Problem::bad_request(format!(
             "{net} overlaps {what}, which is never a cluster's and never routed into a tunnel"
@@ -420,8 +421,8 @@ pub fn check_routable_one(net: &ipnet::Ipv4Net, pointer: &str) -> Result<(), Pro
 }
 
 /// Checks that no two prefixes in `lists` overlap.
-pub fn check_disjoint(lists: &[(&str, &[ipnet::Ipv4Net])]) -> Result<(), Problem> {
-    let all: Vec<(String, ipnet::Ipv4Net)> = lists
+pub fn check_disjoint(lists: &[(&str, &[ipnet::IpNet])]) -> Result<(), Problem> {
+    let all: Vec<(String, ipnet::IpNet)> = lists
         .iter()
         .flat_map(|(p, l)| {
             l.iter()

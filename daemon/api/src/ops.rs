@@ -1,7 +1,7 @@
 //! Operations: health and readiness probes, Prometheus metrics, address translation
 //! lookup, full teardown, and the docs page.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -291,14 +291,15 @@ pub struct Translation {
 #[utoipa::path(get, path = "/v1/translate", tag = "ops", params(TranslateQuery),
     responses(
         (status = 200, description = "Every peering's answer", body = Vec<Translation>),
-        (status = 400, description = "Not an IPv4 address", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not an IPv4 or IPv6 address", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn translate(
     State(state): State<AppState>,
     Query(q): Query<TranslateQuery>,
 ) -> Result<Json<Vec<Translation>>, Problem> {
-    let addr: Ipv4Addr = q.address.parse().map_err(|_| {
-        Problem::bad_request(format!("{:?} is not an IPv4 address", q.address)).at("/address")
+    let addr: IpAddr = q.address.parse().map_err(|_| {
+        Problem::bad_request(format!("{:?} is not an IPv4 or IPv6 address", q.address))
+            .at("/address")
     })?;
     let snapshot = state.daemon.snapshot();
     let (desired, outcomes) = (&snapshot.state, &snapshot.outcomes);

@@ -113,6 +113,13 @@ pub fn validate_remote(r: &RemoteCluster) -> Result<(), Problem> {
     ])?;
     if let Some(view) = &r.view_of_local {
         for (i, m) in view.iter().enumerate() {
+            if !remapd_model::validate::same_family(&m.real, &m.remapped) {
+                return Err(Problem::bad_request(format!(
+                    "{} and {} are of different families: an IPv4 prefix is seen as an IPv4 prefix, an IPv6 prefix as an IPv6 prefix",
+                    m.real, m.remapped
+                ))
+                .at(format!("/remote/view_of_local/{i}/remapped")));
+            }
             if m.real.prefix_len() != m.remapped.prefix_len() {
                 return Err(Problem::bad_request(format!(
                     "{} and {} differ in length",

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use remapd_common::{
     FAMILY_IPV6, HOOK_ALLOW_DST_TRIE, HOOK_ALLOW_SRC_TRIE, HOOK_DST_RULES, HOOK_DST_RULES_ALLOWED,
     HOOK_DST_TRIE, HOOK_ENFORCE, HOOK_PROBES, HOOK_RULES6, HOOK_SRC_RULES, HOOK_SRC_RULES_ALLOWED,
@@ -26,12 +26,13 @@ use super::rules::{AddressField, Direction, MapKey, RuleError};
 pub struct IngressBorder {
     /// The tunnel interface.
     pub interface: String,
-    /// Sources the peer may use, as they look after ingress translation.
+    /// Sources the peer may use, as they look after ingress translation (both
+    /// families).
     #[schema(value_type = Vec<String>)]
-    pub sources: Vec<Ipv4Net>,
+    pub sources: Vec<IpNet>,
     /// Destinations this cluster exported, as they look after ingress translation.
     #[schema(value_type = Vec<String>)]
-    pub destinations: Vec<Ipv4Net>,
+    pub destinations: Vec<IpNet>,
     /// Lower the MSS option of TCP SYNs crossing this tunnel, both ways, to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mss_clamp: Option<u16>,
@@ -61,6 +62,36 @@ pub struct HookPlan {
     pub configs: BTreeMap<(u32, Direction), HookConfig>,
     /// Allow-list trie keys (borders with more prefixes than fit inline).
     pub allow: BTreeSet<MapKey>,
+}
+
+impl ResolvedBorder {
+    /// `border` on interface `ifindex`, its prefixes split by family.
+    pub fn new(ifindex: u32, border: &IngressBorder) -> Self {
+        let v4 = |list: &[IpNet]| -> Vec<Ipv4Net> {
+            list.iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(*n),
+                    IpNet::V6(_) => None,
+                })
+                .collect()
+        };
+        let v6 = |list: &[IpNet]| -> Vec<Ipv6Net> {
+            list.iter()
+                .filter_map(|n| match n {
+                    IpNet::V6(n) => Some(*n),
+                    IpNet::V4(_) => None,
+                })
+                .collect()
+        };
+        Self {
+            ifindex,
+            sources: v4(&border.sources),
+            destinations: v4(&border.destinations),
+            sources6: v6(&border.sources),
+            destinations6: v6(&border.destinations),
+            mss_clamp: border.mss_clamp,
+        }
+    }
 }
 
 fn prefix4(net: Ipv4Net) -> Prefix4 {
@@ -312,7 +343,7 @@ mod tests {
             .map(|(i, (ifindex, dir, field, from, to))| {
                 (
                     MapKey::ipv4(*ifindex, *dir, *field, n(from)),
-                    Target { to: n(to) }.value(i as u32),
+                    Target { to: n(to).into() }.value(i as u32),
                 )
             })
             .collect()
@@ -401,7 +432,10 @@ mod tests {
                 AddressField::Destination,
                 v6("fd00:30::/56"),
             ),
-            crate::rules::Target { to: n("0.0.0.0/0") }.value(3),
+            crate::rules::Target {
+                to: n("0.0.0.0/0").into(),
+            }
+            .value(3),
         );
         let border = ResolvedBorder {
             ifindex: 9,

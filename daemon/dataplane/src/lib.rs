@@ -37,14 +37,12 @@ pub mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use aya::Pod;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::SchedClassifier;
-use ipnet::Ipv4Net;
 use remapd_common::{
     ALLOW_MAP, COUNTERS_MAP, HOOK_CONFIG_MAP, HOOK_COUNTERS_MAP, HOOK_ENFORCE, HOOK_INDEX_MAP,
     HOOK_PROBES, HookConfig, HookCounters, RULES_MAP, RuleCounters, RuleKey, RuleValue,
@@ -353,7 +351,7 @@ impl Dataplane {
         for rule in &desired.rules {
             let (ifindex, framing) = resolve(&rule.interface, rule)?;
             wanted.insert(
-                MapKey::ipv4(ifindex, rule.direction, rule.field, rule.from),
+                MapKey::of(ifindex, rule.direction, rule.field, rule.from),
                 Target { to: rule.to },
             );
             hooks.insert((ifindex, rule.direction), (framing, rule.interface.clone()));
@@ -362,14 +360,7 @@ impl Dataplane {
         for border in &desired.borders {
             let what = format!("ingress border of {}", border.interface);
             let (ifindex, framing) = resolve(&border.interface, &what)?;
-            borders.push(ResolvedBorder {
-                ifindex,
-                sources: border.sources.clone(),
-                destinations: border.destinations.clone(),
-                sources6: Vec::new(),
-                destinations6: Vec::new(),
-                mss_clamp: border.mss_clamp,
-            });
+            borders.push(ResolvedBorder::new(ifindex, border));
             hooks.insert(
                 (ifindex, Direction::Ingress),
                 (framing, border.interface.clone()),

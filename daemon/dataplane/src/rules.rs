@@ -4,9 +4,9 @@
 //! Nothing here touches the kernel, so all of it is unit-tested without root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use remapd_common::{
     FAMILY_IPV4, FAMILY_IPV6, MAX_RULES, RULE_KEY_SELECTOR_BITS, RuleKey, RuleValue,
 };
@@ -34,9 +34,15 @@ pub enum RuleError {
         /// The rule, as text.
         rule: String,
         /// The offending prefix.
-        prefix: Ipv4Net,
+        prefix: IpNet,
         /// The prefix with host bits cleared.
-        normalized: Ipv4Net,
+        normalized: IpNet,
+    },
+    /// `from` and `to` are of different families.
+    #[error("rule `{rule}`: one prefix is IPv4 and the other IPv6; a translation keeps the family")]
+    FamilyMismatch {
+        /// The rule, as text.
+        rule: String,
     },
     /// Two rules match the same prefix on the same hook and field but translate differently.
     #[error(
@@ -132,13 +138,18 @@ pub fn validate_borders(borders: &[super::hooks::IngressBorder]) -> Result<(), R
 /// bits, valid interface names, no conflicting duplicates. Exact duplicates are allowed
 /// and collapse into one rule.
 pub fn validate(rules: &[TranslationRule]) -> Result<(), RuleError> {
-    let mut seen: BTreeMap<(&str, Direction, AddressField, Ipv4Net), &TranslationRule> =
+    let mut seen: BTreeMap<(&str, Direction, AddressField, IpNet), &TranslationRule> =
         BTreeMap::new();
     for rule in rules {
         if !valid_interface_name(&rule.interface) {
             return Err(RuleError::BadInterfaceName {
                 rule: rule.to_string(),
                 interface: rule.interface.clone(),
+            });
+        }
+        if !remapd_model::validate::same_family(&rule.from, &rule.to) {
+            return Err(RuleError::FamilyMismatch {
+                rule: rule.to_string(),
             });
         }
         if rule.from.prefix_len() != rule.to.prefix_len() {
@@ -185,6 +196,14 @@ pub struct MapKey {
 }
 
 impl MapKey {
+    /// The key for a rule of either family on interface `ifindex`.
+    pub fn of(ifindex: u32, direction: Direction, field: AddressField, from: IpNet) -> Self {
+        match from {
+            IpNet::V4(from) => Self::ipv4(ifindex, direction, field, from),
+            IpNet::V6(from) => Self::ipv6(ifindex, direction, field, from),
+        }
+    }
+
     /// The key for an IPv4 rule on interface `ifindex`.
     pub fn ipv4(ifindex: u32, direction: Direction, field: AddressField, from: Ipv4Net) -> Self {
         let mut addr = [0u8; 16];
@@ -243,33 +262,71 @@ impl MapKey {
         let [a, b, c, d, ..] = self.data.addr;
         Ipv4Net::new(Ipv4Addr::new(a, b, c, d), len).ok()
     }
+
+    /// The matched prefix of either family, if this is a well-formed key.
+    pub fn prefix(&self) -> Option<IpNet> {
+        if self.data.family == FAMILY_IPV6 {
+            let len = self.prefix_len.checked_sub(RULE_KEY_SELECTOR_BITS)?;
+            let len = u8::try_from(len).ok()?;
+            return Ipv6Net::new(Ipv6Addr::from(self.data.addr), len)
+                .ok()
+                .map(IpNet::V6);
+        }
+        self.ipv4_prefix().map(IpNet::V4)
+    }
+}
+
+/// The prefix a rule value translates to, if it is well formed.
+pub fn target_prefix(value: &RuleValue) -> Option<IpNet> {
+    match value.family {
+        FAMILY_IPV4 => {
+            let [a, b, c, d, ..] = value.to_addr;
+            Ipv4Net::new(Ipv4Addr::new(a, b, c, d), value.prefix_len)
+                .ok()
+                .map(IpNet::V4)
+        }
+        FAMILY_IPV6 => Ipv6Net::new(Ipv6Addr::from(value.to_addr), value.prefix_len)
+            .ok()
+            .map(IpNet::V6),
+        _ => None,
+    }
 }
 
 /// What a rule translates to, without its counter slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
     /// Replacement prefix.
-    pub to: Ipv4Net,
+    pub to: IpNet,
 }
 
 impl Target {
+    /// The family byte and address bytes stored in a rule value.
+    fn wire(self) -> (u8, [u8; 16]) {
+        let mut to_addr = [0u8; 16];
+        match self.to {
+            IpNet::V4(to) => {
+                to_addr[..4].copy_from_slice(&to.network().octets());
+                (FAMILY_IPV4, to_addr)
+            }
+            IpNet::V6(to) => (FAMILY_IPV6, to.network().octets()),
+        }
+    }
+
     /// The map value for this target with counter slot `rule_id`.
     pub fn value(self, rule_id: u32) -> RuleValue {
-        let mut to_addr = [0u8; 16];
-        to_addr[..4].copy_from_slice(&self.to.network().octets());
+        let (family, to_addr) = self.wire();
         RuleValue {
             rule_id,
             prefix_len: self.to.prefix_len(),
-            family: FAMILY_IPV4,
+            family,
             _pad: [0; 2],
             to_addr,
         }
     }
 
     fn matches(self, value: &RuleValue) -> bool {
-        let mut to_addr = [0u8; 16];
-        to_addr[..4].copy_from_slice(&self.to.network().octets());
-        value.family == FAMILY_IPV4
+        let (family, to_addr) = self.wire();
+        value.family == family
             && value.prefix_len == self.to.prefix_len()
             && value.to_addr == to_addr
     }
@@ -368,7 +425,7 @@ mod tests {
             .iter()
             .map(|(ifindex, r)| {
                 (
-                    MapKey::ipv4(*ifindex, r.direction, r.field, r.from),
+                    MapKey::of(*ifindex, r.direction, r.field, r.from),
                     Target { to: r.to },
                 )
             })

@@ -83,12 +83,9 @@ impl Dataplane {
             .collect();
         let mut installed = Vec::new();
         for (key, value) in self.read_rules()? {
-            let Some(from) = key.ipv4_prefix() else {
-                continue;
-            };
-            let [a, b, c, d, ..] = value.to_addr;
-            let (Ok(to), Some(direction), Some(field)) = (
-                Ipv4Net::new(Ipv4Addr::new(a, b, c, d), value.prefix_len),
+            let (Some(from), Some(to), Some(direction), Some(field)) = (
+                key.prefix(),
+                crate::rules::target_prefix(&value),
                 Direction::from_wire(key.data.direction),
                 AddressField::from_wire(key.data.field),
             ) else {

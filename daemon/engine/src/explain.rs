@@ -1,6 +1,6 @@
 //! Path explanation over the state in force: the engine's side of `GET /v1/explain`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use remapd_model::explain::{PathExplanation, PeeringPath, explain};
 
@@ -13,8 +13,8 @@ impl Snapshot {
     /// nothing is sent.
     pub fn explain(
         &self,
-        from: Ipv4Addr,
-        to: Ipv4Addr,
+        from: IpAddr,
+        to: IpAddr,
         peering: Option<&str>,
     ) -> Result<Vec<PathExplanation>, EngineError> {
         let local = self.state.cluster.as_ref().ok_or(EngineError::NoCluster)?;

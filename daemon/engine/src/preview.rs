@@ -30,10 +30,10 @@ pub struct PolicyImpact {
     pub rules: Diff<TranslationRule>,
     /// Routes into the tunnel it would add and remove.
     #[schema(value_type = Diff<String>)]
-    pub routes: Diff<ipnet::Ipv4Net>,
+    pub routes: Diff<ipnet::IpNet>,
     /// WireGuard allowed-ips it would add and remove.
     #[schema(value_type = Diff<String>)]
-    pub allowed_ips: Diff<ipnet::Ipv4Net>,
+    pub allowed_ips: Diff<ipnet::IpNet>,
 }
 
 /// Added and removed items.
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn diffs_are_set_differences() {
-        let n = |s: &str| -> ipnet::Ipv4Net { s.parse().unwrap() };
+        let n = |s: &str| -> ipnet::IpNet { s.parse().unwrap() };
         let d = Diff::of(
             &[n("10.0.0.0/24"), n("10.0.1.0/24")],
             &[n("10.0.1.0/24"), n("10.0.2.0/24")],

@@ -10,9 +10,9 @@
 //! the peer's can only disagree where the peer's exports are stale, and then the answer
 //! says what the exports claim.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -85,10 +85,10 @@ pub enum StepKind {
 pub struct Addresses {
     /// Source address.
     #[schema(value_type = String, example = "10.244.1.5")]
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     /// Destination address.
     #[schema(value_type = String, example = "10.245.2.7")]
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
 }
 
 /// One step of a leg.
@@ -209,9 +209,9 @@ pub enum ExplainError {
     )]
     TooMany {
         /// Source asked about.
-        from: Ipv4Addr,
+        from: IpAddr,
         /// Destination asked about.
-        to: Ipv4Addr,
+        to: IpAddr,
         /// Peerings that fit.
         count: usize,
     },
@@ -221,9 +221,9 @@ pub enum ExplainError {
     )]
     NoPath {
         /// Source asked about.
-        from: Ipv4Addr,
+        from: IpAddr,
         /// Destination asked about.
-        to: Ipv4Addr,
+        to: IpAddr,
     },
 }
 
@@ -275,7 +275,7 @@ fn peer_plan(local: &LocalCluster, path: &PeeringPath<'_>) -> Result<GatewayPlan
 }
 
 /// Whether `nets` holds `addr`.
-fn covers(nets: &[Ipv4Net], addr: Ipv4Addr) -> bool {
+fn covers(nets: &[IpNet], addr: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&addr))
 }
 
@@ -284,7 +284,7 @@ fn matching_rule(
     rules: &[TranslationRule],
     direction: Direction,
     field: AddressField,
-    addr: Ipv4Addr,
+    addr: IpAddr,
 ) -> Option<&TranslationRule> {
     rules
         .iter()
@@ -311,7 +311,7 @@ struct LegWalk {
 }
 
 impl LegWalk {
-    fn new(source: Ipv4Addr, destination: Ipv4Addr) -> Self {
+    fn new(source: IpAddr, destination: IpAddr) -> Self {
         let packet = Addresses {
             source,
             destination,
@@ -497,7 +497,7 @@ impl LegWalk {
     }
 }
 
-fn list(nets: &[Ipv4Net]) -> String {
+fn list(nets: &[IpNet]) -> String {
     if nets.is_empty() {
         return "none".to_owned();
     }
@@ -511,8 +511,8 @@ fn list(nets: &[Ipv4Net]) -> String {
 /// peering's routes), with the prefix.
 fn route_of<'a>(
     peerings: &'a [PeeringPath<'a>],
-    addr: Ipv4Addr,
-) -> Option<(&'a PeeringPath<'a>, Ipv4Net)> {
+    addr: IpAddr,
+) -> Option<(&'a PeeringPath<'a>, IpNet)> {
     peerings
         .iter()
         .filter_map(|p| longest(&p.plan?.routes, addr).map(|r| (p, r)))
@@ -529,8 +529,8 @@ fn route_of<'a>(
 pub fn explain(
     local: &LocalCluster,
     peerings: &[PeeringPath<'_>],
-    from: Ipv4Addr,
-    to: Ipv4Addr,
+    from: IpAddr,
+    to: IpAddr,
     only: Option<&str>,
 ) -> Result<Vec<PathExplanation>, ExplainError> {
     let mut out = Vec::new();
@@ -592,7 +592,7 @@ pub fn explain(
 
 /// Whether the peer of `path` can dial `to` to reach this cluster: `to` is in how it sees
 /// us (its exports), or in our real CIDRs when it exported no view.
-fn dialable(local: &LocalCluster, path: &PeeringPath<'_>, to: Ipv4Addr) -> bool {
+fn dialable(local: &LocalCluster, path: &PeeringPath<'_>, to: IpAddr) -> bool {
     match &path.remote.view_of_local {
         Some(view) => view.iter().any(|m| m.remapped.contains(&to)),
         None => covers(&local.cidrs(), to),
@@ -630,9 +630,9 @@ fn explanation(
 fn outbound(
     local: &LocalCluster,
     path: &PeeringPath<'_>,
-    prefix: Ipv4Net,
-    from: Ipv4Addr,
-    to: Ipv4Addr,
+    prefix: IpNet,
+    from: IpAddr,
+    to: IpAddr,
 ) -> PathExplanation {
     let Some(plan) = path.plan else {
         let leg = not_applied(LegWalk::new(from, to), path);
@@ -722,8 +722,8 @@ fn inbound(
     local: &LocalCluster,
     peerings: &[PeeringPath<'_>],
     path: &PeeringPath<'_>,
-    from: Ipv4Addr,
-    to: Ipv4Addr,
+    from: IpAddr,
+    to: IpAddr,
 ) -> PathExplanation {
     let mut walk = LegWalk::new(from, to);
     let Some(plan) = path.plan else {
@@ -817,12 +817,12 @@ fn inbound(
 }
 
 /// The peer's route (in its plan) for `addr`.
-fn peer_route(peer: &GatewayPlan, addr: Ipv4Addr) -> Option<Ipv4Net> {
+fn peer_route(peer: &GatewayPlan, addr: IpAddr) -> Option<IpNet> {
     longest(&peer.routes, addr)
 }
 
 /// The longest prefix of `routes` that holds `addr`.
-fn longest(routes: &[Ipv4Net], addr: Ipv4Addr) -> Option<Ipv4Net> {
+fn longest(routes: &[IpNet], addr: IpAddr) -> Option<IpNet> {
     routes
         .iter()
         .filter(|r| r.contains(&addr))
@@ -834,8 +834,8 @@ fn longest(routes: &[Ipv4Net], addr: Ipv4Addr) -> Option<Ipv4Net> {
 fn finish_reply(
     mut back: LegWalk,
     at: Gateway,
-    dialer: Ipv4Addr,
-    dialed: Ipv4Addr,
+    dialer: IpAddr,
+    dialed: IpAddr,
     cluster: &str,
 ) -> Leg {
     let got = back.packet;

@@ -22,7 +22,7 @@
 //! allow-list is `v → l`. It is compiled from the same mappings as the rules, so the two
 //! can never disagree.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -48,10 +48,10 @@ pub struct GatewayPlan {
     pub rules: Vec<TranslationRule>,
     /// Prefixes routed into the tunnel device.
     #[schema(value_type = Vec<String>)]
-    pub routes: Vec<Ipv4Net>,
+    pub routes: Vec<IpNet>,
     /// The peer's WireGuard allowed-ips.
     #[schema(value_type = Vec<String>)]
-    pub allowed_ips: Vec<Ipv4Net>,
+    pub allowed_ips: Vec<IpNet>,
     /// What may cross the tunnel's ingress, after translation; everything else is dropped.
     pub border: Border,
     /// For the remote gateway.
@@ -63,10 +63,10 @@ pub struct GatewayPlan {
 pub struct Border {
     /// Sources the peer may use: this gateway's view of the remote's CIDRs.
     #[schema(value_type = Vec<String>)]
-    pub sources: Vec<Ipv4Net>,
+    pub sources: Vec<IpNet>,
     /// Destinations the peer may reach: this cluster's real pod and service CIDRs.
     #[schema(value_type = Vec<String>)]
-    pub destinations: Vec<Ipv4Net>,
+    pub destinations: Vec<IpNet>,
 }
 
 /// Why a plan cannot be compiled (yet).
@@ -86,17 +86,17 @@ pub enum PlanError {
         /// Remote cluster.
         remote: String,
         /// Our CIDR.
-        cidr: Ipv4Net,
+        cidr: IpNet,
     },
     /// The remote's view is malformed.
-    #[error("{remote}'s view of us maps {real} to {remapped}, which differ in length")]
+    #[error("{remote}'s view of us maps {real} to {remapped}, which differ in family or length")]
     BadRemoteView {
         /// Remote cluster.
         remote: String,
         /// Our CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Its view.
-        remapped: Ipv4Net,
+        remapped: IpNet,
     },
 }
 
@@ -104,8 +104,8 @@ fn rule(
     tunnel: &str,
     direction: Direction,
     field: AddressField,
-    from: Ipv4Net,
-    to: Ipv4Net,
+    from: IpNet,
+    to: IpNet,
 ) -> TranslationRule {
     TranslationRule {
         interface: tunnel.to_owned(),
@@ -128,8 +128,8 @@ pub fn compile(
     use AddressField::{Destination, Source};
     use Direction::{Egress, Ingress};
     let mut rules = Vec::new();
-    let views: Vec<Ipv4Net> = decision.mappings.iter().map(|m| m.remapped).collect();
-    let reals: Vec<Ipv4Net> = decision.mappings.iter().map(|m| m.real).collect();
+    let views: Vec<IpNet> = decision.mappings.iter().map(|m| m.remapped).collect();
+    let reals: Vec<IpNet> = decision.mappings.iter().map(|m| m.real).collect();
     let translate_remote = |rules: &mut Vec<TranslationRule>| {
         for m in decision.mappings.iter().filter(|m| m.real != m.remapped) {
             rules.push(rule(tunnel, Egress, Destination, m.remapped, m.real));
@@ -158,7 +158,9 @@ pub fn compile(
                         cidr: ours,
                     }
                 })?;
-                if m.real.prefix_len() != m.remapped.prefix_len() {
+                if !crate::validate::same_family(&m.real, &m.remapped)
+                    || m.real.prefix_len() != m.remapped.prefix_len()
+                {
                     return Err(PlanError::BadRemoteView {
                         remote: remote.name.clone(),
                         real: m.real,
@@ -208,6 +210,6 @@ pub fn compile(
 }
 
 /// The remapped address of `addr` under `mappings`, if one covers it.
-pub fn view_of(mappings: &[Mapping], addr: std::net::Ipv4Addr) -> Option<std::net::Ipv4Addr> {
+pub fn view_of(mappings: &[Mapping], addr: std::net::IpAddr) -> Option<std::net::IpAddr> {
     mappings.iter().find_map(|m| m.apply(addr))
 }

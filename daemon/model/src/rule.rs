@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use remapd_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, FIELD_DESTINATION, FIELD_SOURCE};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -104,10 +104,10 @@ pub struct TranslationRule {
     pub field: AddressField,
     /// The prefix matched.
     #[schema(value_type = String)]
-    pub from: Ipv4Net,
+    pub from: IpNet,
     /// The prefix it becomes; same length as `from`.
     #[schema(value_type = String)]
-    pub to: Ipv4Net,
+    pub to: IpNet,
 }
 
 impl fmt::Display for TranslationRule {

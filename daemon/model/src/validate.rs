@@ -1,34 +1,62 @@
 //! Never trust a decision: the checks every policy answer passes before anything else
 //! sees it. Pure; each error names the rule that was broken.
 
-use ipnet::Ipv4Net;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::model::{Decision, PolicyInput, Strategy};
 
 /// Address space that is never a cluster's and never routed into a tunnel: a CIDR
-/// (pod, service, pool, view) that overlaps one of these is refused. `0.0.0.0/0`
-/// overlaps them all.
-pub const SPECIAL_PURPOSE: [(Ipv4Net, &str); 5] = [
+/// (pod, service, pool, view) that overlaps one of these is refused. `0.0.0.0/0` and
+/// `::/0` overlap them all. IPv6 link-local is here, so neighbor discovery and
+/// link-local traffic are never translated or routed into a tunnel.
+pub const SPECIAL_PURPOSE: [(IpNet, &str); 10] = [
     (net(0, 0, 0, 0, 8), "\"this network\" (0.0.0.0/8)"),
     (net(127, 0, 0, 0, 8), "loopback (127.0.0.0/8)"),
     (net(169, 254, 0, 0, 16), "link-local (169.254.0.0/16)"),
     (net(224, 0, 0, 0, 4), "multicast (224.0.0.0/4)"),
     (net(240, 0, 0, 0, 4), "reserved and broadcast (240.0.0.0/4)"),
+    (net6([0, 0], 128), "the unspecified address (::/128)"),
+    (net6([0, 1], 128), "loopback (::1/128)"),
+    (
+        net6([0, 0x0000_ffff_0000_0000], 96),
+        "IPv4-mapped (::ffff:0:0/96)",
+    ),
+    (net6([0xfe80 << 48, 0], 10), "link-local (fe80::/10)"),
+    (net6([0xff00 << 48, 0], 8), "multicast (ff00::/8)"),
 ];
 
-const fn net(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {
-    match Ipv4Net::new(std::net::Ipv4Addr::new(a, b, c, d), len) {
-        Ok(n) => n,
+const fn net(a: u8, b: u8, c: u8, d: u8, len: u8) -> IpNet {
+    match Ipv4Net::new(Ipv4Addr::new(a, b, c, d), len) {
+        Ok(n) => IpNet::V4(n),
+        Err(_) => panic!("a valid prefix length"),
+    }
+}
+
+/// An IPv6 prefix from its address's high and low 64 bits.
+const fn net6(halves: [u64; 2], len: u8) -> IpNet {
+    let addr = Ipv6Addr::from_bits(((halves[0] as u128) << 64) | halves[1] as u128);
+    match Ipv6Net::new(addr, len) {
+        Ok(n) => IpNet::V6(n),
         Err(_) => panic!("a valid prefix length"),
     }
 }
 
 /// The special-purpose range `cidr` overlaps, if any, and what it is.
-pub fn special_purpose_overlap(cidr: &Ipv4Net) -> Option<&'static str> {
+pub fn special_purpose_overlap(cidr: &IpNet) -> Option<&'static str> {
     SPECIAL_PURPOSE
         .iter()
         .find(|(special, _)| special.contains(cidr) || cidr.contains(special))
         .map(|(_, what)| *what)
+}
+
+/// Whether `a` and `b` are both IPv4 or both IPv6.
+pub fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 /// Most mappings a decision may carry.
@@ -53,9 +81,9 @@ pub enum DecisionError {
     )]
     NoneWithOverlap {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Local CIDR.
-        local: Ipv4Net,
+        local: IpNet,
     },
     /// `none` must see every remote CIDR as itself.
     #[error(
@@ -63,63 +91,73 @@ pub enum DecisionError {
     )]
     NoneRemapped {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Its view.
-        remapped: Ipv4Net,
+        remapped: IpNet,
     },
     /// A remote CIDR has no mapping.
     #[error("no mapping for remote CIDR {real}")]
     MissingMapping {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
     },
     /// A mapping for something the remote does not have.
     #[error("mapping for {real}, which is not a CIDR of the remote cluster")]
     UnknownMapping {
         /// The mapped prefix.
-        real: Ipv4Net,
+        real: IpNet,
     },
     /// Two mappings for one remote CIDR.
     #[error("remote CIDR {real} is mapped twice")]
     DuplicateMapping {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
+    },
+    /// One side IPv4, the other IPv6.
+    #[error(
+        "mapping {real} -> {remapped}: families differ (an IPv4 prefix is seen as an IPv4 prefix, an IPv6 prefix as an IPv6 prefix)"
+    )]
+    FamilyMismatch {
+        /// Remote CIDR.
+        real: IpNet,
+        /// Its view.
+        remapped: IpNet,
     },
     /// Lengths differ.
     #[error("mapping {real} -> {remapped}: prefix lengths differ (a translation keeps host bits)")]
     PrefixLengthMismatch {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Its view.
-        remapped: Ipv4Net,
+        remapped: IpNet,
     },
     /// Host bits set.
     #[error("mapping {real} -> {remapped}: host bits set")]
     HostBits {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Its view.
-        remapped: Ipv4Net,
+        remapped: IpNet,
     },
     /// Outside the pool.
     #[error("mapping {real} -> {remapped}: {remapped} is outside the remap pool")]
     OutsidePool {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Its view.
-        remapped: Ipv4Net,
+        remapped: IpNet,
     },
     /// Overlaps the local cluster's own address space.
     #[error("mapping {real} -> {remapped}: {remapped} overlaps local {kind} CIDR {local}")]
     OverlapsLocal {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Its view.
-        remapped: Ipv4Net,
+        remapped: IpNet,
         /// "pod", "service" or "reserved".
         kind: &'static str,
         /// The local CIDR.
-        local: Ipv4Net,
+        local: IpNet,
     },
     /// Overlaps what another peering holds.
     #[error(
@@ -127,19 +165,19 @@ pub enum DecisionError {
     )]
     OverlapsAllocation {
         /// Remote CIDR.
-        real: Ipv4Net,
+        real: IpNet,
         /// Its view.
-        remapped: Ipv4Net,
+        remapped: IpNet,
         /// The other peering's allocation.
-        allocation: Ipv4Net,
+        allocation: IpNet,
     },
     /// Two views overlap each other.
     #[error("views {first} and {second} overlap each other")]
     OverlapsSibling {
         /// One view.
-        first: Ipv4Net,
+        first: IpNet,
         /// Another.
-        second: Ipv4Net,
+        second: IpNet,
     },
     /// Too many mappings.
     #[error("decision has {count} mappings, more than the {max} allowed")]
@@ -151,7 +189,7 @@ pub enum DecisionError {
     },
 }
 
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(b) || b.contains(a)
 }
 
@@ -188,7 +226,7 @@ pub fn validate(input: &PolicyInput, decision: &Decision) -> Result<(), Decision
     }
 
     let remote = input.remote.cidrs();
-    let mut seen: Vec<Ipv4Net> = Vec::new();
+    let mut seen: Vec<IpNet> = Vec::new();
     for m in &decision.mappings {
         if !remote.contains(&m.real) {
             return Err(DecisionError::UnknownMapping { real: m.real });
@@ -202,7 +240,7 @@ pub fn validate(input: &PolicyInput, decision: &Decision) -> Result<(), Decision
         return Err(DecisionError::MissingMapping { real: *real });
     }
 
-    let local_kinds: Vec<(&'static str, &Vec<Ipv4Net>)> = vec![
+    let local_kinds: Vec<(&'static str, &Vec<IpNet>)> = vec![
         ("pod", &input.local.pod_cidrs),
         ("service", &input.local.service_cidrs),
         ("reserved", &input.local.reserved_cidrs),
@@ -221,6 +259,9 @@ pub fn validate(input: &PolicyInput, decision: &Decision) -> Result<(), Decision
                     });
                 }
             }
+        }
+        if !same_family(&real, &remapped) {
+            return Err(DecisionError::FamilyMismatch { real, remapped });
         }
         if real.prefix_len() != remapped.prefix_len() {
             return Err(DecisionError::PrefixLengthMismatch { real, remapped });
@@ -267,7 +308,7 @@ mod tests {
     use super::*;
     use crate::model::{Capabilities, LocalCluster, Mapping, RemoteCluster};
 
-    fn n(s: &str) -> Ipv4Net {
+    fn n(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -478,6 +519,89 @@ mod tests {
             ],
         );
         validate(&i, &d).unwrap();
+    }
+
+    /// `input()` with IPv6 pod CIDRs on both sides (the same one) and an IPv6 pool.
+    fn dual_stack() -> PolicyInput {
+        let mut i = input();
+        i.local.pod_cidrs.push(n("fd00:40::/56"));
+        i.local.remap_pool.push(n("fd00:30::/48"));
+        i.remote.pod_cidrs.push(n("fd00:40::/56"));
+        i
+    }
+
+    #[test]
+    fn ipv6_mappings_pass_and_break_the_same_rules_as_ipv4() {
+        let i = dual_stack();
+        let with = |v6: (&str, &str)| {
+            decision(
+                Strategy::Split,
+                &[
+                    ("40.0.0.0/24", "30.0.0.0/24"),
+                    ("10.97.0.0/16", "10.97.0.0/16"),
+                    v6,
+                ],
+            )
+        };
+        validate(&i, &with(("fd00:40::/56", "fd00:30:0:100::/56"))).unwrap();
+        for (view, expect) in [
+            ("30.0.1.0/24", "families differ"),
+            ("fd00:30::/64", "prefix lengths differ"),
+            ("fd00:30::1/56", "host bits set"),
+            ("fd00:40::/56", "overlaps local pod CIDR fd00:40::/56"),
+            ("fd00:31::/56", "outside the remap pool"),
+        ] {
+            let err = validate(&i, &with(("fd00:40::/56", view)))
+                .expect_err(view)
+                .to_string();
+            assert!(
+                err.contains(expect),
+                "{view}: expected {expect:?} in {err:?}"
+            );
+        }
+        let missing = decision(
+            Strategy::Split,
+            &[
+                ("40.0.0.0/24", "30.0.0.0/24"),
+                ("10.97.0.0/16", "10.97.0.0/16"),
+            ],
+        );
+        assert_eq!(
+            validate(&i, &missing),
+            Err(DecisionError::MissingMapping {
+                real: n("fd00:40::/56")
+            })
+        );
+    }
+
+    #[test]
+    fn special_purpose_space_of_both_families_is_named() {
+        for (cidr, what) in [
+            ("0.0.0.0/0", "\"this network\""),
+            ("::/0", "the unspecified address"),
+            ("fe80::/64", "link-local (fe80::/10)"),
+            ("fe00::/7", "link-local (fe80::/10)"),
+            ("ff02::/16", "multicast (ff00::/8)"),
+            ("::1/128", "loopback (::1/128)"),
+            ("::ffff:10.0.0.0/104", "IPv4-mapped"),
+        ] {
+            assert_eq!(
+                special_purpose_overlap(&n(cidr)),
+                described_as(what),
+                "{cidr}"
+            );
+        }
+        for cidr in ["fd00:10:244::/56", "2001:db8::/32", "10.0.0.0/8"] {
+            assert_eq!(special_purpose_overlap(&n(cidr)), None, "{cidr}");
+        }
+    }
+
+    /// The special-purpose description that starts with `prefix`.
+    fn described_as(prefix: &str) -> Option<&'static str> {
+        SPECIAL_PURPOSE
+            .iter()
+            .map(|(_, what)| *what)
+            .find(|what| what.starts_with(prefix))
     }
 
     #[test]

@@ -16,14 +16,14 @@ pub mod wireguard;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// One route remapd wants: `prefix` into `interface`, in remapd's own table.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RouteSpec {
     /// Destination prefix.
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     /// Output interface (a tunnel).
     pub interface: String,
 }
@@ -54,7 +54,7 @@ pub struct TunnelSpec {
     /// The peer's endpoint, when known.
     pub endpoint: Option<SocketAddr>,
     /// The peer's allowed-ips.
-    pub allowed_ips: Vec<Ipv4Net>,
+    pub allowed_ips: Vec<IpNet>,
     /// Persistent keepalive, seconds.
     pub keepalive: Option<u16>,
 }

@@ -1,7 +1,10 @@
 //! Between the model's types and the WIT contract's: what a policy is given
 //! ([`to_wit`]) and what it answers, checked for well-formed prefixes ([`from_wit`]).
+//!
+//! `remap:policy@0.1.0` carries IPv4 only. A 0.1.0 policy is given the IPv4 part of its
+//! input; a peering whose remote has an IPv6 CIDR cannot be decided by it, and says so.
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::bindings::remap::policy::types as wit;
 use crate::validate;
@@ -14,12 +17,28 @@ pub(crate) fn cidr_out(n: &Ipv4Net) -> wit::Cidr {
     }
 }
 
-pub(crate) fn cidrs_out(v: &[Ipv4Net]) -> Vec<wit::Cidr> {
-    v.iter().map(cidr_out).collect()
+/// The IPv4 prefixes of `v`: what a 0.1.0 policy can be told.
+pub(crate) fn cidrs_out(v: &[IpNet]) -> Vec<wit::Cidr> {
+    v.iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some(cidr_out(n)),
+            IpNet::V6(_) => None,
+        })
+        .collect()
 }
 
-pub(crate) fn to_wit(input: &PolicyInput) -> wit::DecisionInput {
-    wit::DecisionInput {
+/// A 0.1.0 policy's input, or the first IPv6 CIDR of the remote it would have to map
+/// and cannot be told about.
+pub(crate) fn to_wit(input: &PolicyInput) -> Result<wit::DecisionInput, IpNet> {
+    if let Some(v6) = input
+        .remote
+        .cidrs()
+        .into_iter()
+        .find(|n| matches!(n, IpNet::V6(_)))
+    {
+        return Err(v6);
+    }
+    Ok(wit::DecisionInput {
         local: wit::LocalCluster {
             name: input.local.name.clone(),
             pod_cidrs: cidrs_out(&input.local.pod_cidrs),
@@ -40,9 +59,12 @@ pub(crate) fn to_wit(input: &PolicyInput) -> wit::DecisionInput {
             },
             view_of_local: input.remote.view_of_local.as_ref().map(|v| {
                 v.iter()
-                    .map(|m| wit::Mapping {
-                        real: cidr_out(&m.real),
-                        remapped: cidr_out(&m.remapped),
+                    .filter_map(|m| match (m.real, m.remapped) {
+                        (IpNet::V4(real), IpNet::V4(remapped)) => Some(wit::Mapping {
+                            real: cidr_out(&real),
+                            remapped: cidr_out(&remapped),
+                        }),
+                        _ => None,
                     })
                     .collect()
             }),
@@ -52,11 +74,12 @@ pub(crate) fn to_wit(input: &PolicyInput) -> wit::DecisionInput {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-    }
+    })
 }
 
-pub(crate) fn cidr_in(c: &wit::Cidr) -> Result<Ipv4Net, String> {
+pub(crate) fn cidr_in(c: &wit::Cidr) -> Result<IpNet, String> {
     Ipv4Net::new(c.addr.into(), c.prefix_len)
+        .map(IpNet::V4)
         .map_err(|_| format!("prefix length {} is not valid for IPv4", c.prefix_len))
 }
 

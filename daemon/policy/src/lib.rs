@@ -128,6 +128,15 @@ pub enum PolicyError {
         /// The last thing it logged (a panic message, with the SDK's hook).
         last_log: Option<String>,
     },
+    /// A `remap:policy@0.1.0` policy was asked about a peering with IPv6 CIDRs, which
+    /// that contract cannot carry.
+    #[error(
+        "the policy implements remap:policy@0.1.0, which carries IPv4 only, and the remote has the IPv6 CIDR {cidr}: use a policy built against remap:policy@0.2.0 (the built-ins are)"
+    )]
+    Ipv4OnlyContract {
+        /// The first IPv6 CIDR the policy would have had to map.
+        cidr: ipnet::IpNet,
+    },
     /// The policy returned an error.
     #[error("the policy refused: {0}")]
     Refused(String),
@@ -516,7 +525,7 @@ impl PolicyEngine {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
-        let wit_input = to_wit(input);
+        let wit_input = to_wit(input).map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
         let outcome = policy
             .pre
             .instantiate(&mut store)
@@ -590,7 +599,7 @@ impl PolicyEngine {
         store.limiter(|s| &mut s.limits);
         store.set_fuel(u64::MAX).map_err(PolicyError::Compile)?;
         store.set_epoch_deadline(u64::MAX / 2);
-        let wit_input = to_wit(input);
+        let wit_input = to_wit(input).map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
         let started = Instant::now();
         let instance = policy
             .pre

@@ -35,7 +35,7 @@ fn remote(i: u32) -> RemoteCluster {
     let net = Ipv4Net::new((0x0a00_0000u32 + (i << 8)).into(), 24).expect("prefix");
     RemoteCluster {
         name: format!("remote-{i}"),
-        pod_cidrs: vec![net],
+        pod_cidrs: vec![net.into()],
         service_cidrs: vec![],
         capabilities: Capabilities {
             nat_dataplane: true,

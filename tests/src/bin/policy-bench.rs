@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use remapd::model::{Capabilities, LocalCluster, PolicyInput, RemoteCluster};
 use remapd::policy::{PolicyEngine, PolicyLimits, builtin};
 use remapd_policy_sdk::{self as sdk, Policy};
 
-fn n(s: &str) -> Ipv4Net {
+fn n(s: &str) -> IpNet {
     s.parse().expect("prefix")
 }
 

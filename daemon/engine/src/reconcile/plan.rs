@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use remapd_model::model::{Capabilities, PolicyInput};
 use remapd_model::plan::compile;
@@ -19,17 +19,17 @@ use crate::store::{DesiredState, public_key};
 
 /// Every view held by a peering, aggregated. Identity views count: two peerings seeing
 /// different remotes at the same prefix could not both be routed.
-fn all_allocations(outcomes: &BTreeMap<String, PeeringOutcome>) -> Vec<Ipv4Net> {
-    let all: Vec<Ipv4Net> = outcomes
+fn all_allocations(outcomes: &BTreeMap<String, PeeringOutcome>) -> Vec<IpNet> {
+    let all: Vec<IpNet> = outcomes
         .values()
         .filter_map(|o| o.decision.as_ref())
         .flat_map(|d| d.mappings.iter().map(|m| m.remapped))
         .collect();
-    Ipv4Net::aggregate(&all)
+    IpNet::aggregate(&all)
 }
 
 /// The views of `name` itself, which it may keep.
-fn own_allocations(outcomes: &BTreeMap<String, PeeringOutcome>, name: &str) -> Vec<Ipv4Net> {
+fn own_allocations(outcomes: &BTreeMap<String, PeeringOutcome>, name: &str) -> Vec<IpNet> {
     outcomes
         .get(name)
         .and_then(|o| o.decision.as_ref())
@@ -139,7 +139,7 @@ impl Reconciler {
                     Ok((eval, plan)) => {
                         outcome.decided_from = decided_from;
                         let views = eval.decision.mappings.iter().map(|m| m.remapped);
-                        held = Ipv4Net::aggregate(
+                        held = IpNet::aggregate(
                             &held.iter().copied().chain(views).collect::<Vec<_>>(),
                         );
                         outcome.decision = Some(eval.decision);

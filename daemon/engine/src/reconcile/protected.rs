@@ -1,13 +1,13 @@
 //! What no change may route into a tunnel: the gateway's own addresses, its peers'
 //! endpoints and the next hops towards them; and UDP ports other processes hold.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{DesiredSystem, ReconcileReport, Reconciler};
 use crate::store::DesiredState;
 
 /// `set` without the addresses of `hole` (prefixes that contain it are split).
-pub fn subtract(set: &[Ipv4Net], hole: Ipv4Net) -> Vec<Ipv4Net> {
+pub fn subtract(set: &[IpNet], hole: IpNet) -> Vec<IpNet> {
     let mut out = Vec::new();
     for net in set {
         if hole.contains(net) {
@@ -44,11 +44,11 @@ pub struct ProtectedRoute {
     /// The peering whose route it is.
     pub peering: String,
     /// The route's prefix.
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     /// Its tunnel.
     pub interface: String,
     /// The covered address.
-    pub address: std::net::Ipv4Addr,
+    pub address: std::net::IpAddr,
     /// What that address is.
     pub what: String,
 }
@@ -73,13 +73,13 @@ pub fn first_protected_route(
     routes.iter().find_map(|route| {
         let hit = protected
             .iter()
-            .find(|p| route.prefix.contains(&p.address))?;
+            .find(|p| route.prefix.contains(&std::net::IpAddr::V4(p.address)))?;
         let peering = peering_of_interface(state, &route.interface);
         Some(ProtectedRoute {
             peering,
             prefix: route.prefix,
             interface: route.interface.clone(),
-            address: hit.address,
+            address: std::net::IpAddr::V4(hit.address),
             what: hit.what.clone(),
         })
     })
@@ -241,7 +241,7 @@ impl Reconciler {
 mod tests {
     use super::*;
 
-    fn n(s: &str) -> Ipv4Net {
+    fn n(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 

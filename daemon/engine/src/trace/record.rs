@@ -59,11 +59,11 @@ pub struct FiredRule {
     /// interface, hook and field: the rules changed since the packet).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub from: Option<ipnet::Ipv4Net>,
+    pub from: Option<ipnet::IpNet>,
     /// The prefix it rewrote into.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub to: Option<ipnet::Ipv4Net>,
+    pub to: Option<ipnet::IpNet>,
 }
 
 /// One packet the dataplane translated or dropped.

@@ -4,10 +4,10 @@
 //! installs and which rules are exactly remapd's.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -15,7 +15,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
-use super::{RTPROT_REMAPD, Wanted};
+use super::{Family, RTPROT_REMAPD, Wanted};
 use crate::NetError;
 use crate::netlink::{Link, errno, links, netlink_error};
 
@@ -31,7 +31,7 @@ pub(crate) struct Dumped<R> {
     /// The route, if it has exactly the shape remapd installs.
     pub(crate) wanted: Option<Wanted>,
     /// Its destination prefix, whatever its shape.
-    pub(crate) prefix: Option<Ipv4Net>,
+    pub(crate) prefix: Option<IpNet>,
     /// It carries remapd's protocol number ([`RTPROT_REMAPD`]).
     pub(crate) ours: bool,
     /// `prefix dev name` (or `via ...`), for logs and errors.
@@ -48,7 +48,7 @@ pub(crate) trait RoutingKernel {
     type Rule;
     /// The interfaces, by name.
     async fn links(&self) -> Result<BTreeMap<String, Link>, NetError>;
-    /// The IPv4 routes of `table`.
+    /// The IPv4 and IPv6 routes of `table`.
     async fn table_routes(
         &self,
         table: u32,
@@ -61,15 +61,16 @@ pub(crate) trait RoutingKernel {
     async fn replace_route(&self, table: u32, w: Wanted, interface: &str) -> Result<(), NetError>;
     /// Deletes a dumped route; `false` when it was already gone.
     async fn delete_route(&self, route: Self::Route, shown: &str) -> Result<bool, NetError>;
-    /// remapd's rules (`from all lookup <table> priority <priority>`), in kernel order,
-    /// each with whether deleting it is unambiguous (see [`Rtnetlink`]).
+    /// remapd's rules of `family` (`from all lookup <table> priority <priority>`), in
+    /// kernel order, each with whether deleting it is unambiguous (see [`Rtnetlink`]).
     async fn our_rules(
         &self,
+        family: Family,
         table: u32,
         priority: u32,
     ) -> Result<Vec<(Self::Rule, bool)>, NetError>;
-    /// Adds remapd's rule.
-    async fn add_rule(&self, table: u32, priority: u32) -> Result<(), NetError>;
+    /// Adds remapd's rule for `family`.
+    async fn add_rule(&self, family: Family, table: u32, priority: u32) -> Result<(), NetError>;
     /// Deletes one of remapd's rules (already gone is fine).
     async fn delete_rule(
         &self,
@@ -126,14 +127,15 @@ impl RoutingKernel for Rtnetlink<'_> {
 
     async fn our_rules(
         &self,
+        family: Family,
         table: u32,
         priority: u32,
     ) -> Result<Vec<(RuleMessage, bool)>, NetError> {
-        our_rules(self.0, table, priority).await
+        our_rules(self.0, family, table, priority).await
     }
 
-    async fn add_rule(&self, table: u32, priority: u32) -> Result<(), NetError> {
-        add_rule(self.0, table, priority).await
+    async fn add_rule(&self, family: Family, table: u32, priority: u32) -> Result<(), NetError> {
+        add_rule(self.0, family, table, priority).await
     }
 
     async fn delete_rule(
@@ -148,23 +150,25 @@ impl RoutingKernel for Rtnetlink<'_> {
 
 /// The route if it has exactly the shape remapd installs; `None` for anything else
 /// found in the table (a gateway, a metric, another scope...), which is then replaced.
+///
+/// IPv6 routes have no scope (the kernel reports universe) and get metric 1024
+/// (`IP6_RT_PRIO_USER`) when added without one, as remapd adds them.
 fn as_wanted(message: &RouteMessage) -> Option<Wanted> {
     let h = &message.header;
-    if h.address_family != AddressFamily::Inet
-        || h.scope != RouteScope::Link
-        || h.kind != RouteType::Unicast
-        || h.tos != 0
-        || h.source_prefix_length != 0
+    let (scope, metric) = match h.address_family {
+        AddressFamily::Inet => (RouteScope::Link, 0),
+        AddressFamily::Inet6 => (RouteScope::Universe, IPV6_DEFAULT_METRIC),
+        _ => return None,
+    };
+    if h.scope != scope || h.kind != RouteType::Unicast || h.tos != 0 || h.source_prefix_length != 0
     {
         return None;
     }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut oif = None;
     for attr in &message.attributes {
         match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Priority(0) => {}
+            RouteAttribute::Priority(p) if *p == metric => {}
             RouteAttribute::Gateway(_)
             | RouteAttribute::Via(_)
             | RouteAttribute::PrefSource(_)
@@ -175,34 +179,47 @@ fn as_wanted(message: &RouteMessage) -> Option<Wanted> {
             _ => {}
         }
     }
-    let prefix = Ipv4Net::new(dst, h.destination_prefix_length).ok()?;
-    Some(Wanted { prefix, oif: oif? })
+    Some(Wanted {
+        prefix: destination(message)?,
+        oif: oif?,
+    })
 }
 
-/// The destination prefix of an IPv4 route.
-fn destination(message: &RouteMessage) -> Option<Ipv4Net> {
-    if message.header.address_family != AddressFamily::Inet {
-        return None;
-    }
+/// The metric the kernel gives an IPv6 route added without one (`IP6_RT_PRIO_USER`).
+const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+/// The destination prefix of an IPv4 or IPv6 route.
+fn destination(message: &RouteMessage) -> Option<IpNet> {
+    let unspecified = match message.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
     let dst = message
         .attributes
         .iter()
         .find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(*a),
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
             _ => None,
         })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    Ipv4Net::new(dst, message.header.destination_prefix_length).ok()
+        .unwrap_or(unspecified);
+    if dst.is_ipv4() != unspecified.is_ipv4() {
+        return None;
+    }
+    IpNet::new(dst, message.header.destination_prefix_length).ok()
 }
 
 /// `prefix dev name` (or `via ...`) of a dumped route, for logs and errors.
 fn describe(message: &RouteMessage, names: &HashMap<u32, &str>) -> String {
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let dst = destination(message)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| format!("?/{}", message.header.destination_prefix_length));
     let mut out = String::new();
     for attr in &message.attributes {
         match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => out.push_str(&format!(" via {a}")),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => out.push_str(&format!(" via {a}")),
             RouteAttribute::Oif(i) => match names.get(i) {
                 Some(name) => out.push_str(&format!(" dev {name}")),
                 None => out.push_str(&format!(" dev #{i}")),
@@ -218,7 +235,7 @@ fn describe(message: &RouteMessage, names: &HashMap<u32, &str>) -> String {
         4 => out.push_str(" proto static"),
         n => out.push_str(&format!(" proto {n}")),
     }
-    format!("{dst}/{}{out}", message.header.destination_prefix_length)
+    format!("{dst}{out}")
 }
 
 /// The table a route is in (its attribute, else the header's 8-bit field).
@@ -233,26 +250,37 @@ pub(crate) fn table_of_route(message: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(message.header.table))
 }
 
-/// Every IPv4 route in `table`. The kernel dumps all tables (no strict checking on
-/// this socket), so the table is filtered here.
-/// The IPv4 routes of routing table `table`.
+/// Every IPv4 and IPv6 route in `table`. The kernel dumps all tables (no strict
+/// checking on this socket), so the table is filtered here. A kernel without IPv6
+/// (`ipv6.disable=1`) has no IPv6 routes.
 pub(crate) async fn table_routes(
     handle: &Handle,
     table: u32,
 ) -> Result<Vec<RouteMessage>, NetError> {
-    let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet;
-    let all: Vec<RouteMessage> = handle
-        .route()
-        .get(request)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| netlink_error(format!("dumping routes of table {table}"), &e))?;
-    Ok(all
-        .into_iter()
-        .filter(|m| m.header.address_family == AddressFamily::Inet && table_of_route(m) == table)
-        .collect())
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        let dumped: Result<Vec<RouteMessage>, _> =
+            handle.route().get(request).execute().try_collect().await;
+        let all = match dumped {
+            Ok(all) => all,
+            Err(e) if family == AddressFamily::Inet6 && errno(&e) == Some(libc::EAFNOSUPPORT) => {
+                Vec::new()
+            }
+            Err(e) => {
+                return Err(netlink_error(
+                    format!("dumping routes of table {table}"),
+                    &e,
+                ));
+            }
+        };
+        out.extend(
+            all.into_iter()
+                .filter(|m| m.header.address_family == family && table_of_route(m) == table),
+        );
+    }
+    Ok(out)
 }
 
 async fn add_route(
@@ -262,13 +290,22 @@ async fn add_route(
     interface: &str,
     replace: bool,
 ) -> Result<(), NetError> {
-    let mut message = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(w.prefix.network(), w.prefix.prefix_len())
-        .output_interface(w.oif)
-        .scope(RouteScope::Link)
-        .protocol(RouteProtocol::from(RTPROT_REMAPD))
-        .table_id(table)
-        .build();
+    let mut message = match w.prefix {
+        IpNet::V4(prefix) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(prefix.network(), prefix.prefix_len())
+            .output_interface(w.oif)
+            .scope(RouteScope::Link)
+            .protocol(RouteProtocol::from(RTPROT_REMAPD))
+            .table_id(table)
+            .build(),
+        // IPv6 has no route scope; the kernel gives the route its default metric.
+        IpNet::V6(prefix) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(prefix.network(), prefix.prefix_len())
+            .output_interface(w.oif)
+            .protocol(RouteProtocol::from(RTPROT_REMAPD))
+            .table_id(table)
+            .build(),
+    };
     if table > 255 {
         // The real id is in the attribute; say so in the header the way iproute2 does
         // rather than leaving the builder's "main" there.
@@ -330,9 +367,9 @@ fn table_of_rule(rule: &RuleMessage) -> u32 {
 
 /// True for exactly `from all lookup <table> priority <priority>` and nothing more:
 /// a rule with any selector is someone else's, even at the same priority and table.
-fn is_our_rule(rule: &RuleMessage, table: u32, priority: u32) -> bool {
+fn is_our_rule(rule: &RuleMessage, family: Family, table: u32, priority: u32) -> bool {
     let h = &rule.header;
-    if h.family != AddressFamily::Inet
+    if h.family != family.netlink()
         || h.action != RuleAction::ToTable
         || h.src_len != 0
         || h.dst_len != 0
@@ -373,22 +410,28 @@ fn is_our_rule(rule: &RuleMessage, table: u32, priority: u32) -> bool {
 /// is not, it is left alone rather than risk removing someone else's.
 async fn our_rules(
     handle: &Handle,
+    family: Family,
     table: u32,
     priority: u32,
 ) -> Result<Vec<(RuleMessage, bool)>, NetError> {
-    let all: Vec<RuleMessage> = handle
-        .rule()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| netlink_error("dumping IPv4 rules", &e))?;
+    let version = match family {
+        Family::V4 => IpVersion::V4,
+        Family::V6 => IpVersion::V6,
+    };
+    let dumped: Result<Vec<RuleMessage>, _> =
+        handle.rule().get(version).execute().try_collect().await;
+    let all = match dumped {
+        Ok(all) => all,
+        // No IPv6 in this kernel: no IPv6 rules either.
+        Err(e) if family == Family::V6 && errno(&e) == Some(libc::EAFNOSUPPORT) => Vec::new(),
+        Err(e) => return Err(netlink_error(format!("dumping {family} rules"), &e)),
+    };
     let mut shadowed = false;
     let mut out = Vec::new();
     for rule in all {
-        if is_our_rule(&rule, table, priority) {
+        if is_our_rule(&rule, family, table, priority) {
             out.push((rule, !shadowed));
-        } else if rule.header.family == AddressFamily::Inet
+        } else if rule.header.family == family.netlink()
             && rule.header.action == RuleAction::ToTable
             && table_of_rule(&rule) == table
             && priority_of_rule(&rule) == Some(priority)
@@ -406,32 +449,49 @@ fn priority_of_rule(rule: &RuleMessage) -> Option<u32> {
     })
 }
 
-async fn add_rule(handle: &Handle, table: u32, priority: u32) -> Result<(), NetError> {
-    handle
-        .rule()
-        .add()
-        .v4()
-        .table_id(table)
-        .priority(priority)
-        .action(RuleAction::ToTable)
-        .execute()
-        .await
-        .map_err(|e| {
-            let what = format!("adding rule from all lookup {table} priority {priority}");
-            if errno(&e) == Some(libc::EEXIST) {
-                // The kernel counts a rule with more selectors, same table and priority,
-                // as this one.
-                NetError::Netlink {
-                    what,
-                    reason: format!(
-                        "another rule at priority {priority} already looks up table {table}; \
+async fn add_rule(
+    handle: &Handle,
+    family: Family,
+    table: u32,
+    priority: u32,
+) -> Result<(), NetError> {
+    let request = handle.rule().add();
+    let sent = match family {
+        Family::V4 => {
+            request
+                .v4()
+                .table_id(table)
+                .priority(priority)
+                .action(RuleAction::ToTable)
+                .execute()
+                .await
+        }
+        Family::V6 => {
+            request
+                .v6()
+                .table_id(table)
+                .priority(priority)
+                .action(RuleAction::ToTable)
+                .execute()
+                .await
+        }
+    };
+    sent.map_err(|e| {
+        let what = format!("adding {family} rule from all lookup {table} priority {priority}");
+        if errno(&e) == Some(libc::EEXIST) {
+            // The kernel counts a rule with more selectors, same table and priority,
+            // as this one.
+            NetError::Netlink {
+                what,
+                reason: format!(
+                    "another rule at priority {priority} already looks up table {table}; \
                          remapd needs that priority and table to itself"
-                    ),
-                }
-            } else {
-                netlink_error(what, &e)
+                ),
             }
-        })
+        } else {
+            netlink_error(what, &e)
+        }
+    })
 }
 
 async fn delete_rule(
@@ -499,6 +559,48 @@ mod tests {
         assert_eq!(as_wanted(&universe), None);
     }
 
+    /// An IPv6 route as the kernel dumps the one remapd adds: scope universe, metric
+    /// 1024. Another metric, or a gateway, is not remapd's shape.
+    #[test]
+    fn an_ipv6_route_of_remapd_shape_counts_as_wanted() {
+        let dst: Ipv6Addr = "fd00:30::".parse().unwrap();
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.destination_prefix_length = 56;
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::Unicast;
+        m.header.protocol = RouteProtocol::from(RTPROT_REMAPD);
+        m.attributes = vec![
+            RouteAttribute::Table(7878),
+            RouteAttribute::Destination(RouteAddress::Inet6(dst)),
+            RouteAttribute::Oif(3),
+            RouteAttribute::Priority(1024),
+        ];
+        let wanted = Wanted {
+            prefix: "fd00:30::/56".parse().unwrap(),
+            oif: 3,
+        };
+        assert_eq!(as_wanted(&m), Some(wanted));
+        assert_eq!(destination(&m), Some(wanted.prefix));
+        assert_eq!(
+            describe(&m, &HashMap::from([(3, "wg0")])),
+            "fd00:30::/56 dev wg0"
+        );
+        let mut metric = m.clone();
+        metric.attributes[3] = RouteAttribute::Priority(100);
+        assert_eq!(as_wanted(&metric), None);
+        let mut via = m.clone();
+        via.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(
+                "fe80::1".parse().unwrap(),
+            )));
+        assert_eq!(as_wanted(&via), None);
+        // An IPv4 route keeps needing scope link and no metric.
+        let mut as_v4 = m.clone();
+        as_v4.header.address_family = AddressFamily::Inet;
+        assert_eq!(as_wanted(&as_v4), None);
+    }
+
     #[test]
     fn rule_identity_ignores_reported_defaults_but_not_selectors() {
         let mut r = RuleMessage::default();
@@ -511,14 +613,15 @@ mod tests {
             RuleAttribute::SuppressPrefixLen(u32::MAX),
             RuleAttribute::Protocol(RouteProtocol::Unspec),
         ];
-        assert!(is_our_rule(&r, 7878, 7878));
-        assert!(!is_our_rule(&r, 7878, 7879));
-        assert!(!is_our_rule(&r, 7879, 7878));
+        assert!(is_our_rule(&r, Family::V4, 7878, 7878));
+        assert!(!is_our_rule(&r, Family::V6, 7878, 7878));
+        assert!(!is_our_rule(&r, Family::V4, 7878, 7879));
+        assert!(!is_our_rule(&r, Family::V4, 7879, 7878));
         let mut from = r.clone();
         from.header.src_len = 16;
-        assert!(!is_our_rule(&from, 7878, 7878));
+        assert!(!is_our_rule(&from, Family::V4, 7878, 7878));
         let mut iif = r.clone();
         iif.attributes.push(RuleAttribute::Iifname("eth0".into()));
-        assert!(!is_our_rule(&iif, 7878, 7878));
+        assert!(!is_our_rule(&iif, Family::V4, 7878, 7878));
     }
 }

@@ -27,9 +27,11 @@ pub(crate) mod kernel;
 mod recording;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+use rtnetlink::packet_route::AddressFamily;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
@@ -107,10 +109,49 @@ impl NetlinkRoutes {
     }
 }
 
+/// An address family remapd routes: each has its own policy rule in own-table mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Both, IPv4 first.
+    pub(crate) const ALL: [Self; 2] = [Self::V4, Self::V6];
+
+    /// The family of `prefix`.
+    pub(crate) fn of(prefix: &IpNet) -> Self {
+        match prefix {
+            IpNet::V4(_) => Self::V4,
+            IpNet::V6(_) => Self::V6,
+        }
+    }
+
+    /// Its rtnetlink address family.
+    pub(crate) fn netlink(self) -> AddressFamily {
+        match self {
+            Self::V4 => AddressFamily::Inet,
+            Self::V6 => AddressFamily::Inet6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
+
 /// A route as remapd states it: the (normalized) prefix into an interface index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Wanted {
-    pub(crate) prefix: Ipv4Net,
+    pub(crate) prefix: IpNet,
     pub(crate) oif: u32,
 }
 
@@ -162,7 +203,12 @@ pub(crate) async fn converge<K: RoutingKernel>(
     let wanted = resolve(routes, &links)?;
     let report = match target.placement {
         RoutePlacement::OwnTable => {
-            ensure_rule(kernel, target.table, target.rule_priority).await?;
+            // The IPv6 rule only once there is an IPv6 route: a gateway without IPv6
+            // (`ipv6.disable=1`) keeps working for IPv4.
+            ensure_rule(kernel, Family::V4, target.table, target.rule_priority).await?;
+            if wanted.keys().any(|w| Family::of(&w.prefix) == Family::V6) {
+                ensure_rule(kernel, Family::V6, target.table, target.rule_priority).await?;
+            }
             let report = converge_table(kernel, target.table, false, &wanted, &links).await?;
             clear_main(kernel, &links).await?;
             report
@@ -241,7 +287,7 @@ struct Unwanted<R> {
     route: R,
     shown: String,
     /// Its destination prefix.
-    prefix: Option<Ipv4Net>,
+    prefix: Option<IpNet>,
 }
 
 /// The wanted routes a dump holds (once each), and every other route it holds.
@@ -276,7 +322,7 @@ pub(crate) async fn clear<K: RoutingKernel>(
     own.and(main)
 }
 
-/// Removes every route in `table`, then remapd's rule.
+/// Removes every route in `table`, then remapd's rules of both families.
 async fn clear_own_table<K: RoutingKernel>(
     kernel: &K,
     table: u32,
@@ -288,8 +334,10 @@ async fn clear_own_table<K: RoutingKernel>(
             info!(route = %dumped.shown, table, "removed route");
         }
     }
-    for (rule, deletable) in kernel.our_rules(table, priority).await? {
-        delete_rule(kernel, rule, deletable, table, priority).await?;
+    for family in Family::ALL {
+        for (rule, deletable) in kernel.our_rules(family, table, priority).await? {
+            delete_rule(kernel, rule, deletable, table, priority).await?;
+        }
     }
     Ok(())
 }
@@ -307,23 +355,24 @@ async fn clear_main<K: RoutingKernel>(
     Ok(())
 }
 
-/// Adds remapd's rule unless it is there (older kernels accepted exact duplicates:
-/// those are removed, one is kept).
+/// Adds remapd's rule for `family` unless it is there (older kernels accepted exact
+/// duplicates: those are removed, one is kept).
 async fn ensure_rule<K: RoutingKernel>(
     kernel: &K,
+    family: Family,
     table: u32,
     priority: u32,
 ) -> Result<(), NetError> {
-    let mut rules = kernel.our_rules(table, priority).await?.into_iter();
+    let mut rules = kernel.our_rules(family, table, priority).await?.into_iter();
     if rules.next().is_some() {
         for (duplicate, deletable) in rules {
             delete_rule(kernel, duplicate, deletable, table, priority).await?;
         }
-        debug!(table, priority, "rule already present");
+        debug!(%family, table, priority, "rule already present");
         return Ok(());
     }
-    kernel.add_rule(table, priority).await?;
-    info!(table, priority, "added rule");
+    kernel.add_rule(family, table, priority).await?;
+    info!(%family, table, priority, "added rule");
     Ok(())
 }
 
@@ -356,7 +405,7 @@ fn resolve(
     routes: &[RouteSpec],
     links: &BTreeMap<String, Link>,
 ) -> Result<BTreeMap<Wanted, String>, NetError> {
-    let mut by_prefix: BTreeMap<Ipv4Net, &str> = BTreeMap::new();
+    let mut by_prefix: BTreeMap<IpNet, &str> = BTreeMap::new();
     let mut wanted = BTreeMap::new();
     for spec in routes {
         let link = links
@@ -432,7 +481,7 @@ mod tests {
         rule_priority: P,
     };
 
-    fn n(s: &str) -> Ipv4Net {
+    fn n(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -474,6 +523,7 @@ mod tests {
                     .iter()
                     .map(|selector| {
                         Some(KernelRule {
+                            family: Family::V4,
                             table: T,
                             priority: P,
                             selector: *selector,
@@ -526,10 +576,12 @@ mod tests {
     }
 
     const ADD_RULE: Op = Op::AddRule {
+        family: Family::V4,
         table: T,
         priority: P,
     };
     const DEL_RULE: Op = Op::DeleteRule {
+        family: Family::V4,
         table: T,
         priority: P,
     };
@@ -883,5 +935,55 @@ mod tests {
             "{e}"
         );
         assert_eq!(k.ops(), vec![del("30.0.0.0/24 dev rmd-a")]);
+    }
+
+    /// IPv6 routes sit in the same table behind an IPv6 rule of their own, added only
+    /// once there is an IPv6 route (a gateway without IPv6 keeps working), after the
+    /// IPv4 one and before any route; clearing removes both rules.
+    #[test]
+    fn ipv6_routes_get_their_own_rule_and_lose_it_with_the_rest() {
+        let k = kernel(&[], &[]);
+        let wanted = want(&[("30.0.0.0/24", "rmd-a"), ("fd00:30::/56", "rmd-a")]);
+        let r = block_on(converge(&k, OWN, &wanted)).unwrap();
+        assert_eq!((r.added, r.removed, r.unchanged), (2, 0, 0));
+        let add_rule6 = Op::AddRule {
+            family: Family::V6,
+            table: T,
+            priority: P,
+        };
+        assert_eq!(
+            k.ops(),
+            vec![
+                ADD_RULE,
+                add_rule6.clone(),
+                add("30.0.0.0/24", "rmd-a"),
+                add("fd00:30::/56", "rmd-a"),
+            ]
+        );
+        // Converged: nothing more, both rules found as remapd's.
+        let r = block_on(converge(&k, OWN, &wanted)).unwrap();
+        assert_eq!((r.added, r.removed, r.unchanged), (0, 0, 2));
+        assert_eq!(k.ops().len(), 4);
+
+        block_on(clear(&k, OWN)).unwrap();
+        assert_eq!(
+            k.ops()[4..],
+            [
+                del("30.0.0.0/24 dev rmd-a"),
+                del("fd00:30::/56 dev rmd-a"),
+                DEL_RULE,
+                Op::DeleteRule {
+                    family: Family::V6,
+                    table: T,
+                    priority: P,
+                },
+            ]
+        );
+        assert!(k.table(T).is_empty());
+
+        // IPv4 only: no IPv6 rule is asked for.
+        let k = kernel(&[], &[]);
+        block_on(converge(&k, OWN, &want(&[("30.0.0.0/24", "rmd-a")]))).unwrap();
+        assert!(!k.ops().contains(&add_rule6), "{:?}", k.ops());
     }
 }

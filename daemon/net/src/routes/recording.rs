@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-use super::Wanted;
 use super::kernel::{Dumped, RoutingKernel};
+use super::{Family, Wanted};
 use crate::NetError;
 use crate::netlink::Link;
 
@@ -19,21 +19,23 @@ use crate::netlink::Link;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     AddRule {
+        family: Family,
         table: u32,
         priority: u32,
     },
     DeleteRule {
+        family: Family,
         table: u32,
         priority: u32,
     },
     AddRoute {
         table: u32,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         dev: String,
     },
     ReplaceRoute {
         table: u32,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         dev: String,
     },
     DeleteRoute {
@@ -46,7 +48,7 @@ pub(crate) enum Op {
 #[derive(Clone, Debug)]
 pub(crate) struct KernelRoute {
     pub(crate) table: u32,
-    pub(crate) prefix: Ipv4Net,
+    pub(crate) prefix: IpNet,
     pub(crate) oif: u32,
     /// Something remapd does not install (a gateway, a metric): shown with it.
     pub(crate) extra: Option<&'static str>,
@@ -57,6 +59,7 @@ pub(crate) struct KernelRoute {
 /// A rule in the fake kernel; `selector` set for rules with more than remapd's.
 #[derive(Clone, Debug)]
 pub(crate) struct KernelRule {
+    pub(crate) family: Family,
     pub(crate) table: u32,
     pub(crate) priority: u32,
     pub(crate) selector: Option<&'static str>,
@@ -70,7 +73,7 @@ pub(crate) struct RecordingKernel {
     pub(crate) rules: Mutex<Vec<Option<KernelRule>>>,
     pub(crate) ops: Mutex<Vec<Op>>,
     /// Adding a route for this prefix fails (a link gone down, say).
-    pub(crate) fail_add: Option<Ipv4Net>,
+    pub(crate) fail_add: Option<IpNet>,
 }
 
 fn kernel_error(what: String, reason: &str) -> NetError {
@@ -223,13 +226,18 @@ impl RoutingKernel for RecordingKernel {
         Ok(routes.len() < before)
     }
 
-    async fn our_rules(&self, table: u32, priority: u32) -> Result<Vec<(usize, bool)>, NetError> {
+    async fn our_rules(
+        &self,
+        family: Family,
+        table: u32,
+        priority: u32,
+    ) -> Result<Vec<(usize, bool)>, NetError> {
         let rules = self.rules.lock().map_err(|_| poisoned())?;
         let mut shadowed = false;
         let mut out = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let Some(r) = r else { continue };
-            if r.table != table || r.priority != priority {
+            if r.family != family || r.table != table || r.priority != priority {
                 continue;
             }
             if r.selector.is_none() {
@@ -241,13 +249,17 @@ impl RoutingKernel for RecordingKernel {
         Ok(out)
     }
 
-    async fn add_rule(&self, table: u32, priority: u32) -> Result<(), NetError> {
-        self.record(Op::AddRule { table, priority });
+    async fn add_rule(&self, family: Family, table: u32, priority: u32) -> Result<(), NetError> {
+        self.record(Op::AddRule {
+            family,
+            table,
+            priority,
+        });
         let mut rules = self.rules.lock().map_err(|_| poisoned())?;
         if rules
             .iter()
             .flatten()
-            .any(|r| r.table == table && r.priority == priority)
+            .any(|r| r.family == family && r.table == table && r.priority == priority)
         {
             return Err(kernel_error(
                 format!("adding rule from all lookup {table} priority {priority}"),
@@ -255,6 +267,7 @@ impl RoutingKernel for RecordingKernel {
             ));
         }
         rules.push(Some(KernelRule {
+            family,
             table,
             priority,
             selector: None,
@@ -263,8 +276,16 @@ impl RoutingKernel for RecordingKernel {
     }
 
     async fn delete_rule(&self, rule: usize, table: u32, priority: u32) -> Result<(), NetError> {
-        self.record(Op::DeleteRule { table, priority });
         let mut rules = self.rules.lock().map_err(|_| poisoned())?;
+        let family = rules
+            .get(rule)
+            .and_then(|r| r.as_ref())
+            .map_or(Family::V4, |r| r.family);
+        self.record(Op::DeleteRule {
+            family,
+            table,
+            priority,
+        });
         if let Some(slot) = rules.get_mut(rule) {
             *slot = None;
         }

@@ -42,7 +42,7 @@ pub(super) fn parse(spec: &TunnelSpec) -> Result<Desired<'_>, NetError> {
             .iter()
             .map(|n| {
                 let n = n.trunc();
-                (IpAddr::V4(n.network()), n.prefix_len())
+                (n.network(), n.prefix_len())
             })
             .collect(),
     })
