@@ -14,7 +14,7 @@ log() { printf '\033[1m[policies]\033[0m %s\n' "$*"; }
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$ROOT/target/policies"
-WIT="policy-sdk/wit"
+WIT="policy-sdk/wit-0.1.0"
 COMPONENTIZE_PY_VERSION=0.25.1
 COMPONENTIZE_JS_VERSION=0.23.0
 PY_VENV="$ROOT/target/py/componentize-py"

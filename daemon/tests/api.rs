@@ -182,6 +182,88 @@ async fn dual_stack_cidrs_are_accepted_and_bad_ones_refused() {
         json!([]),
         "no peering was created"
     );
+
+    // A dual-stack peering with the default policy (0.2.0): a view of each family, IPv6
+    // rules, routes, allowed-ips and border prefixes next to the IPv4 ones.
+    let mut p = peering(51830);
+    p["remote"]["pod_cidrs"] = json!(["40.0.0.0/24", "fd00:40::/56"]);
+    let r = call(&app, "PUT", "/v1/peerings/c2", Some(p), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        r.body["decision"]["mappings"],
+        json!([
+            {"real": "40.0.0.0/24", "remapped": "30.0.0.0/24"},
+            {"real": "fd00:40::/56", "remapped": "fd00:30::/56"},
+        ])
+    );
+    assert_eq!(
+        r.body["plan"]["routes"],
+        json!(["30.0.0.0/24", "fd00:30::/56"])
+    );
+    assert_eq!(
+        r.body["plan"]["allowed_ips"],
+        json!(["40.0.0.0/24", "fd00:40::/56"])
+    );
+    assert_eq!(
+        r.body["plan"]["border"]["sources"],
+        json!(["30.0.0.0/24", "fd00:30::/56"])
+    );
+    let rules = app.dataplane.state.lock().unwrap().rules.clone();
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.from.to_string() == "fd00:30::/56" && r.to.to_string() == "fd00:40::/56"),
+        "{rules:?}"
+    );
+    let routes: Vec<String> = app
+        .routes
+        .routes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.prefix.to_string())
+        .collect();
+    assert_eq!(routes, ["30.0.0.0/24", "fd00:30::/56"]);
+
+    // A remap:policy@0.1.0 component uploads, says it decides IPv4 only, and a
+    // dual-stack peering that names it is refused; the peering above is untouched.
+    let r = raw(
+        &app,
+        "PUT",
+        "/v1/policies/old-split",
+        "application/wasm",
+        include_bytes!("fixtures/split-policy-0.1.0.wasm").to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["contract"], "remap:policy@0.1.0");
+    assert_eq!(r.body["families"], json!(["ipv4"]));
+    assert!(
+        r.body["adapted"].as_str().unwrap().contains("IPv4 only"),
+        "{}",
+        r.body
+    );
+    let before = call(&app, "GET", "/v1/peerings", None, None).await.body;
+    let mut p = peering(51831);
+    p["policy"] = json!("old-split");
+    p["remote"]["name"] = json!("cluster-3");
+    p["remote"]["pod_cidrs"] = json!(["40.0.0.0/24", "fd00:40::/56"]);
+    let r = call(&app, "PUT", "/v1/peerings/c3", Some(p), Some(TOKEN)).await;
+    assert!(r.status.is_client_error(), "{}: {}", r.status, r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("carries IPv4 only"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/peerings", None, None).await.body,
+        before,
+        "nothing changed"
+    );
 }
 
 #[tokio::test]

@@ -2,12 +2,13 @@
 //! not, CIDRs of different sizes and bases), decide both sides, validate, compile, and
 //! run packets through a pure model of the path pod1 -> gw1 egress -> WireGuard (send
 //! and receive allowed-ips) -> gw2 ingress -> pod2, the reply back, and the other
-//! direction. Every strategy. No root needed.
+//! direction. Every strategy, IPv4-only and dual-stack pairs (IPv6 pods, views from an
+//! IPv6 pool; packets of one family at a time). No root needed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use remapd::dataplane::{AddressField, Direction, TranslationRule};
 use remapd::model::{
@@ -19,17 +20,11 @@ use remapd::policy::validate::validate;
 use remapd_policy_sdk as sdk;
 
 fn to_sdk(n: &IpNet) -> sdk::Cidr {
-    let IpNet::V4(n) = n else {
-        panic!("{n}: not IPv4")
-    };
-    sdk::Cidr {
-        addr: u32::from(n.network()),
-        prefix_len: n.prefix_len(),
-    }
+    sdk::Cidr::new(n.network(), n.prefix_len()).unwrap()
 }
 
 fn from_sdk(c: &sdk::Cidr) -> IpNet {
-    Ipv4Net::new(c.addr.into(), c.prefix_len).unwrap().into()
+    IpNet::new(c.addr, c.prefix_len).unwrap()
 }
 
 /// The views a side allocates for the remote's CIDRs, with the SDK's allocator (what the
@@ -210,6 +205,10 @@ fn hostile_peer_is_contained(
         .collect();
     for &src in &candidates {
         for &dst in &candidates {
+            // A packet has one family.
+            if src.is_ipv4() != dst.is_ipv4() {
+                continue;
+            }
             let Some((s, d)) = receive(receiver, (src, dst)) else {
                 continue;
             };
@@ -350,38 +349,70 @@ fn net_strategy(space: u32) -> impl Strategy<Value = IpNet> {
     })
 }
 
+fn net6_strategy(space: u16) -> impl Strategy<Value = IpNet> {
+    // Prefixes of /40../120 inside the /16 `space` (fd00::/16, ...).
+    (40u8..=120, any::<u128>()).prop_map(move |(len, bits)| {
+        let addr = (u128::from(space) << 112) | (bits & (u128::MAX >> 16));
+        IpNet::from(Ipv6Net::new(Ipv6Addr::from(addr), len).unwrap().trunc())
+    })
+}
+
+/// A cluster's pods (IPv4, and IPv6 when given) and the services that do not overlap
+/// them, with a pool of each family.
+fn cluster(
+    name: &str,
+    pods: (IpNet, Option<IpNet>),
+    services: (Option<IpNet>, Option<IpNet>),
+    pools: [&str; 2],
+) -> LocalCluster {
+    let pod_cidrs: Vec<IpNet> = [Some(pods.0), pods.1].into_iter().flatten().collect();
+    LocalCluster {
+        name: name.into(),
+        service_cidrs: [services.0, services.1]
+            .into_iter()
+            .flatten()
+            .filter(|s| !pod_cidrs.iter().any(|p| s.contains(p) || p.contains(s)))
+            .collect(),
+        pod_cidrs,
+        reserved_cidrs: vec![],
+        remap_pool: pools.iter().map(|p| p.parse().unwrap()).collect(),
+    }
+}
+
 fn cluster_pair() -> impl Strategy<Value = (LocalCluster, LocalCluster, u32)> {
     (
-        net_strategy(10),
-        prop::option::of(net_strategy(172)),
-        net_strategy(10),
-        prop::option::of(net_strategy(172)),
+        (
+            net_strategy(10),
+            prop::option::of(net_strategy(172)),
+            net_strategy(10),
+            prop::option::of(net_strategy(172)),
+        ),
+        (
+            prop::option::of(net6_strategy(0xfd00)),
+            prop::option::of(net6_strategy(0xfd01)),
+            prop::option::of(net6_strategy(0xfd00)),
+            prop::option::of(net6_strategy(0xfd01)),
+        ),
         any::<bool>(),
         any::<u32>(),
     )
-        .prop_map(|(p1, s1, p2, s2, same, salt)| {
-            // Half the time cluster 2 reuses cluster 1's pod CIDR exactly (the seed case).
+        .prop_map(|((p1, s1, p2, s2), (p61, s61, p62, s62), same, salt)| {
+            // Half the time cluster 2 reuses cluster 1's pod CIDRs exactly (the seed
+            // case), of both families.
             let p2 = if same { p1 } else { p2 };
-            let c1 = LocalCluster {
-                name: "cluster-1".into(),
-                pod_cidrs: vec![p1],
-                service_cidrs: s1
-                    .into_iter()
-                    .filter(|s| !s.contains(&p1) && !p1.contains(s))
-                    .collect(),
-                reserved_cidrs: vec![],
-                remap_pool: vec!["100.64.0.0/11".parse().unwrap()],
-            };
-            let c2 = LocalCluster {
-                name: "cluster-2".into(),
-                pod_cidrs: vec![p2],
-                service_cidrs: s2
-                    .into_iter()
-                    .filter(|s| !s.contains(&p2) && !p2.contains(s))
-                    .collect(),
-                reserved_cidrs: vec![],
-                remap_pool: vec!["100.96.0.0/11".parse().unwrap()],
-            };
+            let p62 = if same { p61.or(p62) } else { p62 };
+            let c1 = cluster(
+                "cluster-1",
+                (p1, p61),
+                (s1, s61),
+                ["100.64.0.0/11", "fd64:1::/32"],
+            );
+            let c2 = cluster(
+                "cluster-2",
+                (p2, p62),
+                (s2, s62),
+                ["100.96.0.0/11", "fd64:2::/32"],
+            );
             (c1, c2, salt)
         })
 }
@@ -445,6 +476,10 @@ fn run_pair(c1: &LocalCluster, c2: &LocalCluster, pair: Pair, salt: u32) -> Resu
     .map_err(|e| e.to_string())?;
     let plan1 = compile(c1, nat, &first2.exports.remote, "wg", &d1).map_err(|e| e.to_string())?;
     let plan2 = compile(c2, nat, &first1.exports.remote, "wg", &d2).map_err(|e| e.to_string())?;
+    // The dataplane takes the rules as they are: one family per rule, lengths equal.
+    for plan in [&plan1, &plan2] {
+        remapd::dataplane::rules::validate(&plan.rules).map_err(|e| e.to_string())?;
+    }
     assert_eq!(
         plan1.exports.strategy, s2,
         "exports tell the remote its strategy"
@@ -462,7 +497,12 @@ fn run_pair(c1: &LocalCluster, c2: &LocalCluster, pair: Pair, salt: u32) -> Resu
     let mut recv1 = Vec::new();
     for n1 in c1.cidrs() {
         for a in hosts(&n1, salt) {
-            for n2 in c2.cidrs() {
+            // Pods talk to the other cluster's pods of their own family.
+            for n2 in c2
+                .cidrs()
+                .into_iter()
+                .filter(|n2| n2.network().is_ipv4() == a.is_ipv4())
+            {
                 for b in hosts(&n2, salt.rotate_left(7)) {
                     let v1b = view_of(&d1.mappings, b).ok_or("no view of b")?;
                     let v2a = view_of(&d2.mappings, a).ok_or("no view of a")?;
@@ -496,8 +536,17 @@ fn run_pair(c1: &LocalCluster, c2: &LocalCluster, pair: Pair, salt: u32) -> Resu
             }
         }
     }
-    // Allowed-ips admit exactly what crosses: every prefix is used, in both directions.
-    for p in &gw1.plan.allowed_ips {
+    // Allowed-ips admit exactly what crosses: every prefix is used, in both directions
+    // (of a family both clusters have: an IPv4-only cluster's peer still gets its
+    // IPv6 CIDRs routed and admitted, and nothing uses them).
+    let both_have = |p: &IpNet| {
+        [c1, c2].iter().all(|c| {
+            c.cidrs()
+                .iter()
+                .any(|n| n.network().is_ipv4() == p.network().is_ipv4())
+        })
+    };
+    for p in gw1.plan.allowed_ips.iter().filter(|p| both_have(p)) {
         if !sent1.iter().any(|a| p.contains(a)) || !recv1.iter().any(|a| p.contains(a)) {
             return Err(format!("gw1 allowed-ip {p} admits nothing that crosses"));
         }

@@ -241,6 +241,12 @@ fn hostile_policies_fail_cleanly() {
         |e| matches!(e, PolicyError::Malformed(_)),
         "prefix length 40",
     );
+    expect_failure(
+        &reg,
+        "bad-prefix6",
+        |e| matches!(e, PolicyError::Malformed(_)),
+        "prefix length 130 is not valid for IPv6 (0-128)",
+    );
 
     // A log flood is cut at the limit but the decision stands. 100,000 host calls
     // take about the 300 ms above in a debug build on a slow machine: what is tested
@@ -322,7 +328,8 @@ fn components_that_are_not_ours_are_refused_at_upload() {
     let wrong = component("tests/policies/wrong-version");
     let err = reg.put("future", &wrong).unwrap_err().to_string();
     assert!(
-        err.contains("remap:policy@0.2.0") && err.contains("remap:policy@0.1.0"),
+        err.contains("built for remap:policy@0.9.0")
+            && err.contains("speaks remap:policy@0.2.0 and remap:policy@0.1.0"),
         "{err}"
     );
 

@@ -2,7 +2,8 @@
 // (policies/split): always split, each remote CIDR seen as itself when it is free
 // locally, else as the first free block of the same length in the remap pool.
 //
-// Built with componentize-js (jco) against policy-sdk/wit (see the Makefile's
+// Built with componentize-js (jco) against policy-sdk/wit-0.1.0 (remap:policy@0.1.0,
+// IPv4 only: remapd gives it the IPv4 part of each peering; see the Makefile's
 // `policies` target). remapd runs it with a deny-everything WASI: no files,
 // environment, network or sockets, a fixed clock and seeded randomness.
 //

@@ -1,7 +1,7 @@
 //! Write remapd remapping policies in Rust.
 //!
 //! A policy is a type implementing [`Policy`]; [`export_policy!`] turns it into the
-//! `decide` export of the `remap:policy@0.1.0` component world when the crate is built
+//! `decide` export of the `remap:policy@0.2.0` component world when the crate is built
 //! for `wasm32-unknown-unknown` (and does nothing in native builds, so the same crate is
 //! unit-tested with plain `cargo test` through [`testing`]).
 //!
@@ -22,75 +22,117 @@
 //! then `curl -X PUT --data-binary @policy.wasm -H 'content-type: application/wasm' …`.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// An IPv4 prefix. `addr` is the host-order network address (host bits zero).
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4: 32-bit addresses.
+    Ipv4,
+    /// IPv6: 128-bit addresses.
+    Ipv6,
+}
+
+impl Family {
+    /// The family of `addr`.
+    pub fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::Ipv4,
+            IpAddr::V6(_) => Self::Ipv6,
+        }
+    }
+
+    /// Address width in bits: 32 or 128.
+    pub fn bits(self) -> u8 {
+        match self {
+            Self::Ipv4 => 32,
+            Self::Ipv6 => 128,
+        }
+    }
+
+    /// The address of this family whose integer value is `value` (IPv4 keeps the low
+    /// 32 bits).
+    fn address(self, value: u128) -> IpAddr {
+        match self {
+            Self::Ipv4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
+            Self::Ipv6 => IpAddr::V6(Ipv6Addr::from(value)),
+        }
+    }
+}
+
+/// An IPv4 or IPv6 prefix: the network address (host bits zero) and its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
-    /// Network address, host order (10.1.0.0 is `0x0a01_0000`).
-    pub addr: u32,
-    /// Prefix length, 0..=32.
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length, 0..=32 for IPv4, 0..=128 for IPv6.
     pub prefix_len: u8,
 }
 
 impl Cidr {
-    /// A prefix; fails when the length exceeds 32 or host bits are set.
-    pub fn new(addr: u32, prefix_len: u8) -> Result<Self, String> {
-        if prefix_len > 32 {
-            return Err(format!("prefix length {prefix_len} exceeds 32"));
+    /// A prefix; fails when the length exceeds the family's width or host bits are set.
+    pub fn new(addr: impl Into<IpAddr>, prefix_len: u8) -> Result<Self, String> {
+        let addr = addr.into();
+        let bits = Family::of(&addr).bits();
+        if prefix_len > bits {
+            return Err(format!("prefix length {prefix_len} exceeds {bits}"));
         }
         let c = Self { addr, prefix_len };
-        if addr & !c.mask() != 0 {
+        if c.value() & c.host_mask() != 0 {
             return Err(format!("{c} has host bits set"));
         }
         Ok(c)
     }
 
-    /// Parses "a.b.c.d/len".
+    /// Parses "a.b.c.d/len" or an IPv6 "addr/len".
     pub fn parse(s: &str) -> Result<Self, String> {
         let (addr, len) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?}: missing /len"))?;
-        let octets: Vec<u8> = addr
-            .split('.')
-            .map(|o| o.parse::<u8>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("{s:?}: bad address"))?;
-        let [a, b, c, d] = octets[..] else {
-            return Err(format!("{s:?}: bad address"));
-        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: bad address"))?;
         let len: u8 = len
             .parse()
             .map_err(|_| format!("{s:?}: bad prefix length"))?;
-        Self::new(u32::from_be_bytes([a, b, c, d]), len)
+        Self::new(addr, len)
     }
 
-    /// The netmask as a host-order integer.
-    pub fn mask(&self) -> u32 {
-        if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix_len.min(32)))
-        }
+    /// Its family.
+    pub fn family(&self) -> Family {
+        Family::of(&self.addr)
     }
 
-    /// Number of addresses (2^(32-len)), as u64 so /0 fits.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix_len.min(32)))
+    /// The network address as an integer of the family's width.
+    fn value(&self) -> u128 {
+        value_of(&self.addr)
     }
 
-    /// Last address, host order.
-    pub fn last(&self) -> u32 {
-        self.addr | !self.mask()
+    /// The host bits, set, as an integer of the family's width (`!mask`).
+    pub fn host_mask(&self) -> u128 {
+        let host_bits = self.family().bits().saturating_sub(self.prefix_len);
+        1u128
+            .checked_shl(u32::from(host_bits))
+            .unwrap_or(0)
+            .wrapping_sub(1)
     }
 
-    /// True if `addr` is inside.
-    pub fn contains_addr(&self, addr: u32) -> bool {
-        addr & self.mask() == self.addr
+    /// Number of addresses (2^(width-len)), saturating at `u128::MAX` for `::/0`.
+    pub fn size(&self) -> u128 {
+        self.host_mask().saturating_add(1)
+    }
+
+    /// Last address.
+    pub fn last(&self) -> IpAddr {
+        self.family().address(self.value() | self.host_mask())
+    }
+
+    /// True if `addr` is inside (never for an address of the other family).
+    pub fn contains_addr(&self, addr: &IpAddr) -> bool {
+        Family::of(addr) == self.family() && value_of(addr) & !self.host_mask() == self.value()
     }
 
     /// True if `other` lies entirely inside this prefix.
     pub fn contains(&self, other: &Cidr) -> bool {
-        other.prefix_len >= self.prefix_len && self.contains_addr(other.addr)
+        other.prefix_len >= self.prefix_len && self.contains_addr(&other.addr)
     }
 
     /// True if the two prefixes share any address.
@@ -104,10 +146,17 @@ impl Cidr {
     }
 }
 
+/// An address as an integer of its family's width.
+fn value_of(addr: &IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(u32::from(*a)),
+        IpAddr::V6(a) => u128::from(*a),
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d] = self.addr.to_be_bytes();
-        write!(f, "{a}.{b}.{c}.{d}/{}", self.prefix_len)
+        write!(f, "{}/{}", self.addr, self.prefix_len)
     }
 }
 
@@ -238,33 +287,43 @@ pub fn log(message: &str) {
     testing::record_log(message);
 }
 
-/// The first block of `prefix_len` inside `pool` (in pool order, lowest address first)
-/// that overlaps nothing in `used`. Deterministic: same inputs, same answer.
-pub fn allocate(pool: &[Cidr], prefix_len: u8, used: &[Cidr]) -> Option<Cidr> {
-    for range in pool {
-        if prefix_len < range.prefix_len || prefix_len > 32 {
+/// The first block of `prefix_len` addresses of `family` inside `pool` (in pool order,
+/// lowest address first; prefixes of the other family are skipped) that overlaps
+/// nothing in `used`. Deterministic: same inputs, same answer.
+pub fn allocate(pool: &[Cidr], family: Family, prefix_len: u8, used: &[Cidr]) -> Option<Cidr> {
+    if prefix_len > family.bits() {
+        return None;
+    }
+    for range in pool.iter().filter(|r| r.family() == family) {
+        if prefix_len < range.prefix_len {
             continue;
         }
-        let step = 1u64 << (32 - u32::from(prefix_len));
-        let mut addr = u64::from(range.addr);
-        let end = u64::from(range.addr) + range.size();
-        while addr < end {
+        let block_mask = Cidr {
+            addr: range.addr,
+            prefix_len,
+        }
+        .host_mask();
+        let end = range.value() | range.host_mask();
+        let mut addr = range.value() & !range.host_mask();
+        loop {
             let candidate = Cidr {
-                addr: addr as u32,
+                addr: family.address(addr),
                 prefix_len,
             };
             // Skip past whatever blocks the candidate, not one step at a time.
-            match used
+            let Some(last) = used
                 .iter()
                 .filter(|u| u.overlaps(&candidate))
-                .map(|u| u.last())
+                .map(|u| u.value() | u.host_mask())
                 .max()
-            {
-                None => return Some(candidate),
-                Some(last) => {
-                    let next = (u64::from(last) + 1).div_ceil(step) * step;
-                    addr = next.max(addr + step);
-                }
+            else {
+                return Some(candidate);
+            };
+            // The first aligned block after both the candidate and its last blocker;
+            // none when that would leave the range (or the address space).
+            match (last.max(addr) | block_mask).checked_add(1) {
+                Some(next) if next <= end => addr = next,
+                _ => break,
             }
         }
     }
@@ -280,7 +339,13 @@ pub fn allocate_views(input: &DecisionInput) -> Result<Vec<Mapping>, String> {
         let remapped = if !real.overlaps_any(&used) {
             real
         } else {
-            allocate(&input.local.remap_pool, real.prefix_len, &used).ok_or_else(|| {
+            allocate(
+                &input.local.remap_pool,
+                real.family(),
+                real.prefix_len,
+                &used,
+            )
+            .ok_or_else(|| {
                 format!(
                     "no free /{} left in the remap pool for remote CIDR {real}",
                     real.prefix_len
@@ -331,7 +396,8 @@ pub mod testing {
         (result, logs)
     }
 
-    /// Parses a list of "a.b.c.d/len"; panics on a typo (it is test code).
+    /// Parses a list of "a.b.c.d/len" or IPv6 "addr/len"; panics on a typo (it is test
+    /// code).
     pub fn cidrs(list: &[&str]) -> Vec<Cidr> {
         list.iter()
             .map(|s| Cidr::parse(s).unwrap_or_else(|e| panic!("{e}")))
@@ -388,8 +454,14 @@ pub mod __wasm {
     use super::*;
 
     fn cidr_in(c: wit::Cidr) -> Cidr {
+        let addr = match c.addr {
+            wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+            }
+        };
         Cidr {
-            addr: c.addr,
+            addr,
             prefix_len: c.prefix_len,
         }
     }
@@ -406,8 +478,18 @@ pub mod __wasm {
     }
 
     fn cidr_out(c: Cidr) -> wit::Cidr {
+        let addr = match c.addr {
+            IpAddr::V4(a) => {
+                let [a, b, c, d] = a.octets();
+                wit::IpAddress::Ipv4((a, b, c, d))
+            }
+            IpAddr::V6(a) => {
+                let [a, b, c, d, e, f, g, h] = a.segments();
+                wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+            }
+        };
         wit::Cidr {
-            addr: c.addr,
+            addr,
             prefix_len: c.prefix_len,
         }
     }
@@ -505,6 +587,10 @@ mod tests {
         assert!(Cidr::parse("10.1.0.0/33").is_err());
         assert!(Cidr::parse("10.1.0/16").is_err());
         assert_eq!(cidr("0.0.0.0/0").size(), 1 << 32);
+        assert_eq!(
+            cidr("10.1.0.0/16").last(),
+            "10.1.255.255".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -517,17 +603,97 @@ mod tests {
 
     #[test]
     fn allocation_is_deterministic_aligned_and_skips_used() {
+        use Family::Ipv4;
         let pool = cidrs(&["100.64.0.0/16"]);
         let used = cidrs(&["100.64.0.0/24", "100.64.1.0/25"]);
-        assert_eq!(allocate(&pool, 24, &used), Some(cidr("100.64.2.0/24")));
-        assert_eq!(allocate(&pool, 25, &used), Some(cidr("100.64.1.128/25")));
-        assert_eq!(allocate(&pool, 16, &used), None);
-        assert_eq!(allocate(&pool, 24, &cidrs(&["100.64.0.0/16"])), None);
+        assert_eq!(
+            allocate(&pool, Ipv4, 24, &used),
+            Some(cidr("100.64.2.0/24"))
+        );
+        assert_eq!(
+            allocate(&pool, Ipv4, 25, &used),
+            Some(cidr("100.64.1.128/25"))
+        );
+        assert_eq!(allocate(&pool, Ipv4, 16, &used), None);
+        assert_eq!(allocate(&pool, Ipv4, 24, &cidrs(&["100.64.0.0/16"])), None);
         // A prefix wider than the pool does not fit.
-        assert_eq!(allocate(&pool, 8, &[]), None);
+        assert_eq!(allocate(&pool, Ipv4, 8, &[]), None);
         // Pool order is preference order.
         let two = cidrs(&["100.65.0.0/24", "100.64.0.0/16"]);
-        assert_eq!(allocate(&two, 24, &[]), Some(cidr("100.65.0.0/24")));
+        assert_eq!(allocate(&two, Ipv4, 24, &[]), Some(cidr("100.65.0.0/24")));
+        // The last block of the address space, and nothing past it.
+        let top = cidrs(&["255.255.255.0/24"]);
+        assert_eq!(
+            allocate(&top, Ipv4, 25, &cidrs(&["255.255.255.0/25"])),
+            Some(cidr("255.255.255.128/25"))
+        );
+        assert_eq!(allocate(&top, Ipv4, 25, &top), None);
+    }
+
+    #[test]
+    fn ipv6_prefixes_parse_contain_and_allocate_like_ipv4() {
+        use Family::{Ipv4, Ipv6};
+        assert_eq!(cidr("fd00:30::/48").to_string(), "fd00:30::/48");
+        assert!(
+            Cidr::parse("fd00:30::1/48")
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!(Cidr::parse("fd00::/129").is_err());
+        assert_eq!(cidr("::/0").size(), u128::MAX);
+        assert_eq!(cidr("fd00::/120").size(), 256);
+        assert_eq!(
+            cidr("fd00::/120").last(),
+            "fd00::ff".parse::<IpAddr>().unwrap()
+        );
+        assert!(cidr("fd00::/8").contains(&cidr("fd00:40::/56")));
+        // Families never overlap, not even ::/0 and 0.0.0.0/0.
+        assert!(!cidr("::/0").overlaps(&cidr("0.0.0.0/0")));
+        assert!(!cidr("::/0").contains_addr(&"10.0.0.1".parse().unwrap()));
+
+        let pool = cidrs(&["10.0.0.0/8", "fd00:30::/48"]);
+        let used = cidrs(&["fd00:30::/56", "fd00:30:0:100::/57", "10.0.0.0/16"]);
+        assert_eq!(
+            allocate(&pool, Ipv6, 56, &used),
+            Some(cidr("fd00:30:0:200::/56"))
+        );
+        assert_eq!(
+            allocate(&pool, Ipv6, 57, &used),
+            Some(cidr("fd00:30:0:180::/57"))
+        );
+        assert_eq!(allocate(&pool, Ipv4, 16, &used), Some(cidr("10.1.0.0/16")));
+        assert_eq!(allocate(&pool, Ipv6, 47, &[]), None, "wider than the pool");
+        assert_eq!(allocate(&pool, Ipv6, 129, &[]), None);
+        // The top of the IPv6 space: no overflow, no wrap.
+        let top = cidrs(&["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0/124"]);
+        assert_eq!(allocate(&top, Ipv6, 124, &top), None);
+        assert_eq!(
+            allocate(
+                &top,
+                Ipv6,
+                125,
+                &cidrs(&["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0/125"])
+            ),
+            Some(cidr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff8/125"))
+        );
+    }
+
+    #[test]
+    fn dual_stack_views_come_from_the_pool_of_their_family() {
+        let i = input(
+            &["40.0.0.0/24", "fd00:40::/56"],
+            &["100.64.0.0/16", "fd00:30::/48"],
+            &["40.0.0.0/24", "fd00:40::/56", "fd00:50::/56"],
+        );
+        let views = allocate_views(&i).unwrap();
+        let got: Vec<String> = views.iter().map(|m| m.remapped.to_string()).collect();
+        assert_eq!(got, ["100.64.0.0/24", "fd00:30::/56", "fd00:50::/56"]);
+        let v4_pool_only = input(&["fd00:40::/56"], &["100.64.0.0/16"], &["fd00:40::/56"]);
+        let err = allocate_views(&v4_pool_only).unwrap_err();
+        assert!(
+            err.contains("no free /56") && err.contains("fd00:40::/56"),
+            "{err}"
+        );
     }
 
     #[test]

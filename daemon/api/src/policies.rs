@@ -37,8 +37,15 @@ pub struct PolicyInfo {
     pub sha256: String,
     /// Size in bytes.
     pub size: usize,
-    /// The contract version the component implements (`remap:policy@0.1.0`).
+    /// The contract version the component implements (`remap:policy@0.2.0`, or the
+    /// IPv4-only `remap:policy@0.1.0`).
     pub contract: String,
+    /// The address families it decides: `["ipv4", "ipv6"]`, or `["ipv4"]` for a
+    /// `remap:policy@0.1.0` component.
+    pub families: Vec<String>,
+    /// How remapd adapts an older contract, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapted: Option<String>,
     /// The source language its toolchain recorded in the component, if it says (a hint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -53,6 +60,18 @@ fn info(p: &NamedPolicy, used_by: Vec<String>) -> PolicyInfo {
         sha256: p.compiled.sha256.clone(),
         size: p.compiled.size,
         contract: p.compiled.contract.to_owned(),
+        families: if p.compiled.ipv4_only {
+            vec!["ipv4".into()]
+        } else {
+            vec!["ipv4".into(), "ipv6".into()]
+        },
+        adapted: p.compiled.ipv4_only.then(|| {
+            format!(
+                "built against {} (IPv4 only): it is given the IPv4 part of each peering, and a peering whose remote has IPv6 CIDRs is refused; rebuild it against {} to decide IPv6",
+                remapd_policy_host::CONTRACT_V1,
+                remapd_policy_host::CONTRACT
+            )
+        }),
         language: p.compiled.language.clone(),
         used_by,
     }

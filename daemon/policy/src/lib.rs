@@ -26,9 +26,19 @@ use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
 use remapd_model::model::{Decision, PolicyInput};
 
+/// `remap:policy@0.2.0`, the contract new policies are built against.
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../policy-sdk/wit",
+        world: "policy",
+    });
+}
+
+/// `remap:policy@0.1.0` (IPv4 only), still run: its world imports the same `log` as
+/// 0.2.0's, which the one linker provides, so only its exports are bound here.
+mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../policy-sdk/wit-0.1.0",
         world: "policy",
     });
 }
@@ -41,12 +51,32 @@ mod tail_pipe;
 
 pub use compiled_cache::{CompiledCache, MIN_CACHED_BYTES};
 
-use convert::{from_wit, to_wit};
 pub use registry::{NamedPolicy, PolicyRegistry, RegistryError, parse_reference};
 use sandbox::{CallLimits, HostState};
 
-/// The contract version this host speaks.
-pub const CONTRACT: &str = "remap:policy@0.1.0";
+/// The contract version policies are built against: IPv4 and IPv6.
+pub const CONTRACT: &str = "remap:policy@0.2.0";
+
+/// The earlier contract version, still run: IPv4 only. remapd gives such a policy the
+/// IPv4 part of its input and refuses peerings whose remote has IPv6 CIDRs.
+pub const CONTRACT_V1: &str = "remap:policy@0.1.0";
+
+/// A component's contract, bound for calls.
+enum Pre {
+    /// `remap:policy@0.2.0`.
+    V2(bindings::PolicyPre<HostState>),
+    /// `remap:policy@0.1.0`.
+    V1(bindings_v1::PolicyPre<HostState>),
+}
+
+impl Pre {
+    fn instance_pre(&self) -> &wasmtime::component::InstancePre<HostState> {
+        match self {
+            Self::V2(pre) => pre.instance_pre(),
+            Self::V1(pre) => pre.instance_pre(),
+        }
+    }
+}
 
 /// Limits on one policy call.
 #[derive(Clone, Debug, Serialize)]
@@ -99,8 +129,8 @@ pub enum PolicyError {
         /// Limit.
         max: usize,
     },
-    /// The component does not implement this contract version.
-    #[error("the component does not implement {CONTRACT}: {reason}")]
+    /// The component implements no contract version this host speaks.
+    #[error("the component does not implement {CONTRACT} (or {CONTRACT_V1}): {reason}")]
     WrongContract {
         /// What is off.
         reason: String,
@@ -154,15 +184,19 @@ pub struct CompiledPolicy {
     pub sha256: String,
     /// Size of the component in bytes.
     pub size: usize,
-    /// The contract version it implements (checked when it was compiled).
+    /// The contract version it implements (checked when it was compiled): [`CONTRACT`]
+    /// or [`CONTRACT_V1`].
     pub contract: &'static str,
+    /// It implements [`CONTRACT_V1`], which carries IPv4 only: it is given the IPv4 part
+    /// of its input, and a peering whose remote has IPv6 CIDRs is refused.
+    pub ipv4_only: bool,
     /// The source language its toolchain recorded (the `producers` custom section:
     /// `Rust`, `Python`, `JavaScript`...), if it says; a hint, not checked.
     pub language: Option<String>,
     /// It imports WASI (toolchains for interpreted languages always do): it gets the
     /// deny-everything WASI of [`sandbox`] and each call runs on a thread of its own.
     pub imports_wasi: bool,
-    pre: bindings::PolicyPre<HostState>,
+    pre: Pre,
 }
 
 /// A decision with what the policy logged.
@@ -378,24 +412,43 @@ impl PolicyEngine {
                 true,
             ),
         };
-        let imports_wasi = check_contract(&self.engine, &component)?;
+        let (imports_wasi, declared) = check_contract(&self.engine, &component)?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
                 .map_err(|e| PolicyError::WrongContract {
                     reason: format!("{e:#}"),
                 })?;
-        let pre =
-            bindings::PolicyPre::new(instance_pre).map_err(|e| PolicyError::WrongContract {
-                reason: format!("{e:#}"),
-            })?;
+        let wrong = |e: wasmtime::Error| PolicyError::WrongContract {
+            reason: format!("{e:#}"),
+        };
+        // The types it imports say which version it was built for; a component that
+        // imports none (its `decide` uses only types it defines itself) is tried as
+        // 0.2.0, then as 0.1.0.
+        let pre = match declared {
+            Some(CONTRACT_V1) => Pre::V1(bindings_v1::PolicyPre::new(instance_pre).map_err(wrong)?),
+            Some(_) => Pre::V2(bindings::PolicyPre::new(instance_pre).map_err(wrong)?),
+            None => match bindings::PolicyPre::new(instance_pre.clone()) {
+                Ok(pre) => Pre::V2(pre),
+                Err(v2) => Pre::V1(bindings_v1::PolicyPre::new(instance_pre).map_err(|v1| {
+                    PolicyError::WrongContract {
+                        reason: format!("as {CONTRACT}: {v2:#}; as {CONTRACT_V1}: {v1:#}"),
+                    }
+                })?),
+            },
+        };
+        let (contract, ipv4_only) = match pre {
+            Pre::V2(_) => (CONTRACT, false),
+            Pre::V1(_) => (CONTRACT_V1, true),
+        };
         if let Some(c) = on_disk.filter(|_| compiled_now) {
             c.store(&sha256, pre.instance_pre().component());
         }
         let compiled = Arc::new(CompiledPolicy {
             sha256: sha256.clone(),
             size: bytes.len(),
-            contract: CONTRACT,
+            contract,
+            ipv4_only,
             language: source_language(bytes),
             imports_wasi,
             pre,
@@ -525,11 +578,24 @@ impl PolicyEngine {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
-        let wit_input = to_wit(input).map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
-        let outcome = policy
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_decide(&mut store, &wit_input));
+        // The answer, converted: the outer `Result` is the policy's own (a refusal), the
+        // inner one the conversion's (a malformed prefix).
+        let outcome: wasmtime::Result<Result<Result<Decision, String>, String>> = match &policy.pre
+        {
+            Pre::V2(pre) => {
+                let wit_input = convert::v2::to_wit(input);
+                pre.instantiate(&mut store)
+                    .and_then(|instance| instance.call_decide(&mut store, &wit_input))
+                    .map(|answer| answer.map(convert::v2::from_wit))
+            }
+            Pre::V1(pre) => {
+                let wit_input = convert::v1::to_wit(input)
+                    .map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
+                pre.instantiate(&mut store)
+                    .and_then(|instance| instance.call_decide(&mut store, &wit_input))
+                    .map(|answer| answer.map(convert::v1::from_wit))
+            }
+        };
         let elapsed = started.elapsed();
         let log = std::mem::take(&mut store.data_mut().log);
         if store.data().log_dropped > 0 {
@@ -555,7 +621,7 @@ impl PolicyEngine {
             }
         };
         let decision = match answer {
-            Ok(decision) => from_wit(decision).map_err(PolicyError::Malformed)?,
+            Ok(converted) => converted.map_err(PolicyError::Malformed)?,
             Err(message) => {
                 let mut message = message;
                 message.truncate(1024);
@@ -599,28 +665,39 @@ impl PolicyEngine {
         store.limiter(|s| &mut s.limits);
         store.set_fuel(u64::MAX).map_err(PolicyError::Compile)?;
         store.set_epoch_deadline(u64::MAX / 2);
-        let wit_input = to_wit(input).map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
+        let trap = |e: wasmtime::Error| PolicyError::Trap {
+            trap: format!("{e:#}"),
+            last_log: None,
+        };
         let started = Instant::now();
-        let instance = policy
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| PolicyError::Trap {
-                trap: format!("{e:#}"),
-                last_log: None,
-            })?;
-        let instantiate = started.elapsed();
-        let started = Instant::now();
-        for _ in 0..calls {
-            store.data_mut().log.clear();
-            let answer =
-                instance
-                    .call_decide(&mut store, &wit_input)
-                    .map_err(|e| PolicyError::Trap {
-                        trap: format!("{e:#}"),
-                        last_log: None,
-                    })?;
-            std::hint::black_box(answer.map_err(PolicyError::Refused)?);
+        let instantiate;
+        let started_calls;
+        match &policy.pre {
+            Pre::V2(pre) => {
+                let wit_input = convert::v2::to_wit(input);
+                let instance = pre.instantiate(&mut store).map_err(trap)?;
+                instantiate = started.elapsed();
+                started_calls = Instant::now();
+                for _ in 0..calls {
+                    store.data_mut().log.clear();
+                    let answer = instance.call_decide(&mut store, &wit_input).map_err(trap)?;
+                    std::hint::black_box(answer.map_err(PolicyError::Refused)?);
+                }
+            }
+            Pre::V1(pre) => {
+                let wit_input = convert::v1::to_wit(input)
+                    .map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
+                let instance = pre.instantiate(&mut store).map_err(trap)?;
+                instantiate = started.elapsed();
+                started_calls = Instant::now();
+                for _ in 0..calls {
+                    store.data_mut().log.clear();
+                    let answer = instance.call_decide(&mut store, &wit_input).map_err(trap)?;
+                    std::hint::black_box(answer.map_err(PolicyError::Refused)?);
+                }
+            }
         }
+        let started = started_calls;
         Ok((instantiate, started.elapsed() / calls.max(1)))
     }
 }
@@ -640,15 +717,27 @@ impl Drop for PolicyEngine {
     }
 }
 
-/// Names the contract mismatch precisely: a different version of our package, imports
-/// the host does not provide (anything but the contract and the empty WASI 0.2 of
-/// [`sandbox`]), or a missing `decide` export. Answers whether it imports WASI.
-fn check_contract(engine: &Engine, component: &Component) -> Result<bool, PolicyError> {
+/// Names the contract mismatch precisely: a version of our package this host does not
+/// speak, imports the host does not provide (anything but the contract and the empty
+/// WASI 0.2 of [`sandbox`]), or a missing `decide` export. Answers whether it imports
+/// WASI, and the contract version its imported types name, if they do.
+fn check_contract(
+    engine: &Engine,
+    component: &Component,
+) -> Result<(bool, Option<&'static str>), PolicyError> {
     let ty = component.component_type();
     let (package, _) = CONTRACT.split_once('@').unwrap_or((CONTRACT, ""));
     let mut imports_wasi = false;
+    let mut declared = None;
     for (name, _) in ty.imports(engine) {
-        if name == "log" || name == "remap:policy/types@0.1.0" {
+        if name == "log" {
+            continue;
+        }
+        if let Some(contract) = [CONTRACT, CONTRACT_V1]
+            .into_iter()
+            .find(|c| name == c.replacen(":policy@", ":policy/types@", 1))
+        {
+            declared = Some(contract);
             continue;
         }
         if sandbox::is_allowed_wasi(name) {
@@ -662,7 +751,7 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<bool, Policy
                 .unwrap_or("an unknown version");
             return Err(PolicyError::WrongContract {
                 reason: format!(
-                    "it was built for {package}@{version} (it imports {name:?}), this remapd speaks {CONTRACT}"
+                    "it was built for {package}@{version} (it imports {name:?}), this remapd speaks {CONTRACT} and {CONTRACT_V1}"
                 ),
             });
         }
@@ -680,7 +769,7 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<bool, Policy
             reason: "it does not export `decide`".into(),
         });
     }
-    Ok(imports_wasi)
+    Ok((imports_wasi, declared))
 }
 
 /// The policies remapd ships, as components built from `policies/` by `build.rs`.

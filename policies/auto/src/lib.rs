@@ -60,6 +60,27 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_overlap_splits_with_a_view_of_each_family() {
+        let i = input(
+            &["40.0.0.0/24", "fd00:40::/56"],
+            &["30.0.0.0/16", "fd00:30::/48"],
+            &["40.0.0.0/24", "fd00:40::/56"],
+        );
+        let d = run::<Auto>(&i).0.unwrap();
+        assert_eq!(d.strategy, Strategy::Split);
+        assert_eq!(d.mappings[0].remapped, cidr("30.0.0.0/24"));
+        assert_eq!(d.mappings[1].remapped, cidr("fd00:30::/56"));
+        // Without an IPv6 pool the IPv6 overlap cannot be remapped: refused by name.
+        let no_pool6 = input(
+            &["40.0.0.0/24", "fd00:40::/56"],
+            &["30.0.0.0/16"],
+            &["40.0.0.0/24", "fd00:40::/56"],
+        );
+        let refused = run::<Auto>(&no_pool6).0.unwrap_err();
+        assert!(refused.contains("fd00:40::/56"), "{refused}");
+    }
+
+    #[test]
     fn a_remote_without_nat_gets_both_on_local() {
         let mut i = input(&["40.0.0.0/24"], &["30.0.0.0/16"], &["40.0.0.0/24"]);
         i.remote.capabilities.nat_dataplane = false;

@@ -80,12 +80,22 @@ impl Policy for Hostile {
                     mappings,
                 })
             }
+            "bad-prefix6" => Ok(Decision {
+                strategy: Strategy::Split,
+                mappings: vec![Mapping {
+                    real: first,
+                    remapped: Cidr {
+                        addr: std::net::Ipv6Addr::UNSPECIFIED.into(),
+                        prefix_len: 130,
+                    },
+                }],
+            }),
             "bad-prefix" => Ok(Decision {
                 strategy: Strategy::Split,
                 mappings: vec![Mapping {
                     real: first,
                     remapped: Cidr {
-                        addr: 0,
+                        addr: std::net::Ipv4Addr::UNSPECIFIED.into(),
                         prefix_len: 40,
                     },
                 }],

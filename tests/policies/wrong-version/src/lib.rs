@@ -1,4 +1,4 @@
-//! A policy for a contract version remapd does not speak (`remap:policy@0.2.0`).
+//! A policy for a contract version remapd does not speak (`remap:policy@0.9.0`).
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({ path: "wit", world: "policy" });
