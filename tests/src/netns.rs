@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -378,8 +378,10 @@ impl Drop for PinDir {
     }
 }
 
-/// `ping` from a namespace: returns (transmitted, received).
-pub fn ping(ns: &Netns, target: Ipv4Addr, count: u32, interval: &str) -> (u32, u32) {
+/// `ping` from a namespace (IPv4 or IPv6, by the target): returns (transmitted,
+/// received).
+pub fn ping(ns: &Netns, target: impl Into<IpAddr>, count: u32, interval: &str) -> (u32, u32) {
+    let target = target.into();
     let out = ns
         .command("ping")
         .args([
@@ -413,17 +415,18 @@ pub fn parse_ping(stdout: &str) -> (u32, u32) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     /// Source address the server saw.
-    pub server_saw_peer: Ipv4Addr,
+    pub server_saw_peer: IpAddr,
     /// Address the client's reply came from (UDP), or the connected peer (TCP).
-    pub client_saw_reply_from: Ipv4Addr,
+    pub client_saw_reply_from: IpAddr,
     /// The reply payload the client got.
     pub reply: Vec<u8>,
 }
 
-fn v4(addr: SocketAddr) -> Ipv4Addr {
-    match addr {
-        SocketAddr::V4(a) => *a.ip(),
-        SocketAddr::V6(a) => panic!("unexpected IPv6 peer {a}"),
+/// The unspecified address of `target`'s family, to bind to.
+fn any_of_family(target: IpAddr) -> IpAddr {
+    match target {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 
@@ -432,11 +435,13 @@ fn v4(addr: SocketAddr) -> Ipv4Addr {
 pub fn tcp_exchange(
     server_ns: &Netns,
     client_ns: &Netns,
-    target: Ipv4Addr,
+    target: impl Into<IpAddr>,
     port: u16,
     msg: &[u8],
 ) -> Exchange {
-    let listener = server_ns.in_ns(move || TcpListener::bind(("0.0.0.0", port)).expect("bind tcp"));
+    let target = target.into();
+    let any = any_of_family(target);
+    let listener = server_ns.in_ns(move || TcpListener::bind((any, port)).expect("bind tcp"));
     listener.set_nonblocking(false).expect("blocking");
     let server = std::thread::spawn(move || {
         let (mut stream, peer) = listener.accept().expect("accept");
@@ -448,7 +453,7 @@ pub fn tcp_exchange(
         let mut reply = b"echo:".to_vec();
         reply.extend_from_slice(&buf[..n]);
         stream.write_all(&reply).expect("server write");
-        v4(peer)
+        peer.ip()
     });
     let msg = msg.to_vec();
     let (reply, from) = client_ns.in_ns(move || {
@@ -462,7 +467,7 @@ pub fn tcp_exchange(
         let mut buf = vec![0u8; 1024];
         let n = stream.read(&mut buf).expect("client read");
         buf.truncate(n);
-        (buf, v4(stream.peer_addr().expect("peer addr")))
+        (buf, stream.peer_addr().expect("peer addr").ip())
     });
     let peer = server.join().expect("server thread");
     Exchange {
@@ -477,12 +482,14 @@ pub fn tcp_exchange(
 /// answers from whatever source routing picks, which is not what this test is about.
 pub fn udp_exchange(
     server_ns: &Netns,
-    server_addr: Ipv4Addr,
+    server_addr: impl Into<IpAddr>,
     client_ns: &Netns,
-    target: Ipv4Addr,
+    target: impl Into<IpAddr>,
     port: u16,
     msg: &[u8],
 ) -> Exchange {
+    let (server_addr, target) = (server_addr.into(), target.into());
+    let any = any_of_family(target);
     let server_sock =
         server_ns.in_ns(move || UdpSocket::bind((server_addr, port)).expect("bind udp"));
     server_sock
@@ -501,11 +508,11 @@ pub fn udp_exchange(
         while let Ok((_, p)) = server_sock.recv_from(&mut buf) {
             let _ = server_sock.send_to(&reply, p);
         }
-        v4(peer)
+        peer.ip()
     });
     let msg = msg.to_vec();
     let (reply, from) = client_ns.in_ns(move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind client");
+        let sock = UdpSocket::bind((any, 0)).expect("bind client");
         sock.set_read_timeout(Some(Duration::from_millis(250)))
             .expect("timeout");
         let start = Instant::now();
@@ -514,7 +521,7 @@ pub fn udp_exchange(
             sock.send_to(&msg, (target, port)).expect("client send");
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
                 buf.truncate(n);
-                return (buf, v4(from));
+                return (buf, from.ip());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(5),

@@ -12,7 +12,7 @@ use remapd::dataplane::{
 
 use crate::netns::{Netns, PinDir, Scratch, WireGuard, unique_prefix};
 
-/// One cluster's pod network: addresses as "a.b.c.d/len".
+/// One cluster's pod network: addresses as "a.b.c.d/len" or IPv6 "addr/len".
 #[derive(Clone, Debug)]
 pub struct Cluster {
     /// (gateway address, pod address) per pod subnet; the first gives the pod's default route.
@@ -105,21 +105,35 @@ impl Network {
                 gw.name(),
             ]);
             for (gw_addr, pod_addr) in &cluster.subnets {
-                pod.ip(&["addr", "add", pod_addr, "dev", "eth0"]);
-                gw.ip(&["addr", "add", gw_addr, "dev", "lan"]);
+                // IPv6 addresses without duplicate address detection: usable at once.
+                let nodad: &[&str] = if pod_addr.contains(':') {
+                    &["nodad"]
+                } else {
+                    &[]
+                };
+                pod.ip(&[&["addr", "add", pod_addr, "dev", "eth0"], nodad].concat());
+                gw.ip(&[&["addr", "add", gw_addr, "dev", "lan"], nodad].concat());
             }
             pod.ip(&["link", "set", "eth0", "up"]);
             gw.ip(&["link", "set", "lan", "up"]);
-            let via = cluster.subnets[0]
-                .0
-                .split('/')
-                .next()
-                .expect("gateway address");
-            pod.ip(&["route", "add", "default", "via", via]);
+            // The pod's default route of each family: via the gateway's address in the
+            // first subnet of that family.
+            for v6 in [false, true] {
+                if let Some((gw_addr, _)) = cluster
+                    .subnets
+                    .iter()
+                    .find(|(gw_addr, _)| gw_addr.contains(':') == v6)
+                {
+                    let via = gw_addr.split('/').next().expect("gateway address");
+                    let family = if v6 { "-6" } else { "-4" };
+                    pod.ip(&[family, "route", "add", "default", "via", via]);
+                }
+            }
             for key in [
                 "net.ipv4.ip_forward",
                 "net.ipv4.conf.all.rp_filter",
                 "net.ipv4.conf.default.rp_filter",
+                "net.ipv6.conf.all.forwarding",
             ] {
                 gw.sysctl(key, "1");
             }
@@ -313,6 +327,17 @@ impl Topology {
 pub fn seed_cluster() -> Cluster {
     Cluster {
         subnets: vec![("40.0.0.2/24", "40.0.0.1/24")],
+    }
+}
+
+/// The seed, dual-stack: 40.0.0.0/24 and fd00:40::/64 (inside the pod CIDR
+/// fd00:40::/56) on both sides; the gateway is .2 / ::2, the pod .1 / ::1.
+pub fn dual_stack_cluster() -> Cluster {
+    Cluster {
+        subnets: vec![
+            ("40.0.0.2/24", "40.0.0.1/24"),
+            ("fd00:40::2/64", "fd00:40::1/64"),
+        ],
     }
 }
 

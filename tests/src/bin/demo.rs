@@ -54,7 +54,7 @@ fn run(name: &str, plans: (GatewayPlan, GatewayPlan), checks: &mut Checks) {
         let report = t.apply(gw, plan);
         println!("    applied: {report:?}");
     }
-    let a = |s: &str| s.parse().expect("address");
+    let a = |s: &str| s.parse::<std::net::Ipv4Addr>().expect("address");
     checks.check("ping pod1 -> 30.0.0.1", || {
         let (tx, rx) = ping(&t.pod1, a("30.0.0.1"), 3, "0.2");
         assert!(rx >= 2, "{rx}/{tx} replies");
