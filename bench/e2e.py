@@ -18,6 +18,12 @@ veth link between the gateways and (b) a WireGuard tunnel (wireguard-go) over it
              the daemons started with `--route-placement main-table`: remapd's routes
              in the main table, no `ip rule`
 
+  plain-v6, split-v6, both-on-2-v6  (veth only, on request) the same over IPv6: both
+             clusters also on fd00:40::/64 (cluster 2 renumbered to fd00:50::/64 for
+             plain-v6), views fd00:30::/64 and fd00:60::/64; the gateways hold the rules
+             of both families (dual-stack) and the traffic is IPv6. Each is compared
+             with plain-v6 of the same round.
+
 For each: TCP throughput (1 and 4 streams), 64-byte UDP packets/s delivered and loss,
 ping latency (median, p99), CPU busy during the 1-stream TCP run. iperf3 client and
 server are pinned to one core each. Medians of RUNS runs; ratios against plain routing
@@ -159,25 +165,41 @@ def rule(iface, direction, field, frm, to):
     return {"interface": iface, "direction": direction, "field": field, "from": frm, "to": to}
 
 
+def base_of(cfg):
+    """The plain-routing configuration `cfg` is compared with: plain, or plain-v6."""
+    return "plain-v6" if cfg.endswith("-v6") else "plain"
+
+
 def build(link, cfg):
     """Builds the topology for one configuration; returns the target address pod1 uses."""
+    v6 = cfg.endswith("-v6")
+    cfg = cfg.removesuffix("-v6")
+    if v6 and (link != "veth" or cfg not in ("plain", "split", "both-on-2")):
+        raise RuntimeError(f"{cfg}-v6 is measured over veth, for plain, split and both-on-2")
     remote_net = "50.0.0" if cfg in ("plain", "plain-border") else "40.0.0"
+    remote_net6 = "fd00:50:" if cfg in ("plain", "plain-border") else "fd00:40:"
     for n in ["pod1", "gw1", "gw2", "pod2"]:
         sh(f"ip netns add {NS}-{n}")
         sh(f"ip -n {NS}-{n} link set lo up")
-    for side, net in [(1, "40.0.0"), (2, remote_net)]:
+    for side, net, net6 in [(1, "40.0.0", "fd00:40:"), (2, remote_net, remote_net6)]:
         sh(f"ip -n {NS}-pod{side} link add eth0 type veth peer name lan netns {NS}-gw{side}")
         sh(f"ip -n {NS}-pod{side} addr add {net}.1/24 dev eth0")
         sh(f"ip -n {NS}-gw{side} addr add {net}.2/24 dev lan")
+        sh(f"ip -n {NS}-pod{side} addr add {net6}:1/64 dev eth0 nodad")
+        sh(f"ip -n {NS}-gw{side} addr add {net6}:2/64 dev lan nodad")
         sh(f"ip -n {NS}-pod{side} link set eth0 up")
         sh(f"ip -n {NS}-gw{side} link set lan up")
         sh(f"ip -n {NS}-pod{side} route add default via {net}.2")
+        sh(f"ip -n {NS}-pod{side} -6 route add default via {net6}:2")
+        sh(f"{ns('gw' + str(side))} sysctl -qw net.ipv6.conf.all.forwarding=1")
         # Loose reverse-path filtering everywhere: the iptables/nftables workarounds need
         # it, and the same setting for every configuration keeps the comparison fair.
         sh(f"{ns('gw' + str(side))} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.lan.rp_filter=0")
     sh(f"ip -n {NS}-gw1 link add under type veth peer name under netns {NS}-gw2")
     sh(f"ip -n {NS}-gw1 addr add 198.18.0.1/30 dev under")
     sh(f"ip -n {NS}-gw2 addr add 198.18.0.2/30 dev under")
+    sh(f"ip -n {NS}-gw1 addr add fd00:198::1/64 dev under nodad")
+    sh(f"ip -n {NS}-gw2 addr add fd00:198::2/64 dev under nodad")
     sh(f"ip -n {NS}-gw1 link set under up")
     sh(f"ip -n {NS}-gw2 link set under up")
     for gw in ["gw1", "gw2"]:
@@ -234,6 +256,8 @@ def build(link, cfg):
         l1, l2 = "under", "under"
 
     g1, g2 = f"ip -n {NS}-gw1", f"ip -n {NS}-gw2"
+    if v6:
+        return build_v6(cfg, g1, g2)
     if cfg in ("plain", "plain-border"):
         sh(f"{g1} route add 50.0.0.0/24 {to2}")
         sh(f"{g2} route add 40.0.0.0/24 {to1}")
@@ -299,6 +323,38 @@ def build(link, cfg):
     return "30.0.0.1"
 
 
+def build_v6(cfg, g1, g2):
+    """The IPv6 routes and (dual-stack) rules of `cfg` over veth; returns pod1's target."""
+    to2, to1 = "via fd00:198::2 dev under", "via fd00:198::1 dev under"
+    if cfg == "plain":
+        sh(f"{g1} -6 route add fd00:50::/64 {to2}")
+        sh(f"{g2} -6 route add fd00:40::/64 {to1}")
+        return "fd00:50::1"
+    sh(f"{g1} -6 route add fd00:30::/64 {to2}")
+    sh(f"{g2} -6 route add fd00:60::/64 {to1}")
+    v4 = [("30.0.0.0/24", "40.0.0.0/24", "60.0.0.0/24")]
+    v6 = [("fd00:30::/64", "fd00:40::/64", "fd00:60::/64")]
+    if cfg == "split":
+        rules1, rules2 = [], []
+        for view1, real, view2 in v4 + v6:
+            rules1 += [rule("under", "egress", "destination", view1, real),
+                       rule("under", "ingress", "source", real, view1)]
+            rules2 += [rule("under", "ingress", "source", real, view2),
+                       rule("under", "egress", "destination", view2, real)]
+        agent("gw1", rules1, ("under", ["30.0.0.0/24", "fd00:30::/64"], ["40.0.0.0/24", "fd00:40::/64"]))
+        agent("gw2", rules2, ("under", ["60.0.0.0/24", "fd00:60::/64"], ["40.0.0.0/24", "fd00:40::/64"]))
+        return "fd00:30::1"
+    rules2 = []
+    for view1, real, view2 in v4 + v6:
+        rules2 += [rule("under", "ingress", "destination", view1, real),
+                   rule("under", "ingress", "source", real, view2),
+                   rule("under", "egress", "source", real, view1),
+                   rule("under", "egress", "destination", view2, real)]
+    agent("gw1", [], ("under", ["30.0.0.0/24", "fd00:30::/64"], ["40.0.0.0/24", "fd00:40::/64"]))
+    agent("gw2", rules2, ("under", ["60.0.0.0/24", "fd00:60::/64"], ["40.0.0.0/24", "fd00:40::/64"]))
+    return "fd00:30::1"
+
+
 def cpu_times():
     with open("/proc/stat") as f:
         parts = [int(x) for x in f.readline().split()[1:]]
@@ -312,7 +368,8 @@ def iperf(target, extra, port):
 
 
 def measure(target):
-    server_addr = "40.0.0.1" if target != "50.0.0.1" else "50.0.0.1"
+    server_addr = {"50.0.0.1": "50.0.0.1", "fd00:50::1": "fd00:50::1",
+                   "fd00:30::1": "fd00:40::1"}.get(target, "40.0.0.1")
     port = 5201
     spawn(f"{ns('pod2')} taskset -c 0 iperf3 -s -p {port} -B {server_addr}")
     time.sleep(0.5)
@@ -372,7 +429,8 @@ def interleaved(links, configs):
             cells = []
             for k, _, scale, unit in keys:
                 vals = [r[(link, cfg)][k] for r in rounds]
-                ratios = [100 * r[(link, cfg)][k] / r[(link, "plain")][k] for r in rounds if r[(link, "plain")][k]]
+                base = base_of(cfg)
+                ratios = [100 * r[(link, cfg)][k] / r[(link, base)][k] for r in rounds if r[(link, base)][k]]
                 cells.append(f"{statistics.median(vals) / scale:.2f} {unit}")
                 cells.append(f"{statistics.median(ratios):.0f}% ({min(ratios):.0f}–{max(ratios):.0f}%)")
             print(f"| {link} | {cfg} | " + " | ".join(cells) + " |")
@@ -405,8 +463,8 @@ def main():
     print("| link | configuration | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | UDP loss | ping p50 / p99 | CPU busy (TCP 1) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for link in links:
-        base = results.get((link, "plain"))
         for cfg in configs:
+            base = results.get((link, base_of(cfg)))
             r = results[(link, cfg)]
             ratio = lambda k: f" ({100 * r[k] / base[k]:.0f}%)" if base and base[k] else ""
             print(f"| {link} | {cfg} | {r['tcp1']:.2f} Gbit/s{ratio('tcp1')} | {r['tcp4']:.2f} Gbit/s{ratio('tcp4')} | "

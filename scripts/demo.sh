@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The two-cluster demo. Both clusters use 40.0.0.0/24 for pods; each gateway runs one
-# remapd, configured only through its HTTP API with curl, exactly as the README shows.
-# For each policy (split, both-on-2, auto): set up the peering by piping each side's
-# exports into the other, then ping, TCP and UDP pod1 -> 30.0.0.1 and pod2 -> 60.0.0.1,
-# and show what each side sees. Exits non-zero if any check fails.
+# The two-cluster demo. Both clusters are dual-stack and use the same pod CIDRs,
+# 40.0.0.0/24 and fd00:40::/56; each gateway runs one remapd, configured only through
+# its HTTP API with curl, exactly as the README shows. For each policy (split,
+# both-on-2, auto): set up the peering by piping each side's exports into the other,
+# then ping, TCP and UDP pod1 -> 30.0.0.1 / fd00:30::1 and pod2 -> 60.0.0.1 /
+# fd00:60::1, and show what each side sees. Exits non-zero if any check fails.
 #
 #   make demo                 # everything, then tear down
 #   make demo KEEP=1          # leave the last strategy running to explore
@@ -98,16 +99,19 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
 fi
 [[ -x $REMAPD ]] || { echo "no $REMAPD"; exit 1; }
 
-step "Topology: pod1 — gw1 ══ veth (198.18.0.0/30) ══ gw2 — pod2, both clusters 40.0.0.0/24"
+step "Topology: pod1 — gw1 ══ veth (198.18.0.0/30) ══ gw2 — pod2, both clusters 40.0.0.0/24 and fd00:40::/56"
 for ns in pod1 gw1 gw2 pod2; do ip netns add "$NS-$ns"; ip -n "$NS-$ns" link set lo up; done
 for side in 1 2; do
   ip -n "$NS-pod$side" link add eth0 type veth peer name lan netns "$NS-gw$side"
   ip -n "$NS-pod$side" addr add 40.0.0.1/24 dev eth0
   ip -n "$NS-gw$side" addr add 40.0.0.2/24 dev lan
+  ip -n "$NS-pod$side" addr add fd00:40::1/64 dev eth0 nodad
+  ip -n "$NS-gw$side" addr add fd00:40::2/64 dev lan nodad
   ip -n "$NS-pod$side" link set eth0 up
   ip -n "$NS-gw$side" link set lan up
   ip -n "$NS-pod$side" route add default via 40.0.0.2
-  in_ns "gw$side" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=1
+  ip -n "$NS-pod$side" -6 route add default via fd00:40::2
+  in_ns "gw$side" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=1 net.ipv6.conf.all.forwarding=1
 done
 ip -n "$NS-gw1" link add under type veth peer name under netns "$NS-gw2"
 ip -n "$NS-gw1" addr add 198.18.0.1/30 dev under
@@ -117,7 +121,7 @@ ip -n "$NS-gw2" link set under up
 mkdir -p "$DEMO"
 (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DEMO/token")
 TOKEN=$(cat "$DEMO/token")
-echo "  namespaces $NS-{pod1,gw1,gw2,pod2}; pods 40.0.0.1 behind gateways 40.0.0.2"
+echo "  namespaces $NS-{pod1,gw1,gw2,pod2}; pods 40.0.0.1 and fd00:40::1 behind gateways 40.0.0.2 and fd00:40::2"
 
 start_daemons() {
   for side in 1 2; do
@@ -134,11 +138,16 @@ start_daemons() {
   done
 }
 
-serve() { # side port: TCP and UDP servers that answer with the address they see
+serve() { # side port: TCP and UDP servers that answer with the address they see, on
+  # port and port+1 over IPv4, port+10 and port+11 over IPv6
   local side=$1 port=$2
   nsenter --net="/run/netns/$NS-pod$side" socat TCP-LISTEN:"$port",reuseaddr,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
   SERVERS+=($!)
   nsenter --net="/run/netns/$NS-pod$side" socat UDP-RECVFROM:"$((port + 1))",bind=40.0.0.1,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
+  SERVERS+=($!)
+  nsenter --net="/run/netns/$NS-pod$side" socat TCP6-LISTEN:"$((port + 10))",reuseaddr,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
+  SERVERS+=($!)
+  nsenter --net="/run/netns/$NS-pod$side" socat UDP6-RECVFROM:"$((port + 11))",bind='[fd00:40::1]',fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
   SERVERS+=($!)
   sleep 0.3
 }
@@ -148,6 +157,8 @@ stop_servers() {
 }
 tcp_from() { in_ns "pod$1" socat -T 3 - "TCP:$2:$3" </dev/null; }
 udp_from() { echo hello | in_ns "pod$1" socat -T 3 - "UDP:$2:$(($3 + 1))"; }
+tcp6_from() { in_ns "pod$1" socat -T 3 - "TCP6:[$2]:$(($3 + 10))" </dev/null; }
+udp6_from() { echo hello | in_ns "pod$1" socat -T 3 - "UDP6:[$2]:$(($3 + 11))"; }
 
 for POLICY in $STRATEGIES; do
   step "Policy $POLICY: two daemons, configured with curl"
@@ -159,11 +170,11 @@ for POLICY in $STRATEGIES; do
   JSON='content-type: application/json'
 
   # --- walkthrough (the README shows these commands) ---
-  gw1 curl -sS -X PUT -H "$AUTH" -H "$JSON" $API/v1/cluster -d '{"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/24"]}'
+  gw1 curl -sS -X PUT -H "$AUTH" -H "$JSON" $API/v1/cluster -d '{"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24", "fd00:40::/56"], "remap_pool": ["30.0.0.0/24", "fd00:30::/48"]}'
   echo
-  gw2 curl -sS -X PUT -H "$AUTH" -H "$JSON" $API/v1/cluster -d '{"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["60.0.0.0/24"]}'
+  gw2 curl -sS -X PUT -H "$AUTH" -H "$JSON" $API/v1/cluster -d '{"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24", "fd00:40::/56"], "remap_pool": ["60.0.0.0/24", "fd00:60::/48"]}'
   echo
-  gw1 curl -sS -X PUT -H "$AUTH" -H "$JSON" $API/v1/peerings/cluster-2 -d '{"policy": "'"$POLICY"'", "remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}}, "tunnel": {"listen_port": 51820}}' | jq -c '{strategy: .decision.strategy, plan: .plan.routes, public_key}'
+  gw1 curl -sS -X PUT -H "$AUTH" -H "$JSON" $API/v1/peerings/cluster-2 -d '{"policy": "'"$POLICY"'", "remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24", "fd00:40::/56"], "capabilities": {"nat_dataplane": true}}, "tunnel": {"listen_port": 51820}}' | jq -c '{strategy: .decision.strategy, plan: .plan.routes, public_key}'
   gw1 curl -sS $API/v1/peerings/cluster-2/exports | gw2 curl -sS -X PUT -H "$AUTH" -H "$JSON" --data-binary @- $API/v1/peerings/cluster-1 | jq -c '{strategy: .decision.strategy, rules: [.applied[].rule]}'
   gw2 curl -sS $API/v1/peerings/cluster-1/exports | gw1 curl -sS -X PUT -H "$AUTH" -H "$JSON" --data-binary @- $API/v1/peerings/cluster-2 | jq -c '{strategy: .decision.strategy, rules: [.applied[].rule]}'
   # --- end of walkthrough ---
@@ -176,6 +187,12 @@ for POLICY in $STRATEGIES; do
   check "ping pod2 -> 60.0.0.1" "" pod2 ping -c 3 -i 0.2 -W 2 60.0.0.1
   check "TCP pod2 -> 60.0.0.1: pod1 sees the peer as" 30.0.0.1 tcp_from 2 60.0.0.1 7100
   check "UDP pod2 -> 60.0.0.1: pod1 sees the peer as" 30.0.0.1 udp_from 2 60.0.0.1 7100
+  check "ping pod1 -> fd00:30::1" "" pod1 ping -c 3 -i 0.2 -W 2 fd00:30::1
+  check "TCP pod1 -> fd00:30::1: pod2 sees the peer as" fd00:60::1 tcp6_from 1 fd00:30::1 7000
+  check "UDP pod1 -> fd00:30::1: pod2 sees the peer as" fd00:60::1 udp6_from 1 fd00:30::1 7000
+  check "ping pod2 -> fd00:60::1" "" pod2 ping -c 3 -i 0.2 -W 2 fd00:60::1
+  check "TCP pod2 -> fd00:60::1: pod1 sees the peer as" fd00:30::1 tcp6_from 2 fd00:60::1 7100
+  check "UDP pod2 -> fd00:60::1: pod1 sees the peer as" fd00:30::1 udp6_from 2 fd00:60::1 7100
 
   bold "  what each gateway did:"
   gw1 curl -sS $API/v1/peerings/cluster-2 | jq -r '"  gw1: \(.decision.strategy); tunnel \(.interface), last handshake \(.tunnel.last_handshake_unix)", (.applied[] | "    \(.rule): \(.packets) packets")'
@@ -198,7 +215,7 @@ for POLICY in $STRATEGIES; do
   gw1 curl -sS -X DELETE -H "$AUTH" -o /dev/null -w '  DELETE gw1 peering: %{http_code}\n' $API/v1/peerings/cluster-2
   gw2 curl -sS -X DELETE -H "$AUTH" -o /dev/null -w '  DELETE gw2 peering: %{http_code}\n' $API/v1/peerings/cluster-1
   check "deleting the peerings removed every rule, route and tunnel" "" \
-    bash -c "! ip -n $NS-gw1 -o link | grep -q rmd- && ! ip -n $NS-gw2 -o link | grep -q rmd- && [ -z \"\$(ip -n $NS-gw1 route show table 7878)\" ]"
+    bash -c "! ip -n $NS-gw1 -o link | grep -q rmd- && ! ip -n $NS-gw2 -o link | grep -q rmd- && [ -z \"\$(ip -n $NS-gw1 route show table 7878)\" ] && [ -z \"\$(ip -n $NS-gw1 -6 route show table 7878)\" ]"
 done
 
 step "Bring your own policy: build a component, upload it, dry-run it"
@@ -210,10 +227,10 @@ if [[ ${SKIP_POLICY:-0} != 1 ]]; then
     gw1 curl -sS -X PUT -H "$AUTH" -H 'content-type: application/wasm' \
       -H "content-digest: sha-256=:$(openssl dgst -sha256 -binary "$DEMO/my-policy.wasm" | base64):" \
       --data-binary @"$DEMO/my-policy.wasm" $API/v1/policies/my-policy |
-      jq -c '{name, sha256, size, contract, language}'
+      jq -c '{name, sha256, size, contract, families, language}'
   }
-  check "upload with its Content-Digest: stored, contract and language shown" \
-    '"contract":"remap:policy@0.1.0","language":"Rust"' upload_my_policy
+  check "upload with its Content-Digest: stored, contract, families and language shown" \
+    '"contract":"remap:policy@0.2.0","families":["ipv4","ipv6"],"language":"Rust"' upload_my_policy
   check "dry run of the uploaded policy decides split" split \
     gw1 curl -sS -X POST -H "$AUTH" -H "$JSON" $API/v1/policies/my-policy/evaluate -d '{"remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}}}'
 fi

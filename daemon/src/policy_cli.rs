@@ -272,6 +272,8 @@ fn check(policy: &str, limits: PolicyLimits) -> Result<(), Failure> {
         "policy": source,
         "ok": true,
         "contract": compiled.contract,
+        "families": compiled.families(),
+        "adapted": compiled.adaptation(),
         "size": compiled.size,
         "sha256": compiled.sha256,
         "load_ms": (load_ms * 10.0).round() / 10.0,

@@ -1130,10 +1130,11 @@ async fn uploads_are_checked_against_their_content_digest() {
     let r = upload("checked", &format!("{sha256}, {sha512}"), bytes).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
-    // Contract and language, for uploads and built-ins alike.
+    // Contract, families and language, for uploads and built-ins alike.
     let list = call(&app, "GET", "/v1/policies", None, None).await.body;
     for p in list.as_array().unwrap() {
-        assert_eq!(p["contract"], "remap:policy@0.1.0", "{p}");
+        assert_eq!(p["contract"], "remap:policy@0.2.0", "{p}");
+        assert_eq!(p["families"], json!(["ipv4", "ipv6"]), "{p}");
         assert_eq!(p["language"], "Rust", "{p}");
     }
 }

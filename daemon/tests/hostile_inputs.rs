@@ -70,6 +70,10 @@ async fn nothing_may_hijack_the_gateway_or_fail_later() {
         "192.0.2.1".parse().unwrap(),
         "the next hop (via eth0) towards the WireGuard endpoint 203.0.113.5",
     );
+    app.routes.protect(
+        "2001:db8:ffff::1".parse::<std::net::IpAddr>().unwrap(),
+        "this gateway's address on eth0",
+    );
     app.tunnels.busy_ports.lock().unwrap().insert(51999);
     let r = call(&app, "PUT", "/v1/cluster", Some(cluster()), Some(TOKEN)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -142,6 +146,33 @@ async fn nothing_may_hijack_the_gateway_or_fail_later() {
             "protected-address",
             None,
             "198.51.100.9",
+        ),
+        (
+            "remote IPv6 pods cover this gateway's IPv6 address",
+            "/v1/peerings/wide6",
+            peering_to(&["2001:db8:ffff::/48"], "198.51.100.9:51820", 51821),
+            StatusCode::CONFLICT,
+            "protected-address",
+            None,
+            "2001:db8:ffff::1",
+        ),
+        (
+            "remote IPv6 pods cover its own IPv6 endpoint",
+            "/v1/peerings/self6",
+            peering_to(&["2001:db8:5::/48"], "[2001:db8:5::9]:51820", 51821),
+            StatusCode::CONFLICT,
+            "protected-address",
+            None,
+            "2001:db8:5::9",
+        ),
+        (
+            "remote pods are IPv6 link-local",
+            "/v1/peerings/ll6",
+            peering_to(&["fe80::/64"], "198.51.100.9:51820", 51821),
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            Some("/remote/pod_cidrs/0"),
+            "link-local (fe80::/10)",
         ),
         (
             "remote pods are loopback",

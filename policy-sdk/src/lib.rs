@@ -127,7 +127,8 @@ impl Cidr {
 
     /// True if `addr` is inside (never for an address of the other family).
     pub fn contains_addr(&self, addr: &IpAddr) -> bool {
-        Family::of(addr) == self.family() && value_of(addr) & !self.host_mask() == self.value()
+        let network = self.value() & !self.host_mask();
+        Family::of(addr) == self.family() && value_of(addr) & !self.host_mask() == network
     }
 
     /// True if `other` lies entirely inside this prefix.

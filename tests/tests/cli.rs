@@ -210,7 +210,8 @@ fn policy_tools_check_run_test_and_bench_without_a_daemon() {
     let (code, out) = run(&["policy", "check", "split"]);
     assert_eq!(code, 0, "{out}");
     let report = json(&out);
-    assert_eq!(report["contract"], "remap:policy@0.1.0");
+    assert_eq!(report["contract"], "remap:policy@0.2.0");
+    assert_eq!(report["families"], serde_json::json!(["ipv4", "ipv6"]));
     assert_eq!(report["exports"], serde_json::json!(["decide"]));
     assert_eq!(report["sha256"].as_str().unwrap().len(), 64);
     let garbage = file("garbage.wasm", "not wasm at all");
@@ -252,7 +253,7 @@ fn policy_tools_check_run_test_and_bench_without_a_daemon() {
     let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/policy-cases/auto");
     let (code, out) = run(&["policy", "test", "auto", cases]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("4 passed, 0 failed"), "{out}");
+    assert!(out.contains("5 passed, 0 failed"), "{out}");
     let wrong = dir.join("wrong");
     std::fs::create_dir_all(&wrong).unwrap();
     std::fs::write(

@@ -758,9 +758,10 @@ fn invalid_keys_are_refused_before_anything_starts() {
     assert!(!socket(&interface).exists() && !socket(&broken).exists());
 }
 
-/// What no tunnel route may cover, read from the kernel: the gateway's addresses on
-/// its own interfaces (not on remapd's tunnels, not loopback) and the next hop of the
-/// main-table route towards each endpoint.
+/// What no tunnel route may cover, read from the kernel: the gateway's addresses of both
+/// families on its own interfaces (not on remapd's tunnels, not loopback or link-local)
+/// and the next hop of the main-table route of its family towards each endpoint. An
+/// IPv6 default route hides no IPv4 next hop.
 #[test]
 #[cfg_attr(unprivileged, ignore = "needs root: run `make test` as root")]
 fn protected_addresses_are_read_from_the_kernel() {
@@ -779,11 +780,27 @@ fn protected_addresses_are_read_from_the_kernel() {
     ns.ip(&["addr", "add", "100.64.0.1/24", "dev", "rmd-x"]);
     ns.ip(&["route", "add", "default", "via", "192.0.2.1"]);
     ns.ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.254"]);
-    let endpoints: Vec<Ipv4Addr> = vec![
-        "198.51.100.7".parse().unwrap(),
-        "203.0.113.9".parse().unwrap(),
-        "192.0.2.77".parse().unwrap(),
-    ];
+    ns.ip(&["addr", "add", "2001:db8:a::10/64", "dev", "eth0", "nodad"]);
+    ns.ip(&["addr", "add", "2001:db8:f::1/64", "dev", "rmd-x", "nodad"]);
+    ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:a::1"]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:b::/48",
+        "via",
+        "2001:db8:a::fe",
+    ]);
+    let endpoints: Vec<std::net::IpAddr> = [
+        "198.51.100.7",
+        "203.0.113.9",
+        "192.0.2.77",
+        "2001:db8:c::7",
+        "2001:db8:b::9",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
     let protected = ns
         .in_ns(move || NetlinkRoutes::new(OWN).protected_addresses(&endpoints))
         .unwrap();
@@ -795,6 +812,9 @@ fn protected_addresses_are_read_from_the_kernel() {
         "192.0.2.10 this gateway's address on eth0",
         "192.0.2.1 the next hop (via eth0) towards the WireGuard endpoint 198.51.100.7",
         "192.0.2.254 the next hop (via eth0) towards the WireGuard endpoint 203.0.113.9",
+        "2001:db8:a::10 this gateway's address on eth0",
+        "2001:db8:a::1 the next hop (via eth0) towards the WireGuard endpoint 2001:db8:c::7",
+        "2001:db8:a::fe the next hop (via eth0) towards the WireGuard endpoint 2001:db8:b::9",
     ]
     .into_iter()
     .map(String::from)

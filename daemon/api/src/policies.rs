@@ -60,18 +60,13 @@ fn info(p: &NamedPolicy, used_by: Vec<String>) -> PolicyInfo {
         sha256: p.compiled.sha256.clone(),
         size: p.compiled.size,
         contract: p.compiled.contract.to_owned(),
-        families: if p.compiled.ipv4_only {
-            vec!["ipv4".into()]
-        } else {
-            vec!["ipv4".into(), "ipv6".into()]
-        },
-        adapted: p.compiled.ipv4_only.then(|| {
-            format!(
-                "built against {} (IPv4 only): it is given the IPv4 part of each peering, and a peering whose remote has IPv6 CIDRs is refused; rebuild it against {} to decide IPv6",
-                remapd_policy_host::CONTRACT_V1,
-                remapd_policy_host::CONTRACT
-            )
-        }),
+        families: p
+            .compiled
+            .families()
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect(),
+        adapted: p.compiled.adaptation(),
         language: p.compiled.language.clone(),
         used_by,
     }
@@ -165,7 +160,8 @@ async fn get_policy(
 }
 
 /// Uploads (or atomically replaces) a policy: the body is a WebAssembly component
-/// (`content-type: application/wasm`) implementing `remap:policy@0.1.0`. It is checked
+/// (`content-type: application/wasm`) implementing `remap:policy@0.2.0` (or the
+/// IPv4-only `remap:policy@0.1.0`, which remapd adapts). It is checked
 /// and compiled before it replaces anything; peerings using it are re-decided.
 #[utoipa::path(put, path = "/v1/policies/{name}", tag = "policies",
     params(
@@ -380,7 +376,8 @@ async fn delete_policy(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A WebAssembly component implementing `remap:policy@0.1.0`: the raw bytes.
+/// A WebAssembly component implementing `remap:policy@0.2.0` (or the IPv4-only
+/// `remap:policy@0.1.0`): the raw bytes.
 pub struct WasmComponent;
 
 impl utoipa::PartialSchema for WasmComponent {

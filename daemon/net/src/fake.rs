@@ -27,7 +27,7 @@ pub struct FakeRoutes {
 
 impl FakeRoutes {
     /// Makes `address` one of the gateway's protected addresses.
-    pub fn protect(&self, address: std::net::Ipv4Addr, what: &str) {
+    pub fn protect(&self, address: std::net::IpAddr, what: &str) {
         if let Ok(mut p) = self.protected.lock() {
             p.push(ProtectedAddress {
                 address,
@@ -48,7 +48,7 @@ fn injected(reason: &str) -> NetError {
 impl RouteApplier for FakeRoutes {
     fn protected_addresses(
         &self,
-        _endpoints: &[std::net::Ipv4Addr],
+        _endpoints: &[std::net::IpAddr],
     ) -> Result<Vec<ProtectedAddress>, NetError> {
         Ok(self.protected.lock().map_err(|_| poisoned())?.clone())
     }

@@ -150,8 +150,8 @@ pub enum NetError {
 /// An address remapd must never route into a tunnel, and what it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProtectedAddress {
-    /// The address.
-    pub address: std::net::Ipv4Addr,
+    /// The address (IPv4 or IPv6).
+    pub address: std::net::IpAddr,
     /// What it is ("this gateway's address on eth0", ...).
     pub what: String,
 }
@@ -163,7 +163,7 @@ pub trait RouteApplier: Send {
     /// next hops of its routes towards `endpoints`: what no tunnel route may cover.
     fn protected_addresses(
         &self,
-        endpoints: &[std::net::Ipv4Addr],
+        endpoints: &[std::net::IpAddr],
     ) -> Result<Vec<ProtectedAddress>, NetError>;
     /// Makes remapd's routes exactly `routes` (in its own table: and ensures the rule
     /// that sends lookups there). Never touches other routes or rules.

@@ -199,6 +199,27 @@ pub struct CompiledPolicy {
     pre: Pre,
 }
 
+impl CompiledPolicy {
+    /// The address families it decides: `ipv4` and `ipv6`, or `ipv4` alone for a
+    /// [`CONTRACT_V1`] component.
+    pub fn families(&self) -> &'static [&'static str] {
+        if self.ipv4_only {
+            &["ipv4"]
+        } else {
+            &["ipv4", "ipv6"]
+        }
+    }
+
+    /// How remapd adapts its contract to the current one, when it does.
+    pub fn adaptation(&self) -> Option<String> {
+        self.ipv4_only.then(|| {
+            format!(
+                "built against {CONTRACT_V1} (IPv4 only): it is given the IPv4 part of each peering, and a peering whose remote has IPv6 CIDRs is refused; rebuild it against {CONTRACT} to decide IPv6"
+            )
+        })
+    }
+}
+
 /// A decision with what the policy logged.
 #[derive(Clone, Debug, Serialize)]
 pub struct Evaluation {

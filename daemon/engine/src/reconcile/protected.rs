@@ -73,13 +73,13 @@ pub fn first_protected_route(
     routes.iter().find_map(|route| {
         let hit = protected
             .iter()
-            .find(|p| route.prefix.contains(&std::net::IpAddr::V4(p.address)))?;
+            .find(|p| route.prefix.contains(&p.address))?;
         let peering = peering_of_interface(state, &route.interface);
         Some(ProtectedRoute {
             peering,
             prefix: route.prefix,
             interface: route.interface.clone(),
-            address: std::net::IpAddr::V4(hit.address),
+            address: hit.address,
             what: hit.what.clone(),
         })
     })
@@ -150,15 +150,12 @@ impl Reconciler {
                 }));
             }
         }
-        let endpoints: Vec<(String, std::net::Ipv4Addr)> = state
+        let endpoints: Vec<(String, std::net::IpAddr)> = state
             .peerings
             .iter()
-            .filter_map(|(name, p)| match p.tunnel.endpoint?.ip() {
-                std::net::IpAddr::V4(a) => Some((name.clone(), a)),
-                std::net::IpAddr::V6(_) => None,
-            })
+            .filter_map(|(name, p)| Some((name.clone(), p.tunnel.endpoint?.ip().to_canonical())))
             .collect();
-        let addresses: Vec<std::net::Ipv4Addr> = endpoints.iter().map(|(_, a)| *a).collect();
+        let addresses: Vec<std::net::IpAddr> = endpoints.iter().map(|(_, a)| *a).collect();
         let mut protected = self
             .routes
             .protected_addresses(&addresses)

@@ -189,7 +189,7 @@ fn as_wanted(message: &RouteMessage) -> Option<Wanted> {
 const IPV6_DEFAULT_METRIC: u32 = 1024;
 
 /// The destination prefix of an IPv4 or IPv6 route.
-fn destination(message: &RouteMessage) -> Option<IpNet> {
+pub(crate) fn destination(message: &RouteMessage) -> Option<IpNet> {
     let unspecified = match message.header.address_family {
         AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -478,6 +478,15 @@ async fn add_rule(
     };
     sent.map_err(|e| {
         let what = format!("adding {family} rule from all lookup {table} priority {priority}");
+        if errno(&e) == Some(libc::EAFNOSUPPORT) {
+            return NetError::Netlink {
+                what,
+                reason: "this gateway's kernel has no IPv6 (booted with ipv6.disable=1?), and \
+                         a peering routes IPv6 CIDRs: remove them from the cluster and the \
+                         peering, or enable IPv6"
+                    .into(),
+            };
+        }
         if errno(&e) == Some(libc::EEXIST) {
             // The kernel counts a rule with more selectors, same table and priority,
             // as this one.

@@ -1,9 +1,10 @@
 //! Routes into the tunnels, in one of two places ([`RoutePlacement`]):
 //!
 //! - **own table** (the default): remapd owns one routing table outright (every IPv4
-//!   route in it is remapd's, so anything it did not ask for is removed) and exactly one
-//!   policy rule, `from all lookup <table> priority <priority>`, that sends lookups
-//!   there, ahead of the main table;
+//!   and IPv6 route in it is remapd's, so anything it did not ask for is removed) and
+//!   one policy rule per family, `from all lookup <table> priority <priority>`, that
+//!   sends lookups there, ahead of the main table (the IPv6 one from the first IPv6
+//!   route on, so a gateway without IPv6 keeps working for IPv4);
 //! - **main table**: remapd's routes sit in the main table marked with protocol
 //!   [`RTPROT_REMAPD`], and no rule is added. Only routes with that protocol are
 //!   remapd's (another program using 78 in the same namespace would lose its routes); a
@@ -28,7 +29,7 @@ mod recording;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use rtnetlink::packet_route::AddressFamily;
@@ -163,10 +164,7 @@ impl RouteApplier for NetlinkRoutes {
         })
     }
 
-    fn protected_addresses(
-        &self,
-        endpoints: &[Ipv4Addr],
-    ) -> Result<Vec<ProtectedAddress>, NetError> {
+    fn protected_addresses(&self, endpoints: &[IpAddr]) -> Result<Vec<ProtectedAddress>, NetError> {
         self.netlink.run(
             "reading this gateway's addresses and routes",
             |handle| async move { super::gateway::protected_addresses(&handle, endpoints).await },
