@@ -120,6 +120,14 @@ ip -n "$NS-gw1" link set under up
 ip -n "$NS-gw2" link set under up
 mkdir -p "$DEMO"
 (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DEMO/token")
+# socat gives an IPv6 peer as [fd00:0060:0000:...]: the IPv6 servers answer with it in
+# its usual short form.
+cat >"$DEMO/peer6" <<'PEER'
+#!/usr/bin/env python3
+import ipaddress, os
+print(ipaddress.ip_address(os.environ["SOCAT_PEERADDR"].strip("[]")))
+PEER
+chmod +x "$DEMO/peer6"
 TOKEN=$(cat "$DEMO/token")
 echo "  namespaces $NS-{pod1,gw1,gw2,pod2}; pods 40.0.0.1 and fd00:40::1 behind gateways 40.0.0.2 and fd00:40::2"
 
@@ -145,9 +153,9 @@ serve() { # side port: TCP and UDP servers that answer with the address they see
   SERVERS+=($!)
   nsenter --net="/run/netns/$NS-pod$side" socat UDP-RECVFROM:"$((port + 1))",bind=40.0.0.1,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
   SERVERS+=($!)
-  nsenter --net="/run/netns/$NS-pod$side" socat TCP6-LISTEN:"$((port + 10))",reuseaddr,fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
+  nsenter --net="/run/netns/$NS-pod$side" socat TCP6-LISTEN:"$((port + 10))",reuseaddr,fork SYSTEM:"$DEMO/peer6" >/dev/null 2>&1 &
   SERVERS+=($!)
-  nsenter --net="/run/netns/$NS-pod$side" socat UDP6-RECVFROM:"$((port + 11))",bind='[fd00:40::1]',fork SYSTEM:'echo $SOCAT_PEERADDR' >/dev/null 2>&1 &
+  nsenter --net="/run/netns/$NS-pod$side" socat UDP6-RECVFROM:"$((port + 11))",bind='[fd00:40::1]',fork SYSTEM:"$DEMO/peer6" >/dev/null 2>&1 &
   SERVERS+=($!)
   sleep 0.3
 }
@@ -199,6 +207,7 @@ for POLICY in $STRATEGIES; do
   gw2 curl -sS $API/v1/peerings/cluster-1 | jq -r '"  gw2: \(.decision.strategy); tunnel \(.interface), last handshake \(.tunnel.last_handshake_unix)", (.applied[] | "    \(.rule): \(.packets) packets")'
   gw2 curl -sS "$API/v1/translate?address=40.0.0.1" | jq -r '.[] | "  gw2 translate 40.0.0.1 (\(.kind)): \(.translated), \(.meaning)"'
   gw1 curl -sS "$API/v1/explain?from=40.0.0.1&to=30.0.0.1" | jq -r '.[] | "  gw1 explain \(.request.sent.source) -> \(.request.sent.destination), via \(.interface) (\(.strategy)):", (.request.steps[] | "    \(.gateway) \(.kind): \(.detail)"), "    reply:", (.reply.steps[] | "    \(.gateway) \(.kind): \(.detail)")'
+  gw1 curl -sS "$API/v1/explain?from=fd00:40::1&to=fd00:30::1" | jq -r '.[] | "  gw1 explain \(.request.sent.source) -> \(.request.sent.destination): \(.request.verdict.outcome), the pod sees \(.request.received.source); the reply comes from \(.reply.received.source)"'
   gw2 curl -sS $API/metrics | grep '^remapd_rule_packets_total' | sed 's/^/  /'
   # A live trace at gw2 (which rewrites in every strategy) while pod1 pings pod2 once:
   # the request and the reply, each with its addresses before and after and the rules
