@@ -354,3 +354,150 @@ pub fn language_policy(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Two daemons, one per gateway of a [`Network`], with their peering set up through
+/// exports. Field order is drop order: the daemons (and the tunnels they started) go
+/// before the network and the scratch directory that holds their pid files.
+pub struct Pair {
+    /// Gateway 1's daemon.
+    pub d1: Daemon,
+    /// Gateway 2's daemon.
+    pub d2: Daemon,
+    /// The namespaces.
+    pub net: crate::topology::Network,
+}
+
+/// What [`Pair::connect`] configures: both clusters on `pods`; cluster 1 draws its views
+/// from `pools[0]`, cluster 2 from `pools[1]`.
+pub struct PairSpec<'a> {
+    /// The policy of both peerings.
+    pub policy: &'a str,
+    /// Both clusters' pod CIDRs (the same: they overlap exactly).
+    pub pods: &'a [&'a str],
+    /// Each cluster's remap pool.
+    pub pools: [&'a [&'a str]; 2],
+    /// A component uploaded to both daemons as `policy` first.
+    pub upload: Option<&'a Path>,
+}
+
+impl Pair {
+    /// Starts both daemons on `net`, configures their clusters, and sets the peering
+    /// up as an operator would: a bootstrap on gateway 1, then each side's exports
+    /// piped into the other.
+    pub fn connect(net: crate::topology::Network, spec: &PairSpec<'_>) -> Self {
+        use crate::topology::{UNDERLAY_GW1, UNDERLAY_GW2};
+        use serde_json::json;
+        let d1 = Daemon::start(
+            &net.gw1,
+            "gw1",
+            &net.scratch.path,
+            &net.prefix,
+            UNDERLAY_GW1,
+        );
+        let d2 = Daemon::start(
+            &net.gw2,
+            "gw2",
+            &net.scratch.path,
+            &net.prefix,
+            UNDERLAY_GW2,
+        );
+        for (d, name, pool) in [
+            (&d1, "cluster-1", spec.pools[0]),
+            (&d2, "cluster-2", spec.pools[1]),
+        ] {
+            let cluster = json!({"name": name, "pod_cidrs": spec.pods, "remap_pool": pool});
+            d.expect("PUT", "/v1/cluster", Some(&cluster), 200);
+            if let Some(path) = spec.upload {
+                d.upload_policy(spec.policy, path, 201);
+            }
+        }
+        let pair = Self { d1, d2, net };
+        let (p1, p2) = (pair.peering(1), pair.peering(2));
+        let bootstrap = json!({
+            "policy": spec.policy,
+            "remote": {"name": "cluster-2", "pod_cidrs": spec.pods, "capabilities": {"nat_dataplane": true}},
+            "tunnel": {"listen_port": 51820, "keepalive": 1}
+        });
+        pair.d1
+            .expect("PUT", &format!("/v1/peerings/{p1}"), Some(&bootstrap), 201);
+        let exports1 = pair
+            .d1
+            .expect("GET", &format!("/v1/peerings/{p1}/exports"), None, 200);
+        pair.d2
+            .expect("PUT", &format!("/v1/peerings/{p2}"), Some(&exports1), 201);
+        let exports2 = pair
+            .d2
+            .expect("GET", &format!("/v1/peerings/{p2}/exports"), None, 200);
+        pair.d1
+            .expect("PUT", &format!("/v1/peerings/{p1}"), Some(&exports2), 200);
+        pair
+    }
+
+    /// The name of the peering on gateway `side` (1 or 2).
+    pub fn peering(&self, side: u8) -> String {
+        format!(
+            "{}-{}",
+            self.net.prefix,
+            if side == 1 { "c2" } else { "c1" }
+        )
+    }
+}
+
+/// The strategy of peering `name` at `d`.
+pub fn strategy_of(d: &Daemon, name: &str) -> String {
+    d.expect("GET", &format!("/v1/peerings/{name}"), None, 200)["decision"]["strategy"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Ping, TCP and UDP from `from` to `target` (how the client's cluster sees the server
+/// at `real`, IPv4 or IPv6); the server must see the client as `seen_as`, and replies
+/// come back from `target`.
+pub fn reachable(from: &Netns, server: &Netns, target: &str, real: &str, seen_as: &str, port: u16) {
+    use crate::netns::{ping, tcp_exchange, udp_exchange};
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().expect("address") };
+    let t = ip(target);
+    let mut rx = 0;
+    for _ in 0..5 {
+        rx = ping(from, t, 3, "0.2").1;
+        if rx >= 2 {
+            break;
+        }
+    }
+    assert!(rx >= 2, "ping {target}: {rx}/3");
+    let tcp = tcp_exchange(server, from, t, port, b"tcp");
+    assert_eq!(tcp.server_saw_peer, ip(seen_as), "TCP to {target}");
+    assert_eq!(tcp.reply, b"echo:tcp");
+    let udp = udp_exchange(server, ip(real), from, t, port + 1, b"udp");
+    assert_eq!(udp.server_saw_peer, ip(seen_as), "UDP to {target}");
+    assert_eq!(udp.client_saw_reply_from, t);
+}
+
+/// `GET /v1/explain?from=&to=` at `d` has exactly one path, delivered both ways: the pod
+/// dialed at `to` (real address `real`) sees `seen_as` — what [`reachable`] saw a real
+/// connection's server get — and the reply comes back from `to`.
+pub fn explained_as_seen(d: &Daemon, from: &str, to: &str, real: &str, seen_as: &str) {
+    use serde_json::json;
+    let body = d.expect(
+        "GET",
+        &format!("/v1/explain?from={from}&to={to}"),
+        None,
+        200,
+    );
+    let paths = body.as_array().expect("a list of paths");
+    assert_eq!(paths.len(), 1, "{from} -> {to}: {body:#}");
+    let e = &paths[0];
+    assert_eq!(e["request"]["verdict"]["outcome"], "delivered", "{e:#}");
+    assert_eq!(
+        e["request"]["received"],
+        json!({"source": seen_as, "destination": real}),
+        "{e:#}"
+    );
+    assert_eq!(e["reply"]["verdict"]["outcome"], "delivered", "{e:#}");
+    assert_eq!(
+        e["reply"]["received"],
+        json!({"source": to, "destination": from}),
+        "{e:#}"
+    );
+}

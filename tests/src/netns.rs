@@ -536,3 +536,45 @@ pub fn udp_exchange(
         reply,
     }
 }
+
+/// A bulk TCP transfer: a server in `server_ns` on `port` reads until the client
+/// closes; a client in `client_ns` connects to `target` and writes `bytes` bytes.
+/// Returns (bytes written, bytes the server read). Each side gives up after 20 s
+/// without progress, so a path that black-holes large segments fails the caller's
+/// comparison instead of hanging it.
+pub fn tcp_transfer(
+    server_ns: &Netns,
+    client_ns: &Netns,
+    target: impl Into<IpAddr>,
+    port: u16,
+    bytes: usize,
+) -> (usize, usize) {
+    let target = target.into();
+    let any = any_of_family(target);
+    let listener = server_ns.in_ns(move || TcpListener::bind((any, port)).expect("bind tcp"));
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => panic!("server read after {total} bytes: {e}"),
+            }
+        }
+        total
+    });
+    let sent = client_ns.in_ns(move || {
+        let mut s = TcpStream::connect_timeout(&(target, port).into(), Duration::from_secs(5))
+            .expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let data = vec![0x5au8; bytes];
+        s.write_all(&data).expect("write");
+        data.len()
+    });
+    (sent, server.join().expect("server thread"))
+}

@@ -71,8 +71,8 @@ fn the_demo_passes_for_every_policy() {
     assert!(text.contains("0 failed"), "{text}");
     assert_eq!(
         text.matches('✔').count(),
-        23,
-        "7 checks for each of 3 policies, the uploaded policy's upload (with its digest) and dry run:\n{text}"
+        41,
+        "13 checks for each of 3 policies (ping, TCP and UDP both ways over IPv4 and IPv6, the clean deletion), the uploaded policy's upload (with its digest) and dry run:\n{text}"
     );
     assert!(!text.contains('✘'), "{text}");
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use remapd::dataplane::trace::{KernelTraceFilter, KernelTraceTap, TraceTap};
 use remapd::dataplane::{DataplaneStatus, Direction, HookStatus};
 use remapd_common::drop_reason;
-use remapd_tests::netns::{Netns, ping};
+use remapd_tests::netns::{Netns, ping, tcp_transfer};
 use remapd_tests::topology::{
     GatewayPlan, Topology, UNDERLAY_GW1, seed_both_on_2, seed_cluster, seed_split,
 };
@@ -528,31 +528,8 @@ fn pmtu_and_traceroute_work_across_the_remap() {
 
     // A 256 KiB TCP transfer from pod1 to pod3: pod1 starts with full-size segments;
     // only a frag-needed from the router, translated on the way back, lets it finish.
-    let listener = pod3.in_ns(|| TcpListener::bind(("0.0.0.0", 8300)).expect("bind tcp"));
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut total = 0usize;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => total += n,
-                Err(e) => panic!("server read after {total} bytes: {e}"),
-            }
-        }
-        total
-    });
-    let sent = t.pod1.in_ns(|| {
-        let mut s =
-            TcpStream::connect_timeout(&(ip("30.0.0.130"), 8300).into(), Duration::from_secs(5))
-                .expect("connect");
-        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-        let data = vec![0x5au8; 256 * 1024];
-        s.write_all(&data).expect("write");
-        data.len()
-    });
-    assert_eq!(server.join().unwrap(), sent, "the whole transfer arrived");
+    let (sent, got) = tcp_transfer(&pod3, &t.pod1, ip("30.0.0.130"), 8300, 256 * 1024);
+    assert_eq!(got, sent, "the whole transfer arrived");
     // The router's frag-needed really crossed the remap: pod1 learnt the path MTU.
     let route = t.pod1.ip(&["route", "get", "30.0.0.130"]);
     let route = String::from_utf8_lossy(&route.stdout);

@@ -10,114 +10,36 @@ use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
-use remapd_tests::daemons::Daemon;
-use remapd_tests::netns::{Netns, parse_ping, ping, tcp_exchange, udp_exchange};
-use remapd_tests::topology::{Network, UNDERLAY_GW1, UNDERLAY_GW2, seed_cluster};
+use remapd_tests::daemons::{Daemon, Pair, PairSpec, explained_as_seen, reachable, strategy_of};
+use remapd_tests::netns::{Netns, parse_ping, ping};
+use remapd_tests::topology::{Network, UNDERLAY_GW2, seed_cluster};
 use serde_json::{Value, json};
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-/// Field order is drop order: the daemons (and the tunnels they started) go before the
-/// network and the scratch directory that holds their pid files.
-struct Pair {
-    d1: Daemon,
-    d2: Daemon,
-    net: Network,
-}
-
-/// Two daemons, clusters configured, and the peering set up through exports.
+/// Two daemons, clusters configured (both on 40.0.0.0/24; views from 30.0.0.0/24 and
+/// 60.0.0.0/24), and the peering set up through exports.
 fn pair(policy: &str) -> Pair {
     pair_uploading(policy, None)
 }
 
 /// [`pair`], with the component at `upload` uploaded to both daemons as `policy` first.
 fn pair_uploading(policy: &str, upload: Option<&std::path::Path>) -> Pair {
-    let net = Network::build(&seed_cluster(), &seed_cluster());
-    let d1 = Daemon::start(
-        &net.gw1,
-        "gw1",
-        &net.scratch.path,
-        &net.prefix,
-        UNDERLAY_GW1,
-    );
-    let d2 = Daemon::start(
-        &net.gw2,
-        "gw2",
-        &net.scratch.path,
-        &net.prefix,
-        UNDERLAY_GW2,
-    );
-    d1.expect("PUT", "/v1/cluster", Some(&json!({"name": "cluster-1", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["30.0.0.0/24"]})), 200);
-    d2.expect("PUT", "/v1/cluster", Some(&json!({"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "remap_pool": ["60.0.0.0/24"]})), 200);
-    if let Some(path) = upload {
-        for d in [&d1, &d2] {
-            d.upload_policy(policy, path, 201);
-        }
-    }
-    let p1 = format!("{}-c2", net.prefix);
-    let p2 = format!("{}-c1", net.prefix);
-    // Bootstrap on gateway 1 with what it knows of cluster 2; then pipe exports across.
-    let bootstrap = json!({
-        "policy": policy,
-        "remote": {"name": "cluster-2", "pod_cidrs": ["40.0.0.0/24"], "capabilities": {"nat_dataplane": true}},
-        "tunnel": {"listen_port": 51820, "keepalive": 1}
-    });
-    d1.expect("PUT", &format!("/v1/peerings/{p1}"), Some(&bootstrap), 201);
-    let exports1 = d1.expect("GET", &format!("/v1/peerings/{p1}/exports"), None, 200);
-    d2.expect("PUT", &format!("/v1/peerings/{p2}"), Some(&exports1), 201);
-    let exports2 = d2.expect("GET", &format!("/v1/peerings/{p2}/exports"), None, 200);
-    d1.expect("PUT", &format!("/v1/peerings/{p1}"), Some(&exports2), 200);
-    Pair { d1, d2, net }
+    Pair::connect(
+        Network::build(&seed_cluster(), &seed_cluster()),
+        &PairSpec {
+            policy,
+            pods: &["40.0.0.0/24"],
+            pools: [&["30.0.0.0/24"], &["60.0.0.0/24"]],
+            upload,
+        },
+    )
 }
 
 fn peering(p: &Pair, side: u8) -> String {
-    format!("{}-{}", p.net.prefix, if side == 1 { "c2" } else { "c1" })
-}
-
-fn reachable(from: &Netns, server: &Netns, target: &str, real: &str, seen_as: &str, port: u16) {
-    let t = ip(target);
-    let mut rx = 0;
-    for _ in 0..5 {
-        rx = ping(from, t, 3, "0.2").1;
-        if rx >= 2 {
-            break;
-        }
-    }
-    assert!(rx >= 2, "ping {target}: {rx}/3");
-    let tcp = tcp_exchange(server, from, t, port, b"tcp");
-    assert_eq!(tcp.server_saw_peer, ip(seen_as));
-    let udp = udp_exchange(server, ip(real), from, t, port + 1, b"udp");
-    assert_eq!(udp.server_saw_peer, ip(seen_as));
-    assert_eq!(udp.client_saw_reply_from, t);
-}
-
-/// `GET /v1/explain?from=&to=` at `d` has exactly one path, delivered both ways: the pod
-/// dialed at `to` (real address 40.0.0.1 in the seed topology) sees `seen_as` — what
-/// [`reachable`] saw a real connection's server get — and the reply comes back from `to`.
-fn explained_as_seen(d: &Daemon, from: &str, to: &str, seen_as: &str) {
-    let body = d.expect(
-        "GET",
-        &format!("/v1/explain?from={from}&to={to}"),
-        None,
-        200,
-    );
-    let paths = body.as_array().unwrap();
-    assert_eq!(paths.len(), 1, "{from} -> {to}: {body:#}");
-    let e = &paths[0];
-    assert_eq!(e["request"]["verdict"]["outcome"], "delivered", "{e:#}");
-    assert_eq!(
-        e["request"]["received"],
-        json!({"source": seen_as, "destination": "40.0.0.1"}),
-        "{e:#}"
-    );
-    assert_eq!(e["reply"]["verdict"]["outcome"], "delivered", "{e:#}");
-    assert_eq!(
-        e["reply"]["received"],
-        json!({"source": to, "destination": from}),
-        "{e:#}"
-    );
+    p.peering(side)
 }
 
 /// One hook's work on one packet: direction, addresses before and after, and the rules
@@ -244,13 +166,6 @@ fn traced_as_explained(p: &Pair, from: &str, to: &str, traffic: impl FnOnce()) {
     );
 }
 
-fn strategy_of(d: &Daemon, name: &str) -> String {
-    d.expect("GET", &format!("/v1/peerings/{name}"), None, 200)["decision"]["strategy"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn run(policy: &str, expect1: &str, expect2: &str) {
     run_pair(&pair(policy), expect1, expect2);
 }
@@ -300,7 +215,7 @@ fn run_pair(p: &Pair, expect1: &str, expect2: &str) {
         (&p.d2, "40.0.0.1", "60.0.0.1", "30.0.0.1"),
         (&p.d1, "40.0.0.1", "60.0.0.1", "30.0.0.1"),
     ] {
-        explained_as_seen(d, from, to, seen_as);
+        explained_as_seen(d, from, to, "40.0.0.1", seen_as);
     }
 
     // The status shows counters and a handshake; metrics carry the rules.

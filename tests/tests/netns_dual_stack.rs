@@ -10,24 +10,15 @@
 //! route of both families. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::IpAddr;
 
-use remapd_tests::daemons::Daemon;
-use remapd_tests::netns::{Netns, ping, tcp_exchange, udp_exchange};
-use remapd_tests::topology::{Network, UNDERLAY_GW1, UNDERLAY_GW2, dual_stack_cluster};
-use serde_json::{Value, json};
+use remapd_tests::daemons::{Pair, PairSpec, explained_as_seen, reachable, strategy_of};
+use remapd_tests::netns::{Netns, ping, tcp_transfer};
+use remapd_tests::topology::{Network, dual_stack_cluster};
+use serde_json::Value;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// Field order is drop order: the daemons (and their tunnels) go before the network.
-struct Pair {
-    d1: Daemon,
-    d2: Daemon,
-    net: Network,
 }
 
 const PODS: [&str; 2] = ["40.0.0.0/24", "fd00:40::/56"];
@@ -35,76 +26,18 @@ const PODS: [&str; 2] = ["40.0.0.0/24", "fd00:40::/56"];
 /// Two daemons on the dual-stack seed, clusters configured, the peering set up through
 /// exports.
 fn pair(policy: &str) -> Pair {
-    let net = Network::build(&dual_stack_cluster(), &dual_stack_cluster());
-    let d1 = Daemon::start(
-        &net.gw1,
-        "gw1",
-        &net.scratch.path,
-        &net.prefix,
-        UNDERLAY_GW1,
-    );
-    let d2 = Daemon::start(
-        &net.gw2,
-        "gw2",
-        &net.scratch.path,
-        &net.prefix,
-        UNDERLAY_GW2,
-    );
-    d1.expect(
-        "PUT",
-        "/v1/cluster",
-        Some(&json!({"name": "cluster-1", "pod_cidrs": PODS, "remap_pool": ["30.0.0.0/24", "fd00:30::/48"]})),
-        200,
-    );
-    d2.expect(
-        "PUT",
-        "/v1/cluster",
-        Some(&json!({"name": "cluster-2", "pod_cidrs": PODS, "remap_pool": ["60.0.0.0/24", "fd00:60::/48"]})),
-        200,
-    );
-    let (p1, p2) = (peering_name(&net, 1), peering_name(&net, 2));
-    let bootstrap = json!({
-        "policy": policy,
-        "remote": {"name": "cluster-2", "pod_cidrs": PODS, "capabilities": {"nat_dataplane": true}},
-        "tunnel": {"listen_port": 51820, "keepalive": 1}
-    });
-    d1.expect("PUT", &format!("/v1/peerings/{p1}"), Some(&bootstrap), 201);
-    let exports1 = d1.expect("GET", &format!("/v1/peerings/{p1}/exports"), None, 200);
-    d2.expect("PUT", &format!("/v1/peerings/{p2}"), Some(&exports1), 201);
-    let exports2 = d2.expect("GET", &format!("/v1/peerings/{p2}/exports"), None, 200);
-    d1.expect("PUT", &format!("/v1/peerings/{p1}"), Some(&exports2), 200);
-    Pair { d1, d2, net }
-}
-
-fn peering_name(net: &Network, side: u8) -> String {
-    format!("{}-{}", net.prefix, if side == 1 { "c2" } else { "c1" })
-}
-
-/// Ping, TCP and UDP from `from` to `target` (the view of `real` in the server's
-/// cluster); the server must see the client as `seen_as`.
-fn reachable(from: &Netns, server: &Netns, target: &str, real: &str, seen_as: &str, port: u16) {
-    let t = ip(target);
-    let mut rx = 0;
-    for _ in 0..5 {
-        rx = ping(from, t, 3, "0.2").1;
-        if rx >= 2 {
-            break;
-        }
-    }
-    assert!(rx >= 2, "ping {target}: {rx}/3");
-    let tcp = tcp_exchange(server, from, t, port, b"tcp");
-    assert_eq!(tcp.server_saw_peer, ip(seen_as), "TCP to {target}");
-    assert_eq!(tcp.reply, b"echo:tcp");
-    let udp = udp_exchange(server, ip(real), from, t, port + 1, b"udp");
-    assert_eq!(udp.server_saw_peer, ip(seen_as), "UDP to {target}");
-    assert_eq!(udp.client_saw_reply_from, t);
-}
-
-fn strategy_of(d: &Daemon, name: &str) -> String {
-    d.expect("GET", &format!("/v1/peerings/{name}"), None, 200)["decision"]["strategy"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    Pair::connect(
+        Network::build(&dual_stack_cluster(), &dual_stack_cluster()),
+        &PairSpec {
+            policy,
+            pods: &PODS,
+            pools: [
+                &["30.0.0.0/24", "fd00:30::/48"],
+                &["60.0.0.0/24", "fd00:60::/48"],
+            ],
+            upload: None,
+        },
+    )
 }
 
 /// Every direction, both families.
@@ -130,7 +63,7 @@ fn delete_and_check_clean(p: &Pair) {
     for (d, ns, side) in [(&p.d1, &p.net.gw1, 1u8), (&p.d2, &p.net.gw2, 2)] {
         d.expect(
             "DELETE",
-            &format!("/v1/peerings/{}", peering_name(&p.net, side)),
+            &format!("/v1/peerings/{}", p.peering(side)),
             None,
             204,
         );
@@ -160,12 +93,8 @@ fn routes_and_rules_of_both_families(p: &Pair) {
     assert!(v6.contains("fd00:30::/56 dev rmd-"), "{v6}");
     let rules = String::from_utf8_lossy(&p.net.gw1.ip(&["-6", "rule"]).stdout).into_owned();
     assert!(rules.contains("lookup 7878"), "{rules}");
-    let st = p.d1.expect(
-        "GET",
-        &format!("/v1/peerings/{}", peering_name(&p.net, 1)),
-        None,
-        200,
-    );
+    let st =
+        p.d1.expect("GET", &format!("/v1/peerings/{}", p.peering(1)), None, 200);
     let allowed: Vec<&str> = st["plan"]["allowed_ips"]
         .as_array()
         .unwrap()
@@ -228,30 +157,8 @@ fn pmtu_and_traceroute6_across_the_remap(net: &Network) {
     let (_, rx) = ping(&net.pod1, target, 3, "0.2");
     assert!(rx >= 2, "pod3 reachable at its view: {rx}/3");
 
-    let listener = pod3.in_ns(|| TcpListener::bind(("::", 8600)).expect("bind tcp"));
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut total = 0usize;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => total += n,
-                Err(e) => panic!("server read after {total} bytes: {e}"),
-            }
-        }
-        total
-    });
-    let sent = net.pod1.in_ns(move || {
-        let mut s = TcpStream::connect_timeout(&(target, 8600).into(), Duration::from_secs(5))
-            .expect("connect");
-        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-        let data = vec![0x5au8; 256 * 1024];
-        s.write_all(&data).expect("write");
-        data.len()
-    });
-    assert_eq!(server.join().unwrap(), sent, "the whole transfer arrived");
+    let (sent, got) = tcp_transfer(&pod3, &net.pod1, target, 8600, 256 * 1024);
+    assert_eq!(got, sent, "the whole transfer arrived");
     let route = net.pod1.ip(&["-6", "route", "get", "fd00:30:0:1::130"]);
     let route = String::from_utf8_lossy(&route.stdout);
     assert!(route.contains("mtu 1280"), "pod1's route cache: {route}");
@@ -278,19 +185,32 @@ fn pmtu_and_traceroute6_across_the_remap(net: &Network) {
 fn run(policy: &str, expect1: &str, expect2: &str) -> Pair {
     let p = pair(policy);
     assert_eq!(
-        strategy_of(&p.d1, &peering_name(&p.net, 1)),
+        strategy_of(&p.d1, &p.peering(1)),
         expect1,
         "{}",
         p.d1.log_text()
     );
     assert_eq!(
-        strategy_of(&p.d2, &peering_name(&p.net, 2)),
+        strategy_of(&p.d2, &p.peering(2)),
         expect2,
         "{}",
         p.d2.log_text()
     );
     traffic_flows(&p);
     routes_and_rules_of_both_families(&p);
+    // Explain agrees with the packets, in both families, at both gateways.
+    for (d, to, seen_as) in [
+        (&p.d1, "fd00:30::1", "fd00:60::1"),
+        (&p.d2, "fd00:60::1", "fd00:30::1"),
+        (&p.d1, "30.0.0.1", "60.0.0.1"),
+    ] {
+        let (from, real) = if to.contains(':') {
+            ("fd00:40::1", "fd00:40::1")
+        } else {
+            ("40.0.0.1", "40.0.0.1")
+        };
+        explained_as_seen(d, from, to, real, seen_as);
+    }
     p
 }
 

@@ -43,6 +43,8 @@ mod bindings_v1 {
     });
 }
 
+use bindings::remap::policy::types::{Decision as WitDecision, DecisionInput as WitInput};
+
 mod compiled_cache;
 mod convert;
 mod registry;
@@ -74,6 +76,36 @@ impl Pre {
         match self {
             Self::V2(pre) => pre.instance_pre(),
             Self::V1(pre) => pre.instance_pre(),
+        }
+    }
+
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Self::V2(pre) => Instance::V2(pre.instantiate(store)?),
+            Self::V1(pre) => Instance::V1(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// An instance of either contract, called in `remap:policy@0.2.0`'s types.
+enum Instance {
+    V2(bindings::Policy),
+    V1(bindings_v1::Policy),
+}
+
+impl Instance {
+    /// Calls `decide`; a 0.1.0 component through the adapter (see
+    /// [`convert::ipv4_only_refusal`] for what it must not be asked).
+    fn decide(
+        &self,
+        store: &mut Store<HostState>,
+        input: &WitInput,
+    ) -> wasmtime::Result<Result<WitDecision, String>> {
+        match self {
+            Self::V2(instance) => instance.call_decide(store, input),
+            Self::V1(instance) => Ok(instance
+                .call_decide(store, &convert::v1::input(input))?
+                .map(convert::v1::decision)),
         }
     }
 }
@@ -207,6 +239,15 @@ impl CompiledPolicy {
             &["ipv4"]
         } else {
             &["ipv4", "ipv6"]
+        }
+    }
+
+    /// Refuses an input this policy's contract cannot carry: a remote with IPv6 CIDRs
+    /// for a [`CONTRACT_V1`] component.
+    fn can_decide(&self, input: &PolicyInput) -> Result<(), PolicyError> {
+        match convert::ipv4_only_refusal(input).filter(|_| self.ipv4_only) {
+            Some(cidr) => Err(PolicyError::Ipv4OnlyContract { cidr }),
+            None => Ok(()),
         }
     }
 
@@ -544,6 +585,7 @@ impl PolicyEngine {
         input: &PolicyInput,
         limits: &PolicyLimits,
     ) -> Result<Call, PolicyError> {
+        policy.can_decide(input)?;
         if !policy.imports_wasi {
             return self.call_here(policy, input, limits);
         }
@@ -599,24 +641,11 @@ impl PolicyEngine {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
-        // The answer, converted: the outer `Result` is the policy's own (a refusal), the
-        // inner one the conversion's (a malformed prefix).
-        let outcome: wasmtime::Result<Result<Result<Decision, String>, String>> = match &policy.pre
-        {
-            Pre::V2(pre) => {
-                let wit_input = convert::v2::to_wit(input);
-                pre.instantiate(&mut store)
-                    .and_then(|instance| instance.call_decide(&mut store, &wit_input))
-                    .map(|answer| answer.map(convert::v2::from_wit))
-            }
-            Pre::V1(pre) => {
-                let wit_input = convert::v1::to_wit(input)
-                    .map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
-                pre.instantiate(&mut store)
-                    .and_then(|instance| instance.call_decide(&mut store, &wit_input))
-                    .map(|answer| answer.map(convert::v1::from_wit))
-            }
-        };
+        let wit_input = convert::to_wit(input);
+        let outcome = policy
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.decide(&mut store, &wit_input));
         let elapsed = started.elapsed();
         let log = std::mem::take(&mut store.data_mut().log);
         if store.data().log_dropped > 0 {
@@ -642,7 +671,7 @@ impl PolicyEngine {
             }
         };
         let decision = match answer {
-            Ok(converted) => converted.map_err(PolicyError::Malformed)?,
+            Ok(decision) => convert::from_wit(decision).map_err(PolicyError::Malformed)?,
             Err(message) => {
                 let mut message = message;
                 message.truncate(1024);
@@ -690,35 +719,17 @@ impl PolicyEngine {
             trap: format!("{e:#}"),
             last_log: None,
         };
+        policy.can_decide(input)?;
+        let wit_input = convert::to_wit(input);
         let started = Instant::now();
-        let instantiate;
-        let started_calls;
-        match &policy.pre {
-            Pre::V2(pre) => {
-                let wit_input = convert::v2::to_wit(input);
-                let instance = pre.instantiate(&mut store).map_err(trap)?;
-                instantiate = started.elapsed();
-                started_calls = Instant::now();
-                for _ in 0..calls {
-                    store.data_mut().log.clear();
-                    let answer = instance.call_decide(&mut store, &wit_input).map_err(trap)?;
-                    std::hint::black_box(answer.map_err(PolicyError::Refused)?);
-                }
-            }
-            Pre::V1(pre) => {
-                let wit_input = convert::v1::to_wit(input)
-                    .map_err(|cidr| PolicyError::Ipv4OnlyContract { cidr })?;
-                let instance = pre.instantiate(&mut store).map_err(trap)?;
-                instantiate = started.elapsed();
-                started_calls = Instant::now();
-                for _ in 0..calls {
-                    store.data_mut().log.clear();
-                    let answer = instance.call_decide(&mut store, &wit_input).map_err(trap)?;
-                    std::hint::black_box(answer.map_err(PolicyError::Refused)?);
-                }
-            }
+        let instance = policy.pre.instantiate(&mut store).map_err(trap)?;
+        let instantiate = started.elapsed();
+        let started = Instant::now();
+        for _ in 0..calls {
+            store.data_mut().log.clear();
+            let answer = instance.decide(&mut store, &wit_input).map_err(trap)?;
+            std::hint::black_box(answer.map_err(PolicyError::Refused)?);
         }
-        let started = started_calls;
         Ok((instantiate, started.elapsed() / calls.max(1)))
     }
 }
