@@ -1285,6 +1285,12 @@ async fn a_trace_streams_ndjson_or_sse_until_its_count_and_refuses_bad_filters()
             Some("/query/prefix"),
         ),
         (
+            "prefix=fd00:40::/56",
+            StatusCode::BAD_REQUEST,
+            "is IPv6: a trace filters by IPv4 prefix only",
+            Some("/query/prefix"),
+        ),
+        (
             "prefix=banana",
             StatusCode::BAD_REQUEST,
             "not an IPv4 prefix",

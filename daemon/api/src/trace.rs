@@ -38,8 +38,9 @@ pub struct TraceParams {
     /// Only packets on this peering's tunnel.
     #[param(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub peering: Option<String>,
-    /// Only packets with an address (before or after translation) in this prefix (an
-    /// address alone means /32).
+    /// Only packets with an address (before or after translation) in this IPv4 prefix
+    /// (an address alone means /32). Trace events carry IPv4 addresses only: an IPv6
+    /// prefix is refused, and IPv6 packets are traced without their addresses.
     #[param(example = "10.244.1.0/24")]
     pub prefix: Option<String>,
     /// Only this protocol: `tcp`, `udp`, `icmp`, `udplite`, `dccp`, or a number.
@@ -71,6 +72,13 @@ fn query(p: TraceParams) -> Result<TraceQuery, Problem> {
         .prefix
         .as_deref()
         .map(|text| {
+            if text.parse::<ipnet::Ipv6Net>().is_ok() || text.parse::<std::net::Ipv6Addr>().is_ok()
+            {
+                return Err(Problem::bad_request(format!(
+                    "{text:?} is IPv6: a trace filters by IPv4 prefix only (its events carry IPv4 addresses; IPv6 packets are traced without them, so filter them by peering, protocol or verdict)"
+                ))
+                .at("/query/prefix"));
+            }
             let net: Ipv4Net = match text.parse() {
                 Ok(net) => net,
                 Err(_) => text
