@@ -18,7 +18,9 @@ veth link between the gateways and (b) a WireGuard tunnel (wireguard-go) over it
              the daemons started with `--route-placement main-table`: remapd's routes
              in the main table, no `ip rule`
 
-  plain-v6, split-v6, both-on-2-v6  (veth only, on request) the same over IPv6: both
+  plain-v6, split-v6, both-on-2-v6, iptables-v6, nftables-v6  (veth only, on request)
+             the same over IPv6 (the workarounds with ip6tables NETMAP and nftables
+             `ip6 prefix` NAT): both
              clusters also on fd00:40::/64 (cluster 2 renumbered to fd00:50::/64 for
              plain-v6), views fd00:30::/64 and fd00:60::/64; the gateways hold the rules
              of both families (dual-stack) and the traffic is IPv6. Each is compared
@@ -174,8 +176,8 @@ def build(link, cfg):
     """Builds the topology for one configuration; returns the target address pod1 uses."""
     v6 = cfg.endswith("-v6")
     cfg = cfg.removesuffix("-v6")
-    if v6 and (link != "veth" or cfg not in ("plain", "split", "both-on-2")):
-        raise RuntimeError(f"{cfg}-v6 is measured over veth, for plain, split and both-on-2")
+    if v6 and (link != "veth" or cfg not in ("plain", "split", "both-on-2", "iptables", "nftables")):
+        raise RuntimeError(f"{cfg}-v6 is measured over veth, for plain, split, both-on-2, iptables and nftables")
     remote_net = "50.0.0" if cfg in ("plain", "plain-border") else "40.0.0"
     remote_net6 = "fd00:50:" if cfg in ("plain", "plain-border") else "fd00:40:"
     for n in ["pod1", "gw1", "gw2", "pod2"]:
@@ -330,6 +332,8 @@ def build_v6(cfg, g1, g2):
         sh(f"{g1} -6 route add fd00:50::/64 {to2}")
         sh(f"{g2} -6 route add fd00:40::/64 {to1}")
         return "fd00:50::1"
+    if cfg in ("iptables", "nftables"):
+        return build_v6_workaround(cfg, g1, g2, to2, to1)
     sh(f"{g1} -6 route add fd00:30::/64 {to2}")
     sh(f"{g2} -6 route add fd00:60::/64 {to1}")
     v4 = [("30.0.0.0/24", "40.0.0.0/24", "60.0.0.0/24")]
@@ -352,6 +356,36 @@ def build_v6(cfg, g1, g2):
                    rule("under", "egress", "destination", view2, real)]
     agent("gw1", [], ("under", ["30.0.0.0/24", "fd00:30::/64"], ["40.0.0.0/24", "fd00:40::/64"]))
     agent("gw2", rules2, ("under", ["60.0.0.0/24", "fd00:60::/64"], ["40.0.0.0/24", "fd00:40::/64"]))
+    return "fd00:30::1"
+
+
+def build_v6_workaround(cfg, g1, g2, to2, to1):
+    """The IPv4 workaround of `build`, in IPv6: marks and NETMAP / prefix NAT, routing by
+    mark into the link, connmark to route gw2's replies back."""
+    sh(f"{g1} -6 rule add fwmark 0x30 lookup 130 priority 100")
+    sh(f"{g1} -6 route add default {to2} table 130")
+    sh(f"{g2} -6 rule add fwmark 0x60 lookup 160 priority 100")
+    sh(f"{g2} -6 route add default {to1} table 160")
+    if cfg == "iptables":
+        i1, i2 = f"{ns('gw1')} ip6tables", f"{ns('gw2')} ip6tables"
+        sh(f"{i1} -t mangle -A PREROUTING -i lan -d fd00:30::/64 -j MARK --set-mark 0x30")
+        sh(f"{i1} -t nat -A PREROUTING -i lan -d fd00:30::/64 -j NETMAP --to fd00:40::/64")
+        sh(f"{i2} -t mangle -A PREROUTING -i under -j CONNMARK --set-mark 0x60")
+        sh(f"{i2} -t mangle -A PREROUTING -i lan -j CONNMARK --restore-mark")
+        sh(f"{i2} -t nat -A POSTROUTING -o lan -m connmark --mark 0x60 -j NETMAP --to fd00:60::/64")
+        return "fd00:30::1"
+    nft1 = """table ip6 rmb {
+  chain pre_mangle { type filter hook prerouting priority mangle; iifname "lan" ip6 daddr fd00:30::/64 meta mark set 0x30; }
+  chain pre_nat { type nat hook prerouting priority dstnat; iifname "lan" ip6 daddr fd00:30::/64 dnat ip6 prefix to fd00:40::/64; }
+}"""
+    nft2 = """table ip6 rmb {
+  chain pre_mangle { type filter hook prerouting priority mangle; iifname "under" ct mark set 0x60; iifname "lan" meta mark set ct mark; }
+  chain post_nat { type nat hook postrouting priority srcnat; ct mark 0x60 oifname "lan" snat ip6 prefix to fd00:60::/64; }
+}"""
+    for gw, text in [("gw1", nft1), ("gw2", nft2)]:
+        r = subprocess.run(f"{ns(gw)} nft -f -", shell=True, input=text, text=True, capture_output=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
     return "fd00:30::1"
 
 
